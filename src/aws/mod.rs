@@ -1,0 +1,69 @@
+//! AWS adapters. `SdkError` never leaves this module: each adapter maps it to its port's error.
+//! The endpoint is configuration (`AWS_ENDPOINT_URL`, read by the SDK), never code.
+
+pub mod dynamo;
+pub mod secrets;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+
+/// The standard chain: `AWS_REGION`, `AWS_ENDPOINT_URL`, credentials from env, profile, SSO,
+/// ECS task role or IMDS.
+pub async fn load_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+/// What an adapter needs to know about a failed call.
+pub(crate) struct Failure {
+    pub code: Option<String>,
+    /// AWS's message (never contains secret values), or the transport error's chain.
+    pub message: String,
+    /// Throttling, 5xx, timeouts and connection failures: worth another try.
+    pub transient: bool,
+}
+
+const TRANSIENT_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "ProvisionedThroughputExceededException",
+    "InternalServiceError",
+    "InternalServerError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "RequestTimeout",
+];
+
+pub(crate) fn failure<E>(err: &SdkError<E, HttpResponse>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().map(str::to_owned);
+            let transient = se.raw().status().is_server_error()
+                || code.as_deref().is_some_and(|c| TRANSIENT_CODES.contains(&c));
+            Failure {
+                message: format!(
+                    "{}: {}",
+                    code.as_deref().unwrap_or("error"),
+                    se.err().message().unwrap_or("no message")
+                ),
+                code,
+                transient,
+            }
+        }
+        SdkError::ConstructionFailure(_) => Failure {
+            code: None,
+            message: DisplayErrorContext(err).to_string(),
+            transient: false,
+        },
+        _ => Failure {
+            code: None,
+            message: DisplayErrorContext(err).to_string(),
+            transient: true,
+        },
+    }
+}

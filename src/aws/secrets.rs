@@ -1,0 +1,123 @@
+//! `SecretStore` over AWS Secrets Manager.
+
+use async_trait::async_trait;
+use aws_sdk_secretsmanager::Client;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::failure;
+use crate::rotation::ports::{At, SecretMeta, SecretStore, SecretStoreError, SecretVersion, Stage};
+
+#[derive(Clone)]
+pub struct SecretsManager {
+    client: Client,
+}
+
+impl SecretsManager {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Self {
+            client: Client::new(config),
+        }
+    }
+}
+
+fn map_err<E>(secret_id: &str, err: aws_sdk_secretsmanager::error::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> SecretStoreError
+where
+    E: aws_sdk_secretsmanager::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let f = failure(&err);
+    match f.code.as_deref() {
+        _ if f.transient => SecretStoreError::Unavailable(f.message),
+        Some("ResourceNotFoundException") => SecretStoreError::NotFound(secret_id.to_owned()),
+        Some("AccessDeniedException" | "UnrecognizedClientException" | "DecryptionFailure" | "ExpiredTokenException") => {
+            SecretStoreError::Denied(f.message)
+        }
+        _ => SecretStoreError::Refused(f.message),
+    }
+}
+
+#[async_trait]
+impl SecretStore for SecretsManager {
+    async fn describe(&self, secret_id: &str) -> Result<SecretMeta, SecretStoreError> {
+        let out = self
+            .client
+            .describe_secret()
+            .secret_id(secret_id)
+            .send()
+            .await
+            .map_err(|e| map_err(secret_id, e))?;
+        let mut versions: Vec<(String, Vec<String>)> = out
+            .version_ids_to_stages()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        versions.sort();
+        Ok(SecretMeta {
+            arn: out.arn().unwrap_or(secret_id).to_owned(),
+            name: out.name().unwrap_or(secret_id).to_owned(),
+            versions,
+        })
+    }
+
+    async fn get(&self, secret_id: &str, at: At<'_>) -> Result<Option<SecretVersion>, SecretStoreError> {
+        let req = self.client.get_secret_value().secret_id(secret_id);
+        let req = match at {
+            At::Stage(stage) => req.version_stage(stage.as_str()),
+            At::Version(id) => req.version_id(id),
+        };
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) => {
+                return match map_err(secret_id, e) {
+                    // The secret was described before; what is missing is the version or label.
+                    SecretStoreError::NotFound(_) => Ok(None),
+                    e => Err(e),
+                }
+            }
+        };
+        let Some(value) = out.secret_string else {
+            return Err(SecretStoreError::Binary(secret_id.to_owned()));
+        };
+        Ok(Some(SecretVersion {
+            version_id: out.version_id.unwrap_or_default(),
+            stages: out.version_stages.unwrap_or_default(),
+            value: SecretString::from(value),
+        }))
+    }
+
+    async fn put(&self, secret_id: &str, token: &str, value: &SecretString, stage: Stage) -> Result<(), SecretStoreError> {
+        self.client
+            .put_secret_value()
+            .secret_id(secret_id)
+            .client_request_token(token)
+            .secret_string(value.expose_secret())
+            .version_stages(stage.as_str())
+            .send()
+            .await
+            .map_err(|e| map_err(secret_id, e))?;
+        Ok(())
+    }
+
+    async fn move_stage(&self, secret_id: &str, stage: Stage, to: &str, from: &str) -> Result<(), SecretStoreError> {
+        self.client
+            .update_secret_version_stage()
+            .secret_id(secret_id)
+            .version_stage(stage.as_str())
+            .move_to_version_id(to)
+            .remove_from_version_id(from)
+            .send()
+            .await
+            .map_err(|e| map_err(secret_id, e))?;
+        Ok(())
+    }
+
+    async fn remove_stage(&self, secret_id: &str, stage: Stage, from: &str) -> Result<(), SecretStoreError> {
+        self.client
+            .update_secret_version_stage()
+            .secret_id(secret_id)
+            .version_stage(stage.as_str())
+            .remove_from_version_id(from)
+            .send()
+            .await
+            .map_err(|e| map_err(secret_id, e))?;
+        Ok(())
+    }
+}

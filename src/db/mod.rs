@@ -1,0 +1,48 @@
+//! Database adapters, one module per engine, behind the `Database` port.
+
+pub mod postgres;
+pub mod tls;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use crate::rotation::ports::{Database, DbError};
+use crate::secret::{Credentials, Endpoint, Engine};
+
+/// Picks the adapter for the secret's engine.
+pub struct Databases {
+    postgres: postgres::Postgres,
+}
+
+impl Databases {
+    pub fn new(tls: tls::DbTls) -> Self {
+        Self {
+            postgres: postgres::Postgres::new(tls),
+        }
+    }
+
+    fn engine(&self, engine: Engine) -> Result<&dyn Database, DbError> {
+        match engine {
+            Engine::Postgres => Ok(&self.postgres),
+            other => Err(DbError::Unsupported(other)),
+        }
+    }
+}
+
+#[async_trait]
+impl Database for Databases {
+    async fn check_login(&self, engine: Engine, at: &Endpoint, creds: &Credentials) -> Result<(), DbError> {
+        self.engine(engine)?.check_login(engine, at, creds).await
+    }
+
+    async fn set_password(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        login: &Credentials,
+        user: &str,
+        password: &SecretString,
+    ) -> Result<(), DbError> {
+        self.engine(engine)?.set_password(engine, at, login, user, password).await
+    }
+}

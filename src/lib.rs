@@ -1,0 +1,14 @@
+//! Zero-downtime password rotation for RDS behind RDS Proxy. See the README for the protocol.
+
+pub mod app;
+pub mod aws;
+pub mod cli;
+pub mod db;
+pub mod failpoint;
+pub mod password;
+pub mod rotation;
+pub mod secret;
+pub mod telemetry;
+
+/// The version and the git revision it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ROTATOR_GIT_REVISION"), ")");

@@ -1,0 +1,78 @@
+//! The lease around a rotation: acquire (or wait for) it, keep it alive while the work runs.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::ports::{Acquired, Lease, RecordStoreError};
+use super::record::{now_ms, StepRecord};
+use super::{LeaseWait, RotationError, Rotator};
+
+/// Takes the lease on `arn`, waiting for an expired holder when allowed.
+pub(super) async fn acquire(
+    rotator: &Rotator,
+    arn: &str,
+    wait: LeaseWait,
+) -> Result<(Lease, Option<StepRecord>), RotationError> {
+    let ttl = rotator.settings.lease_duration;
+    let give_up_at = match wait {
+        LeaseWait::No => now_ms(),
+        LeaseWait::UpTo(d) => now_ms() + d.as_millis() as u64,
+    };
+    loop {
+        match rotator.records.acquire(arn, &rotator.owner, ttl).await? {
+            Acquired::Granted { lease, record } => return Ok((lease, record)),
+            Acquired::Held {
+                owner,
+                expires_at_ms,
+            } => {
+                let now = now_ms();
+                if now >= give_up_at {
+                    return Err(RotationError::Busy {
+                        secret: arn.to_owned(),
+                        owner,
+                    });
+                }
+                // A live holder renews, so this may repeat; an dead one's lease simply expires.
+                let wait_ms = expires_at_ms.saturating_sub(now).clamp(100, 5_000) + 50;
+                warn!(secret = %arn, holder = %owner,
+                      expires_in = %humantime::format_duration(Duration::from_millis(expires_at_ms.saturating_sub(now))),
+                      "another process holds the lease; waiting for it to finish or expire");
+                tokio::time::sleep(Duration::from_millis(wait_ms.min(give_up_at - now))).await;
+            }
+        }
+    }
+}
+
+/// Runs `work` while renewing the lease every third of its duration. When a renewal finds that
+/// someone else took the lease, `lost` is set, so the work stops at its next step; its record
+/// writes would be refused by the fence anyway.
+pub(super) async fn heartbeat<T>(
+    rotator: &Rotator,
+    lease: &Lease,
+    lost: &AtomicBool,
+    work: impl Future<Output = T>,
+) -> T {
+    let ttl = rotator.settings.lease_duration;
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate; the lease is fresh
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick(), if !lost.load(Ordering::SeqCst) => {
+                match rotator.records.renew(lease, ttl).await {
+                    Ok(_) => {}
+                    Err(RecordStoreError::Fenced(fence)) => {
+                        warn!(secret = %lease.key, fence, "lease taken over by another worker; stepping back");
+                        lost.store(true, Ordering::SeqCst);
+                    }
+                    Err(e) => warn!(secret = %lease.key, error = %e, "could not renew the lease; will retry"),
+                }
+            }
+        }
+    }
+}

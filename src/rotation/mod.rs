@@ -1,0 +1,670 @@
+//! The rotation protocol, in domain terms only.
+//!
+//! A secret names a pair (or ring) of database users. Applications use the user in AWSCURRENT;
+//! the rotation changes the password of the *next* user, the idle one, so no application ever
+//! holds credentials that stop working. Each rotation runs these steps under a fenced lease, and
+//! persists the step record after each one:
+//!
+//! | step           | effect                                              | already done when                         |
+//! |----------------|-----------------------------------------------------|-------------------------------------------|
+//! | (begin)        | record: rotation id, current version, users         | a record in progress exists: resume it    |
+//! | create_pending | AWSPENDING version, ClientRequestToken = rotation id | version `rotation id` exists              |
+//! | set_password   | the idle user's password in the database            | the pending credentials log in            |
+//! | update_proxy   | the idle user's RDS Proxy secret = new password     | version `proxy_token(rotation id)` exists |
+//! | test           | pending credentials log in along the app's path      | (read-only: always re-run)                |
+//! | finish         | AWSCURRENT -> pending (CAS on the old version), drop AWSPENDING | AWSCURRENT is the rotation id  |
+//!
+//! The rotation id is persisted before AWSPENDING is written, so a crash at any instant resumes
+//! with the same id, and the resumed run reads the password back from that version instead of
+//! generating a new one.
+
+pub mod lease;
+pub mod ports;
+pub mod record;
+
+#[cfg(test)]
+mod fakes;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::failpoint;
+use crate::password::{PasswordPolicy, PolicyError};
+use crate::secret::{AppSecret, Credentials, SecretError, UserSecret};
+use ports::{
+    At, Database, DbError, Lease, RecordStore, RecordStoreError, SecretMeta, SecretStore,
+    SecretStoreError, Stage,
+};
+use record::{now_ms, Plan, StepRecord, Step};
+
+/// Backoff for retryable errors. One value, documented defaults, used everywhere a step retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// First delay after a retryable failure.
+    pub min_delay: Duration,
+    /// Delays double up to this.
+    pub max_delay: Duration,
+    /// How many times one process runs a rotation before reporting a retryable failure
+    /// (the record stays in progress, so the next run resumes it).
+    pub max_attempts: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+            max_attempts: 3,
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_jitter()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long the test step retries the new credentials along the application's path.
+    pub test_deadline: Duration,
+    pub lease_duration: Duration,
+    pub password: PasswordPolicy,
+    pub retry: RetryPolicy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            test_deadline: Duration::from_secs(60),
+            lease_duration: Duration::from_secs(30),
+            password: PasswordPolicy::default(),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error("secret {secret} is invalid: {source}")]
+    BadSecret {
+        secret: String,
+        #[source]
+        source: SecretError,
+    },
+    #[error("password policy: {0}")]
+    Policy(#[from] PolicyError),
+    #[error("none of the {count} proxy secrets in proxy_secret_ids is for user {user}")]
+    NoProxySecret { user: String, count: usize },
+    #[error("no known credentials could change the password of user {user} (tried: {tried})")]
+    NoKnownCredentials { user: String, tried: String },
+    #[error("AWSCURRENT of {secret} moved from version {expected} to {found} during the rotation; refusing to overwrite it")]
+    CurrentMoved {
+        secret: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{secret} is inconsistent: {reason}")]
+    Inconsistent { secret: String, reason: String },
+    #[error("the new credentials of user {user} did not log in through {at} within {deadline}: {last}")]
+    TestTimedOut {
+        user: String,
+        at: String,
+        deadline: String,
+        last: String,
+    },
+    #[error("the lease on {secret} is held by {owner}")]
+    Busy { secret: String, owner: String },
+    #[error("the lease on {0} was lost to another worker; stepping back")]
+    LeaseLost(String),
+    #[error(transparent)]
+    Secrets(#[from] SecretStoreError),
+    #[error(transparent)]
+    Records(#[from] RecordStoreError),
+    #[error(transparent)]
+    Database(#[from] DbError),
+}
+
+impl RotationError {
+    /// Decided where the error is seen: transient infrastructure trouble is retryable,
+    /// everything that needs a person is fatal.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::TestTimedOut { .. } | Self::Busy { .. } | Self::LeaseLost(_) => true,
+            Self::Secrets(e) => e.is_retryable(),
+            Self::Records(e) => e.is_retryable(),
+            Self::Database(e) => e.is_retryable(),
+            Self::BadSecret { .. }
+            | Self::Policy(_)
+            | Self::NoProxySecret { .. }
+            | Self::NoKnownCredentials { .. }
+            | Self::CurrentMoved { .. }
+            | Self::Inconsistent { .. } => false,
+        }
+    }
+}
+
+/// A rotation that ran to the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub secret_arn: String,
+    pub rotation_id: String,
+    pub previous_user: String,
+    pub current_user: String,
+    /// True when this run continued a rotation that an earlier process had started.
+    pub resumed: bool,
+}
+
+/// How long to wait for a lease that another process holds.
+#[derive(Debug, Clone, Copy)]
+pub enum LeaseWait {
+    /// Give up at once (a worker: the message comes back later).
+    No,
+    /// Wait for the holder's lease to expire, at most this long (the CLI).
+    UpTo(Duration),
+}
+
+/// The deterministic ClientRequestToken of the proxy secret's new version: a retry reuses it, so
+/// the write happens once.
+pub fn proxy_token(rotation_id: &str) -> String {
+    let namespace = Uuid::parse_str(rotation_id).unwrap_or(Uuid::NAMESPACE_OID);
+    Uuid::new_v5(&namespace, b"rds-proxy-secret").to_string()
+}
+
+/// Everything a rotation talks to, plus who we are.
+#[derive(Clone)]
+pub struct Rotator {
+    pub secrets: Arc<dyn SecretStore>,
+    pub records: Arc<dyn RecordStore>,
+    pub db: Arc<dyn Database>,
+    pub settings: Settings,
+    /// This process's identity in leases.
+    pub owner: String,
+}
+
+impl Rotator {
+    /// Rotates `secret_id` (a name or an ARN) once, or finishes the rotation already in progress.
+    pub async fn rotate(&self, secret_id: &str, wait: LeaseWait) -> Result<Completed, RotationError> {
+        let meta = self.secrets.describe(secret_id).await?;
+        let (lease, existing) = lease::acquire(self, &meta.arn, wait).await?;
+        let lost = AtomicBool::new(false);
+        let result = lease::heartbeat(self, &lease, &lost, self.run(&lease, &lost, &meta, existing)).await;
+        if let Err(e) = self.records.release(&lease).await {
+            warn!(secret = %meta.arn, error = %e, "could not release the lease; it will expire");
+        }
+        result
+    }
+
+    async fn run(
+        &self,
+        lease: &Lease,
+        lost: &AtomicBool,
+        meta: &SecretMeta,
+        existing: Option<StepRecord>,
+    ) -> Result<Completed, RotationError> {
+        let now = now_ms();
+        let (record, resumed) = match existing {
+            Some(mut r) if r.is_in_progress() => {
+                r.resumed(now);
+                info!(secret = %meta.arn, rotation_id = r.rotation_id.as_deref().unwrap_or(""),
+                      step = %r.step, attempts = r.attempts, "resuming rotation");
+                (r, true)
+            }
+            previous => match self.plan(meta).await {
+                Ok(plan) => {
+                    let id = Uuid::new_v4().to_string();
+                    info!(secret = %meta.arn, rotation_id = %id, from = %plan.current_user,
+                          to = %plan.target_user, "starting rotation");
+                    (StepRecord::begin(&meta.arn, id, plan, previous.as_ref(), now), false)
+                }
+                Err(e) => {
+                    if !e.is_retryable() {
+                        let failed = StepRecord::failed_to_begin(&meta.arn, e.to_string(), previous.as_ref(), now);
+                        if let Err(save) = self.records.save(lease, &failed).await {
+                            warn!(secret = %meta.arn, error = %save, "could not record the failure");
+                        }
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        // Persisted before AWSPENDING is written: from here on, any process resumes this id.
+        self.records.save(lease, &record).await?;
+
+        let mut run = Run {
+            rotator: self,
+            lease,
+            lost,
+            record,
+            current: None,
+            pending: None,
+        };
+        let mut attempt = 1;
+        let mut delays = self.settings.retry.backoff().build();
+        loop {
+            match run.drive().await {
+                Ok(()) => {
+                    let r = &run.record;
+                    return Ok(Completed {
+                        secret_arn: r.secret_id.clone(),
+                        rotation_id: r.rotation_id.clone().unwrap_or_default(),
+                        previous_user: r.current_user.clone().unwrap_or_default(),
+                        current_user: r.target_user.clone().unwrap_or_default(),
+                        resumed,
+                    });
+                }
+                Err(e) if e.is_retryable()
+                    && attempt < self.settings.retry.max_attempts
+                    && !matches!(e, RotationError::LeaseLost(_) | RotationError::Records(RecordStoreError::Fenced(_))) =>
+                {
+                    let delay = delays.next().unwrap_or(self.settings.retry.max_delay);
+                    warn!(secret = %run.record.secret_id, step = %run.record.step, error = %e,
+                          retry_in = ?delay, "retryable failure");
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    run.record_failure(&e).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Decides who rotates to whom, before anything is written. Every check that could reject the
+    /// secret runs here, so bad input changes nothing.
+    async fn plan(&self, meta: &SecretMeta) -> Result<Plan, RotationError> {
+        let arn = &meta.arn;
+        let current_version = meta.version_with(Stage::Current).ok_or_else(|| RotationError::Inconsistent {
+            secret: arn.clone(),
+            reason: "no version is labelled AWSCURRENT".into(),
+        })?;
+        let current = self.read_app_secret(arn, current_version).await?;
+        self.settings.password.validate(current.engine)?;
+        let target = current.next_username().to_owned();
+        if !current.is_multi_user() {
+            warn!(secret = %arn, user = %target,
+                  "single-user rotation: the password in use changes, so applications may briefly fail to log in");
+        }
+        let proxy_secret_id = self.find_proxy_secret(&current, &target).await?;
+        Ok(Plan {
+            current_version: current_version.to_owned(),
+            current_user: current.credentials.username.clone(),
+            target_user: target,
+            proxy_secret_id,
+        })
+    }
+
+    async fn read_app_secret(&self, arn: &str, version: &str) -> Result<AppSecret, RotationError> {
+        let v = self
+            .secrets
+            .get(arn, At::Version(version))
+            .await?
+            .ok_or_else(|| RotationError::Inconsistent {
+                secret: arn.to_owned(),
+                reason: format!("version {version} is gone"),
+            })?;
+        AppSecret::parse(&v.value).map_err(|source| RotationError::BadSecret {
+            secret: arn.to_owned(),
+            source,
+        })
+    }
+
+    async fn read_user_secret(&self, id: &str, at: At<'_>) -> Result<Option<UserSecret>, RotationError> {
+        match self.secrets.get(id, at).await? {
+            None => Ok(None),
+            Some(v) => UserSecret::parse(&v.value)
+                .map(Some)
+                .map_err(|source| RotationError::BadSecret {
+                    secret: id.to_owned(),
+                    source,
+                }),
+        }
+    }
+
+    /// The proxy secret whose `username` is `user`. With proxy secrets configured, one must match.
+    async fn find_proxy_secret(&self, app: &AppSecret, user: &str) -> Result<Option<String>, RotationError> {
+        if app.proxy_secret_ids.is_empty() {
+            return Ok(None);
+        }
+        for id in &app.proxy_secret_ids {
+            let secret = self
+                .read_user_secret(id, At::Stage(Stage::Current))
+                .await?
+                .ok_or_else(|| RotationError::Inconsistent {
+                    secret: id.clone(),
+                    reason: "the proxy secret has no AWSCURRENT version".into(),
+                })?;
+            if secret.username() == user {
+                return Ok(Some(id.clone()));
+            }
+        }
+        Err(RotationError::NoProxySecret {
+            user: user.to_owned(),
+            count: app.proxy_secret_ids.len(),
+        })
+    }
+}
+
+/// One rotation in progress under a lease.
+struct Run<'a> {
+    rotator: &'a Rotator,
+    lease: &'a Lease,
+    lost: &'a AtomicBool,
+    record: StepRecord,
+    /// The AWSCURRENT version the rotation began from, parsed.
+    current: Option<AppSecret>,
+    /// The target user's new credentials, read back from the pending version.
+    pending: Option<Credentials>,
+}
+
+impl Run<'_> {
+    fn arn(&self) -> &str {
+        &self.record.secret_id
+    }
+
+    fn rotation_id(&self) -> &str {
+        self.record.rotation_id.as_deref().expect("a running rotation has an id")
+    }
+
+    fn target_user(&self) -> &str {
+        self.record.target_user.as_deref().expect("a running rotation has a target user")
+    }
+
+    async fn drive(&mut self) -> Result<(), RotationError> {
+        self.check_current_label().await?;
+        while self.record.step != Step::Done {
+            if self.lost.load(Ordering::SeqCst) {
+                return Err(RotationError::LeaseLost(self.arn().to_owned()));
+            }
+            let step = self.record.step;
+            failpoint::hit(&format!("before:{step}")).await;
+            let next = match step {
+                Step::CreatePending => self.create_pending().await?,
+                Step::SetPassword => self.set_password().await?,
+                Step::UpdateProxy => self.update_proxy().await?,
+                Step::Test => self.test().await?,
+                Step::Finish => self.finish().await?,
+                Step::Done => Step::Done,
+            };
+            failpoint::hit(&format!("after:{step}")).await;
+            self.record.advance(next, now_ms());
+            self.rotator.records.save(self.lease, &self.record).await?;
+            info!(secret = %self.arn(), rotation_id = %self.rotation_id(), done = %step, next = %next, "step complete");
+        }
+        Ok(())
+    }
+
+    /// AWSCURRENT must still be where the rotation began, unless this rotation already moved it.
+    async fn check_current_label(&mut self) -> Result<(), RotationError> {
+        let meta = self.rotator.secrets.describe(self.arn()).await?;
+        let expected = self.record.current_version.clone().unwrap_or_default();
+        match meta.version_with(Stage::Current) {
+            Some(v) if v == expected => Ok(()),
+            // Crashed after the stage move but before the record said so: only cleanup remains.
+            Some(v) if v == self.rotation_id() => {
+                self.record.step = Step::Finish;
+                Ok(())
+            }
+            found => Err(RotationError::CurrentMoved {
+                secret: self.arn().to_owned(),
+                expected,
+                found: found.unwrap_or("nothing").to_owned(),
+            }),
+        }
+    }
+
+    async fn current(&mut self) -> Result<&AppSecret, RotationError> {
+        if self.current.is_none() {
+            let version = self.record.current_version.clone().unwrap_or_default();
+            self.current = Some(self.rotator.read_app_secret(self.arn(), &version).await?);
+        }
+        Ok(self.current.as_ref().expect("just loaded"))
+    }
+
+    /// The pending credentials, always as stored in the version `rotation id`.
+    async fn pending(&mut self) -> Result<Credentials, RotationError> {
+        if let Some(p) = &self.pending {
+            return Ok(p.clone());
+        }
+        let arn = self.arn().to_owned();
+        let id = self.rotation_id().to_owned();
+        let app = self.rotator.read_app_secret(&arn, &id).await?;
+        if app.credentials.username != self.target_user() {
+            return Err(RotationError::Inconsistent {
+                secret: arn,
+                reason: format!(
+                    "pending version {id} is for user {}, the rotation targets {}",
+                    app.credentials.username,
+                    self.target_user()
+                ),
+            });
+        }
+        self.pending = Some(app.credentials.clone());
+        Ok(app.credentials)
+    }
+
+    async fn create_pending(&mut self) -> Result<Step, RotationError> {
+        let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
+        let exists = self.rotator.secrets.get(&arn, At::Version(&id)).await?.is_some();
+        if !exists {
+            // Only ever generated here, for a version that does not exist yet: a resumed run reads
+            // the stored one, since AWS refuses a different value under the same token.
+            let current = self.current().await?.clone();
+            let password = self.rotator.settings.password.generate(current.engine)?;
+            let creds = Credentials::new(self.target_user(), password);
+            let value = current.render_with(&creds);
+            self.rotator.secrets.put(&arn, &id, &value, Stage::Pending).await?;
+        }
+        self.pending().await?;
+        Ok(Step::SetPassword)
+    }
+
+    async fn set_password(&mut self) -> Result<Step, RotationError> {
+        let pending = self.pending().await?;
+        let current = self.current().await?.clone();
+        let at = current.admin_endpoint();
+        let db = &self.rotator.db;
+        match db.check_login(current.engine, at, &pending).await {
+            Ok(()) => return Ok(Step::UpdateProxy),
+            Err(DbError::LoginRejected(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut tried = Vec::new();
+        for (source, login) in self.known_credentials(&current).await? {
+            let Some(login) = login else {
+                tried.push(source);
+                continue;
+            };
+            match db
+                .set_password(current.engine, at, &login, &pending.username, &pending.password)
+                .await
+            {
+                Ok(()) => {
+                    info!(secret = %self.arn(), user = %pending.username, via = %source, "password set");
+                    failpoint::hit("inside:set_password").await;
+                    return Ok(Step::UpdateProxy);
+                }
+                Err(DbError::LoginRejected(_)) => tried.push(format!("{source}: login rejected")),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RotationError::NoKnownCredentials {
+            user: pending.username,
+            tried: tried.join("; "),
+        })
+    }
+
+    /// The idle user's last known credentials, best first, each with a label for error messages.
+    /// `None` means the source exists in principle but holds nothing usable.
+    async fn known_credentials(&mut self, current: &AppSecret) -> Result<Vec<(String, Option<Credentials>)>, RotationError> {
+        let target = self.target_user().to_owned();
+        let secrets = &self.rotator.secrets;
+        let mut sources = Vec::new();
+        match &self.record.proxy_secret_id {
+            Some(id) => {
+                let s = self.rotator.read_user_secret(id, At::Stage(Stage::Current)).await?;
+                let creds = s.map(|s| s.credentials).filter(|c| c.username == target);
+                let label = if creds.is_some() { format!("proxy secret {id}") } else { format!("proxy secret {id}: not for {target}") };
+                sources.push((label, creds));
+            }
+            None => sources.push(("proxy secret: none configured".to_owned(), None)),
+        }
+        let previous = secrets.get(self.arn(), At::Stage(Stage::Previous)).await?;
+        let previous = match previous {
+            None => ("AWSPREVIOUS: absent".to_owned(), None),
+            Some(v) => match AppSecret::parse(&v.value) {
+                Ok(p) if p.credentials.username == target => ("AWSPREVIOUS".to_owned(), Some(p.credentials)),
+                Ok(p) => (format!("AWSPREVIOUS: holds user {}", p.credentials.username), None),
+                Err(e) => (format!("AWSPREVIOUS: unreadable ({e})"), None),
+            },
+        };
+        sources.push(previous);
+        if current.credentials.username == target {
+            // Single-user rotation: the user in use is the one that changes.
+            sources.push(("AWSCURRENT".to_owned(), Some(current.credentials.clone())));
+        }
+        match &current.master_secret_id {
+            Some(id) => {
+                let s = self.rotator.read_user_secret(id, At::Stage(Stage::Current)).await?;
+                sources.push((format!("master secret {id}"), s.map(|s| s.credentials)));
+            }
+            None => sources.push(("master secret: not configured".to_owned(), None)),
+        }
+        Ok(sources)
+    }
+
+    async fn update_proxy(&mut self) -> Result<Step, RotationError> {
+        let Some(proxy_id) = self.record.proxy_secret_id.clone() else {
+            return Ok(Step::Test);
+        };
+        let pending = self.pending().await?;
+        let token = proxy_token(self.rotation_id());
+        let secrets = &self.rotator.secrets;
+        match secrets.get(&proxy_id, At::Version(&token)).await? {
+            Some(v) if v.has(Stage::Current) => {}
+            Some(_) => {
+                // Written, but someone moved AWSCURRENT away since: move it back only via CAS.
+                let meta = secrets.describe(&proxy_id).await?;
+                let from = meta.version_with(Stage::Current).unwrap_or_default().to_owned();
+                secrets.move_stage(&proxy_id, Stage::Current, &token, &from).await?;
+            }
+            None => {
+                let proxy = self
+                    .rotator
+                    .read_user_secret(&proxy_id, At::Stage(Stage::Current))
+                    .await?
+                    .ok_or_else(|| RotationError::Inconsistent {
+                        secret: proxy_id.clone(),
+                        reason: "the proxy secret has no AWSCURRENT version".into(),
+                    })?;
+                if proxy.username() != pending.username {
+                    return Err(RotationError::Inconsistent {
+                        secret: proxy_id,
+                        reason: format!("it now holds user {}, not {}", proxy.username(), pending.username),
+                    });
+                }
+                let value = proxy.render_with_password(&pending.password);
+                secrets.put(&proxy_id, &token, &value, Stage::Current).await?;
+                failpoint::hit("inside:update_proxy").await;
+            }
+        }
+        Ok(Step::Test)
+    }
+
+    /// Logs in with the pending credentials where the application does, until the deadline: the
+    /// proxy may take a while to read its changed secret.
+    async fn test(&mut self) -> Result<Step, RotationError> {
+        let pending = self.pending().await?;
+        let current = self.current().await?.clone();
+        let deadline = self.rotator.settings.test_deadline;
+        let db = &self.rotator.db;
+        let attempt = || db.check_login(current.engine, &current.endpoint, &pending);
+        let outcome = attempt
+            .retry(
+                self.rotator
+                    .settings
+                    .retry
+                    .backoff()
+                    .with_max_times(usize::MAX)
+                    .with_total_delay(Some(deadline)),
+            )
+            .when(|e| matches!(e, DbError::LoginRejected(_)) || e.is_retryable())
+            .notify(|e, delay| info!(user = %pending.username, error = %e, retry_in = ?delay, "new credentials not accepted yet"))
+            .await;
+        match outcome {
+            Ok(()) => Ok(Step::Finish),
+            Err(e @ (DbError::LoginRejected(_) | DbError::Unreachable { .. })) => Err(RotationError::TestTimedOut {
+                user: pending.username,
+                at: current.endpoint.to_string(),
+                deadline: humantime::format_duration(deadline).to_string(),
+                last: e.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn finish(&mut self) -> Result<Step, RotationError> {
+        let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
+        let secrets = &self.rotator.secrets;
+        let meta = secrets.describe(&arn).await?;
+        let expected = self.record.current_version.clone().unwrap_or_default();
+        match meta.version_with(Stage::Current) {
+            Some(v) if v == id => {}
+            Some(v) if v == expected => {
+                secrets
+                    .move_stage(&arn, Stage::Current, &id, &expected)
+                    .await
+                    .map_err(|e| match e {
+                        // The CAS failed: someone moved AWSCURRENT between our look and our write.
+                        SecretStoreError::Refused(_) => RotationError::CurrentMoved {
+                            secret: arn.clone(),
+                            expected: expected.clone(),
+                            found: "another version".into(),
+                        },
+                        e => e.into(),
+                    })?;
+            }
+            found => {
+                return Err(RotationError::CurrentMoved {
+                    secret: arn,
+                    expected,
+                    found: found.unwrap_or("nothing").to_owned(),
+                })
+            }
+        }
+        // AWSPENDING is on our version (PutSecretValue moved it there); drop it wherever it is,
+        // so nothing pending outlives the rotation.
+        let meta = secrets.describe(&arn).await?;
+        if let Some(v) = meta.version_with(Stage::Pending) {
+            secrets.remove_stage(&arn, Stage::Pending, v).await?;
+        }
+        info!(secret = %arn, rotation_id = %id, user = %self.target_user(), "AWSCURRENT moved to the new credentials");
+        Ok(Step::Done)
+    }
+
+    /// Notes the error in the record: fatal ends the rotation, retryable leaves it to resume.
+    async fn record_failure(&mut self, e: &RotationError) {
+        if matches!(e, RotationError::LeaseLost(_) | RotationError::Records(RecordStoreError::Fenced(_))) {
+            // Not ours to write any more.
+            warn!(secret = %self.arn(), error = %e, "lease lost; leaving the record to its new owner");
+            return;
+        }
+        let reason = format!("{}: {e}", self.record.step);
+        self.record.note_error(reason, !e.is_retryable(), now_ms());
+        if let Err(save) = self.rotator.records.save(self.lease, &self.record).await {
+            warn!(secret = %self.arn(), error = %save, "could not record the failure");
+        }
+    }
+}

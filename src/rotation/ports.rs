@@ -1,0 +1,220 @@
+//! The narrow interfaces the protocol needs, in its own words. Adapters live in `crate::aws` and
+//! `crate::db`; hand-written fakes in `super::fakes` serve the unit tests.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use super::record::StepRecord;
+use crate::secret::{Credentials, Endpoint, Engine};
+
+/// Secrets Manager staging labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Current,
+    Pending,
+    Previous,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Current => "AWSCURRENT",
+            Stage::Pending => "AWSPENDING",
+            Stage::Previous => "AWSPREVIOUS",
+        }
+    }
+}
+
+/// Every read names its version: a label or an id. Never "whatever is latest".
+#[derive(Debug, Clone, Copy)]
+pub enum At<'a> {
+    Stage(Stage),
+    Version(&'a str),
+}
+
+#[derive(Debug, Clone)]
+pub struct SecretVersion {
+    pub version_id: String,
+    pub stages: Vec<String>,
+    pub value: SecretString,
+}
+
+impl SecretVersion {
+    pub fn has(&self, stage: Stage) -> bool {
+        self.stages.iter().any(|s| s == stage.as_str())
+    }
+}
+
+/// A secret's identity and where its labels are.
+#[derive(Debug, Clone)]
+pub struct SecretMeta {
+    pub arn: String,
+    pub name: String,
+    /// (version id, labels)
+    pub versions: Vec<(String, Vec<String>)>,
+}
+
+impl SecretMeta {
+    pub fn version_with(&self, stage: Stage) -> Option<&str> {
+        self.versions
+            .iter()
+            .find(|(_, labels)| labels.iter().any(|l| l == stage.as_str()))
+            .map(|(id, _)| id.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretStoreError {
+    #[error("secret {0} does not exist")]
+    NotFound(String),
+    #[error("secret {0} holds binary data, not a JSON string")]
+    Binary(String),
+    /// The request was refused as invalid: for a stage move this is the compare-and-swap failing.
+    #[error("Secrets Manager refused the request: {0}")]
+    Refused(String),
+    #[error("access denied by Secrets Manager: {0}")]
+    Denied(String),
+    #[error("Secrets Manager is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl SecretStoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// Resolves a name or ARN to the secret's identity and label map.
+    async fn describe(&self, secret_id: &str) -> Result<SecretMeta, SecretStoreError>;
+    /// `Ok(None)` when the secret exists but that version or label does not.
+    async fn get(
+        &self,
+        secret_id: &str,
+        at: At<'_>,
+    ) -> Result<Option<SecretVersion>, SecretStoreError>;
+    /// PutSecretValue with `token` as ClientRequestToken: a retry with the same value is a no-op.
+    async fn put(
+        &self,
+        secret_id: &str,
+        token: &str,
+        value: &SecretString,
+        stage: Stage,
+    ) -> Result<(), SecretStoreError>;
+    /// Moves `stage` to `to`, only if it is still on `from` (RemoveFromVersionId: a CAS).
+    async fn move_stage(
+        &self,
+        secret_id: &str,
+        stage: Stage,
+        to: &str,
+        from: &str,
+    ) -> Result<(), SecretStoreError>;
+    /// Removes `stage` from version `from`.
+    async fn remove_stage(
+        &self,
+        secret_id: &str,
+        stage: Stage,
+        from: &str,
+    ) -> Result<(), SecretStoreError>;
+}
+
+/// The right to work on one secret. Every write under it is conditional on `fence`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub key: String,
+    pub owner: String,
+    /// Increases with every acquisition: a stale holder's writes no longer match.
+    pub fence: u64,
+    pub expires_at_ms: u64,
+}
+
+#[derive(Debug)]
+pub enum Acquired {
+    Granted {
+        lease: Lease,
+        record: Option<StepRecord>,
+    },
+    Held {
+        owner: String,
+        expires_at_ms: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordStoreError {
+    #[error("the lease was taken over by another worker (fence {0} is stale)")]
+    Fenced(u64),
+    #[error("the state table is missing or misconfigured: {0}")]
+    Misconfigured(String),
+    #[error("the state table is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the stored step record is unreadable: {0}")]
+    Corrupt(String),
+}
+
+impl RecordStoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Fenced(_))
+    }
+}
+
+/// Leases and step records; one item per secret holds both.
+#[async_trait]
+pub trait RecordStore: Send + Sync {
+    async fn acquire(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Acquired, RecordStoreError>;
+    /// Extends the lease; `Fenced` when someone else holds it now.
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<u64, RecordStoreError>;
+    /// Writes the record, only if `lease.fence` is still the item's fence.
+    async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError>;
+    async fn release(&self, lease: &Lease) -> Result<(), RecordStoreError>;
+    async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("login rejected for user {0}")]
+    LoginRejected(String),
+    #[error("database unreachable at {at}: {reason}")]
+    Unreachable { at: String, reason: String },
+    #[error("TLS failure at {at}: {reason}")]
+    Tls { at: String, reason: String },
+    #[error("the database refused the statement: {0}")]
+    Refused(String),
+    #[error("engine {0} is not supported yet")]
+    Unsupported(Engine),
+}
+
+impl DbError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
+}
+
+#[async_trait]
+pub trait Database: Send + Sync {
+    /// Logs in and runs a trivial query.
+    async fn check_login(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        creds: &Credentials,
+    ) -> Result<(), DbError>;
+    /// Logs in as `login` and sets `user`'s password. The plaintext never reaches the server
+    /// where the engine allows (PostgreSQL: a SCRAM verifier is sent).
+    async fn set_password(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        login: &Credentials,
+        user: &str,
+        password: &SecretString,
+    ) -> Result<(), DbError>;
+}

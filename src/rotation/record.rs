@@ -1,0 +1,286 @@
+//! The step record: what a rotation has done, persisted after every step so that any process can
+//! resume it. It never holds a password; the pending password lives only in the AWSPENDING version
+//! whose id is the rotation id.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Serialize, Serializer};
+
+/// The next step to run. Steps run in this order; each one is idempotent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    CreatePending,
+    SetPassword,
+    UpdateProxy,
+    Test,
+    Finish,
+    Done,
+}
+
+impl Step {
+    pub const ALL: [Step; 6] = [
+        Step::CreatePending,
+        Step::SetPassword,
+        Step::UpdateProxy,
+        Step::Test,
+        Step::Finish,
+        Step::Done,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::CreatePending => "create_pending",
+            Step::SetPassword => "set_password",
+            Step::UpdateProxy => "update_proxy",
+            Step::Test => "test",
+            Step::Finish => "finish",
+            Step::Done => "done",
+        }
+    }
+
+    pub fn next(self) -> Step {
+        match self {
+            Step::CreatePending => Step::SetPassword,
+            Step::SetPassword => Step::UpdateProxy,
+            Step::UpdateProxy => Step::Test,
+            Step::Test => Step::Finish,
+            Step::Finish | Step::Done => Step::Done,
+        }
+    }
+}
+
+impl FromStr for Step {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Step::ALL
+            .into_iter()
+            .find(|step| step.as_str() == s)
+            .ok_or_else(|| format!("unknown step {s:?}"))
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Step {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    InProgress,
+    Finished,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::InProgress => "in_progress",
+            State::Finished => "finished",
+            State::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for State {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [State::InProgress, State::Finished, State::Failed]
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown state {s:?}"))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 in UTC, millisecond precision.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn ser_time<S: Serializer>(ms: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_str(&rfc3339(*ms)),
+        None => s.serialize_none(),
+    }
+}
+
+/// One per secret. `status --json` prints it as is (times as RFC 3339).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepRecord {
+    /// The secret's ARN (names are resolved first, so a name and its ARN share one record).
+    pub secret_id: String,
+    /// The ClientRequestToken of the AWSPENDING version, and so that version's id.
+    pub rotation_id: Option<String>,
+    pub state: State,
+    pub step: Step,
+    /// The version that was AWSCURRENT when the rotation began: the compare-and-swap's expected value.
+    pub current_version: Option<String>,
+    pub current_user: Option<String>,
+    pub target_user: Option<String>,
+    /// The proxy secret of the target user, when the secret names proxy secrets.
+    pub proxy_secret_id: Option<String>,
+    /// How many times a process has started or resumed this rotation.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    #[serde(serialize_with = "ser_time")]
+    pub started_at: Option<u64>,
+    #[serde(serialize_with = "ser_time")]
+    pub updated_at: Option<u64>,
+    #[serde(serialize_with = "ser_time")]
+    pub finished_at: Option<u64>,
+    /// When the last successful rotation of this secret finished; survives later failures.
+    #[serde(serialize_with = "ser_time")]
+    pub last_success_at: Option<u64>,
+}
+
+/// What a rotation starts from, decided before anything is written.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub current_version: String,
+    pub current_user: String,
+    pub target_user: String,
+    pub proxy_secret_id: Option<String>,
+}
+
+impl StepRecord {
+    pub fn begin(secret_id: &str, rotation_id: String, plan: Plan, previous: Option<&StepRecord>, now: u64) -> Self {
+        Self {
+            secret_id: secret_id.to_owned(),
+            rotation_id: Some(rotation_id),
+            state: State::InProgress,
+            step: Step::CreatePending,
+            current_version: Some(plan.current_version),
+            current_user: Some(plan.current_user),
+            target_user: Some(plan.target_user),
+            proxy_secret_id: plan.proxy_secret_id,
+            attempts: 1,
+            last_error: None,
+            started_at: Some(now),
+            updated_at: Some(now),
+            finished_at: None,
+            last_success_at: previous.and_then(|p| p.last_success_at),
+        }
+    }
+
+    /// A rotation that could not even begin (bad secret, unknown user, ...).
+    pub fn failed_to_begin(secret_id: &str, reason: String, previous: Option<&StepRecord>, now: u64) -> Self {
+        Self {
+            secret_id: secret_id.to_owned(),
+            rotation_id: None,
+            state: State::Failed,
+            step: Step::CreatePending,
+            current_version: None,
+            current_user: None,
+            target_user: None,
+            proxy_secret_id: None,
+            attempts: previous
+                .filter(|p| p.state == State::Failed && p.rotation_id.is_none())
+                .map_or(1, |p| p.attempts + 1),
+            last_error: Some(reason),
+            started_at: Some(now),
+            updated_at: Some(now),
+            finished_at: Some(now),
+            last_success_at: previous.and_then(|p| p.last_success_at),
+        }
+    }
+
+    pub fn is_in_progress(&self) -> bool {
+        self.state == State::InProgress
+    }
+
+    pub fn advance(&mut self, to: Step, now: u64) {
+        self.step = to;
+        self.updated_at = Some(now);
+        self.last_error = None;
+        if to == Step::Done {
+            self.state = State::Finished;
+            self.finished_at = Some(now);
+            self.last_success_at = Some(now);
+        }
+    }
+
+    pub fn resumed(&mut self, now: u64) {
+        self.attempts += 1;
+        self.updated_at = Some(now);
+    }
+
+    pub fn note_error(&mut self, reason: String, fatal: bool, now: u64) {
+        self.last_error = Some(reason);
+        self.updated_at = Some(now);
+        if fatal {
+            self.state = State::Failed;
+            self.finished_at = Some(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan {
+            current_version: "v0".into(),
+            current_user: "a".into(),
+            target_user: "b".into(),
+            proxy_secret_id: None,
+        }
+    }
+
+    #[test]
+    fn steps_round_trip_through_their_names_and_advance_in_order() {
+        for step in Step::ALL {
+            assert_eq!(step.as_str().parse::<Step>().unwrap(), step);
+        }
+        let mut s = Step::CreatePending;
+        let mut seen = vec![s];
+        while s != Step::Done {
+            s = s.next();
+            seen.push(s);
+        }
+        assert_eq!(seen, Step::ALL);
+    }
+
+    #[test]
+    fn finishing_marks_the_record_finished_and_remembers_the_success() {
+        let mut r = StepRecord::begin("arn", "r1".into(), plan(), None, 10);
+        r.note_error("slow".into(), false, 11);
+        assert_eq!(r.state, State::InProgress);
+        r.advance(Step::Done, 20);
+        assert_eq!(r.state, State::Finished);
+        assert_eq!((r.finished_at, r.last_success_at, r.last_error.clone()), (Some(20), Some(20), None));
+        let failed = StepRecord::failed_to_begin("arn", "bad".into(), Some(&r), 30);
+        assert_eq!(failed.last_success_at, Some(20));
+        assert_eq!(failed.state, State::Failed);
+    }
+
+    #[test]
+    fn status_json_has_the_documented_fields() {
+        let r = StepRecord::begin("arn", "r1".into(), plan(), None, 0);
+        let v = serde_json::to_value(&r).unwrap();
+        for key in ["secret_id", "rotation_id", "state", "step", "target_user", "attempts",
+            "last_error", "started_at", "updated_at", "finished_at"] {
+            assert!(v.get(key).is_some(), "{key} missing");
+        }
+        assert_eq!(v["state"], "in_progress");
+        assert_eq!(v["step"], "create_pending");
+        assert_eq!(v["started_at"], "1970-01-01T00:00:00.000Z");
+    }
+}
