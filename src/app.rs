@@ -58,7 +58,10 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string(value).expect("JSON values serialise"));
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("JSON values serialise")
+    );
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
@@ -68,7 +71,11 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Setup => match records.setup().await {
             Ok(created) => {
-                println!("table {} {}", args.table, if created { "created" } else { "already exists" });
+                println!(
+                    "table {} {}",
+                    args.table,
+                    if created { "created" } else { "already exists" }
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => fail(exit::FAILED, e),
@@ -87,7 +94,12 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Ok(Some(r)) => {
                     println!("secret:      {}", r.secret_id);
                     println!("rotation id: {}", r.rotation_id.as_deref().unwrap_or("-"));
-                    println!("state:       {}  (step {}, attempt {})", r.state.as_str(), r.step, r.attempts);
+                    println!(
+                        "state:       {}  (step {}, attempt {})",
+                        r.state.as_str(),
+                        r.step,
+                        r.attempts
+                    );
                     println!(
                         "users:       {} -> {}",
                         r.current_user.as_deref().unwrap_or("-"),
@@ -98,7 +110,10 @@ pub async fn run(cli: Cli) -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Ok(None) => fail(exit::FAILED, format!("no rotation has been recorded for {}", meta.arn)),
+                Ok(None) => fail(
+                    exit::FAILED,
+                    format!("no rotation has been recorded for {}", meta.arn),
+                ),
                 Err(e) => fail(exit::FAILED, e),
             }
         }
@@ -119,7 +134,10 @@ pub async fn run(cli: Cli) -> ExitCode {
                 owner: owner_id(),
             };
             let started = std::time::Instant::now();
-            match rotator.rotate(&secret_id, LeaseWait::UpTo(lease_wait)).await {
+            match rotator
+                .rotate(&secret_id, LeaseWait::UpTo(lease_wait))
+                .await
+            {
                 Ok(done) => {
                     if json {
                         print_json(&json!({

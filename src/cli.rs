@@ -25,10 +25,21 @@ pub enum LogFormat {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// DynamoDB table holding leases and step records (created by `setup`).
-    #[arg(long, env = "ROTATOR_TABLE", default_value = "rds-rotator", global = true)]
+    #[arg(
+        long,
+        env = "ROTATOR_TABLE",
+        default_value = "rds-rotator",
+        global = true
+    )]
     pub table: String,
     /// TLS to the database. `disable` must be asked for explicitly.
-    #[arg(long, env = "ROTATOR_DB_TLS", value_enum, default_value = "verify-full", global = true)]
+    #[arg(
+        long,
+        env = "ROTATOR_DB_TLS",
+        value_enum,
+        default_value = "verify-full",
+        global = true
+    )]
     pub db_tls: TlsMode,
     /// PEM file of extra CA certificates for `verify-full` (the RDS global bundle).
     #[arg(long, env = "ROTATOR_DB_CA_BUNDLE", global = true)]
@@ -40,10 +51,21 @@ pub struct GlobalArgs {
     #[arg(long, env = "ROTATOR_LEASE_DURATION", default_value = "30s", value_parser = parse_lease, global = true)]
     pub lease_duration: Duration,
     /// Log format on stderr. The level comes from RUST_LOG.
-    #[arg(long, env = "ROTATOR_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "ROTATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
     /// Length of generated passwords.
-    #[arg(long, env = "ROTATOR_PASSWORD_LENGTH", default_value_t = 32, global = true)]
+    #[arg(
+        long,
+        env = "ROTATOR_PASSWORD_LENGTH",
+        default_value_t = 32,
+        global = true
+    )]
     pub password_length: usize,
     /// Characters never used in generated passwords (default: the engine's, as AWS's
     /// rotation functions: `:/@"'\` for PostgreSQL).

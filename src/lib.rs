@@ -11,4 +11,9 @@ pub mod secret;
 pub mod telemetry;
 
 /// The version and the git revision it was built from.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ROTATOR_GIT_REVISION"), ")");
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("ROTATOR_GIT_REVISION"),
+    ")"
+);

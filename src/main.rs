@@ -6,6 +6,9 @@ use rds_rotator::{app, cli::Cli, telemetry};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.settings.log_format, app::default_log_level(&cli.command));
+    telemetry::init(
+        cli.settings.log_format,
+        app::default_log_level(&cli.command),
+    );
     app::run(cli).await
 }

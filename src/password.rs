@@ -75,15 +75,12 @@ impl PasswordPolicy {
             u8::is_ascii_punctuation,
         ];
         // Only require the classes the alphabet still has after exclusions.
-        let required: Vec<_> = classes
-            .iter()
-            .filter(|c| alphabet.iter().any(|b| c(b)))
-            .collect();
+        let required: Vec<_> = classes.iter().filter(|c| alphabet.iter().any(c)).collect();
         loop {
             let candidate: Vec<u8> = (0..self.length)
                 .map(|_| alphabet[uniform_index(alphabet.len())])
                 .collect();
-            if required.iter().all(|c| candidate.iter().any(|b| c(b))) {
+            if required.iter().all(|c| candidate.iter().any(c)) {
                 let s = String::from_utf8(candidate).expect("alphabet is ASCII");
                 return Ok(SecretString::from(s));
             }
@@ -137,7 +134,12 @@ mod tests {
     fn custom_exclusions_and_length_apply() {
         let policy = PasswordPolicy {
             length: 20,
-            exclude: Some((b'!'..=b'~').filter(|b| !b.is_ascii_alphanumeric()).map(char::from).collect()),
+            exclude: Some(
+                (b'!'..=b'~')
+                    .filter(|b| !b.is_ascii_alphanumeric())
+                    .map(char::from)
+                    .collect(),
+            ),
         };
         let p = policy.generate(Engine::Mysql).unwrap();
         assert_eq!(p.expose_secret().len(), 20);
@@ -146,10 +148,22 @@ mod tests {
 
     #[test]
     fn impossible_policies_are_refused() {
-        let short = PasswordPolicy { length: 4, exclude: None };
-        assert_eq!(short.validate(Engine::Postgres), Err(PolicyError::Length(4)));
+        let short = PasswordPolicy {
+            length: 4,
+            exclude: None,
+        };
+        assert_eq!(
+            short.validate(Engine::Postgres),
+            Err(PolicyError::Length(4))
+        );
         let all: String = (b'!'..=b'~').map(char::from).collect();
-        let empty = PasswordPolicy { length: 32, exclude: Some(all) };
-        assert_eq!(empty.validate(Engine::Postgres), Err(PolicyError::EmptyAlphabet));
+        let empty = PasswordPolicy {
+            length: 32,
+            exclude: Some(all),
+        };
+        assert_eq!(
+            empty.validate(Engine::Postgres),
+            Err(PolicyError::EmptyAlphabet)
+        );
     }
 }

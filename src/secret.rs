@@ -360,7 +360,9 @@ impl AppSecret {
             .filter(|h| !h.trim().is_empty())
             .ok_or(SecretError::Missing("host` or `database_host"))?;
         let port = match (fields.port("port")?, fields.port("database_port")?) {
-            (Some(a), Some(b)) if a != b => return Err(SecretError::Conflict("port", "database_port")),
+            (Some(a), Some(b)) if a != b => {
+                return Err(SecretError::Conflict("port", "database_port"))
+            }
             (Some(p), _) | (None, Some(p)) => p,
             (None, None) => engine.default_port(),
         };
@@ -517,8 +519,10 @@ mod tests {
 
     #[test]
     fn the_aws_standard_format_parses_with_a_numeric_port() {
-        let s = parse(json!({"engine": "postgres", "host": "db", "port": 5433, "dbname": "d",
-            "username": "u", "password": "x", "masterarn": "arn:m"}))
+        let s = parse(
+            json!({"engine": "postgres", "host": "db", "port": 5433, "dbname": "d",
+            "username": "u", "password": "x", "masterarn": "arn:m"}),
+        )
         .unwrap();
         assert_eq!(s.endpoint.port, 5433);
         assert_eq!(s.master_secret_id.as_deref(), Some("arn:m"));
@@ -548,11 +552,55 @@ mod tests {
     fn bad_secrets_get_one_clear_error() {
         let cases: Vec<(Value, SecretError)> = vec![
             (json!([1]), SecretError::NotObject),
-            ({ let mut v = seed(); v.as_object_mut().unwrap().remove("password"); v }, SecretError::Missing("password")),
-            ({ let mut v = seed(); v["password"] = json!(12); v }, SecretError::WrongType { key: "password", expected: "a string" }),
-            ({ let mut v = seed(); v["database_port"] = json!("http"); v }, SecretError::WrongType { key: "database_port", expected: "a port number (1-65535) as a number or a string" }),
-            ({ let mut v = seed(); v["username"] = json!("nobody"); v }, SecretError::UserNotInRotation("\"nobody\"".into())),
-            ({ let mut v = seed(); v["rotation_usernames"] = json!("app"); v }, SecretError::WrongType { key: "rotation_usernames", expected: "a list of strings" }),
+            (
+                {
+                    let mut v = seed();
+                    v.as_object_mut().unwrap().remove("password");
+                    v
+                },
+                SecretError::Missing("password"),
+            ),
+            (
+                {
+                    let mut v = seed();
+                    v["password"] = json!(12);
+                    v
+                },
+                SecretError::WrongType {
+                    key: "password",
+                    expected: "a string",
+                },
+            ),
+            (
+                {
+                    let mut v = seed();
+                    v["database_port"] = json!("http");
+                    v
+                },
+                SecretError::WrongType {
+                    key: "database_port",
+                    expected: "a port number (1-65535) as a number or a string",
+                },
+            ),
+            (
+                {
+                    let mut v = seed();
+                    v["username"] = json!("nobody");
+                    v
+                },
+                SecretError::UserNotInRotation("\"nobody\"".into()),
+            ),
+            (
+                {
+                    let mut v = seed();
+                    v["rotation_usernames"] = json!("app");
+                    v
+                },
+                SecretError::WrongType {
+                    key: "rotation_usernames",
+                    expected: "a list of strings",
+                },
+            ),
         ];
         for (value, expected) in cases {
             assert_eq!(parse(value).unwrap_err(), expected);
@@ -565,7 +613,14 @@ mod tests {
 
     #[test]
     fn sql_looking_user_names_are_rejected() {
-        for name in ["app\"; DROP ROLE x; --", "a b", "1abc", "app'", "", &"x".repeat(64)] {
+        for name in [
+            "app\"; DROP ROLE x; --",
+            "a b",
+            "1abc",
+            "app'",
+            "",
+            &"x".repeat(64),
+        ] {
             let mut v = seed();
             v["rotation_usernames"] = json!([name, "app"]);
             v["username"] = json!("app");
@@ -584,7 +639,10 @@ mod tests {
         ))
         .unwrap();
         let printed = format!("{s:?} {u:?} {:?}", s.credentials);
-        assert!(!printed.contains("p'\"\\w") && !printed.contains("hunter2"), "{printed}");
+        assert!(
+            !printed.contains("p'\"\\w") && !printed.contains("hunter2"),
+            "{printed}"
+        );
         assert!(printed.contains("app"));
     }
 }

@@ -7,8 +7,9 @@ use crate::cli::LogFormat;
 /// `default` applies when RUST_LOG is unset. The AWS SDK's own debug output stays quiet unless
 /// asked for by name.
 pub fn init(format: LogFormat, default: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default},aws_smithy_runtime=warn,aws_config=warn")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{default},aws_smithy_runtime=warn,aws_config=warn"))
+    });
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

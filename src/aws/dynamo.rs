@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, TableStatus,
 };
 use aws_sdk_dynamodb::Client;
 use tracing::info;
@@ -29,7 +30,12 @@ pub struct DynamoRecords {
     table: String,
 }
 
-fn map_err<E>(err: aws_sdk_dynamodb::error::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> RecordStoreError
+fn map_err<E>(
+    err: aws_sdk_dynamodb::error::SdkError<
+        E,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+) -> RecordStoreError
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -41,7 +47,12 @@ where
     }
 }
 
-fn is_condition_failure<E>(err: &aws_sdk_dynamodb::error::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> bool
+fn is_condition_failure<E>(
+    err: &aws_sdk_dynamodb::error::SdkError<
+        E,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+) -> bool
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -61,7 +72,9 @@ fn get_s(item: &Item, k: &str) -> Option<String> {
 }
 
 fn get_n(item: &Item, k: &str) -> Option<u64> {
-    item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+    item.get(k)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 fn record_from(item: &Item) -> Result<Option<StepRecord>, RecordStoreError> {
@@ -73,7 +86,10 @@ fn record_from(item: &Item) -> Result<Option<StepRecord>, RecordStoreError> {
         secret_id: get_s(item, KEY).ok_or_else(|| corrupt("no key".into()))?,
         rotation_id: get_s(item, "rotation_id"),
         state: state.parse::<State>().map_err(corrupt)?,
-        step: get_s(item, "step").unwrap_or_default().parse::<Step>().map_err(corrupt)?,
+        step: get_s(item, "step")
+            .unwrap_or_default()
+            .parse::<Step>()
+            .map_err(corrupt)?,
         current_version: get_s(item, "current_version"),
         current_user: get_s(item, "current_user"),
         target_user: get_s(item, "target_user"),
@@ -129,7 +145,13 @@ impl DynamoRecords {
                     .build()
                     .expect("complete"),
             )
-            .key_schema(KeySchemaElement::builder().attribute_name(KEY).key_type(KeyType::Hash).build().expect("complete"))
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(KEY)
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .expect("complete"),
+            )
             .billing_mode(BillingMode::PayPerRequest)
             .send()
             .await
@@ -139,7 +161,13 @@ impl DynamoRecords {
             Err(e) => return Err(map_err(e)),
         };
         for _ in 0..120 {
-            let out = self.client.describe_table().table_name(&self.table).send().await.map_err(map_err)?;
+            let out = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+                .map_err(map_err)?;
             let table = out.table();
             let key_ok = table.map(|t| t.key_schema()).is_some_and(|ks| {
                 ks.len() == 1 && ks[0].attribute_name() == KEY && ks[0].key_type() == &KeyType::Hash
@@ -156,7 +184,10 @@ impl DynamoRecords {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        Err(RecordStoreError::Unavailable(format!("table {} did not become active", self.table)))
+        Err(RecordStoreError::Unavailable(format!(
+            "table {} did not become active",
+            self.table
+        )))
     }
 
     async fn item(&self, key: &str) -> Result<Option<Item>, RecordStoreError> {
@@ -175,7 +206,12 @@ impl DynamoRecords {
 
 #[async_trait]
 impl RecordStore for DynamoRecords {
-    async fn acquire(&self, key: &str, owner: &str, ttl: Duration) -> Result<Acquired, RecordStoreError> {
+    async fn acquire(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Acquired, RecordStoreError> {
         let now = now_ms();
         let expires = now + ttl.as_millis() as u64;
         let result = self
@@ -184,7 +220,9 @@ impl RecordStore for DynamoRecords {
             .table_name(&self.table)
             .key(KEY, s(key))
             .update_expression("SET lease_owner = :owner, lease_expires_at = :exp ADD fence :one")
-            .condition_expression("attribute_not_exists(lease_expires_at) OR lease_expires_at < :now")
+            .condition_expression(
+                "attribute_not_exists(lease_expires_at) OR lease_expires_at < :now",
+            )
             .expression_attribute_values(":owner", s(owner))
             .expression_attribute_values(":exp", n(expires))
             .expression_attribute_values(":one", n(1))
@@ -195,7 +233,8 @@ impl RecordStore for DynamoRecords {
         match result {
             Ok(out) => {
                 let item = out.attributes.unwrap_or_default();
-                let fence = get_n(&item, "fence").ok_or_else(|| RecordStoreError::Corrupt("no fence".into()))?;
+                let fence = get_n(&item, "fence")
+                    .ok_or_else(|| RecordStoreError::Corrupt("no fence".into()))?;
                 Ok(Acquired::Granted {
                     lease: Lease {
                         key: key.to_owned(),
@@ -203,7 +242,7 @@ impl RecordStore for DynamoRecords {
                         fence,
                         expires_at_ms: expires,
                     },
-                    record: record_from(&item)?,
+                    record: record_from(&item)?.map(Box::new),
                 })
             }
             Err(e) if is_condition_failure(&e) => {
@@ -230,7 +269,13 @@ impl RecordStore for DynamoRecords {
             .expression_attribute_values(":owner", s(&lease.owner))
             .send()
             .await
-            .map_err(|e| if is_condition_failure(&e) { RecordStoreError::Fenced(lease.fence) } else { map_err(e) })?;
+            .map_err(|e| {
+                if is_condition_failure(&e) {
+                    RecordStoreError::Fenced(lease.fence)
+                } else {
+                    map_err(e)
+                }
+            })?;
         Ok(expires)
     }
 
@@ -259,10 +304,13 @@ impl RecordStore for DynamoRecords {
         if !removes.is_empty() {
             expr.push_str(&format!(" REMOVE {}", removes.join(", ")));
         }
-        req.update_expression(expr)
-            .send()
-            .await
-            .map_err(|e| if is_condition_failure(&e) { RecordStoreError::Fenced(lease.fence) } else { map_err(e) })?;
+        req.update_expression(expr).send().await.map_err(|e| {
+            if is_condition_failure(&e) {
+                RecordStoreError::Fenced(lease.fence)
+            } else {
+                map_err(e)
+            }
+        })?;
         Ok(())
     }
 

@@ -44,7 +44,9 @@ where
         SdkError::ServiceError(se) => {
             let code = se.err().code().map(str::to_owned);
             let transient = se.raw().status().is_server_error()
-                || code.as_deref().is_some_and(|c| TRANSIENT_CODES.contains(&c));
+                || code
+                    .as_deref()
+                    .is_some_and(|c| TRANSIENT_CODES.contains(&c));
             Failure {
                 message: format!(
                     "{}: {}",

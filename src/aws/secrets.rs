@@ -20,7 +20,13 @@ impl SecretsManager {
     }
 }
 
-fn map_err<E>(secret_id: &str, err: aws_sdk_secretsmanager::error::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> SecretStoreError
+fn map_err<E>(
+    secret_id: &str,
+    err: aws_sdk_secretsmanager::error::SdkError<
+        E,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+) -> SecretStoreError
 where
     E: aws_sdk_secretsmanager::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -28,9 +34,12 @@ where
     match f.code.as_deref() {
         _ if f.transient => SecretStoreError::Unavailable(f.message),
         Some("ResourceNotFoundException") => SecretStoreError::NotFound(secret_id.to_owned()),
-        Some("AccessDeniedException" | "UnrecognizedClientException" | "DecryptionFailure" | "ExpiredTokenException") => {
-            SecretStoreError::Denied(f.message)
-        }
+        Some(
+            "AccessDeniedException"
+            | "UnrecognizedClientException"
+            | "DecryptionFailure"
+            | "ExpiredTokenException",
+        ) => SecretStoreError::Denied(f.message),
         _ => SecretStoreError::Refused(f.message),
     }
 }
@@ -57,7 +66,11 @@ impl SecretStore for SecretsManager {
         })
     }
 
-    async fn get(&self, secret_id: &str, at: At<'_>) -> Result<Option<SecretVersion>, SecretStoreError> {
+    async fn get(
+        &self,
+        secret_id: &str,
+        at: At<'_>,
+    ) -> Result<Option<SecretVersion>, SecretStoreError> {
         let req = self.client.get_secret_value().secret_id(secret_id);
         let req = match at {
             At::Stage(stage) => req.version_stage(stage.as_str()),
@@ -70,7 +83,7 @@ impl SecretStore for SecretsManager {
                     // The secret was described before; what is missing is the version or label.
                     SecretStoreError::NotFound(_) => Ok(None),
                     e => Err(e),
-                }
+                };
             }
         };
         let Some(value) = out.secret_string else {
@@ -83,7 +96,13 @@ impl SecretStore for SecretsManager {
         }))
     }
 
-    async fn put(&self, secret_id: &str, token: &str, value: &SecretString, stage: Stage) -> Result<(), SecretStoreError> {
+    async fn put(
+        &self,
+        secret_id: &str,
+        token: &str,
+        value: &SecretString,
+        stage: Stage,
+    ) -> Result<(), SecretStoreError> {
         self.client
             .put_secret_value()
             .secret_id(secret_id)
@@ -96,7 +115,13 @@ impl SecretStore for SecretsManager {
         Ok(())
     }
 
-    async fn move_stage(&self, secret_id: &str, stage: Stage, to: &str, from: &str) -> Result<(), SecretStoreError> {
+    async fn move_stage(
+        &self,
+        secret_id: &str,
+        stage: Stage,
+        to: &str,
+        from: &str,
+    ) -> Result<(), SecretStoreError> {
         self.client
             .update_secret_version_stage()
             .secret_id(secret_id)
@@ -109,7 +134,12 @@ impl SecretStore for SecretsManager {
         Ok(())
     }
 
-    async fn remove_stage(&self, secret_id: &str, stage: Stage, from: &str) -> Result<(), SecretStoreError> {
+    async fn remove_stage(
+        &self,
+        secret_id: &str,
+        stage: Stage,
+        from: &str,
+    ) -> Result<(), SecretStoreError> {
         self.client
             .update_secret_version_stage()
             .secret_id(secret_id)

@@ -31,7 +31,12 @@ impl Databases {
 
 #[async_trait]
 impl Database for Databases {
-    async fn check_login(&self, engine: Engine, at: &Endpoint, creds: &Credentials) -> Result<(), DbError> {
+    async fn check_login(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        creds: &Credentials,
+    ) -> Result<(), DbError> {
         self.engine(engine)?.check_login(engine, at, creds).await
     }
 
@@ -43,6 +48,8 @@ impl Database for Databases {
         user: &str,
         password: &SecretString,
     ) -> Result<(), DbError> {
-        self.engine(engine)?.set_password(engine, at, login, user, password).await
+        self.engine(engine)?
+            .set_password(engine, at, login, user, password)
+            .await
     }
 }

@@ -35,7 +35,9 @@ pub fn quote_literal(text: &str) -> String {
 
 fn classify(at: &Endpoint, user: &str, e: tokio_postgres::Error) -> DbError {
     if let Some(code) = e.code() {
-        if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
+        if *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        {
             return DbError::LoginRejected(user.to_owned());
         }
         if *code == SqlState::TOO_MANY_CONNECTIONS
@@ -47,7 +49,10 @@ fn classify(at: &Endpoint, user: &str, e: tokio_postgres::Error) -> DbError {
                 reason: e.to_string(),
             };
         }
-        let msg = e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{} ({})", d.message(), d.code().code()));
+        let msg = e.as_db_error().map_or_else(
+            || e.to_string(),
+            |d| format!("{} ({})", d.message(), d.code().code()),
+        );
         return DbError::Refused(msg);
     }
     let mut chain = String::new();
@@ -117,7 +122,12 @@ impl Postgres {
 
 #[async_trait]
 impl Database for Postgres {
-    async fn check_login(&self, _engine: Engine, at: &Endpoint, creds: &Credentials) -> Result<(), DbError> {
+    async fn check_login(
+        &self,
+        _engine: Engine,
+        at: &Endpoint,
+        creds: &Credentials,
+    ) -> Result<(), DbError> {
         let client = self.connect(at, creds).await?;
         client
             .simple_query("SELECT 1")
@@ -135,9 +145,14 @@ impl Database for Postgres {
         password: &SecretString,
     ) -> Result<(), DbError> {
         let client = self.connect(at, login).await?;
-        let verifier = postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
+        let verifier =
+            postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
         // ALTER ROLE takes no bind parameters: the name is quoted, the verifier is base64 and `$:`.
-        let sql = format!("ALTER ROLE {} WITH PASSWORD {}", quote_ident(user), quote_literal(&verifier));
+        let sql = format!(
+            "ALTER ROLE {} WITH PASSWORD {}",
+            quote_ident(user),
+            quote_literal(&verifier)
+        );
         client
             .batch_execute(&sql)
             .await
@@ -153,7 +168,10 @@ mod tests {
     #[test]
     fn identifiers_and_literals_are_quoted_safely() {
         assert_eq!(quote_ident("app"), "\"app\"");
-        assert_eq!(quote_ident("a\"; DROP ROLE x; --"), "\"a\"\"; DROP ROLE x; --\"");
+        assert_eq!(
+            quote_ident("a\"; DROP ROLE x; --"),
+            "\"a\"\"; DROP ROLE x; --\""
+        );
         assert_eq!(quote_literal("it's"), "'it''s'");
     }
 
@@ -161,7 +179,11 @@ mod tests {
     fn verifiers_need_no_escaping_and_do_not_contain_the_password() {
         let v = postgres_protocol::password::scram_sha_256(b"pa'ss\\word");
         assert!(v.starts_with("SCRAM-SHA-256$4096:"));
-        assert!(v.chars().all(|c| c.is_ascii_alphanumeric() || "$:+/=-".contains(c)), "{v}");
+        assert!(
+            v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "$:+/=-".contains(c)),
+            "{v}"
+        );
         assert!(!v.contains("pa'ss"));
     }
 }

@@ -23,7 +23,7 @@ pub(super) async fn acquire(
     };
     loop {
         match rotator.records.acquire(arn, &rotator.owner, ttl).await? {
-            Acquired::Granted { lease, record } => return Ok((lease, record)),
+            Acquired::Granted { lease, record } => return Ok((lease, record.map(|r| *r))),
             Acquired::Held {
                 owner,
                 expires_at_ms,

@@ -42,7 +42,7 @@ use ports::{
     At, Database, DbError, Lease, RecordStore, RecordStoreError, SecretMeta, SecretStore,
     SecretStoreError, Stage,
 };
-use record::{now_ms, Plan, StepRecord, Step};
+use record::{now_ms, Plan, Step, StepRecord};
 
 /// Backoff for retryable errors. One value, documented defaults, used everywhere a step retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +117,9 @@ pub enum RotationError {
     },
     #[error("{secret} is inconsistent: {reason}")]
     Inconsistent { secret: String, reason: String },
-    #[error("the new credentials of user {user} did not log in through {at} within {deadline}: {last}")]
+    #[error(
+        "the new credentials of user {user} did not log in through {at} within {deadline}: {last}"
+    )]
     TestTimedOut {
         user: String,
         at: String,
@@ -195,11 +197,21 @@ pub struct Rotator {
 
 impl Rotator {
     /// Rotates `secret_id` (a name or an ARN) once, or finishes the rotation already in progress.
-    pub async fn rotate(&self, secret_id: &str, wait: LeaseWait) -> Result<Completed, RotationError> {
+    pub async fn rotate(
+        &self,
+        secret_id: &str,
+        wait: LeaseWait,
+    ) -> Result<Completed, RotationError> {
         let meta = self.secrets.describe(secret_id).await?;
         let (lease, existing) = lease::acquire(self, &meta.arn, wait).await?;
         let lost = AtomicBool::new(false);
-        let result = lease::heartbeat(self, &lease, &lost, self.run(&lease, &lost, &meta, existing)).await;
+        let result = lease::heartbeat(
+            self,
+            &lease,
+            &lost,
+            self.run(&lease, &lost, &meta, existing),
+        )
+        .await;
         if let Err(e) = self.records.release(&lease).await {
             warn!(secret = %meta.arn, error = %e, "could not release the lease; it will expire");
         }
@@ -226,11 +238,19 @@ impl Rotator {
                     let id = Uuid::new_v4().to_string();
                     info!(secret = %meta.arn, rotation_id = %id, from = %plan.current_user,
                           to = %plan.target_user, "starting rotation");
-                    (StepRecord::begin(&meta.arn, id, plan, previous.as_ref(), now), false)
+                    (
+                        StepRecord::begin(&meta.arn, id, plan, previous.as_ref(), now),
+                        false,
+                    )
                 }
                 Err(e) => {
                     if !e.is_retryable() {
-                        let failed = StepRecord::failed_to_begin(&meta.arn, e.to_string(), previous.as_ref(), now);
+                        let failed = StepRecord::failed_to_begin(
+                            &meta.arn,
+                            e.to_string(),
+                            previous.as_ref(),
+                            now,
+                        );
                         if let Err(save) = self.records.save(lease, &failed).await {
                             warn!(secret = %meta.arn, error = %save, "could not record the failure");
                         }
@@ -264,9 +284,14 @@ impl Rotator {
                         resumed,
                     });
                 }
-                Err(e) if e.is_retryable()
-                    && attempt < self.settings.retry.max_attempts
-                    && !matches!(e, RotationError::LeaseLost(_) | RotationError::Records(RecordStoreError::Fenced(_))) =>
+                Err(e)
+                    if e.is_retryable()
+                        && attempt < self.settings.retry.max_attempts
+                        && !matches!(
+                            e,
+                            RotationError::LeaseLost(_)
+                                | RotationError::Records(RecordStoreError::Fenced(_))
+                        ) =>
                 {
                     let delay = delays.next().unwrap_or(self.settings.retry.max_delay);
                     warn!(secret = %run.record.secret_id, step = %run.record.step, error = %e,
@@ -286,10 +311,12 @@ impl Rotator {
     /// secret runs here, so bad input changes nothing.
     async fn plan(&self, meta: &SecretMeta) -> Result<Plan, RotationError> {
         let arn = &meta.arn;
-        let current_version = meta.version_with(Stage::Current).ok_or_else(|| RotationError::Inconsistent {
-            secret: arn.clone(),
-            reason: "no version is labelled AWSCURRENT".into(),
-        })?;
+        let current_version =
+            meta.version_with(Stage::Current)
+                .ok_or_else(|| RotationError::Inconsistent {
+                    secret: arn.clone(),
+                    reason: "no version is labelled AWSCURRENT".into(),
+                })?;
         let current = self.read_app_secret(arn, current_version).await?;
         self.settings.password.validate(current.engine)?;
         let target = current.next_username().to_owned();
@@ -321,20 +348,30 @@ impl Rotator {
         })
     }
 
-    async fn read_user_secret(&self, id: &str, at: At<'_>) -> Result<Option<UserSecret>, RotationError> {
+    async fn read_user_secret(
+        &self,
+        id: &str,
+        at: At<'_>,
+    ) -> Result<Option<UserSecret>, RotationError> {
         match self.secrets.get(id, at).await? {
             None => Ok(None),
-            Some(v) => UserSecret::parse(&v.value)
-                .map(Some)
-                .map_err(|source| RotationError::BadSecret {
-                    secret: id.to_owned(),
-                    source,
-                }),
+            Some(v) => {
+                UserSecret::parse(&v.value)
+                    .map(Some)
+                    .map_err(|source| RotationError::BadSecret {
+                        secret: id.to_owned(),
+                        source,
+                    })
+            }
         }
     }
 
     /// The proxy secret whose `username` is `user`. With proxy secrets configured, one must match.
-    async fn find_proxy_secret(&self, app: &AppSecret, user: &str) -> Result<Option<String>, RotationError> {
+    async fn find_proxy_secret(
+        &self,
+        app: &AppSecret,
+        user: &str,
+    ) -> Result<Option<String>, RotationError> {
         if app.proxy_secret_ids.is_empty() {
             return Ok(None);
         }
@@ -375,11 +412,17 @@ impl Run<'_> {
     }
 
     fn rotation_id(&self) -> &str {
-        self.record.rotation_id.as_deref().expect("a running rotation has an id")
+        self.record
+            .rotation_id
+            .as_deref()
+            .expect("a running rotation has an id")
     }
 
     fn target_user(&self) -> &str {
-        self.record.target_user.as_deref().expect("a running rotation has a target user")
+        self.record
+            .target_user
+            .as_deref()
+            .expect("a running rotation has a target user")
     }
 
     async fn drive(&mut self) -> Result<(), RotationError> {
@@ -457,7 +500,12 @@ impl Run<'_> {
 
     async fn create_pending(&mut self) -> Result<Step, RotationError> {
         let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
-        let exists = self.rotator.secrets.get(&arn, At::Version(&id)).await?.is_some();
+        let exists = self
+            .rotator
+            .secrets
+            .get(&arn, At::Version(&id))
+            .await?
+            .is_some();
         if !exists {
             // Only ever generated here, for a version that does not exist yet: a resumed run reads
             // the stored one, since AWS refuses a different value under the same token.
@@ -465,7 +513,10 @@ impl Run<'_> {
             let password = self.rotator.settings.password.generate(current.engine)?;
             let creds = Credentials::new(self.target_user(), password);
             let value = current.render_with(&creds);
-            self.rotator.secrets.put(&arn, &id, &value, Stage::Pending).await?;
+            self.rotator
+                .secrets
+                .put(&arn, &id, &value, Stage::Pending)
+                .await?;
         }
         self.pending().await?;
         Ok(Step::SetPassword)
@@ -488,7 +539,13 @@ impl Run<'_> {
                 continue;
             };
             match db
-                .set_password(current.engine, at, &login, &pending.username, &pending.password)
+                .set_password(
+                    current.engine,
+                    at,
+                    &login,
+                    &pending.username,
+                    &pending.password,
+                )
                 .await
             {
                 Ok(()) => {
@@ -508,15 +565,25 @@ impl Run<'_> {
 
     /// The idle user's last known credentials, best first, each with a label for error messages.
     /// `None` means the source exists in principle but holds nothing usable.
-    async fn known_credentials(&mut self, current: &AppSecret) -> Result<Vec<(String, Option<Credentials>)>, RotationError> {
+    async fn known_credentials(
+        &mut self,
+        current: &AppSecret,
+    ) -> Result<Vec<(String, Option<Credentials>)>, RotationError> {
         let target = self.target_user().to_owned();
         let secrets = &self.rotator.secrets;
         let mut sources = Vec::new();
         match &self.record.proxy_secret_id {
             Some(id) => {
-                let s = self.rotator.read_user_secret(id, At::Stage(Stage::Current)).await?;
+                let s = self
+                    .rotator
+                    .read_user_secret(id, At::Stage(Stage::Current))
+                    .await?;
                 let creds = s.map(|s| s.credentials).filter(|c| c.username == target);
-                let label = if creds.is_some() { format!("proxy secret {id}") } else { format!("proxy secret {id}: not for {target}") };
+                let label = if creds.is_some() {
+                    format!("proxy secret {id}")
+                } else {
+                    format!("proxy secret {id}: not for {target}")
+                };
                 sources.push((label, creds));
             }
             None => sources.push(("proxy secret: none configured".to_owned(), None)),
@@ -525,8 +592,13 @@ impl Run<'_> {
         let previous = match previous {
             None => ("AWSPREVIOUS: absent".to_owned(), None),
             Some(v) => match AppSecret::parse(&v.value) {
-                Ok(p) if p.credentials.username == target => ("AWSPREVIOUS".to_owned(), Some(p.credentials)),
-                Ok(p) => (format!("AWSPREVIOUS: holds user {}", p.credentials.username), None),
+                Ok(p) if p.credentials.username == target => {
+                    ("AWSPREVIOUS".to_owned(), Some(p.credentials))
+                }
+                Ok(p) => (
+                    format!("AWSPREVIOUS: holds user {}", p.credentials.username),
+                    None,
+                ),
                 Err(e) => (format!("AWSPREVIOUS: unreadable ({e})"), None),
             },
         };
@@ -537,7 +609,10 @@ impl Run<'_> {
         }
         match &current.master_secret_id {
             Some(id) => {
-                let s = self.rotator.read_user_secret(id, At::Stage(Stage::Current)).await?;
+                let s = self
+                    .rotator
+                    .read_user_secret(id, At::Stage(Stage::Current))
+                    .await?;
                 sources.push((format!("master secret {id}"), s.map(|s| s.credentials)));
             }
             None => sources.push(("master secret: not configured".to_owned(), None)),
@@ -557,8 +632,13 @@ impl Run<'_> {
             Some(_) => {
                 // Written, but someone moved AWSCURRENT away since: move it back only via CAS.
                 let meta = secrets.describe(&proxy_id).await?;
-                let from = meta.version_with(Stage::Current).unwrap_or_default().to_owned();
-                secrets.move_stage(&proxy_id, Stage::Current, &token, &from).await?;
+                let from = meta
+                    .version_with(Stage::Current)
+                    .unwrap_or_default()
+                    .to_owned();
+                secrets
+                    .move_stage(&proxy_id, Stage::Current, &token, &from)
+                    .await?;
             }
             None => {
                 let proxy = self
@@ -572,11 +652,17 @@ impl Run<'_> {
                 if proxy.username() != pending.username {
                     return Err(RotationError::Inconsistent {
                         secret: proxy_id,
-                        reason: format!("it now holds user {}, not {}", proxy.username(), pending.username),
+                        reason: format!(
+                            "it now holds user {}, not {}",
+                            proxy.username(),
+                            pending.username
+                        ),
                     });
                 }
                 let value = proxy.render_with_password(&pending.password);
-                secrets.put(&proxy_id, &token, &value, Stage::Current).await?;
+                secrets
+                    .put(&proxy_id, &token, &value, Stage::Current)
+                    .await?;
                 failpoint::hit("inside:update_proxy").await;
             }
         }
@@ -605,12 +691,14 @@ impl Run<'_> {
             .await;
         match outcome {
             Ok(()) => Ok(Step::Finish),
-            Err(e @ (DbError::LoginRejected(_) | DbError::Unreachable { .. })) => Err(RotationError::TestTimedOut {
-                user: pending.username,
-                at: current.endpoint.to_string(),
-                deadline: humantime::format_duration(deadline).to_string(),
-                last: e.to_string(),
-            }),
+            Err(e @ (DbError::LoginRejected(_) | DbError::Unreachable { .. })) => {
+                Err(RotationError::TestTimedOut {
+                    user: pending.username,
+                    at: current.endpoint.to_string(),
+                    deadline: humantime::format_duration(deadline).to_string(),
+                    last: e.to_string(),
+                })
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -656,7 +744,10 @@ impl Run<'_> {
 
     /// Notes the error in the record: fatal ends the rotation, retryable leaves it to resume.
     async fn record_failure(&mut self, e: &RotationError) {
-        if matches!(e, RotationError::LeaseLost(_) | RotationError::Records(RecordStoreError::Fenced(_))) {
+        if matches!(
+            e,
+            RotationError::LeaseLost(_) | RotationError::Records(RecordStoreError::Fenced(_))
+        ) {
             // Not ours to write any more.
             warn!(secret = %self.arn(), error = %e, "lease lost; leaving the record to its new owner");
             return;

@@ -135,7 +135,7 @@ pub struct Lease {
 pub enum Acquired {
     Granted {
         lease: Lease,
-        record: Option<StepRecord>,
+        record: Option<Box<StepRecord>>,
     },
     Held {
         owner: String,

@@ -160,7 +160,13 @@ pub struct Plan {
 }
 
 impl StepRecord {
-    pub fn begin(secret_id: &str, rotation_id: String, plan: Plan, previous: Option<&StepRecord>, now: u64) -> Self {
+    pub fn begin(
+        secret_id: &str,
+        rotation_id: String,
+        plan: Plan,
+        previous: Option<&StepRecord>,
+        now: u64,
+    ) -> Self {
         Self {
             secret_id: secret_id.to_owned(),
             rotation_id: Some(rotation_id),
@@ -180,7 +186,12 @@ impl StepRecord {
     }
 
     /// A rotation that could not even begin (bad secret, unknown user, ...).
-    pub fn failed_to_begin(secret_id: &str, reason: String, previous: Option<&StepRecord>, now: u64) -> Self {
+    pub fn failed_to_begin(
+        secret_id: &str,
+        reason: String,
+        previous: Option<&StepRecord>,
+        now: u64,
+    ) -> Self {
         Self {
             secret_id: secret_id.to_owned(),
             rotation_id: None,
@@ -265,7 +276,10 @@ mod tests {
         assert_eq!(r.state, State::InProgress);
         r.advance(Step::Done, 20);
         assert_eq!(r.state, State::Finished);
-        assert_eq!((r.finished_at, r.last_success_at, r.last_error.clone()), (Some(20), Some(20), None));
+        assert_eq!(
+            (r.finished_at, r.last_success_at, r.last_error.clone()),
+            (Some(20), Some(20), None)
+        );
         let failed = StepRecord::failed_to_begin("arn", "bad".into(), Some(&r), 30);
         assert_eq!(failed.last_success_at, Some(20));
         assert_eq!(failed.state, State::Failed);
@@ -275,8 +289,18 @@ mod tests {
     fn status_json_has_the_documented_fields() {
         let r = StepRecord::begin("arn", "r1".into(), plan(), None, 0);
         let v = serde_json::to_value(&r).unwrap();
-        for key in ["secret_id", "rotation_id", "state", "step", "target_user", "attempts",
-            "last_error", "started_at", "updated_at", "finished_at"] {
+        for key in [
+            "secret_id",
+            "rotation_id",
+            "state",
+            "step",
+            "target_user",
+            "attempts",
+            "last_error",
+            "started_at",
+            "updated_at",
+            "finished_at",
+        ] {
             assert!(v.get(key).is_some(), "{key} missing");
         }
         assert_eq!(v["state"], "in_progress");

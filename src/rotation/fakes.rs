@@ -1,0 +1,450 @@
+//! Hand-written fakes of the ports, for fast unit tests of the step machine. One `World` plays
+//! Secrets Manager, the state table and the database (behind a stand-in proxy), and can "kill the
+//! process" before or after any effect: from then on every call fails, as if the process had died,
+//! until `restart`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use super::ports::*;
+use super::record::{now_ms, StepRecord};
+use crate::secret::{Credentials, Endpoint, Engine};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Before,
+    After,
+}
+
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub id: String,
+    pub value: String,
+    pub stages: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    /// secret name -> versions
+    pub secrets: HashMap<String, Vec<Version>>,
+    /// user -> password in the database
+    pub db: HashMap<String, String>,
+    /// every user whose password was set, in order
+    pub password_changes: Vec<String>,
+    /// key -> (owner, expires, fence, record)
+    pub leases: HashMap<String, (String, u64, u64, Option<StepRecord>)>,
+    /// effects so far (puts, stage moves, password sets, record saves)
+    pub effects: usize,
+    pub crash_at: Option<(usize, When)>,
+    pub dead: bool,
+    /// The stand-in proxy ignores changed secrets while this is set.
+    pub proxy_frozen: bool,
+    pub puts: Vec<(String, String)>,
+}
+
+#[derive(Clone, Default)]
+pub struct World(pub Arc<Mutex<State>>);
+
+fn unavailable() -> String {
+    "the process died".into()
+}
+
+impl World {
+    pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap()
+    }
+
+    pub fn add_secret(&self, name: &str, value: Value) {
+        self.state().secrets.insert(
+            name.to_owned(),
+            vec![Version {
+                id: format!("{name}-v0"),
+                value: value.to_string(),
+                stages: vec!["AWSCURRENT".into()],
+            }],
+        );
+    }
+
+    pub fn crash_at(&self, effect: usize, when: When) {
+        let mut s = self.state();
+        s.crash_at = Some((effect, when));
+        s.effects = 0;
+    }
+
+    /// A new process: calls work again and every lease has expired.
+    pub fn restart(&self) {
+        let mut s = self.state();
+        s.dead = false;
+        s.crash_at = None;
+        for lease in s.leases.values_mut() {
+            lease.1 = 0;
+        }
+    }
+
+    pub fn labelled(&self, name: &str, stage: Stage) -> Option<Value> {
+        let s = self.state();
+        s.secrets[name]
+            .iter()
+            .find(|v| v.stages.iter().any(|l| l == stage.as_str()))
+            .map(|v| serde_json::from_str(&v.value).unwrap())
+    }
+
+    pub fn version_id_with(&self, name: &str, stage: Stage) -> Option<String> {
+        let s = self.state();
+        s.secrets[name]
+            .iter()
+            .find(|v| v.stages.iter().any(|l| l == stage.as_str()))
+            .map(|v| v.id.clone())
+    }
+
+    pub fn record(&self, key: &str) -> Option<StepRecord> {
+        self.state().leases.get(key).and_then(|l| l.3.clone())
+    }
+
+    /// Counts an effect and decides whether the process dies around it.
+    fn effect<T>(&self, apply: impl FnOnce(&mut State) -> T) -> Result<T, String> {
+        let mut s = self.state();
+        if s.dead {
+            return Err(unavailable());
+        }
+        s.effects += 1;
+        let crash = s.crash_at.filter(|(n, _)| *n == s.effects).map(|(_, w)| w);
+        match crash {
+            Some(When::Before) => {
+                s.dead = true;
+                Err(unavailable())
+            }
+            Some(When::After) => {
+                apply(&mut s);
+                s.dead = true;
+                Err(unavailable())
+            }
+            None => Ok(apply(&mut s)),
+        }
+    }
+
+    fn alive(&self) -> Result<std::sync::MutexGuard<'_, State>, String> {
+        let s = self.state();
+        if s.dead {
+            Err(unavailable())
+        } else {
+            Ok(s)
+        }
+    }
+}
+
+fn name_of(id: &str) -> &str {
+    id.strip_prefix("arn:fake:").unwrap_or(id)
+}
+
+#[async_trait]
+impl SecretStore for World {
+    async fn describe(&self, secret_id: &str) -> Result<SecretMeta, SecretStoreError> {
+        let s = self.alive().map_err(SecretStoreError::Unavailable)?;
+        let name = name_of(secret_id);
+        let versions = s
+            .secrets
+            .get(name)
+            .ok_or_else(|| SecretStoreError::NotFound(secret_id.into()))?;
+        Ok(SecretMeta {
+            arn: format!("arn:fake:{name}"),
+            name: name.into(),
+            versions: versions
+                .iter()
+                .filter(|v| !v.stages.is_empty())
+                .map(|v| (v.id.clone(), v.stages.clone()))
+                .collect(),
+        })
+    }
+
+    async fn get(
+        &self,
+        secret_id: &str,
+        at: At<'_>,
+    ) -> Result<Option<SecretVersion>, SecretStoreError> {
+        let s = self.alive().map_err(SecretStoreError::Unavailable)?;
+        let versions = s
+            .secrets
+            .get(name_of(secret_id))
+            .ok_or_else(|| SecretStoreError::NotFound(secret_id.into()))?;
+        let found = versions.iter().find(|v| match at {
+            At::Stage(stage) => v.stages.iter().any(|l| l == stage.as_str()),
+            At::Version(id) => v.id == id,
+        });
+        Ok(found.map(|v| SecretVersion {
+            version_id: v.id.clone(),
+            stages: v.stages.clone(),
+            value: SecretString::from(v.value.clone()),
+        }))
+    }
+
+    async fn put(
+        &self,
+        secret_id: &str,
+        token: &str,
+        value: &SecretString,
+        stage: Stage,
+    ) -> Result<(), SecretStoreError> {
+        let name = name_of(secret_id).to_owned();
+        let value = value.expose_secret().to_owned();
+        let token = token.to_owned();
+        self.effect(move |s| {
+            s.puts.push((name.clone(), token.clone()));
+            let versions = s
+                .secrets
+                .get_mut(&name)
+                .ok_or(SecretStoreError::NotFound(name.clone()))?;
+            if let Some(v) = versions.iter().find(|v| v.id == token) {
+                // As AWS: the same token with another value is refused.
+                return if v.value == value {
+                    Ok(())
+                } else {
+                    Err(SecretStoreError::Refused(
+                        "token reused with another value".into(),
+                    ))
+                };
+            }
+            let label = stage.as_str().to_owned();
+            let old = versions.iter().position(|v| v.stages.contains(&label));
+            if let Some(i) = old {
+                versions[i].stages.retain(|l| *l != label);
+                if stage == Stage::Current {
+                    // As AWS: the version that loses AWSCURRENT becomes AWSPREVIOUS.
+                    for v in versions.iter_mut() {
+                        v.stages.retain(|l| l != "AWSPREVIOUS");
+                    }
+                    versions[i].stages.push("AWSPREVIOUS".into());
+                }
+            }
+            versions.push(Version {
+                id: token.clone(),
+                value: value.clone(),
+                stages: vec![label],
+            });
+            Ok(())
+        })
+        .map_err(SecretStoreError::Unavailable)?
+    }
+
+    async fn move_stage(
+        &self,
+        secret_id: &str,
+        stage: Stage,
+        to: &str,
+        from: &str,
+    ) -> Result<(), SecretStoreError> {
+        let name = name_of(secret_id).to_owned();
+        let (to, from) = (to.to_owned(), from.to_owned());
+        self.effect(move |s| {
+            let versions = s
+                .secrets
+                .get_mut(&name)
+                .ok_or(SecretStoreError::NotFound(name.clone()))?;
+            let label = stage.as_str();
+            let from_i = versions
+                .iter()
+                .position(|v| v.id == from && v.stages.iter().any(|l| l == label));
+            let to_i = versions.iter().position(|v| v.id == to);
+            let (Some(from_i), Some(to_i)) = (from_i, to_i) else {
+                return Err(SecretStoreError::Refused(format!(
+                    "{label} is not on {from}"
+                )));
+            };
+            versions[from_i].stages.retain(|l| l != label);
+            versions[to_i].stages.push(label.into());
+            if stage == Stage::Current {
+                for v in versions.iter_mut() {
+                    v.stages.retain(|l| l != "AWSPREVIOUS");
+                }
+                versions[from_i].stages.push("AWSPREVIOUS".into());
+            }
+            Ok(())
+        })
+        .map_err(SecretStoreError::Unavailable)?
+    }
+
+    async fn remove_stage(
+        &self,
+        secret_id: &str,
+        stage: Stage,
+        from: &str,
+    ) -> Result<(), SecretStoreError> {
+        let name = name_of(secret_id).to_owned();
+        let from = from.to_owned();
+        self.effect(move |s| {
+            let versions = s
+                .secrets
+                .get_mut(&name)
+                .ok_or(SecretStoreError::NotFound(name.clone()))?;
+            let v = versions
+                .iter_mut()
+                .find(|v| v.id == from && v.stages.iter().any(|l| l == stage.as_str()))
+                .ok_or_else(|| {
+                    SecretStoreError::Refused(format!("{} is not on {from}", stage.as_str()))
+                })?;
+            v.stages.retain(|l| l != stage.as_str());
+            Ok(())
+        })
+        .map_err(SecretStoreError::Unavailable)?
+    }
+}
+
+#[async_trait]
+impl RecordStore for World {
+    async fn acquire(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Acquired, RecordStoreError> {
+        let mut s = self.alive().map_err(RecordStoreError::Unavailable)?;
+        let now = now_ms();
+        let entry = s
+            .leases
+            .entry(key.to_owned())
+            .or_insert((String::new(), 0, 0, None));
+        if entry.1 >= now {
+            return Ok(Acquired::Held {
+                owner: entry.0.clone(),
+                expires_at_ms: entry.1,
+            });
+        }
+        entry.0 = owner.to_owned();
+        entry.1 = now + ttl.as_millis() as u64;
+        entry.2 += 1;
+        Ok(Acquired::Granted {
+            lease: Lease {
+                key: key.to_owned(),
+                owner: owner.to_owned(),
+                fence: entry.2,
+                expires_at_ms: entry.1,
+            },
+            record: entry.3.clone().map(Box::new),
+        })
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<u64, RecordStoreError> {
+        let mut s = self.alive().map_err(RecordStoreError::Unavailable)?;
+        let entry = s
+            .leases
+            .get_mut(&lease.key)
+            .ok_or(RecordStoreError::Fenced(lease.fence))?;
+        if entry.2 != lease.fence {
+            return Err(RecordStoreError::Fenced(lease.fence));
+        }
+        entry.1 = now_ms() + ttl.as_millis() as u64;
+        Ok(entry.1)
+    }
+
+    async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError> {
+        let (key, fence, record) = (lease.key.clone(), lease.fence, record.clone());
+        self.effect(move |s| {
+            let entry = s
+                .leases
+                .get_mut(&key)
+                .ok_or(RecordStoreError::Fenced(fence))?;
+            if entry.2 != fence {
+                return Err(RecordStoreError::Fenced(fence));
+            }
+            entry.3 = Some(record);
+            Ok(())
+        })
+        .map_err(RecordStoreError::Unavailable)?
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), RecordStoreError> {
+        let mut s = self.alive().map_err(RecordStoreError::Unavailable)?;
+        if let Some(entry) = s.leases.get_mut(&lease.key) {
+            if entry.2 == lease.fence {
+                entry.1 = 0;
+            }
+        }
+        Ok(())
+    }
+
+    async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError> {
+        let s = self.alive().map_err(RecordStoreError::Unavailable)?;
+        Ok(s.leases.get(key).and_then(|l| l.3.clone()))
+    }
+}
+
+impl World {
+    /// The stand-in proxy (host "proxy") checks the client's password against the user's proxy
+    /// secret, then logs in to the database with that secret.
+    fn login_ok(s: &State, at: &Endpoint, creds: &Credentials) -> bool {
+        let pw = creds.password.expose_secret();
+        let in_db = s.db.get(&creds.username).is_some_and(|p| p == pw);
+        if at.host != "proxy" {
+            return in_db;
+        }
+        if s.proxy_frozen {
+            return false;
+        }
+        let proxy_pw = s.secrets.iter().find_map(|(_, versions)| {
+            let current = versions
+                .iter()
+                .find(|v| v.stages.iter().any(|l| l == "AWSCURRENT"))?;
+            let v: Value = serde_json::from_str(&current.value).ok()?;
+            let is_proxy_secret = v.get("rotation_usernames").is_none() && v.get("host").is_none();
+            (is_proxy_secret && v["username"] == creds.username.as_str())
+                .then(|| v["password"].as_str().unwrap_or_default().to_owned())
+        });
+        in_db && proxy_pw.as_deref() == Some(pw)
+    }
+}
+
+#[async_trait]
+impl Database for World {
+    async fn check_login(
+        &self,
+        _engine: Engine,
+        at: &Endpoint,
+        creds: &Credentials,
+    ) -> Result<(), DbError> {
+        let s = self.alive().map_err(|reason| DbError::Unreachable {
+            at: at.to_string(),
+            reason,
+        })?;
+        if World::login_ok(&s, at, creds) {
+            Ok(())
+        } else {
+            Err(DbError::LoginRejected(creds.username.clone()))
+        }
+    }
+
+    async fn set_password(
+        &self,
+        _engine: Engine,
+        at: &Endpoint,
+        login: &Credentials,
+        user: &str,
+        password: &SecretString,
+    ) -> Result<(), DbError> {
+        {
+            let s = self.alive().map_err(|reason| DbError::Unreachable {
+                at: at.to_string(),
+                reason,
+            })?;
+            if !World::login_ok(&s, at, login) {
+                return Err(DbError::LoginRejected(login.username.clone()));
+            }
+            if login.username != user && login.username != "master" {
+                return Err(DbError::Refused("permission denied".into()));
+            }
+        }
+        let (user, password) = (user.to_owned(), password.expose_secret().to_owned());
+        self.effect(move |s| {
+            s.password_changes.push(user.clone());
+            s.db.insert(user, password);
+        })
+        .map_err(|reason| DbError::Unreachable {
+            at: at.to_string(),
+            reason,
+        })
+    }
+}

@@ -1,0 +1,356 @@
+//! The step machine over fakes: crashes before and after every effect, then a resume, always
+//! reach the same end state, and the user in use never has its password changed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::fakes::{When, World};
+use super::ports::Stage;
+use super::record::{State, Step};
+use super::*;
+
+const APP: &str = "app";
+
+fn world() -> World {
+    let w = World::default();
+    w.add_secret(
+        APP,
+        json!({
+            "rotation_type": "AWS RDS",
+            "rotation_usernames": ["alice", "bob"],
+            "proxy_secret_ids": ["proxy-alice", "proxy-bob"],
+            "database_host": "proxy",
+            "database_port": 5432,
+            "database_name": "shop",
+            "direct_host": "db",
+            "username": "alice",
+            "password": "alice-0",
+            "team": "payments"
+        }),
+    );
+    w.add_secret(
+        "proxy-alice",
+        json!({"username": "alice", "password": "alice-0"}),
+    );
+    w.add_secret("proxy-bob", json!({"username": "bob", "password": "bob-0"}));
+    {
+        let mut s = w.state();
+        s.db.insert("alice".into(), "alice-0".into());
+        s.db.insert("bob".into(), "bob-0".into());
+    }
+    w
+}
+
+fn rotator(w: &World) -> Rotator {
+    Rotator {
+        secrets: Arc::new(w.clone()),
+        records: Arc::new(w.clone()),
+        db: Arc::new(w.clone()),
+        settings: Settings {
+            test_deadline: Duration::from_millis(300),
+            lease_duration: Duration::from_secs(30),
+            password: Default::default(),
+            // One attempt per process: a crash must be survived by the next process, not hidden
+            // by an in-process retry.
+            retry: RetryPolicy {
+                min_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(20),
+                max_attempts: 1,
+            },
+        },
+        owner: "test".into(),
+    }
+}
+
+async fn rotate(w: &World) -> Result<Completed, RotationError> {
+    rotator(w).rotate(APP, LeaseWait::No).await
+}
+
+/// The end state every rotation must reach, whatever happened on the way.
+fn assert_rotated(w: &World, from: &str, to: &str, from_password: &str) {
+    let current = w.labelled(APP, Stage::Current).unwrap();
+    let previous = w.labelled(APP, Stage::Previous).unwrap();
+    assert_eq!(current["username"], to);
+    assert_eq!(previous["username"], from);
+    assert_eq!(previous["password"], from_password);
+    assert_eq!(current["team"], "payments", "unknown keys are kept");
+    let s = w.state();
+    assert_eq!(
+        s.db[to],
+        current["password"].as_str().unwrap(),
+        "AWSCURRENT logs in"
+    );
+    assert_eq!(
+        s.db[from], from_password,
+        "the user in use kept its password"
+    );
+    assert!(
+        !s.password_changes.iter().any(|u| u == from),
+        "{from}'s password was changed"
+    );
+    drop(s);
+    let proxy: Value = w.labelled(&format!("proxy-{to}"), Stage::Current).unwrap();
+    assert_eq!(
+        proxy["password"], current["password"],
+        "the proxy secret holds the new password"
+    );
+    assert!(
+        w.version_id_with(APP, Stage::Pending).is_none(),
+        "AWSPENDING left behind"
+    );
+    let record = w.record(&format!("arn:fake:{APP}")).unwrap();
+    assert_eq!(record.state, State::Finished);
+    assert_eq!(record.rotation_id, w.version_id_with(APP, Stage::Current));
+}
+
+#[tokio::test]
+async fn a_rotation_changes_only_the_idle_user_and_moves_awscurrent_to_it() {
+    let w = world();
+    let done = rotate(&w).await.unwrap();
+    assert_eq!(
+        (done.previous_user.as_str(), done.current_user.as_str()),
+        ("alice", "bob")
+    );
+    assert!(!done.resumed);
+    assert_rotated(&w, "alice", "bob", "alice-0");
+}
+
+#[tokio::test]
+async fn consecutive_rotations_alternate_users() {
+    let w = world();
+    let mut from_password = "alice-0".to_owned();
+    for (from, to) in [
+        ("alice", "bob"),
+        ("bob", "alice"),
+        ("alice", "bob"),
+        ("bob", "alice"),
+    ] {
+        w.state().password_changes.clear();
+        rotate(&w).await.unwrap();
+        assert_rotated(&w, from, to, &from_password);
+        from_password = w.labelled(APP, Stage::Current).unwrap()["password"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+}
+
+/// How many effects (writes) a clean rotation makes.
+async fn effects_of_a_clean_rotation() -> usize {
+    let w = world();
+    w.crash_at(usize::MAX, When::Before);
+    rotate(&w).await.unwrap();
+    let n = w.state().effects;
+    n
+}
+
+#[tokio::test]
+async fn a_crash_before_or_after_any_effect_resumes_to_the_same_end_state_with_the_same_id() {
+    let effects = effects_of_a_clean_rotation().await;
+    assert!(
+        effects >= 9,
+        "a rotation makes at least 9 writes, saw {effects}"
+    );
+    for n in 1..=effects {
+        for when in [When::Before, When::After] {
+            let w = world();
+            w.crash_at(n, when);
+            let first = rotate(&w).await;
+            assert!(
+                first.is_err(),
+                "crash at effect {n} {when:?} did not stop the run"
+            );
+            let record = w.record(&format!("arn:fake:{APP}"));
+            w.restart();
+            if record.as_ref().is_some_and(|r| r.state == State::Finished) {
+                // The process died after its last write: the rotation is complete already.
+                assert_rotated(&w, "alice", "bob", "alice-0");
+                continue;
+            }
+            let started = record.and_then(|r| r.rotation_id);
+            let done = rotate(&w)
+                .await
+                .unwrap_or_else(|e| panic!("resume after crash at effect {n} {when:?}: {e}"));
+            if let Some(id) = started {
+                assert_eq!(
+                    done.rotation_id, id,
+                    "crash at effect {n} {when:?} changed the rotation id"
+                );
+                assert!(done.resumed);
+            }
+            assert_rotated(&w, "alice", "bob", "alice-0");
+            let s = w.state();
+            let pending_puts = s.puts.iter().filter(|(name, _)| name == APP).count();
+            assert!(pending_puts <= 2, "AWSPENDING written {pending_puts} times");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_rotation_reuses_the_stored_pending_password() {
+    let w = world();
+    // effect 1 saves the record, effect 2 writes AWSPENDING: die right after it.
+    w.crash_at(2, When::After);
+    rotate(&w).await.unwrap_err();
+    let pending = w.labelled(APP, Stage::Pending).unwrap();
+    w.restart();
+    rotate(&w).await.unwrap();
+    let current = w.labelled(APP, Stage::Current).unwrap();
+    assert_eq!(current["password"], pending["password"]);
+}
+
+#[tokio::test]
+async fn a_user_missing_from_rotation_usernames_fails_and_changes_nothing() {
+    let w = world();
+    w.add_secret(APP, json!({"rotation_usernames": ["alice", "bob"], "host": "proxy", "username": "mallory", "password": "x"}));
+    let err = rotate(&w).await.unwrap_err();
+    assert!(!err.is_retryable());
+    assert!(
+        err.to_string().contains("not in rotation_usernames"),
+        "{err}"
+    );
+    assert_eq!(w.state().secrets[APP].len(), 1, "a version was written");
+    assert!(w.state().password_changes.is_empty());
+    let record = w.record(&format!("arn:fake:{APP}")).unwrap();
+    assert_eq!(record.state, State::Failed);
+    assert!(record.last_error.unwrap().contains("mallory"));
+}
+
+#[tokio::test]
+async fn without_a_proxy_secret_for_the_idle_user_nothing_is_written() {
+    let w = world();
+    w.add_secret(
+        "proxy-bob",
+        json!({"username": "someone-else", "password": "bob-0"}),
+    );
+    let err = rotate(&w).await.unwrap_err();
+    assert!(matches!(err, RotationError::NoProxySecret { .. }), "{err}");
+    assert_eq!(w.state().secrets[APP].len(), 1);
+}
+
+#[tokio::test]
+async fn when_no_known_credentials_work_the_error_names_the_sources_and_no_password() {
+    let w = world();
+    w.state()
+        .db
+        .insert("bob".into(), "changed-by-someone".into());
+    let err = rotate(&w).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, RotationError::NoKnownCredentials { .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("proxy secret proxy-bob: login rejected")
+            && msg.contains("AWSPREVIOUS: absent")
+            && msg.contains("master secret: not configured"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("bob-0") && !msg.contains("changed-by-someone"),
+        "{msg}"
+    );
+    assert!(w.state().password_changes.is_empty());
+    assert_eq!(
+        w.labelled(APP, Stage::Current).unwrap()["username"],
+        "alice"
+    );
+}
+
+#[tokio::test]
+async fn a_master_secret_is_used_when_the_idle_users_own_credentials_fail() {
+    let w = world();
+    let mut app = w.labelled(APP, Stage::Current).unwrap();
+    app["master_secret_id"] = json!("master");
+    w.add_secret(APP, app);
+    w.add_secret("master", json!({"username": "master", "password": "m"}));
+    w.state().db.insert("master".into(), "m".into());
+    w.state().db.insert("bob".into(), "lost".into());
+    rotate(&w).await.unwrap();
+    assert_rotated(&w, "alice", "bob", "alice-0");
+}
+
+#[tokio::test]
+async fn if_awscurrent_moves_during_the_rotation_it_is_never_overwritten() {
+    let w = world();
+    // Stop after the test step (record saves and writes before it), then move AWSCURRENT by hand.
+    w.crash_at(8, When::Before);
+    rotate(&w).await.unwrap_err();
+    w.restart();
+    {
+        let mut s = w.state();
+        let versions = s.secrets.get_mut(APP).unwrap();
+        for v in versions.iter_mut() {
+            v.stages.retain(|l| l != "AWSCURRENT");
+        }
+        versions.push(fakes::Version {
+            id: "manual".into(),
+            value: json!({"username": "alice", "password": "alice-0", "host": "proxy"}).to_string(),
+            stages: vec!["AWSCURRENT".into()],
+        });
+    }
+    let err = rotate(&w).await.unwrap_err();
+    assert!(matches!(err, RotationError::CurrentMoved { .. }), "{err}");
+    assert_eq!(
+        w.version_id_with(APP, Stage::Current).as_deref(),
+        Some("manual")
+    );
+    assert_eq!(
+        w.record(&format!("arn:fake:{APP}")).unwrap().state,
+        State::Failed
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_that_never_accepts_the_new_password_leaves_the_rotation_to_resume() {
+    let w = world();
+    w.state().proxy_frozen = true;
+    let err = rotate(&w).await.unwrap_err();
+    assert!(matches!(err, RotationError::TestTimedOut { .. }), "{err}");
+    assert!(err.is_retryable());
+    let record = w.record(&format!("arn:fake:{APP}")).unwrap();
+    assert_eq!((record.state, record.step), (State::InProgress, Step::Test));
+    assert_eq!(
+        w.labelled(APP, Stage::Current).unwrap()["username"],
+        "alice",
+        "AWSCURRENT moved untested"
+    );
+    w.state().proxy_frozen = false;
+    let done = rotate(&w).await.unwrap();
+    assert_eq!(Some(done.rotation_id), record.rotation_id);
+    assert_rotated(&w, "alice", "bob", "alice-0");
+}
+
+#[tokio::test]
+async fn a_single_user_secret_rotates_in_place_with_its_current_credentials() {
+    let w = World::default();
+    w.add_secret(
+        APP,
+        json!({"engine": "postgres", "host": "db", "username": "solo", "password": "solo-0"}),
+    );
+    w.state().db.insert("solo".into(), "solo-0".into());
+    let done = rotate(&w).await.unwrap();
+    assert_eq!(done.current_user, "solo");
+    let current = w.labelled(APP, Stage::Current).unwrap();
+    assert_ne!(current["password"], "solo-0");
+    assert_eq!(w.state().db["solo"], current["password"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn a_held_lease_makes_a_second_worker_step_back() {
+    let w = world();
+    use super::ports::RecordStore;
+    let held = w
+        .acquire(&format!("arn:fake:{APP}"), "other", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(matches!(held, super::ports::Acquired::Granted { .. }));
+    let err = rotate(&w).await.unwrap_err();
+    assert!(
+        matches!(err, RotationError::Busy { ref owner, .. } if owner == "other"),
+        "{err}"
+    );
+    assert_eq!(w.state().secrets[APP].len(), 1);
+}
