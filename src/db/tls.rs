@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -52,9 +53,10 @@ impl DbTls {
                         path: path.display().to_string(),
                         reason,
                     };
-                    let pem = std::fs::read(path).map_err(|e| bundle_err(e.to_string()))?;
                     let mut n = 0;
-                    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                    let certs = CertificateDer::pem_file_iter(path)
+                        .map_err(|e| bundle_err(e.to_string()))?;
+                    for cert in certs {
                         let cert = cert.map_err(|e| bundle_err(e.to_string()))?;
                         roots.add(cert).map_err(|e| bundle_err(e.to_string()))?;
                         n += 1;

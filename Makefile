@@ -1,0 +1,60 @@
+# Developer and CI entry points. `make test` is the one command that runs the whole test suite:
+# it starts the local stack (PostgreSQL + moto on loopback, see scripts/local-stack), runs the tests
+# with the stack's env, and stops the stack again whatever the tests did.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+.DEFAULT_GOAL := help
+
+STACK     := scripts/local-stack
+STACK_ENV := .local-stack/env
+# Extra arguments for cargo test, e.g.  make test TEST_ARGS='--test rotation -- --nocapture'
+TEST_ARGS ?=
+# Extra arguments for cargo-deny's check, e.g.  make deny DENY_ARGS=advisories
+DENY_ARGS ?=
+
+.PHONY: help stack-up stack-down stack-status test demo lint fmt deny ci
+
+help:
+	@echo 'make test        start the local stack, cargo test --all-targets $$TEST_ARGS, stop the stack'
+	@echo 'make demo        start the local stack, cargo build, scripts/demo, stop the stack'
+	@echo 'make lint        cargo fmt --check and cargo clippy -D warnings'
+	@echo 'make deny        cargo-deny (advisories offline from ../shared/advisory-db, licenses, bans, sources)'
+	@echo 'make stack-up    start PostgreSQL + moto and print their env (eval "$$(scripts/local-stack start)")'
+	@echo 'make stack-down  stop them and delete their data'
+	@echo 'make ci          what CI runs (.ci/run)'
+
+stack-up:
+	@$(STACK) start
+
+stack-down:
+	@$(STACK) stop
+
+stack-status:
+	@$(STACK) status
+
+# One shell line, so the stack is stopped even when the tests fail or are interrupted, and the
+# tests' exit status is the target's.
+test:
+	@trap '$(STACK) stop' EXIT; trap 'exit 130' INT TERM; \
+	$(STACK) start >/dev/null || exit $$?; \
+	set -a; . ./$(STACK_ENV); set +a; \
+	cargo test --all-targets $(TEST_ARGS)
+
+demo:
+	@trap '$(STACK) stop' EXIT; trap 'exit 130' INT TERM; \
+	$(STACK) start >/dev/null || exit $$?; \
+	set -a; . ./$(STACK_ENV); set +a; \
+	cargo build && scripts/demo
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+deny:
+	@scripts/deny $(DENY_ARGS)
+
+ci:
+	bash .ci/run

@@ -1,0 +1,357 @@
+//! Test harness for the real local stack (PostgreSQL and moto, started by `scripts/local-stack`).
+//! Each test gets fresh resources: its own database, users, secrets and DynamoDB table.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_secretsmanager::Client as Sm;
+use serde_json::{json, Value};
+use tokio_postgres::NoTls;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rds-rotator");
+
+const HOW_TO_START: &str =
+    "the local stack is not running: run the tests with `make test`, or start \
+     it with `eval \"$(scripts/local-stack start)\"` and run `cargo test` in that shell";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; {HOW_TO_START}"))
+}
+
+/// Where the local stack runs, from the environment `scripts/local-stack start` prints.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub pg_host: String,
+    pub pg_port: u16,
+    pub admin_user: String,
+    pub admin_password: String,
+    pub pg_log: String,
+    pub aws_endpoint: String,
+}
+
+pub fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| Stack {
+        pg_host: env("ROTATOR_TEST_PG_HOST"),
+        pg_port: env("ROTATOR_TEST_PG_PORT")
+            .parse()
+            .expect("ROTATOR_TEST_PG_PORT is a port"),
+        admin_user: env("ROTATOR_TEST_PG_ADMIN_USER"),
+        admin_password: env("ROTATOR_TEST_PG_ADMIN_PASSWORD"),
+        pg_log: env("ROTATOR_TEST_PG_LOG"),
+        aws_endpoint: env("AWS_ENDPOINT_URL"),
+    })
+}
+
+pub fn suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
+}
+
+/// A password with the characters that break naive quoting.
+pub fn awkward_password() -> String {
+    format!("q'uo\"te\\{}$", suffix())
+}
+
+pub async fn pg_connect(
+    dbname: &str,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let s = stack();
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&s.pg_host)
+        .port(s.pg_port)
+        .dbname(dbname)
+        .user(user)
+        .password(password)
+        .connect_timeout(Duration::from_secs(5));
+    let (client, conn) = cfg.connect(NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+pub async fn admin(dbname: &str) -> tokio_postgres::Client {
+    let s = stack();
+    pg_connect(dbname, &s.admin_user, &s.admin_password)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot log in to PostgreSQL at {}:{} as admin ({e}); {HOW_TO_START}",
+                s.pg_host, s.pg_port
+            )
+        })
+}
+
+pub async fn aws() -> aws_config::SdkConfig {
+    stack();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
+}
+
+/// A database with two users taking turns, their proxy secrets, and the application secret in the
+/// seed tool's format, all with names of their own.
+pub struct Pair {
+    pub id: String,
+    pub dbname: String,
+    pub users: [String; 2],
+    pub initial_passwords: [String; 2],
+    pub table: String,
+    pub app_secret: String,
+    pub proxy_secrets: [String; 2],
+    pub sm: Sm,
+}
+
+impl Pair {
+    pub async fn new() -> Self {
+        let id = suffix();
+        let dbname = format!("rt_{id}");
+        let users = [format!("app_{id}"), format!("app_{id}_clone")];
+        let initial_passwords = [awkward_password(), awkward_password()];
+        let admin_db = admin("postgres").await;
+        admin_db
+            .batch_execute(&format!("CREATE DATABASE {dbname}"))
+            .await
+            .unwrap();
+        for (user, pw) in users.iter().zip(&initial_passwords) {
+            let verifier = postgres_protocol::password::scram_sha_256(pw.as_bytes());
+            admin_db
+                .batch_execute(&format!("CREATE ROLE {user} LOGIN PASSWORD '{verifier}'; GRANT ALL ON DATABASE {dbname} TO {user}"))
+                .await
+                .unwrap();
+        }
+        let sm = Sm::new(&aws().await);
+        let table = format!("rt-{id}");
+        let mut proxy_arns = Vec::new();
+        for (user, pw) in users.iter().zip(&initial_passwords) {
+            let out = sm
+                .create_secret()
+                .name(format!("rt-{id}/proxy/{user}"))
+                .secret_string(json!({"username": user, "password": pw}).to_string())
+                .send()
+                .await
+                .expect("moto answers CreateSecret");
+            proxy_arns.push(out.arn.unwrap());
+        }
+        let s = stack();
+        let app = json!({
+            "rotation_type": "AWS RDS",
+            "rotation_usernames": [users[0], users[1]],
+            "proxy_secret_ids": proxy_arns,
+            "database_host": s.pg_host,
+            "database_port": s.pg_port.to_string(),
+            "database_name": dbname,
+            "username": users[0],
+            "password": initial_passwords[0],
+            "owner_team": "payments"
+        });
+        let app_secret = format!("rt-{id}/app");
+        sm.create_secret()
+            .name(&app_secret)
+            .secret_string(app.to_string())
+            .send()
+            .await
+            .unwrap();
+        let pair = Self {
+            id,
+            dbname,
+            users,
+            initial_passwords,
+            table,
+            app_secret,
+            proxy_secrets: [proxy_arns[0].clone(), proxy_arns[1].clone()],
+            sm,
+        };
+        let out = pair.run(&["setup"]);
+        assert!(
+            out.status.success(),
+            "setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pair
+    }
+
+    /// The binary, configured for this pair's table and the local stack.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("ROTATOR_TABLE", &self.table)
+            .env("ROTATOR_DB_TLS", "disable")
+            .env("ROTATOR_TEST_DEADLINE", "20s")
+            .env_remove("ROTATOR_TEST_FAILPOINTS")
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("the binary runs")
+    }
+
+    pub fn rotate(&self) -> Output {
+        self.run(&["rotate", &self.app_secret])
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.run(&["status", &self.app_secret, "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json prints one JSON object")
+    }
+
+    /// Starts `rds-rotator rotate` with a failpoint that pauses it, waits until it gets there and
+    /// returns the paused process, ready to be killed.
+    pub fn rotate_until(&self, failpoint: &str, lease: &str) -> Child {
+        let mut child = self
+            .command(&["rotate", &self.app_secret])
+            .env("ROTATOR_TEST_FAILPOINTS", format!("{failpoint}=pause"))
+            .env("ROTATOR_LEASE_DURATION", lease)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(&format!("failpoint {failpoint} reached")) {
+                return child;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("rotate exited before failpoint {failpoint}:\n{seen}");
+    }
+
+    pub async fn secret_at(&self, id: &str, stage: &str) -> Option<Value> {
+        match self
+            .sm
+            .get_secret_value()
+            .secret_id(id)
+            .version_stage(stage)
+            .send()
+            .await
+        {
+            Ok(out) => Some(serde_json::from_str(out.secret_string().unwrap()).unwrap()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                None
+            }
+            Err(e) => panic!("GetSecretValue {id} {stage}: {e:?}"),
+        }
+    }
+
+    pub async fn current(&self) -> Value {
+        self.secret_at(&self.app_secret, "AWSCURRENT")
+            .await
+            .expect("AWSCURRENT exists")
+    }
+
+    /// version id -> labels
+    pub async fn versions(&self, id: &str) -> Vec<(String, Vec<String>)> {
+        let out = self
+            .sm
+            .describe_secret()
+            .secret_id(id)
+            .send()
+            .await
+            .unwrap();
+        let mut v: Vec<_> = out
+            .version_ids_to_stages()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub async fn version_with(&self, id: &str, stage: &str) -> Option<String> {
+        self.versions(id)
+            .await
+            .into_iter()
+            .find(|(_, l)| l.iter().any(|l| l == stage))
+            .map(|(v, _)| v)
+    }
+
+    pub async fn login(&self, user: &str, password: &str) -> Result<(), String> {
+        let client = pg_connect(&self.dbname, user, password)
+            .await
+            .map_err(|e| e.to_string())?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    pub async fn login_with(&self, secret: &Value) -> Result<(), String> {
+        self.login(
+            secret["username"].as_str().unwrap(),
+            secret["password"].as_str().unwrap(),
+        )
+        .await
+    }
+
+    /// Everything the brief promises after a rotation to `user`.
+    pub async fn assert_rotated_to(&self, user: &str) {
+        let current = self.current().await;
+        assert_eq!(current["username"], user, "AWSCURRENT holds the wrong user");
+        self.login_with(&current).await.expect("AWSCURRENT logs in");
+        if let Some(previous) = self.secret_at(&self.app_secret, "AWSPREVIOUS").await {
+            assert_ne!(previous["username"], user);
+            self.login_with(&previous)
+                .await
+                .expect("AWSPREVIOUS still logs in");
+        }
+        let i = self.users.iter().position(|u| u == user).unwrap();
+        let proxy = self
+            .secret_at(&self.proxy_secrets[i], "AWSCURRENT")
+            .await
+            .unwrap();
+        assert_eq!(proxy["username"], user);
+        assert_eq!(
+            proxy["password"], current["password"],
+            "the proxy secret holds AWSCURRENT's password"
+        );
+        assert_eq!(current["owner_team"], "payments", "the extra key is kept");
+        let current_version = self.version_with(&self.app_secret, "AWSCURRENT").await;
+        let pending = self.version_with(&self.app_secret, "AWSPENDING").await;
+        assert!(
+            pending.is_none() || pending == current_version,
+            "AWSPENDING left on {pending:?}"
+        );
+    }
+}
+
+pub fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn kill(mut child: Child) {
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+}
+
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

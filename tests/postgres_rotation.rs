@@ -1,0 +1,280 @@
+//! The rotation engine end to end: the built binary against real PostgreSQL and moto.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn four_rotations_alternate_users_and_keep_both_generations_working() {
+    let pair = Pair::new().await;
+    let expected = [
+        &pair.users[1],
+        &pair.users[0],
+        &pair.users[1],
+        &pair.users[0],
+    ];
+    let mut ids = Vec::new();
+    for (i, user) in expected.into_iter().enumerate() {
+        let out = pair.rotate();
+        assert!(
+            out.status.success(),
+            "rotation {} failed: {}",
+            i + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pair.assert_rotated_to(user).await;
+        let status = pair.status();
+        assert_eq!(status["state"], "finished");
+        assert_eq!(status["step"], "done");
+        assert_eq!(status["target_user"], user.as_str());
+        assert_eq!(
+            status["rotation_id"].as_str(),
+            pair.version_with(&pair.app_secret, "AWSCURRENT")
+                .await
+                .as_deref()
+        );
+        ids.push(status["rotation_id"].clone());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "each rotation has its own id");
+}
+
+#[tokio::test]
+async fn the_user_in_use_keeps_its_password_while_the_idle_user_changes() {
+    let pair = Pair::new().await;
+    let out = pair.rotate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The old Python tool changed the current user's password; ours must not.
+    pair.login(&pair.users[0], &pair.initial_passwords[0])
+        .await
+        .expect("the user that was current still logs in with its old password");
+    assert!(
+        pair.login(&pair.users[1], &pair.initial_passwords[1])
+            .await
+            .is_err(),
+        "the idle user's old password still works: its password was not changed"
+    );
+}
+
+#[tokio::test]
+async fn a_rotate_killed_part_way_resumes_with_the_same_rotation_id() {
+    let pair = Pair::new().await;
+    let points = [
+        "after:create_pending",
+        "inside:set_password",
+        "inside:update_proxy",
+        "after:test",
+        "after:finish",
+    ];
+    let mut user = 1;
+    for point in points {
+        let child = pair.rotate_until(point, "2s");
+        let before = pair.status();
+        assert_eq!(before["state"], "in_progress", "at {point}");
+        kill(child);
+        let out = pair
+            .command(&["rotate", &pair.app_secret, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "resume after a kill at {point} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(result["resumed"], true, "at {point}");
+        assert_eq!(result["rotation_id"], before["rotation_id"], "at {point}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("holds the lease"),
+            "rotate did not say it waited for the dead holder's lease"
+        );
+        let after = pair.status();
+        assert_eq!(after["rotation_id"], before["rotation_id"]);
+        assert_eq!(after["state"], "finished");
+        assert!(after["attempts"].as_u64().unwrap() >= 2);
+        pair.assert_rotated_to(&pair.users[user]).await;
+        user = 1 - user;
+    }
+}
+
+#[tokio::test]
+async fn the_generated_password_never_reaches_the_server_log() {
+    let pair = Pair::new().await;
+    let out = pair.rotate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let password = pair.current().await["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let log = std::fs::read_to_string(&stack().pg_log).expect("the server log is readable");
+    // The log does record the statement (log_statement=all), so the check below can fail.
+    let alter = format!(
+        "ALTER ROLE \"{}\" WITH PASSWORD 'SCRAM-SHA-256$",
+        pair.users[1]
+    );
+    assert!(
+        log.contains(&alter),
+        "the server log has no ALTER ROLE for {}: is log_statement=all set?",
+        pair.users[1]
+    );
+    assert!(
+        !log.contains(&password),
+        "the plaintext password is in the server log"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_one_clear_error_and_changes_nothing() {
+    let pair = Pair::new().await;
+    let good = pair.current().await;
+    let s = stack();
+    let mut cases = vec![];
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("database_host");
+    cases.push(("a missing key", missing, "database_host"));
+    let mut wrong_type = good.clone();
+    wrong_type["database_port"] = json!(true);
+    cases.push(("a wrong type", wrong_type, "database_port"));
+    let mut stranger = good.clone();
+    stranger["username"] = json!("mallory");
+    cases.push((
+        "a user not in rotation_usernames",
+        stranger,
+        "not in rotation_usernames",
+    ));
+    let mut sql = good.clone();
+    sql["rotation_usernames"] = json!([pair.users[0], "x\"; DROP ROLE postgres; --"]);
+    cases.push(("a user name that looks like SQL", sql, "is invalid"));
+    let _ = s;
+
+    for (what, value, expect) in cases {
+        let name = format!("rt-{}/bad-{}", pair.id, suffix());
+        pair.sm
+            .create_secret()
+            .name(&name)
+            .secret_string(value.to_string())
+            .send()
+            .await
+            .unwrap();
+        let versions = pair.versions(&name).await;
+        let out = pair.run(&["rotate", &name]);
+        assert_eq!(out.status.code(), Some(1), "{what}: exit status");
+        let lines = stderr_lines(&out);
+        assert_eq!(
+            lines.len(),
+            1,
+            "{what}: expected one line on stderr, got {lines:?}"
+        );
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(expect),
+            "{what}: {}",
+            lines[0]
+        );
+        assert_eq!(
+            pair.versions(&name).await,
+            versions,
+            "{what}: a secret version was written"
+        );
+        let status = pair.run(&["status", &name, "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(status["state"], "failed", "{what}: the failure is recorded");
+    }
+
+    let out = pair.run(&["rotate", &format!("rt-{}/no-such-secret", pair.id)]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("does not exist"), "{}", lines[0]);
+
+    // Nothing changed in the database: both users still log in with their first passwords.
+    for (user, pw) in pair.users.iter().zip(&pair.initial_passwords) {
+        pair.login(user, pw)
+            .await
+            .expect("a password was changed by bad input");
+    }
+    assert_eq!(pair.versions(&pair.app_secret).await.len(), 1);
+}
+
+#[tokio::test]
+async fn awscurrent_moved_by_someone_else_is_never_overwritten() {
+    let pair = Pair::new().await;
+    let child = pair.rotate_until("after:test", "2s");
+    kill(child);
+    // Someone puts a new AWSCURRENT while the rotation is stopped.
+    let mut manual = pair.current().await;
+    manual["note"] = json!("changed by hand");
+    pair.sm
+        .put_secret_value()
+        .secret_id(&pair.app_secret)
+        .secret_string(manual.to_string())
+        .send()
+        .await
+        .unwrap();
+    let manual_version = pair.version_with(&pair.app_secret, "AWSCURRENT").await;
+    let out = pair.rotate();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("AWSCURRENT") && stderr.contains("refusing to overwrite"),
+        "{stderr}"
+    );
+    assert_eq!(
+        pair.version_with(&pair.app_secret, "AWSCURRENT").await,
+        manual_version
+    );
+    assert_eq!(pair.status()["state"], "failed");
+    // The next run starts a fresh rotation from the new AWSCURRENT and succeeds.
+    let out = pair.rotate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pair.assert_rotated_to(&pair.users[1]).await;
+}
+
+#[tokio::test]
+async fn setup_is_idempotent_and_status_of_an_unrotated_secret_says_so() {
+    let pair = Pair::new().await;
+    let again = pair.run(&["setup"]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already exists"));
+    let status = pair.run(&["status", &pair.app_secret, "--json"]);
+    assert_eq!(status.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&status.stderr).contains("no rotation has been recorded"));
+}
+
+#[tokio::test]
+async fn a_second_rotate_waits_for_the_running_one_and_then_rotates_again() {
+    let pair = Pair::new().await;
+    let child = pair.rotate_until("before:test", "2s");
+    // While it holds the lease, a rotate with no patience gives up with a temporary failure.
+    let out = pair.run(&["rotate", &pair.app_secret, "--lease-wait", "0s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("held by"));
+    kill(child);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = pair.rotate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pair.assert_rotated_to(&pair.users[1]).await;
+}
