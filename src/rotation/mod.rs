@@ -381,7 +381,7 @@ impl Rotator {
                 .await?
                 .ok_or_else(|| RotationError::Inconsistent {
                     secret: id.clone(),
-                    reason: "the proxy secret has no AWSCURRENT version".into(),
+                    reason: "the proxy secret does not exist or has no AWSCURRENT version".into(),
                 })?;
             if secret.username() == user {
                 return Ok(Some(id.clone()));
@@ -647,7 +647,7 @@ impl Run<'_> {
                     .await?
                     .ok_or_else(|| RotationError::Inconsistent {
                         secret: proxy_id.clone(),
-                        reason: "the proxy secret has no AWSCURRENT version".into(),
+                        reason: "the proxy secret does not exist or has no AWSCURRENT version".into(),
                     })?;
                 if proxy.username() != pending.username {
                     return Err(RotationError::Inconsistent {
