@@ -647,7 +647,8 @@ impl Run<'_> {
                     .await?
                     .ok_or_else(|| RotationError::Inconsistent {
                         secret: proxy_id.clone(),
-                        reason: "the proxy secret does not exist or has no AWSCURRENT version".into(),
+                        reason: "the proxy secret does not exist or has no AWSCURRENT version"
+                            .into(),
                     })?;
                 if proxy.username() != pending.username {
                     return Err(RotationError::Inconsistent {
