@@ -5,12 +5,16 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::aws::{self, dynamo::DynamoRecords, secrets::SecretsManager};
+use crate::aws::{self, dynamo::DynamoRecords, secrets::SecretsManager, sqs::SqsQueue};
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::db::{tls::DbTls, Databases};
+use crate::message::{RotateMessage, SelectMessage, TagSelector};
 use crate::password::PasswordPolicy;
 use crate::rotation::ports::{RecordStore, SecretStore};
-use crate::rotation::{LeaseWait, RetryPolicy, RotationError, Rotator, Settings};
+use crate::rotation::{
+    LeaseWait, Outcome, Request, RetryPolicy, RotationError, Rotator, Settings, Shutdown,
+};
+use crate::worker::{check_health, Queue, Worker, WorkerSettings};
 
 /// Exit statuses, documented in the README.
 pub mod exit {
@@ -23,9 +27,13 @@ pub mod exit {
     pub const TEMPORARY: u8 = 75;
 }
 
-/// One-shot commands keep stderr to warnings and the final error line; RUST_LOG overrides.
-pub fn default_log_level(_command: &Command) -> &'static str {
-    "warn"
+/// One-shot commands keep stderr to warnings and the final error line; the worker logs what it
+/// does. RUST_LOG overrides both.
+pub fn default_log_level(command: &Command) -> &'static str {
+    match command {
+        Command::Worker(_) => "info",
+        _ => "warn",
+    }
 }
 
 /// A process-unique lease owner: host, pid and a random suffix.
@@ -64,81 +72,79 @@ fn print_json(value: &serde_json::Value) {
     );
 }
 
+/// SIGTERM (ECS) and SIGINT (Ctrl-C) ask running work to stop at its next persisted step.
+fn on_signals(shutdown: Shutdown) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        shutdown.trigger();
+    });
+}
+
+fn rotator(args: &GlobalArgs, aws: &aws_config::SdkConfig) -> Result<Rotator, ExitCode> {
+    let tls =
+        DbTls::new(args.db_tls, args.db_ca_bundle.as_deref()).map_err(|e| fail(exit::FAILED, e))?;
+    let shutdown = Shutdown::default();
+    on_signals(shutdown.clone());
+    Ok(Rotator {
+        secrets: Arc::new(SecretsManager::new(aws)),
+        records: Arc::new(DynamoRecords::new(aws, &args.table)),
+        db: Arc::new(Databases::new(tls)),
+        settings: settings(args),
+        owner: owner_id(),
+        shutdown,
+    })
+}
+
 pub async fn run(cli: Cli) -> ExitCode {
     let args = &cli.settings;
-    let aws = aws::load_config().await;
-    let records = DynamoRecords::new(&aws, &args.table);
-    match cli.command {
-        Command::Setup => match records.setup().await {
-            Ok(created) => {
-                println!(
-                    "table {} {}",
-                    args.table,
-                    if created { "created" } else { "already exists" }
-                );
+    if let Command::Health {
+        health_file,
+        max_age,
+    } = &cli.command
+    {
+        return match check_health(health_file, *max_age) {
+            Ok(age) => {
+                println!("ok: the worker loop ran {} ms ago", age.as_millis());
                 ExitCode::SUCCESS
             }
             Err(e) => fail(exit::FAILED, e),
-        },
-        Command::Status { secret_id, json } => {
-            let secrets = SecretsManager::new(&aws);
-            let meta = match secrets.describe(&secret_id).await {
-                Ok(m) => m,
-                Err(e) => return fail(exit::FAILED, e),
-            };
-            match records.load(&meta.arn).await {
-                Ok(Some(r)) if json => {
-                    print_json(&serde_json::to_value(&r).expect("records serialise"));
-                    ExitCode::SUCCESS
-                }
-                Ok(Some(r)) => {
-                    println!("secret:      {}", r.secret_id);
-                    println!("rotation id: {}", r.rotation_id.as_deref().unwrap_or("-"));
-                    println!(
-                        "state:       {}  (step {}, attempt {})",
-                        r.state.as_str(),
-                        r.step,
-                        r.attempts
-                    );
-                    println!(
-                        "users:       {} -> {}",
-                        r.current_user.as_deref().unwrap_or("-"),
-                        r.target_user.as_deref().unwrap_or("-")
-                    );
-                    if let Some(e) = &r.last_error {
-                        println!("last error:  {e}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Ok(None) => fail(
-                    exit::FAILED,
-                    format!("no rotation has been recorded for {}", meta.arn),
-                ),
-                Err(e) => fail(exit::FAILED, e),
-            }
-        }
+        };
+    }
+    let aws = aws::load_config().await;
+    match cli.command {
+        Command::Health { .. } => unreachable!("handled above"),
+        Command::Setup {
+            queue_name,
+            max_receive_count,
+            json,
+        } => setup(args, &aws, queue_name.as_deref(), max_receive_count, json).await,
+        Command::Status { secret_id, json } => status(args, &aws, &secret_id, json).await,
         Command::Rotate {
             secret_id,
             json,
             lease_wait,
         } => {
-            let tls = match DbTls::new(args.db_tls, args.db_ca_bundle.as_deref()) {
-                Ok(t) => t,
-                Err(e) => return fail(exit::FAILED, e),
-            };
-            let rotator = Rotator {
-                secrets: Arc::new(SecretsManager::new(&aws)),
-                records: Arc::new(records),
-                db: Arc::new(Databases::new(tls)),
-                settings: settings(args),
-                owner: owner_id(),
+            let rotator = match rotator(args, &aws) {
+                Ok(r) => r,
+                Err(code) => return code,
             };
             let started = std::time::Instant::now();
             match rotator
-                .rotate(&secret_id, LeaseWait::UpTo(lease_wait))
+                .rotate(&secret_id, &Request::default(), LeaseWait::UpTo(lease_wait))
                 .await
             {
-                Ok(done) => {
+                Ok(Outcome::Rotated(done)) => {
                     if json {
                         print_json(&json!({
                             "secret_id": done.secret_arn,
@@ -160,10 +166,182 @@ pub async fn run(cli: Cli) -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
+                Ok(Outcome::Skipped { why, .. }) => fail(
+                    exit::FAILED,
+                    format!("rotation of {secret_id} skipped: {why}"),
+                ),
                 Err(e) => rotation_failed(&secret_id, &e),
             }
         }
+        Command::Worker(w) => {
+            let rotator = match rotator(args, &aws) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            let queue =
+                match SqsQueue::connect(&aws, &w.queue.queue_url, w.dlq_url.as_deref()).await {
+                    Ok(q) => q,
+                    Err(e) => return fail(exit::FAILED, e),
+                };
+            let worker = Worker {
+                queue: Arc::new(queue),
+                directory: Arc::new(SecretsManager::new(&aws)),
+                rotator,
+                settings: WorkerSettings {
+                    concurrency: usize::from(w.concurrency),
+                    min_interval: w.min_interval,
+                    visibility: w.visibility_timeout,
+                    receive_wait: w.receive_wait,
+                    retry_delay: w.retry_delay,
+                    retry_max_delay: w.retry_max_delay,
+                    shutdown_grace: w.shutdown_grace,
+                    health_file: Some(w.health_file),
+                },
+            };
+            worker.run().await;
+            ExitCode::SUCCESS
+        }
+        Command::Enqueue {
+            queue,
+            secret_ids,
+            tag,
+            force,
+            reason,
+            json,
+        } => enqueue(&aws, &queue.queue_url, secret_ids, tag, force, reason, json).await,
     }
+}
+
+async fn setup(
+    args: &GlobalArgs,
+    aws: &aws_config::SdkConfig,
+    queue_name: Option<&str>,
+    max_receive_count: u32,
+    json: bool,
+) -> ExitCode {
+    let created = match DynamoRecords::new(aws, &args.table).setup().await {
+        Ok(created) => created,
+        Err(e) => return fail(exit::FAILED, e),
+    };
+    let Some(name) = queue_name else {
+        if json {
+            print_json(&json!({"table": args.table, "table_created": created}));
+        } else {
+            println!(
+                "table {} {}",
+                args.table,
+                if created { "created" } else { "already exists" }
+            );
+        }
+        return ExitCode::SUCCESS;
+    };
+    match SqsQueue::create_with_dlq(aws, name, max_receive_count).await {
+        Ok((queue_url, dlq_url)) => {
+            print_json(&json!({
+                "table": args.table,
+                "table_created": created,
+                "queue_url": queue_url,
+                "dlq_url": dlq_url,
+            }));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(exit::FAILED, e),
+    }
+}
+
+async fn status(
+    args: &GlobalArgs,
+    aws: &aws_config::SdkConfig,
+    secret_id: &str,
+    json: bool,
+) -> ExitCode {
+    let meta = match SecretsManager::new(aws).describe(secret_id).await {
+        Ok(m) => m,
+        Err(e) => return fail(exit::FAILED, e),
+    };
+    match DynamoRecords::new(aws, &args.table).load(&meta.arn).await {
+        Ok(Some(r)) if json => {
+            print_json(&serde_json::to_value(&r).expect("records serialise"));
+            ExitCode::SUCCESS
+        }
+        Ok(Some(r)) => {
+            println!("secret:      {}", r.secret_id);
+            println!("rotation id: {}", r.rotation_id.as_deref().unwrap_or("-"));
+            println!(
+                "state:       {}  (step {}, attempt {})",
+                r.state.as_str(),
+                r.step,
+                r.attempts
+            );
+            println!(
+                "users:       {} -> {}",
+                r.current_user.as_deref().unwrap_or("-"),
+                r.target_user.as_deref().unwrap_or("-")
+            );
+            if let Some(e) = &r.last_error {
+                println!("last error:  {e}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => fail(
+            exit::FAILED,
+            format!("no rotation has been recorded for {}", meta.arn),
+        ),
+        Err(e) => fail(exit::FAILED, e),
+    }
+}
+
+async fn enqueue(
+    aws: &aws_config::SdkConfig,
+    queue_url: &str,
+    secret_ids: Vec<String>,
+    tag: Option<(String, String)>,
+    force: bool,
+    reason: Option<String>,
+    json: bool,
+) -> ExitCode {
+    let queue = SqsQueue::sender(aws, queue_url);
+    let bodies: Vec<(String, String)> = match tag {
+        Some((tag_key, tag_value)) => vec![(
+            format!("tag {tag_key}={tag_value}"),
+            serde_json::to_string(&SelectMessage {
+                select: TagSelector { tag_key, tag_value },
+            })
+            .expect("messages serialise"),
+        )],
+        None => secret_ids
+            .into_iter()
+            .map(|secret_id| {
+                let body = RotateMessage {
+                    secret_id: secret_id.clone(),
+                    force,
+                    reason: reason.clone(),
+                    // Copies of this request (SQS may deliver twice) share the id.
+                    request_id: Some(uuid::Uuid::new_v4().to_string()),
+                };
+                (
+                    secret_id,
+                    serde_json::to_string(&body).expect("messages serialise"),
+                )
+            })
+            .collect(),
+    };
+    let mut sent = Vec::new();
+    for (what, body) in bodies {
+        match queue.send(&body).await {
+            Ok(id) => {
+                if !json {
+                    println!("{id}\t{what}");
+                }
+                sent.push(json!({"request": what, "message_id": id}));
+            }
+            Err(e) => return fail(exit::FAILED, format!("could not enqueue {what}: {e}")),
+        }
+    }
+    if json {
+        print_json(&json!({"queue_url": queue_url, "messages": sent}));
+    }
+    ExitCode::SUCCESS
 }
 
 fn rotation_failed(secret_id: &str, e: &RotationError) -> ExitCode {

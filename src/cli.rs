@@ -73,6 +73,13 @@ pub struct GlobalArgs {
     pub exclude_characters: Option<String>,
 }
 
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err("expected KEY=VALUE".into()),
+    }
+}
+
 fn parse_lease(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_secs(1) {
@@ -81,10 +88,93 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// The SQS queue of rotation requests.
+    #[arg(long, env = "ROTATOR_QUEUE_URL")]
+    pub queue_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// Dead-letter queue for fatal failures; default: the queue's redrive policy target.
+    #[arg(long, env = "ROTATOR_DLQ_URL")]
+    pub dlq_url: Option<String>,
+    /// Rotations at once.
+    #[arg(long, env = "ROTATOR_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub concurrency: u16,
+    /// Skip requests for secrets rotated more recently than this (unless forced).
+    #[arg(long, env = "ROTATOR_MIN_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub min_interval: Duration,
+    /// How long a received message stays hidden; renewed every third of it while it runs.
+    #[arg(long, env = "ROTATOR_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub visibility_timeout: Duration,
+    /// First redelivery delay after a transient failure; doubles with each receive.
+    #[arg(long, env = "ROTATOR_RETRY_DELAY", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub retry_delay: Duration,
+    /// Upper bound of the redelivery delay.
+    #[arg(long, env = "ROTATOR_RETRY_MAX_DELAY", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub retry_max_delay: Duration,
+    /// Long-poll wait (at most 20s).
+    #[arg(long, env = "ROTATOR_RECEIVE_WAIT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub receive_wait: Duration,
+    /// On SIGTERM/SIGINT, how long running rotations get to reach their next persisted step.
+    #[arg(long, env = "ROTATOR_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// File the worker loop touches on every pass; `rds-rotator health` checks it.
+    #[arg(long, env = "ROTATOR_HEALTH_FILE", default_value = DEFAULT_HEALTH_FILE)]
+    pub health_file: PathBuf,
+}
+
+pub const DEFAULT_HEALTH_FILE: &str = "/tmp/rds-rotator.health";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the DynamoDB table for leases and step records (idempotent).
-    Setup,
+    /// Create the DynamoDB table for leases and step records (idempotent), and optionally a queue
+    /// with its dead-letter queue (local stack and tests; production uses Terraform).
+    Setup {
+        /// Also create this SQS queue and `<NAME>-dlq` with a redrive policy.
+        #[arg(long)]
+        queue_name: Option<String>,
+        /// Receives before SQS moves a message to the dead-letter queue by itself.
+        #[arg(long, default_value_t = 10)]
+        max_receive_count: u32,
+        /// Print one JSON object (always, with --queue-name).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve rotation requests from SQS until SIGTERM or SIGINT.
+    Worker(WorkerArgs),
+    /// Put rotation requests on the queue: one per secret, or one tag fan-out.
+    Enqueue {
+        #[command(flatten)]
+        queue: QueueArgs,
+        /// Secret names or ARNs.
+        #[arg(required_unless_present = "tag", conflicts_with = "tag")]
+        secret_ids: Vec<String>,
+        /// Rotate every secret carrying this tag (KEY=VALUE); the worker lists and enqueues them.
+        #[arg(long, value_parser = parse_tag)]
+        tag: Option<(String, String)>,
+        /// Rotate even if the last rotation is younger than the worker's minimum interval.
+        #[arg(long)]
+        force: bool,
+        /// Free text kept in the step record.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 if the worker loop ran recently (for container health checks).
+    Health {
+        #[arg(long, env = "ROTATOR_HEALTH_FILE", default_value = DEFAULT_HEALTH_FILE)]
+        health_file: PathBuf,
+        /// The loop passes at least every 25s while healthy.
+        #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+        max_age: Duration,
+    },
     /// Rotate a secret now, or finish the rotation in progress.
     Rotate {
         /// Secret name or ARN.

@@ -1,8 +1,8 @@
 //! Test-only failpoints, for crash tests against the real binary.
 //!
 //! `ROTATOR_TEST_FAILPOINTS="after:set_password=exit;inside:update_proxy=pause"` makes the process
-//! exit abruptly (`exit`: no cleanup, no record write, like SIGKILL) or stop and wait to be killed
-//! (`pause`) when it reaches that point. Each hit is announced on stderr as
+//! exit abruptly (`exit`: no cleanup, no record write, like SIGKILL), stop and wait to be killed
+//! (`pause`), or wait and go on (`sleep(MS)`) when it reaches that point. Each hit is announced on stderr as
 //! `failpoint <name> reached`. Never set this in production: it exists so that tests can kill a
 //! rotation at an exact instant. When unset, a hit costs one lookup in an empty list.
 //!
@@ -19,6 +19,7 @@ pub const ENV: &str = "ROTATOR_TEST_FAILPOINTS";
 enum Action {
     Exit,
     Pause,
+    Sleep(u64),
 }
 
 fn configured() -> &'static [(String, Action)] {
@@ -32,7 +33,13 @@ fn configured() -> &'static [(String, Action)] {
                 let action = match action.trim() {
                     "exit" => Action::Exit,
                     "pause" => Action::Pause,
-                    _ => return None,
+                    other => Action::Sleep(
+                        other
+                            .strip_prefix("sleep(")?
+                            .strip_suffix(')')?
+                            .parse()
+                            .ok()?,
+                    ),
                 };
                 Some((name.trim().to_owned(), action))
             })
@@ -51,5 +58,6 @@ pub async fn hit(name: &str) {
         Action::Pause => loop {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         },
+        Action::Sleep(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
     }
 }

@@ -5,10 +5,12 @@ pub mod aws;
 pub mod cli;
 pub mod db;
 pub mod failpoint;
+pub mod message;
 pub mod password;
 pub mod rotation;
 pub mod secret;
 pub mod telemetry;
+pub mod worker;
 
 /// The version and the git revision it was built from.
 pub const VERSION: &str = concat!(

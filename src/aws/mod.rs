@@ -3,6 +3,7 @@
 
 pub mod dynamo;
 pub mod secrets;
+pub mod sqs;
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};

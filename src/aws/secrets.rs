@@ -151,3 +151,35 @@ impl SecretStore for SecretsManager {
         Ok(())
     }
 }
+
+#[async_trait]
+impl crate::worker::SecretDirectory for SecretsManager {
+    async fn with_tag(&self, key: &str, value: &str) -> Result<Vec<String>, SecretStoreError> {
+        use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+        let filter = |name, v: &str| Filter::builder().key(name).values(v).build();
+        let mut pages = self
+            .client
+            .list_secrets()
+            .filters(filter(FilterNameStringType::TagKey, key))
+            .filters(filter(FilterNameStringType::TagValue, value))
+            .into_paginator()
+            .send();
+        let mut arns = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| map_err("ListSecrets", e))?;
+            for s in page.secret_list() {
+                // The two filters match independently (key on one tag, value on another), so
+                // check the pair itself.
+                let tagged = s
+                    .tags()
+                    .iter()
+                    .any(|t| t.key() == Some(key) && t.value() == Some(value));
+                if let (true, Some(arn)) = (tagged, s.arn()) {
+                    arns.push(arn.to_owned());
+                }
+            }
+        }
+        arns.sort();
+        Ok(arns)
+    }
+}

@@ -23,7 +23,7 @@ pub mod ports;
 pub mod record;
 
 #[cfg(test)]
-mod fakes;
+pub(crate) mod fakes;
 #[cfg(test)]
 mod tests;
 
@@ -130,6 +130,10 @@ pub enum RotationError {
     Busy { secret: String, owner: String },
     #[error("the lease on {0} was lost to another worker; stepping back")]
     LeaseLost(String),
+    #[error(
+        "shutting down: the rotation of {0} stopped after its last persisted step and will resume"
+    )]
+    Interrupted(String),
     #[error(transparent)]
     Secrets(#[from] SecretStoreError),
     #[error(transparent)]
@@ -143,7 +147,10 @@ impl RotationError {
     /// everything that needs a person is fatal.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::TestTimedOut { .. } | Self::Busy { .. } | Self::LeaseLost(_) => true,
+            Self::TestTimedOut { .. }
+            | Self::Busy { .. }
+            | Self::LeaseLost(_)
+            | Self::Interrupted(_) => true,
             Self::Secrets(e) => e.is_retryable(),
             Self::Records(e) => e.is_retryable(),
             Self::Database(e) => e.is_retryable(),
@@ -154,6 +161,57 @@ impl RotationError {
             | Self::CurrentMoved { .. }
             | Self::Inconsistent { .. } => false,
         }
+    }
+}
+
+/// Why a rotation was asked for, and what may be skipped.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Rotate even if the last rotation finished less than `min_interval` ago.
+    pub force: bool,
+    /// Skip the request when the last successful rotation is younger than this.
+    pub min_interval: Option<Duration>,
+    /// The same request delivered twice (SQS redelivery, duplicate event) carries the same id;
+    /// it never starts a second rotation.
+    pub request_id: Option<String>,
+    /// Free text kept in the record, e.g. "scheduled" or an operator's note.
+    pub reason: Option<String>,
+}
+
+/// What `rotate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Rotated(Completed),
+    /// Nothing to do: a rotation for this request already happened, or one happened recently.
+    Skipped {
+        secret_arn: String,
+        why: String,
+    },
+}
+
+/// Asks running rotations to stop at their next persisted step (SIGTERM). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Shutdown(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once `trigger` has been called.
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|stopping| *stopping).await;
     }
 }
 
@@ -193,6 +251,7 @@ pub struct Rotator {
     pub settings: Settings,
     /// This process's identity in leases.
     pub owner: String,
+    pub shutdown: Shutdown,
 }
 
 impl Rotator {
@@ -200,8 +259,9 @@ impl Rotator {
     pub async fn rotate(
         &self,
         secret_id: &str,
+        request: &Request,
         wait: LeaseWait,
-    ) -> Result<Completed, RotationError> {
+    ) -> Result<Outcome, RotationError> {
         let meta = self.secrets.describe(secret_id).await?;
         let (lease, existing) = lease::acquire(self, &meta.arn, wait).await?;
         let lost = AtomicBool::new(false);
@@ -209,7 +269,7 @@ impl Rotator {
             self,
             &lease,
             &lost,
-            self.run(&lease, &lost, &meta, existing),
+            self.run(&lease, &lost, &meta, existing, request),
         )
         .await;
         if let Err(e) = self.records.release(&lease).await {
@@ -224,33 +284,45 @@ impl Rotator {
         lost: &AtomicBool,
         meta: &SecretMeta,
         existing: Option<StepRecord>,
-    ) -> Result<Completed, RotationError> {
+        request: &Request,
+    ) -> Result<Outcome, RotationError> {
         let now = now_ms();
         let (record, resumed) = match existing {
+            // A rotation in progress is always finished first, whatever was asked.
             Some(mut r) if r.is_in_progress() => {
                 r.resumed(now);
                 info!(secret = %meta.arn, rotation_id = r.rotation_id.as_deref().unwrap_or(""),
                       step = %r.step, attempts = r.attempts, "resuming rotation");
                 (r, true)
             }
+            Some(previous) if skip_reason(&previous, request, now).is_some() => {
+                let why = skip_reason(&previous, request, now).unwrap_or_default();
+                info!(secret = %meta.arn, %why, "rotation skipped");
+                return Ok(Outcome::Skipped {
+                    secret_arn: meta.arn.clone(),
+                    why,
+                });
+            }
             previous => match self.plan(meta).await {
                 Ok(plan) => {
                     let id = Uuid::new_v4().to_string();
                     info!(secret = %meta.arn, rotation_id = %id, from = %plan.current_user,
                           to = %plan.target_user, "starting rotation");
-                    (
-                        StepRecord::begin(&meta.arn, id, plan, previous.as_ref(), now),
-                        false,
-                    )
+                    let mut record = StepRecord::begin(&meta.arn, id, plan, previous.as_ref(), now);
+                    record.request_id = request.request_id.clone();
+                    record.reason = request.reason.clone();
+                    (record, false)
                 }
                 Err(e) => {
                     if !e.is_retryable() {
-                        let failed = StepRecord::failed_to_begin(
+                        let mut failed = StepRecord::failed_to_begin(
                             &meta.arn,
                             e.to_string(),
                             previous.as_ref(),
                             now,
                         );
+                        failed.request_id = request.request_id.clone();
+                        failed.reason = request.reason.clone();
                         if let Err(save) = self.records.save(lease, &failed).await {
                             warn!(secret = %meta.arn, error = %save, "could not record the failure");
                         }
@@ -276,20 +348,22 @@ impl Rotator {
             match run.drive().await {
                 Ok(()) => {
                     let r = &run.record;
-                    return Ok(Completed {
+                    return Ok(Outcome::Rotated(Completed {
                         secret_arn: r.secret_id.clone(),
                         rotation_id: r.rotation_id.clone().unwrap_or_default(),
                         previous_user: r.current_user.clone().unwrap_or_default(),
                         current_user: r.target_user.clone().unwrap_or_default(),
                         resumed,
-                    });
+                    }));
                 }
                 Err(e)
                     if e.is_retryable()
                         && attempt < self.settings.retry.max_attempts
+                        && !self.shutdown.is_triggered()
                         && !matches!(
                             e,
                             RotationError::LeaseLost(_)
+                                | RotationError::Interrupted(_)
                                 | RotationError::Records(RecordStoreError::Fenced(_))
                         ) =>
                 {
@@ -394,6 +468,31 @@ impl Rotator {
     }
 }
 
+/// Why a request needs no new rotation, if it does not. Checked under the lease, so two workers
+/// holding copies of one request cannot both decide to rotate.
+fn skip_reason(previous: &StepRecord, request: &Request, now: u64) -> Option<String> {
+    if let (Some(asked), Some(done)) = (&request.request_id, &previous.request_id) {
+        if asked == done {
+            return Some(format!(
+                "request {asked} was already handled ({})",
+                previous.state.as_str()
+            ));
+        }
+    }
+    if request.force {
+        return None;
+    }
+    let (min, last) = (request.min_interval?, previous.last_success_at?);
+    let age = Duration::from_millis(now.saturating_sub(last));
+    (age < min).then(|| {
+        format!(
+            "the last rotation finished {} ago, less than the minimum interval of {}",
+            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            humantime::format_duration(min)
+        )
+    })
+}
+
 /// One rotation in progress under a lease.
 struct Run<'a> {
     rotator: &'a Rotator,
@@ -430,6 +529,9 @@ impl Run<'_> {
         while self.record.step != Step::Done {
             if self.lost.load(Ordering::SeqCst) {
                 return Err(RotationError::LeaseLost(self.arn().to_owned()));
+            }
+            if self.rotator.shutdown.is_triggered() {
+                return Err(RotationError::Interrupted(self.arn().to_owned()));
             }
             let step = self.record.step;
             failpoint::hit(&format!("before:{step}")).await;
@@ -745,6 +847,10 @@ impl Run<'_> {
 
     /// Notes the error in the record: fatal ends the rotation, retryable leaves it to resume.
     async fn record_failure(&mut self, e: &RotationError) {
+        if matches!(e, RotationError::Interrupted(_)) {
+            info!(secret = %self.arn(), step = %self.record.step, "stopped for shutdown; the next run resumes here");
+            return;
+        }
         if matches!(
             e,
             RotationError::LeaseLost(_) | RotationError::Records(RecordStoreError::Fenced(_))

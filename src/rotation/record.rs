@@ -136,6 +136,11 @@ pub struct StepRecord {
     pub target_user: Option<String>,
     /// The proxy secret of the target user, when the secret names proxy secrets.
     pub proxy_secret_id: Option<String>,
+    /// The request that started this rotation (SQS message, event or enqueue id): a redelivered
+    /// request with the same id does not rotate again.
+    pub request_id: Option<String>,
+    /// Why it was asked for (free text from the request).
+    pub reason: Option<String>,
     /// How many times a process has started or resumed this rotation.
     pub attempts: u32,
     pub last_error: Option<String>,
@@ -176,6 +181,8 @@ impl StepRecord {
             current_user: Some(plan.current_user),
             target_user: Some(plan.target_user),
             proxy_secret_id: plan.proxy_secret_id,
+            request_id: None,
+            reason: None,
             attempts: 1,
             last_error: None,
             started_at: Some(now),
@@ -201,6 +208,8 @@ impl StepRecord {
             current_user: None,
             target_user: None,
             proxy_secret_id: None,
+            request_id: None,
+            reason: None,
             attempts: previous
                 .filter(|p| p.state == State::Failed && p.rotation_id.is_none())
                 .map_or(1, |p| p.attempts + 1),

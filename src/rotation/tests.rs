@@ -61,11 +61,25 @@ fn rotator(w: &World) -> Rotator {
             },
         },
         owner: "test".into(),
+        shutdown: Shutdown::default(),
     }
 }
 
 async fn rotate(w: &World) -> Result<Completed, RotationError> {
-    rotator(w).rotate(APP, LeaseWait::No).await
+    match rotator(w)
+        .rotate(APP, &Request::default(), LeaseWait::No)
+        .await?
+    {
+        Outcome::Rotated(done) => Ok(done),
+        Outcome::Skipped { why, .. } => panic!("unexpectedly skipped: {why}"),
+    }
+}
+
+async fn request(w: &World, request: Request) -> Outcome {
+    rotator(w)
+        .rotate(APP, &request, LeaseWait::No)
+        .await
+        .unwrap()
 }
 
 /// The end state every rotation must reach, whatever happened on the way.
@@ -353,4 +367,86 @@ async fn a_held_lease_makes_a_second_worker_step_back() {
         "{err}"
     );
     assert_eq!(w.state().secrets[APP].len(), 1);
+}
+
+#[tokio::test]
+async fn a_recent_rotation_is_skipped_unless_forced() {
+    let w = world();
+    let hour = Some(Duration::from_secs(3600));
+    let first = request(
+        &w,
+        Request {
+            min_interval: hour,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(matches!(first, Outcome::Rotated(_)));
+    let second = request(
+        &w,
+        Request {
+            min_interval: hour,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(second, Outcome::Skipped { ref why, .. } if why.contains("minimum interval")),
+        "{second:?}"
+    );
+    let bob_password = w.labelled(APP, Stage::Current).unwrap()["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    w.state().password_changes.clear();
+    let forced = request(
+        &w,
+        Request {
+            min_interval: hour,
+            force: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(matches!(forced, Outcome::Rotated(_)));
+    assert_rotated(&w, "bob", "alice", &bob_password);
+}
+
+#[tokio::test]
+async fn the_same_request_delivered_twice_rotates_once_even_when_forced() {
+    let w = world();
+    let req = Request {
+        force: true,
+        request_id: Some("msg-1".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        request(&w, req.clone()).await,
+        Outcome::Rotated(_)
+    ));
+    let again = request(&w, req).await;
+    assert!(
+        matches!(again, Outcome::Skipped { ref why, .. } if why.contains("msg-1")),
+        "{again:?}"
+    );
+    assert_eq!(w.labelled(APP, Stage::Current).unwrap()["username"], "bob");
+}
+
+#[tokio::test]
+async fn shutdown_stops_at_the_next_persisted_step_and_the_next_run_resumes() {
+    let w = world();
+    let r = rotator(&w);
+    r.shutdown.trigger();
+    let err = r
+        .rotate(APP, &Request::default(), LeaseWait::No)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RotationError::Interrupted(_)), "{err}");
+    let record = w.record(&format!("arn:fake:{APP}")).unwrap();
+    assert_eq!(
+        (record.state, record.step, record.last_error),
+        (State::InProgress, Step::CreatePending, None)
+    );
+    let done = rotate(&w).await.unwrap();
+    assert_eq!(Some(done.rotation_id), record.rotation_id);
 }
