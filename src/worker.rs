@@ -291,13 +291,15 @@ impl Worker {
         Handled::DeadLettered { reason }
     }
 
-    /// retry_delay × 2^(receives − 1), capped.
+    /// retry_delay × 2^(receives − 1), capped, ±20 % jitter so that copies do not return together.
     pub fn retry_delay(&self, receive_count: u32) -> Duration {
         let exp = receive_count.saturating_sub(1).min(20);
-        self.settings
+        let base = self
+            .settings
             .retry_delay
             .saturating_mul(1 << exp)
-            .min(self.settings.retry_max_delay)
+            .min(self.settings.retry_max_delay);
+        base.mul_f64(rand::random_range(0.8..1.2))
     }
 
     fn touch_health(&self) {
@@ -577,15 +579,16 @@ mod tests {
         w.state().dead = true; // every call fails as unavailable
         let first = wk.process(&msg("m", json!({"secret_id": "app"}), 1)).await;
         let third = wk.process(&msg("m", json!({"secret_id": "app"}), 3)).await;
+        let within = |d: Duration, secs: f64| (secs * 0.8..=secs * 1.2).contains(&d.as_secs_f64());
         assert!(
-            matches!(first, Handled::Retried { delay, .. } if delay == Duration::from_secs(10)),
+            matches!(first, Handled::Retried { delay, .. } if within(delay, 10.0)),
             "{first:?}"
         );
         assert!(
-            matches!(third, Handled::Retried { delay, .. } if delay == Duration::from_secs(40)),
+            matches!(third, Handled::Retried { delay, .. } if within(delay, 40.0)),
             "{third:?}"
         );
-        assert_eq!(wk.retry_delay(30), Duration::from_secs(15 * 60));
+        assert!(within(wk.retry_delay(30), 900.0));
         assert!(q.deleted.lock().unwrap().is_empty() && q.dead.lock().unwrap().is_empty());
     }
 

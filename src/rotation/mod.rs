@@ -263,6 +263,22 @@ impl Rotator {
         wait: LeaseWait,
     ) -> Result<Outcome, RotationError> {
         let meta = self.secrets.describe(secret_id).await?;
+        // Fast path for copies and redeliveries: decide without the lease when the record already
+        // says so, so that a burst of duplicates does not queue up behind one lease. The same
+        // check runs again under the lease, which is what makes it safe.
+        if request.min_interval.is_some() || request.request_id.is_some() {
+            if let Some(record) = self.records.load(&meta.arn).await? {
+                if !record.is_in_progress() {
+                    if let Some(why) = skip_reason(&record, request, now_ms()) {
+                        info!(secret = %meta.arn, %why, "rotation skipped");
+                        return Ok(Outcome::Skipped {
+                            secret_arn: meta.arn,
+                            why,
+                        });
+                    }
+                }
+            }
+        }
         let (lease, existing) = lease::acquire(self, &meta.arn, wait).await?;
         let lost = AtomicBool::new(false);
         let result = lease::heartbeat(
