@@ -38,7 +38,7 @@ test:
 	@trap '$(STACK) stop' EXIT; trap 'exit 130' INT TERM; \
 	$(STACK) start >/dev/null || exit $$?; \
 	set -a; . ./$(STACK_ENV); set +a; \
-	cargo test --all-targets $(TEST_ARGS)
+	cargo test --workspace --all-targets $(TEST_ARGS)
 
 demo:
 	@trap '$(STACK) stop' EXIT; trap 'exit 130' INT TERM; \
@@ -48,7 +48,7 @@ demo:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 fmt:
 	cargo fmt --all

@@ -278,3 +278,41 @@ async fn a_second_rotate_waits_for_the_running_one_and_then_rotates_again() {
     );
     pair.assert_rotated_to(&pair.users[1]).await;
 }
+
+#[tokio::test]
+async fn without_direct_host_the_password_is_changed_through_the_proxy() {
+    let pair = Pair::with(Options {
+        direct: false,
+        ..Options::default()
+    })
+    .await;
+    assert!(pair.current().await.get("direct_host").is_none());
+    for user in [&pair.users[1], &pair.users[0]] {
+        let out = pair.rotate();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pair.assert_rotated_to(user).await;
+    }
+}
+
+#[tokio::test]
+async fn the_proxy_stand_in_answers_like_rds_proxy() {
+    let pair = Pair::new().await;
+    let current = pair.current().await;
+    pair.login_via_proxy(&current)
+        .await
+        .expect("the current credentials log in through the proxy");
+    let mut wrong = current.clone();
+    wrong["password"] = json!("not-the-password");
+    let err = pair.login_via_proxy(&wrong).await.unwrap_err();
+    assert!(err.contains("password authentication failed"), "{err}");
+    let stranger = json!({"username": "nobody_here", "password": "x"});
+    let err = pair.login_via_proxy(&stranger).await.unwrap_err();
+    assert!(
+        err.contains("This RDS proxy has no credentials for the role nobody_here"),
+        "{err}"
+    );
+}

@@ -367,7 +367,7 @@ async fn a_database_that_is_down_for_a_while_is_retried_until_it_is_back() {
     let queues = pair.queues().await;
     let relay = Relay::reserve();
     let mut secret = pair.current().await;
-    secret["database_port"] = json!(relay.port.to_string());
+    secret["direct_port"] = json!(relay.port); // the database itself; the proxy stays up
     pair.sm
         .put_secret_value()
         .secret_id(&pair.app_secret)

@@ -55,6 +55,12 @@ pub fn awkward_password() -> String {
     format!("q'uo\"te\\{}$", suffix())
 }
 
+/// The server's own message, not tokio-postgres's bare "db error".
+pub fn pg_error(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+}
+
 pub async fn pg_connect(
     dbname: &str,
     user: &str,
@@ -92,10 +98,29 @@ pub async fn aws() -> aws_config::SdkConfig {
         .await
 }
 
+/// How a test pair is set up.
+pub struct Options {
+    /// Give the secret `direct_host`/`direct_port` (the database, bypassing the proxy).
+    pub direct: bool,
+    /// How often the proxy stand-in re-reads its secrets.
+    pub proxy_refresh: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            direct: true,
+            proxy_refresh: Duration::from_millis(250),
+        }
+    }
+}
+
 /// A database with two users taking turns, their proxy secrets, and the application secret in the
 /// seed tool's format, all with names of their own.
 pub struct Pair {
     pub id: String,
+    /// The RDS Proxy stand-in in front of this pair's database: the application's path.
+    pub proxy: rds_proxy_standin::StandIn,
     pub dbname: String,
     pub users: [String; 2],
     pub initial_passwords: [String; 2],
@@ -107,6 +132,10 @@ pub struct Pair {
 
 impl Pair {
     pub async fn new() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> Self {
         let id = suffix();
         let dbname = format!("rt_{id}");
         let users = [format!("app_{id}"), format!("app_{id}_clone")];
@@ -137,17 +166,32 @@ impl Pair {
             proxy_arns.push(out.arn.unwrap());
         }
         let s = stack();
-        let app = json!({
+        let proxy = rds_proxy_standin::StandIn::spawn_in_thread(
+            rds_proxy_standin::Config {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                backend_host: s.pg_host.clone(),
+                backend_port: s.pg_port,
+                secret_ids: proxy_arns.clone(),
+                refresh: options.proxy_refresh,
+            },
+            sm.clone(),
+        )
+        .expect("the RDS Proxy stand-in starts");
+        let mut app = json!({
             "rotation_type": "AWS RDS",
             "rotation_usernames": [users[0], users[1]],
             "proxy_secret_ids": proxy_arns,
-            "database_host": s.pg_host,
-            "database_port": s.pg_port.to_string(),
+            "database_host": "127.0.0.1",
+            "database_port": proxy.addr.port().to_string(),
             "database_name": dbname,
             "username": users[0],
             "password": initial_passwords[0],
             "owner_team": "payments"
         });
+        if options.direct {
+            app["direct_host"] = json!(s.pg_host);
+            app["direct_port"] = json!(s.pg_port);
+        }
         let app_secret = format!("rt-{id}/app");
         sm.create_secret()
             .name(&app_secret)
@@ -157,6 +201,7 @@ impl Pair {
             .unwrap();
         let pair = Self {
             id,
+            proxy,
             dbname,
             users,
             initial_passwords,
@@ -284,11 +329,11 @@ impl Pair {
     pub async fn login(&self, user: &str, password: &str) -> Result<(), String> {
         let client = pg_connect(&self.dbname, user, password)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| pg_error(&e))?;
         client
             .simple_query("SELECT 1")
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| pg_error(&e))?;
         Ok(())
     }
 
@@ -300,11 +345,32 @@ impl Pair {
         .await
     }
 
+    /// Logs in through the RDS Proxy stand-in, as the application does.
+    pub async fn login_via_proxy(&self, secret: &Value) -> Result<(), String> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(self.proxy.addr.port())
+            .dbname(&self.dbname)
+            .user(secret["username"].as_str().unwrap())
+            .password(secret["password"].as_str().unwrap())
+            .connect_timeout(Duration::from_secs(5));
+        let (client, conn) = cfg.connect(NoTls).await.map_err(|e| pg_error(&e))?;
+        tokio::spawn(conn);
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(())
+    }
+
     /// Everything the brief promises after a rotation to `user`.
     pub async fn assert_rotated_to(&self, user: &str) {
         let current = self.current().await;
         assert_eq!(current["username"], user, "AWSCURRENT holds the wrong user");
         self.login_with(&current).await.expect("AWSCURRENT logs in");
+        self.login_via_proxy(&current)
+            .await
+            .expect("AWSCURRENT logs in through the proxy");
         if let Some(previous) = self.secret_at(&self.app_secret, "AWSPREVIOUS").await {
             assert_ne!(previous["username"], user);
             self.login_with(&previous)
