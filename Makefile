@@ -12,7 +12,7 @@ TEST_ARGS ?=
 # Extra arguments for cargo-deny's check, e.g.  make deny DENY_ARGS=advisories
 DENY_ARGS ?=
 
-.PHONY: help stack-up stack-down stack-status test demo lint fmt deny ci
+.PHONY: help stack-up stack-down stack-status test load-run demo lint fmt deny ci
 
 help:
 	@echo 'make test        start the local stack, cargo test --all-targets $$TEST_ARGS, stop the stack'
@@ -34,11 +34,22 @@ stack-status:
 
 # One shell line, so the stack is stopped even when the tests fail or are interrupted, and the
 # tests' exit status is the target's.
+# Tests that measure something (load run, kill run) write one summary line each to
+# $(REPORTS); they are printed after the run, since cargo test hides a passing test's output.
+REPORTS := target/tmp/reports
+
 test:
 	@trap '$(STACK) stop' EXIT; trap 'exit 130' INT TERM; \
 	$(STACK) start >/dev/null || exit $$?; \
 	set -a; . ./$(STACK_ENV); set +a; \
-	cargo test --workspace --all-targets $(TEST_ARGS)
+	rm -rf $(REPORTS); \
+	cargo test --workspace --all-targets $(TEST_ARGS); rc=$$?; \
+	if ls $(REPORTS)/*.txt >/dev/null 2>&1; then echo; echo "== reports"; cat $(REPORTS)/*.txt; fi; \
+	exit $$rc
+
+# The long load run: 100 rotations under client load (about 4 minutes).
+load-run:
+	@$(MAKE) --no-print-directory test TEST_ARGS="--test load_run clients_see_no_failed_login" ROTATOR_LOAD_ROTATIONS=100
 
 demo:
 	@trap '$(STACK) stop' EXIT; trap 'exit 130' INT TERM; \

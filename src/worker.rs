@@ -498,6 +498,7 @@ mod tests {
                         min_delay: Duration::from_millis(1),
                         max_delay: Duration::from_millis(5),
                         max_attempts: 1,
+                        probe_max_delay: Duration::from_millis(20),
                     },
                     ..Settings::default()
                 },

@@ -54,6 +54,9 @@ pub struct RetryPolicy {
     /// How many times one process runs a rotation before reporting a retryable failure
     /// (the record stays in progress, so the next run resumes it).
     pub max_attempts: usize,
+    /// The longest pause between two login probes of the test step: a probe is cheap, and the
+    /// sooner the proxy's refresh is seen, the sooner AWSCURRENT moves.
+    pub probe_max_delay: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -62,6 +65,7 @@ impl Default for RetryPolicy {
             min_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(5),
             max_attempts: 3,
+            probe_max_delay: Duration::from_secs(1),
         }
     }
 }
@@ -802,6 +806,7 @@ impl Run<'_> {
                     .settings
                     .retry
                     .backoff()
+                    .with_max_delay(self.rotator.settings.retry.probe_max_delay)
                     .with_max_times(usize::MAX)
                     .with_total_delay(Some(deadline)),
             )

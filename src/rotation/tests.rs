@@ -58,6 +58,7 @@ fn rotator(w: &World) -> Rotator {
                 min_delay: Duration::from_millis(1),
                 max_delay: Duration::from_millis(20),
                 max_attempts: 1,
+                probe_max_delay: Duration::from_millis(20),
             },
         },
         owner: "test".into(),

@@ -533,14 +533,33 @@ impl Pair {
         }
     }
 
-    /// A worker in this process over the real adapters, drained by calling its step.
-    pub async fn worker(&self, queues: &Queues) -> rds_rotator::worker::Worker {
-        use rds_rotator::aws::{dynamo::DynamoRecords, secrets::SecretsManager, sqs::SqsQueue};
+    /// The rotation engine in this process over the real adapters.
+    pub async fn rotator(
+        &self,
+        settings: rds_rotator::rotation::Settings,
+    ) -> rds_rotator::rotation::Rotator {
+        use rds_rotator::aws::{dynamo::DynamoRecords, secrets::SecretsManager};
         use rds_rotator::db::{
             tls::{DbTls, TlsMode},
             Databases,
         };
-        use rds_rotator::rotation::{Rotator, Settings, Shutdown};
+        use rds_rotator::rotation::{Rotator, Shutdown};
+        use std::sync::Arc;
+        let aws = aws().await;
+        Rotator {
+            secrets: Arc::new(SecretsManager::new(&aws)),
+            records: Arc::new(DynamoRecords::new(&aws, &self.table)),
+            db: Arc::new(Databases::new(DbTls::new(TlsMode::Disable, None).unwrap())),
+            settings,
+            owner: format!("in-process-{}", suffix()),
+            shutdown: Shutdown::default(),
+        }
+    }
+
+    /// A worker in this process over the real adapters, drained by calling its step.
+    pub async fn worker(&self, queues: &Queues) -> rds_rotator::worker::Worker {
+        use rds_rotator::aws::{secrets::SecretsManager, sqs::SqsQueue};
+        use rds_rotator::rotation::Settings;
         use rds_rotator::worker::{Worker, WorkerSettings};
         use std::sync::Arc;
         let aws = aws().await;
@@ -551,17 +570,12 @@ impl Pair {
                     .expect("the DLQ is found"),
             ),
             directory: Arc::new(SecretsManager::new(&aws)),
-            rotator: Rotator {
-                secrets: Arc::new(SecretsManager::new(&aws)),
-                records: Arc::new(DynamoRecords::new(&aws, &self.table)),
-                db: Arc::new(Databases::new(DbTls::new(TlsMode::Disable, None).unwrap())),
-                settings: Settings {
+            rotator: self
+                .rotator(Settings {
                     test_deadline: Duration::from_secs(20),
                     ..Settings::default()
-                },
-                owner: format!("in-process-{}", suffix()),
-                shutdown: Shutdown::default(),
-            },
+                })
+                .await,
             settings: WorkerSettings {
                 receive_wait: Duration::from_secs(5),
                 retry_delay: Duration::from_secs(1),
@@ -658,4 +672,13 @@ impl Relay {
             }
         });
     }
+}
+
+/// Writes a report line for `make test` to print after the run (cargo test hides the output of
+/// passing tests), and prints it for `--nocapture` runs.
+pub fn report(name: &str, line: &str) {
+    eprintln!("{line}");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.txt")), format!("{line}\n")).unwrap();
 }
