@@ -121,7 +121,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             Err(e) => fail(exit::FAILED, e),
         };
     }
-    let aws = aws::load_config().await;
+    let aws = aws::load_config(&RetryPolicy::default()).await;
     match cli.command {
         Command::Health { .. } => unreachable!("handled above"),
         Command::Setup {

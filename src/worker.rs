@@ -499,6 +499,7 @@ mod tests {
                         max_delay: Duration::from_millis(5),
                         max_attempts: 1,
                         probe_max_delay: Duration::from_millis(20),
+                        aws_max_attempts: 1,
                     },
                     ..Settings::default()
                 },

@@ -224,8 +224,9 @@ impl RecordStore for DynamoRecords {
             .table_name(&self.table)
             .key(KEY, s(key))
             .update_expression("SET lease_owner = :owner, lease_expires_at = :exp ADD fence :one")
+            // `lease_owner = :owner`: a retry of our own acquisition whose answer was lost.
             .condition_expression(
-                "attribute_not_exists(lease_expires_at) OR lease_expires_at < :now",
+                "attribute_not_exists(lease_expires_at) OR lease_expires_at < :now OR lease_owner = :owner",
             )
             .expression_attribute_values(":owner", s(owner))
             .expression_attribute_values(":exp", n(expires))

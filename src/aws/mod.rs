@@ -5,14 +5,20 @@ pub mod dynamo;
 pub mod secrets;
 pub mod sqs;
 
+use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+
+use crate::rotation::RetryPolicy;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 /// The standard chain: `AWS_REGION`, `AWS_ENDPOINT_URL`, credentials from env, profile, SSO,
-/// ECS task role or IMDS.
-pub async fn load_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest()).load().await
+/// ECS task role or IMDS; SDK retries as the retry policy says.
+pub async fn load_config(retry: &RetryPolicy) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(retry.aws_max_attempts))
+        .load()
+        .await
 }
 
 /// What an adapter needs to know about a failed call.

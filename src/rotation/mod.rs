@@ -57,6 +57,9 @@ pub struct RetryPolicy {
     /// The longest pause between two login probes of the test step: a probe is cheap, and the
     /// sooner the proxy's refresh is seen, the sooner AWSCURRENT moves.
     pub probe_max_delay: Duration,
+    /// Attempts per AWS call, including the first, in the SDK's standard retry mode (exponential
+    /// backoff with jitter on throttling, 5xx and transport errors).
+    pub aws_max_attempts: u32,
 }
 
 impl Default for RetryPolicy {
@@ -66,6 +69,7 @@ impl Default for RetryPolicy {
             max_delay: Duration::from_secs(5),
             max_attempts: 3,
             probe_max_delay: Duration::from_secs(1),
+            aws_max_attempts: 5,
         }
     }
 }
@@ -835,18 +839,28 @@ impl Run<'_> {
         match meta.version_with(Stage::Current) {
             Some(v) if v == id => {}
             Some(v) if v == expected => {
-                secrets
+                if let Err(e) = secrets
                     .move_stage(&arn, Stage::Current, &id, &expected)
                     .await
-                    .map_err(|e| match e {
-                        // The CAS failed: someone moved AWSCURRENT between our look and our write.
-                        SecretStoreError::Refused(_) => RotationError::CurrentMoved {
-                            secret: arn.clone(),
-                            expected: expected.clone(),
-                            found: "another version".into(),
-                        },
-                        e => e.into(),
-                    })?;
+                {
+                    // The CAS was refused. Either someone moved AWSCURRENT between our look and
+                    // our write, or an earlier attempt of ours succeeded but its answer was lost
+                    // (the SDK then retries and finds the label gone): look again to tell.
+                    let SecretStoreError::Refused(_) = e else {
+                        return Err(e.into());
+                    };
+                    let now = secrets.describe(&arn).await?;
+                    match now.version_with(Stage::Current) {
+                        Some(v) if v == id => {}
+                        found => {
+                            return Err(RotationError::CurrentMoved {
+                                secret: arn,
+                                expected,
+                                found: found.unwrap_or("nothing").to_owned(),
+                            })
+                        }
+                    }
+                }
             }
             found => {
                 return Err(RotationError::CurrentMoved {
@@ -860,7 +874,17 @@ impl Run<'_> {
         // so nothing pending outlives the rotation.
         let meta = secrets.describe(&arn).await?;
         if let Some(v) = meta.version_with(Stage::Pending) {
-            secrets.remove_stage(&arn, Stage::Pending, v).await?;
+            match secrets.remove_stage(&arn, Stage::Pending, v).await {
+                Ok(()) => {}
+                // Already gone: an earlier attempt whose answer was lost removed it.
+                Err(SecretStoreError::Refused(_))
+                    if secrets
+                        .describe(&arn)
+                        .await?
+                        .version_with(Stage::Pending)
+                        .is_none() => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         info!(secret = %arn, rotation_id = %id, user = %self.target_user(), "AWSCURRENT moved to the new credentials");
         Ok(Step::Done)

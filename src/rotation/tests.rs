@@ -59,6 +59,7 @@ fn rotator(w: &World) -> Rotator {
                 max_delay: Duration::from_millis(20),
                 max_attempts: 1,
                 probe_max_delay: Duration::from_millis(20),
+                aws_max_attempts: 1,
             },
         },
         owner: "test".into(),

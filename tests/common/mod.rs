@@ -249,6 +249,14 @@ impl Pair {
         serde_json::from_slice(&out.stdout).expect("status --json prints one JSON object")
     }
 
+    /// The step record, or `None` before the first rotation.
+    pub fn try_status(&self) -> Option<Value> {
+        let out = self.run(&["status", &self.app_secret, "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("status --json prints JSON"))
+    }
+
     /// Starts `rds-rotator rotate` with a failpoint that pauses it, waits until it gets there and
     /// returns the paused process, ready to be killed.
     pub fn rotate_until(&self, failpoint: &str, lease: &str) -> Child {
@@ -681,4 +689,104 @@ pub fn report(name: &str, line: &str) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(format!("{name}.txt")), format!("{line}\n")).unwrap();
+}
+
+impl Pair {
+    /// Whether `user` logs in with a password that some version of the app secret or of a proxy
+    /// secret holds. Newest versions first, so this usually stops at the first or second.
+    async fn password_is_known(&self, user: &str) -> bool {
+        let mut versions: Vec<(aws_smithy_types::DateTime, String, String)> = Vec::new();
+        let ids = [
+            self.app_secret.clone(),
+            self.proxy_secrets[0].clone(),
+            self.proxy_secrets[1].clone(),
+        ];
+        for id in ids {
+            let listed = self
+                .sm
+                .list_secret_version_ids()
+                .secret_id(&id)
+                .include_deprecated(true)
+                .max_results(100)
+                .send()
+                .await
+                .unwrap();
+            for v in listed.versions() {
+                let created = v
+                    .created_date()
+                    .copied()
+                    .unwrap_or(aws_smithy_types::DateTime::from_secs(0));
+                versions.push((created, id.clone(), v.version_id().unwrap().to_owned()));
+            }
+        }
+        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut tried = Vec::new();
+        for (_, id, version) in versions {
+            let value = self
+                .sm
+                .get_secret_value()
+                .secret_id(&id)
+                .version_id(&version)
+                .send()
+                .await
+                .unwrap();
+            let json: Value = serde_json::from_str(value.secret_string().unwrap()).unwrap();
+            let pw = json["password"].as_str().unwrap().to_owned();
+            if json["username"] != user || tried.contains(&pw) {
+                continue;
+            }
+            if self.login(user, &pw).await.is_ok() {
+                return true;
+            }
+            tried.push(pw);
+        }
+        false
+    }
+
+    /// The invariants that must hold whatever was killed when. `settled`: no rotation is in
+    /// progress any more.
+    pub async fn violations(&self, settled: bool) -> Vec<String> {
+        let mut v = Vec::new();
+        let current = self.current().await;
+        if let Err(e) = self.login_with(&current).await {
+            v.push(format!(
+                "AWSCURRENT ({}) does not log in directly: {e}",
+                current["username"]
+            ));
+        }
+        // The proxy may lag behind a just-finished rotation by its refresh interval.
+        let mut via_proxy = self.login_via_proxy(&current).await;
+        for _ in 0..20 {
+            if via_proxy.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            via_proxy = self.login_via_proxy(&current).await;
+        }
+        if let Err(e) = via_proxy {
+            v.push(format!(
+                "AWSCURRENT ({}) does not log in through the proxy: {e}",
+                current["username"]
+            ));
+        }
+        for user in &self.users {
+            if !self.password_is_known(user).await {
+                v.push(format!(
+                    "{user}'s password in the database matches no version anyone knows"
+                ));
+            }
+        }
+        if settled {
+            let current_version = self.version_with(&self.app_secret, "AWSCURRENT").await;
+            let pending = self.version_with(&self.app_secret, "AWSPENDING").await;
+            if pending.is_some() && pending != current_version {
+                v.push(format!("AWSPENDING left on {pending:?}"));
+            }
+            let status = self.status();
+            if status["state"] != "finished" {
+                v.push(format!("the rotation did not finish: {status}"));
+            }
+        }
+        v
+    }
 }

@@ -1,0 +1,118 @@
+//! Lease races with real processes: two rotations at once, and a worker paused past its lease.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_racing_for_one_secret_never_rotate_it_at_once() {
+    let pair = Pair::new().await;
+    let mut user = 1;
+    for round in 0..5 {
+        // Both hold still for a moment once they have the lease, so the race is real.
+        let spawn = || {
+            pair.command(&["rotate", &pair.app_secret, "--lease-wait", "0s"])
+                .env("ROTATOR_TEST_FAILPOINTS", "before:test=sleep(400)")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        let mut codes = [a.status.code(), b.status.code()];
+        codes.sort();
+        assert_eq!(
+            codes,
+            [Some(0), Some(75)],
+            "round {round}: {}\n{}",
+            String::from_utf8_lossy(&a.stderr),
+            String::from_utf8_lossy(&b.stderr)
+        );
+        let loser = if a.status.success() { &b } else { &a };
+        assert!(String::from_utf8_lossy(&loser.stderr).contains("held by"));
+        assert_eq!(
+            pair.violations(true).await,
+            Vec::<String>::new(),
+            "round {round}"
+        );
+        pair.assert_rotated_to(&pair.users[user]).await;
+        user = 1 - user;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_paused_past_its_lease_is_fenced_off_when_it_wakes() {
+    let pair = Pair::new().await;
+    let mut a = pair
+        .command(&["rotate", &pair.app_secret])
+        .env("ROTATOR_TEST_FAILPOINTS", "before:update_proxy=sleep(1500)")
+        .env("ROTATOR_LEASE_DURATION", "2s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = a.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader};
+        let mut all = String::new();
+        let mut reader = BufReader::new(stderr);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            all.push_str(&line);
+            line.clear();
+        }
+        all
+    });
+    eventually(
+        "A to reach update_proxy",
+        Duration::from_secs(20),
+        || async {
+            pair.try_status()
+                .is_some_and(|s| s["step"] == "update_proxy")
+        },
+    )
+    .await;
+    let ok = std::process::Command::new("kill")
+        .args(["-STOP", &a.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let started = pair.status();
+
+    // A is frozen past its lease: B takes over and finishes the same rotation.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let out = tokio::task::block_in_place(|| pair.rotate());
+    assert!(
+        out.status.success(),
+        "B: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let finished = pair.status();
+    assert_eq!(finished["rotation_id"], started["rotation_id"]);
+    assert_eq!(finished["state"], "finished");
+
+    // A wakes up: its writes are refused, it says so and steps back.
+    let ok = std::process::Command::new("kill")
+        .args(["-CONT", &a.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = wait_exit(&mut a, Duration::from_secs(30));
+    let log = lines.join().unwrap();
+    assert_eq!(status.code(), Some(75), "{log}");
+    assert!(
+        log.contains("taken over by another worker"),
+        "A did not say it lost the lease:\n{log}"
+    );
+    assert_eq!(
+        pair.status(),
+        finished,
+        "the stale worker changed the record"
+    );
+    assert_eq!(pair.violations(true).await, Vec::<String>::new());
+    pair.assert_rotated_to(&pair.users[1]).await;
+}
