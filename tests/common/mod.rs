@@ -719,7 +719,7 @@ impl Pair {
                 versions.push((created, id.clone(), v.version_id().unwrap().to_owned()));
             }
         }
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         let mut tried = Vec::new();
         for (_, id, version) in versions {
             let value = self
