@@ -100,3 +100,19 @@ async fn a_released_lease_can_be_taken_at_once_and_the_record_survives() {
     assert_eq!(seen, r);
     assert_eq!(seen.state, State::InProgress);
 }
+
+#[tokio::test]
+async fn a_lease_is_held_per_acquisition_and_only_the_same_owner_gets_back_in() {
+    let records = table().await;
+    let key = "arn:owners";
+    let (first, _) = granted(&records, key, "host:1#aaaa", Duration::from_secs(30)).await;
+    // Another task of the same process is another holder.
+    assert!(matches!(
+        records.acquire(key, "host:1#bbbb", Duration::from_secs(30)).await.unwrap(),
+        Acquired::Held { ref owner, .. } if owner == "host:1#aaaa"
+    ));
+    // The same acquisition retried (its first answer lost) gets back in, with a new fence, which
+    // fences off nothing of anyone else's.
+    let (again, _) = granted(&records, key, "host:1#aaaa", Duration::from_secs(30)).await;
+    assert!(again.fence > first.fence);
+}

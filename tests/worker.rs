@@ -98,20 +98,25 @@ async fn thirty_copies_of_a_request_for_three_workers_give_exactly_one_rotation(
         2,
         "expected exactly one new version: {versions:?}"
     );
+    let logs: String = workers
+        .iter()
+        .map(|(_, l)| l.lock().unwrap().clone())
+        .collect();
     let status = pair.status();
+    let resumes: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("resuming rotation") || l.contains("retryable failure"))
+        .collect();
     assert_eq!(
         (status["state"].as_str(), status["attempts"].as_u64()),
-        (Some("finished"), Some(1))
+        (Some("finished"), Some(1)),
+        "{resumes:#?}"
     );
     pair.assert_rotated_to(&pair.users[1]).await;
     assert!(
         queues.dead_letters().await.is_empty(),
         "copies ended in the DLQ"
     );
-    let logs: String = workers
-        .iter()
-        .map(|(_, l)| l.lock().unwrap().clone())
-        .collect();
     assert_eq!(logs.matches("starting rotation").count(), 1, "{logs}");
 }
 

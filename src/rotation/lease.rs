@@ -17,12 +17,19 @@ pub(super) async fn acquire(
     wait: LeaseWait,
 ) -> Result<(Lease, Option<StepRecord>), RotationError> {
     let ttl = rotator.settings.lease_duration;
+    // Unique per acquisition, not per process: two tasks of one worker are two holders. (A retry
+    // of the same request after a lost answer carries the same owner, and is let in again.)
+    let owner = format!(
+        "{}#{}",
+        rotator.owner,
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let give_up_at = match wait {
         LeaseWait::No => now_ms(),
         LeaseWait::UpTo(d) => now_ms() + d.as_millis() as u64,
     };
     loop {
-        match rotator.records.acquire(arn, &rotator.owner, ttl).await? {
+        match rotator.records.acquire(arn, &owner, ttl).await? {
             Acquired::Granted { lease, record } => return Ok((lease, record.map(|r| *r))),
             Acquired::Held {
                 owner,
