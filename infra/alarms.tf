@@ -1,0 +1,67 @@
+################################################################################
+# Alarms
+################################################################################
+
+# Anything in the DLQ needs a person: fatal rotation failures (with the reason in the message
+# attribute rotator_reason), malformed messages, requests that kept failing transiently, and
+# schedules that could not deliver.
+resource "aws_cloudwatch_metric_alarm" "dlq_not_empty" {
+  count = var.create_alarms ? 1 : 0
+
+  alarm_name          = "${var.name}-dlq-not-empty"
+  alarm_description   = "rds-rotator: messages in the dead-letter queue ${aws_sqs_queue.dlq.name}. Read the rotator_reason attribute and the step record (rds-rotator status)."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = aws_sqs_queue.dlq.name }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.ok_actions
+  tags                = var.tags
+}
+
+# Failed rotations, from the worker's own metric (CloudWatch embedded metric format in its JSON
+# logs: namespace var.metrics_namespace, metric RotationsFailed). A failed rotation that is
+# retried and then succeeds counts here too; the DLQ alarm covers the ones that need a person.
+resource "aws_cloudwatch_metric_alarm" "rotations_failed" {
+  count = var.create_alarms ? 1 : 0
+
+  alarm_name          = "${var.name}-rotations-failed"
+  alarm_description   = "rds-rotator: rotations failed in the last 5 minutes (see the worker's log group ${aws_cloudwatch_log_group.this.name})."
+  namespace           = var.metrics_namespace
+  metric_name         = "RotationsFailed"
+  dimensions          = var.rotation_failed_metric_dimensions
+  statistic           = "Sum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.ok_actions
+  tags                = var.tags
+}
+
+# Requests nobody consumes: the worker is down, cannot reach AWS, or is saturated.
+resource "aws_cloudwatch_metric_alarm" "queue_stale" {
+  count = var.create_alarms ? 1 : 0
+
+  alarm_name          = "${var.name}-requests-stale"
+  alarm_description   = "rds-rotator: the oldest rotation request in ${aws_sqs_queue.this.name} is older than ${var.queue_age_alarm_threshold_seconds}s."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateAgeOfOldestMessage"
+  dimensions          = { QueueName = aws_sqs_queue.this.name }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = var.queue_age_alarm_threshold_seconds
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.ok_actions
+  tags                = var.tags
+}
