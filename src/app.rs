@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::aws::events::EventBus;
 use crate::aws::{self, dynamo::DynamoRecords, secrets::SecretsManager, sqs::SqsQueue};
-use crate::cli::{Cli, Command, GlobalArgs};
+use crate::cli::{Cli, Command, GlobalArgs, Metrics};
 use crate::db::{tls::DbTls, Databases};
 use crate::message::{RotateMessage, SelectMessage, TagSelector};
+use crate::metrics::Emf;
 use crate::password::PasswordPolicy;
-use crate::rotation::ports::{RecordStore, SecretStore};
+use crate::rotation::ports::{RecordStore, Reporter, Reporters, SecretStore};
 use crate::rotation::{
     LeaseWait, Outcome, Request, RetryPolicy, RotationError, Rotator, Settings, Shutdown,
 };
@@ -91,7 +93,26 @@ fn on_signals(shutdown: Shutdown) {
     });
 }
 
-fn rotator(args: &GlobalArgs, aws: &aws_config::SdkConfig) -> Result<Rotator, ExitCode> {
+/// Metrics (stdout) and events (the bus), as configured.
+fn reporter(args: &GlobalArgs, aws: &aws_config::SdkConfig, worker: bool) -> Arc<dyn Reporter> {
+    let mut to: Vec<Arc<dyn Reporter>> = Vec::new();
+    let metrics = args
+        .metrics
+        .unwrap_or(if worker { Metrics::Emf } else { Metrics::Off });
+    if metrics == Metrics::Emf {
+        to.push(Arc::new(Emf::stdout(args.metrics_namespace.clone())));
+    }
+    if let Some(bus) = &args.event_bus {
+        to.push(Arc::new(EventBus::new(aws, bus.clone())));
+    }
+    Arc::new(Reporters(to))
+}
+
+fn rotator(
+    args: &GlobalArgs,
+    aws: &aws_config::SdkConfig,
+    worker: bool,
+) -> Result<Rotator, ExitCode> {
     let tls =
         DbTls::new(args.db_tls, args.db_ca_bundle.as_deref()).map_err(|e| fail(exit::FAILED, e))?;
     let shutdown = Shutdown::default();
@@ -100,6 +121,7 @@ fn rotator(args: &GlobalArgs, aws: &aws_config::SdkConfig) -> Result<Rotator, Ex
         secrets: Arc::new(SecretsManager::new(aws)),
         records: Arc::new(DynamoRecords::new(aws, &args.table)),
         db: Arc::new(Databases::new(tls)),
+        reporter: reporter(args, aws, worker),
         settings: settings(args),
         owner: owner_id(),
         shutdown,
@@ -130,12 +152,29 @@ pub async fn run(cli: Cli) -> ExitCode {
             json,
         } => setup(args, &aws, queue_name.as_deref(), max_receive_count, json).await,
         Command::Status { secret_id, json } => status(args, &aws, &secret_id, json).await,
+        Command::Check { secret_id, json } => {
+            let rotator = match rotator(args, &aws, false) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            let report = crate::check::check(&rotator, args.db_tls, &secret_id).await;
+            if json {
+                print_json(&report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.ready() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(exit::FAILED)
+            }
+        }
         Command::Rotate {
             secret_id,
             json,
             lease_wait,
         } => {
-            let rotator = match rotator(args, &aws) {
+            let rotator = match rotator(args, &aws, false) {
                 Ok(r) => r,
                 Err(code) => return code,
             };
@@ -174,7 +213,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Worker(w) => {
-            let rotator = match rotator(args, &aws) {
+            let rotator = match rotator(args, &aws, true) {
                 Ok(r) => r,
                 Err(code) => return code,
             };

@@ -22,6 +22,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where metrics go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Metrics {
+    /// CloudWatch embedded metric format, one JSON line per rotation and step, on stdout.
+    Emf,
+    Off,
+}
+
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// DynamoDB table holding leases and step records (created by `setup`).
@@ -67,6 +75,16 @@ pub struct GlobalArgs {
         global = true
     )]
     pub password_length: usize,
+    /// Metrics on stdout. Default: `emf` for `worker`, `off` for the other commands (their stdout
+    /// is their answer).
+    #[arg(long, env = "ROTATOR_METRICS", value_enum, global = true)]
+    pub metrics: Option<Metrics>,
+    /// CloudWatch namespace of the metrics.
+    #[arg(long, env = "ROTATOR_METRICS_NAMESPACE", default_value = crate::metrics::DEFAULT_NAMESPACE, global = true)]
+    pub metrics_namespace: String,
+    /// EventBridge bus (name or ARN) for RotationSucceeded / RotationFailed events; none if unset.
+    #[arg(long, env = "ROTATOR_EVENT_BUS", global = true)]
+    pub event_bus: Option<String>,
     /// Characters never used in generated passwords (default: the engine's, as AWS's
     /// rotation functions: `:/@"'\` for PostgreSQL).
     #[arg(long, env = "ROTATOR_EXCLUDE_CHARACTERS", global = true)]
@@ -185,6 +203,15 @@ pub enum Command {
         /// How long to wait for another process's lease before giving up.
         #[arg(long, env = "ROTATOR_LEASE_WAIT", default_value = "5m", value_parser = humantime::parse_duration)]
         lease_wait: Duration,
+    },
+    /// Preflight: check a secret, its proxy secrets, logins, TLS and grants; changes nothing.
+    /// Exits 1 if a rotation would fail.
+    Check {
+        /// Secret name or ARN.
+        secret_id: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the step record of a secret.
     Status {

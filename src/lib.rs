@@ -2,10 +2,13 @@
 
 pub mod app;
 pub mod aws;
+pub mod calls;
+pub mod check;
 pub mod cli;
 pub mod db;
 pub mod failpoint;
 pub mod message;
+pub mod metrics;
 pub mod password;
 pub mod rotation;
 pub mod secret;

@@ -492,6 +492,7 @@ mod tests {
                 secrets: Arc::new(w.clone()),
                 records: Arc::new(w.clone()),
                 db: Arc::new(w.clone()),
+                reporter: Arc::new(w.clone()),
                 settings: Settings {
                     test_deadline: Duration::from_millis(200),
                     retry: RetryPolicy {

@@ -131,7 +131,11 @@ fn record_attrs(r: &StepRecord) -> Vec<(&'static str, Option<AttributeValue>)> {
 impl DynamoRecords {
     pub fn new(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
         Self {
-            client: Client::new(config),
+            client: Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(config)
+                    .interceptor(super::CountCalls)
+                    .build(),
+            ),
             table: table.into(),
         }
     }

@@ -2,6 +2,7 @@
 //! The endpoint is configuration (`AWS_ENDPOINT_URL`, read by the SDK), never code.
 
 pub mod dynamo;
+pub mod events;
 pub mod secrets;
 pub mod sqs;
 
@@ -10,7 +11,11 @@ use aws_config::{BehaviorVersion, SdkConfig};
 
 use crate::rotation::RetryPolicy;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, Metadata};
+use aws_smithy_types::config_bag::ConfigBag;
 
 /// The standard chain: `AWS_REGION`, `AWS_ENDPOINT_URL`, credentials from env, profile, SSO,
 /// ECS task role or IMDS; SDK retries as the retry policy says.
@@ -19,6 +24,28 @@ pub async fn load_config(retry: &RetryPolicy) -> SdkConfig {
         .retry_config(RetryConfig::standard().with_max_attempts(retry.aws_max_attempts))
         .load()
         .await
+}
+
+/// Counts each operation once (not each SDK retry) in the running rotation's call tally, as
+/// `Service.Operation`.
+#[derive(Debug)]
+pub(crate) struct CountCalls;
+
+impl Intercept for CountCalls {
+    fn name(&self) -> &'static str {
+        "CountCalls"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(m) = cfg.load::<Metadata>() {
+            crate::calls::record(&format!("{}.{}", m.service().replace(' ', ""), m.name()));
+        }
+        Ok(())
+    }
 }
 
 /// What an adapter needs to know about a failed call.

@@ -15,7 +15,11 @@ pub struct SecretsManager {
 impl SecretsManager {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         Self {
-            client: Client::new(config),
+            client: Client::from_conf(
+                aws_sdk_secretsmanager::config::Builder::from(config)
+                    .interceptor(super::CountCalls)
+                    .build(),
+            ),
         }
     }
 }

@@ -50,7 +50,11 @@ impl SqsQueue {
     /// A queue for sending only (`enqueue`).
     pub fn sender(config: &aws_config::SdkConfig, url: &str) -> Self {
         Self {
-            client: Client::new(config),
+            client: Client::from_conf(
+                aws_sdk_sqs::config::Builder::from(config)
+                    .interceptor(super::CountCalls)
+                    .build(),
+            ),
             url: url.to_owned(),
             dlq_url: None,
         }
@@ -64,7 +68,11 @@ impl SqsQueue {
         url: &str,
         dlq_url: Option<&str>,
     ) -> Result<Self, QueueError> {
-        let client = Client::new(config);
+        let client = Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(config)
+                .interceptor(super::CountCalls)
+                .build(),
+        );
         let dlq_url = match dlq_url {
             Some(u) => u.to_owned(),
             None => {
@@ -124,7 +132,11 @@ impl SqsQueue {
         name: &str,
         max_receive_count: u32,
     ) -> Result<(String, String), QueueError> {
-        let client = Client::new(config);
+        let client = Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(config)
+                .interceptor(super::CountCalls)
+                .build(),
+        );
         let dlq_url = client
             .create_queue()
             .queue_name(format!("{name}-dlq"))

@@ -52,4 +52,16 @@ impl Database for Databases {
             .set_password(engine, at, login, user, password)
             .await
     }
+
+    async fn privileges(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        login: &Credentials,
+        user: &str,
+    ) -> Result<Vec<String>, DbError> {
+        self.engine(engine)?
+            .privileges(engine, at, login, user)
+            .await
+    }
 }

@@ -89,6 +89,7 @@ impl Postgres {
     }
 
     async fn connect(&self, at: &Endpoint, creds: &Credentials) -> Result<Client, DbError> {
+        crate::calls::record("postgres.connect");
         let mut cfg = tokio_postgres::Config::new();
         cfg.host(&at.host)
             .port(at.port)
@@ -159,7 +160,61 @@ impl Database for Postgres {
             .map_err(|e| classify(at, &login.username, e))?;
         Ok(())
     }
+
+    async fn privileges(
+        &self,
+        _engine: Engine,
+        at: &Endpoint,
+        login: &Credentials,
+        user: &str,
+    ) -> Result<Vec<String>, DbError> {
+        let client = self.connect(at, login).await?;
+        let rows = client
+            .query(PRIVILEGES_SQL, &[&user])
+            .await
+            .map_err(|e| classify(at, &login.username, e))?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
 }
+
+/// Everything that makes two roles interchangeable for an application, from catalogs every role
+/// may read: memberships, attributes, per-role settings, ownership and grants on databases,
+/// schemas, relations and functions of the connected database.
+const PRIVILEGES_SQL: &str = r#"
+WITH u AS (SELECT oid FROM pg_roles WHERE rolname = $1)
+SELECT 'member of ' || quote_ident(r.rolname)
+  FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid, u WHERE m.member = u.oid
+UNION
+SELECT 'attribute ' || x.a
+  FROM pg_roles r, u, LATERAL (VALUES ('superuser', r.rolsuper), ('createdb', r.rolcreatedb),
+       ('createrole', r.rolcreaterole), ('replication', r.rolreplication),
+       ('bypassrls', r.rolbypassrls), ('noinherit', NOT r.rolinherit),
+       ('nologin', NOT r.rolcanlogin)) AS x(a, v)
+ WHERE r.oid = u.oid AND x.v
+UNION
+SELECT 'setting ' || c
+  FROM pg_db_role_setting s, u, LATERAL unnest(s.setconfig) AS c WHERE s.setrole = u.oid
+UNION
+SELECT 'database ' || quote_ident(d.datname) || ': ' || a.privilege_type
+  FROM pg_database d, LATERAL aclexplode(d.datacl) a, u WHERE a.grantee = u.oid
+UNION
+SELECT 'schema ' || quote_ident(n.nspname) || ': ' || a.privilege_type
+  FROM pg_namespace n, LATERAL aclexplode(n.nspacl) a, u WHERE a.grantee = u.oid
+UNION
+SELECT 'owner of schema ' || quote_ident(n.nspname) FROM pg_namespace n, u WHERE n.nspowner = u.oid
+UNION
+SELECT 'relation ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname) || ': ' || a.privilege_type
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, LATERAL aclexplode(c.relacl) a, u
+ WHERE a.grantee = u.oid
+UNION
+SELECT 'owner of relation ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, u
+ WHERE c.relowner = u.oid AND c.relkind IN ('r', 'v', 'm', 'S', 'p', 'f')
+UNION
+SELECT 'function ' || p.oid::regprocedure::text || ': ' || a.privilege_type
+  FROM pg_proc p, LATERAL aclexplode(p.proacl) a, u WHERE a.grantee = u.oid
+ORDER BY 1
+"#;
 
 #[cfg(test)]
 mod tests {

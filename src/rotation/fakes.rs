@@ -45,6 +45,8 @@ pub struct State {
     /// The stand-in proxy ignores changed secrets while this is set.
     pub proxy_frozen: bool,
     pub puts: Vec<(String, String)>,
+    /// What the rotator reported, in order.
+    pub reports: Vec<RotationReport>,
 }
 
 #[derive(Clone, Default)]
@@ -446,5 +448,23 @@ impl Database for World {
             at: at.to_string(),
             reason,
         })
+    }
+
+    async fn privileges(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        login: &Credentials,
+        _user: &str,
+    ) -> Result<Vec<String>, DbError> {
+        self.check_login(engine, at, login).await?;
+        Ok(vec!["member of app_role".into()])
+    }
+}
+
+#[async_trait]
+impl Reporter for World {
+    async fn report(&self, report: &RotationReport) {
+        self.state().reports.push(report.clone());
     }
 }

@@ -28,19 +28,20 @@ pub(crate) mod fakes;
 mod tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::calls::Tally;
 use crate::failpoint;
 use crate::password::{PasswordPolicy, PolicyError};
 use crate::secret::{AppSecret, Credentials, SecretError, UserSecret};
 use ports::{
-    At, Database, DbError, Lease, RecordStore, RecordStoreError, SecretMeta, SecretStore,
-    SecretStoreError, Stage,
+    At, Database, DbError, Lease, RecordStore, RecordStoreError, ReportOutcome, Reporter,
+    RotationReport, SecretMeta, SecretStore, SecretStoreError, Stage,
 };
 use record::{now_ms, Plan, Step, StepRecord};
 
@@ -256,10 +257,73 @@ pub struct Rotator {
     pub secrets: Arc<dyn SecretStore>,
     pub records: Arc<dyn RecordStore>,
     pub db: Arc<dyn Database>,
+    /// Metrics and events: told how every `rotate` call ended.
+    pub reporter: Arc<dyn Reporter>,
     pub settings: Settings,
     /// This process's identity in leases.
     pub owner: String,
     pub shutdown: Shutdown,
+}
+
+/// What a run learns along the way, for its report.
+#[derive(Debug, Default)]
+struct Trace(Mutex<TraceData>);
+
+#[derive(Debug, Default)]
+struct TraceData {
+    secret: Option<String>,
+    rotation_id: Option<String>,
+    from_user: Option<String>,
+    to_user: Option<String>,
+    resumed: bool,
+    steps: Vec<(Step, Duration)>,
+    last_step: Option<Step>,
+    retries: u32,
+}
+
+impl Trace {
+    fn with(&self, f: impl FnOnce(&mut TraceData)) {
+        f(&mut self.0.lock().expect("trace lock"));
+    }
+
+    fn record(&self, r: &StepRecord, resumed: bool) {
+        self.with(|t| {
+            t.rotation_id.clone_from(&r.rotation_id);
+            t.from_user.clone_from(&r.current_user);
+            t.to_user.clone_from(&r.target_user);
+            t.resumed = resumed;
+        });
+    }
+
+    fn report(
+        self,
+        secret_id: &str,
+        result: &Result<Outcome, RotationError>,
+        duration: Duration,
+        tally: &Tally,
+    ) -> RotationReport {
+        let t = self.0.into_inner().expect("trace lock");
+        RotationReport {
+            secret: t.secret.unwrap_or_else(|| secret_id.to_owned()),
+            outcome: match result {
+                Ok(Outcome::Rotated(_)) => ReportOutcome::Succeeded,
+                Ok(Outcome::Skipped { why, .. }) => ReportOutcome::Skipped { why: why.clone() },
+                Err(e) => ReportOutcome::Failed {
+                    reason: e.to_string(),
+                    retryable: e.is_retryable(),
+                },
+            },
+            rotation_id: t.rotation_id,
+            from_user: t.from_user,
+            to_user: t.to_user,
+            resumed: t.resumed,
+            duration,
+            steps: t.steps,
+            last_step: t.last_step,
+            retries: t.retries,
+            calls: tally.snapshot(),
+        }
+    }
 }
 
 impl Rotator {
@@ -270,7 +334,25 @@ impl Rotator {
         request: &Request,
         wait: LeaseWait,
     ) -> Result<Outcome, RotationError> {
+        let started = Instant::now();
+        let (tally, trace) = (Tally::default(), Trace::default());
+        let result = tally
+            .scope(self.rotate_traced(secret_id, request, wait, &trace))
+            .await;
+        let report = trace.report(secret_id, &result, started.elapsed(), &tally);
+        self.reporter.report(&report).await;
+        result
+    }
+
+    async fn rotate_traced(
+        &self,
+        secret_id: &str,
+        request: &Request,
+        wait: LeaseWait,
+        trace: &Trace,
+    ) -> Result<Outcome, RotationError> {
         let meta = self.secrets.describe(secret_id).await?;
+        trace.with(|t| t.secret = Some(meta.arn.clone()));
         // Fast path for copies and redeliveries: decide without the lease when the record already
         // says so, so that a burst of duplicates does not queue up behind one lease. The same
         // check runs again under the lease, which is what makes it safe.
@@ -293,7 +375,7 @@ impl Rotator {
             self,
             &lease,
             &lost,
-            self.run(&lease, &lost, &meta, existing, request),
+            self.run(&lease, &lost, &meta, existing, request, trace),
         )
         .await;
         if let Err(e) = self.records.release(&lease).await {
@@ -309,6 +391,7 @@ impl Rotator {
         meta: &SecretMeta,
         existing: Option<StepRecord>,
         request: &Request,
+        trace: &Trace,
     ) -> Result<Outcome, RotationError> {
         let now = now_ms();
         let (record, resumed) = match existing {
@@ -355,6 +438,7 @@ impl Rotator {
                 }
             },
         };
+        trace.record(&record, resumed);
         // Persisted before AWSPENDING is written: from here on, any process resumes this id.
         self.records.save(lease, &record).await?;
 
@@ -362,6 +446,7 @@ impl Rotator {
             rotator: self,
             lease,
             lost,
+            trace,
             record,
             current: None,
             pending: None,
@@ -395,6 +480,7 @@ impl Rotator {
                     warn!(secret = %run.record.secret_id, step = %run.record.step, error = %e,
                           retry_in = ?delay, "retryable failure");
                     attempt += 1;
+                    trace.with(|t| t.retries += 1);
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
@@ -522,6 +608,7 @@ struct Run<'a> {
     rotator: &'a Rotator,
     lease: &'a Lease,
     lost: &'a AtomicBool,
+    trace: &'a Trace,
     record: StepRecord,
     /// The AWSCURRENT version the rotation began from, parsed.
     current: Option<AppSecret>,
@@ -559,6 +646,8 @@ impl Run<'_> {
             }
             let step = self.record.step;
             failpoint::hit(&format!("before:{step}")).await;
+            let began = Instant::now();
+            self.trace.with(|t| t.last_step = Some(step));
             let next = match step {
                 Step::CreatePending => self.create_pending().await?,
                 Step::SetPassword => self.set_password().await?,
@@ -567,6 +656,7 @@ impl Run<'_> {
                 Step::Finish => self.finish().await?,
                 Step::Done => Step::Done,
             };
+            self.trace.with(|t| t.steps.push((step, began.elapsed())));
             failpoint::hit(&format!("after:{step}")).await;
             self.record.advance(next, now_ms());
             self.rotator.records.save(self.lease, &self.record).await?;
@@ -815,7 +905,10 @@ impl Run<'_> {
                     .with_total_delay(Some(deadline)),
             )
             .when(|e| matches!(e, DbError::LoginRejected(_)) || e.is_retryable())
-            .notify(|e, delay| info!(user = %pending.username, error = %e, retry_in = ?delay, "new credentials not accepted yet"))
+            .notify(|e, delay| {
+                self.trace.with(|t| t.retries += 1);
+                info!(user = %pending.username, error = %e, retry_in = ?delay, "new credentials not accepted yet");
+            })
             .await;
         match outcome {
             Ok(()) => Ok(Step::Finish),

@@ -217,4 +217,75 @@ pub trait Database: Send + Sync {
         user: &str,
         password: &SecretString,
     ) -> Result<(), DbError>;
+    /// `user`'s role memberships, attributes and grants, one sorted line each, read as `login`:
+    /// two users of one rotation should have the same.
+    async fn privileges(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        login: &Credentials,
+        user: &str,
+    ) -> Result<Vec<String>, DbError>;
+}
+
+/// What one `rotate` call came to. Holds no secret material: it goes to logs, metrics and events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RotationReport {
+    /// The secret's ARN, or the id as given when it could not be resolved.
+    pub secret: String,
+    pub outcome: ReportOutcome,
+    pub rotation_id: Option<String>,
+    pub from_user: Option<String>,
+    pub to_user: Option<String>,
+    /// This run continued a rotation an earlier process had started.
+    pub resumed: bool,
+    pub duration: Duration,
+    /// Time spent in each step this run, in order.
+    pub steps: Vec<(super::record::Step, Duration)>,
+    /// The step the run was on when it ended (`None`: it ended before the first step).
+    pub last_step: Option<super::record::Step>,
+    /// Failures this run retried itself (whole-rotation retries plus login probes of the test step).
+    pub retries: u32,
+    /// External calls this run made: `Service.Operation` for AWS, `<engine>.connect` for databases.
+    pub calls: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportOutcome {
+    Succeeded,
+    Skipped {
+        why: String,
+    },
+    /// `retryable`: the rotation stays in progress and a later run resumes it; otherwise it needs
+    /// a person.
+    Failed {
+        reason: String,
+        retryable: bool,
+    },
+}
+
+/// Where reports go: metrics on stdout, events on a bus. A reporter never fails a rotation.
+#[async_trait]
+pub trait Reporter: Send + Sync {
+    async fn report(&self, report: &RotationReport);
+}
+
+/// Reports to nobody.
+pub struct NoReports;
+
+#[async_trait]
+impl Reporter for NoReports {
+    async fn report(&self, _report: &RotationReport) {}
+}
+
+/// Reports to each of several reporters, in order.
+pub struct Reporters(pub Vec<std::sync::Arc<dyn Reporter>>);
+
+#[async_trait]
+impl Reporter for Reporters {
+    async fn report(&self, report: &RotationReport) {
+        for r in &self.0 {
+            r.report(report).await;
+        }
+    }
 }

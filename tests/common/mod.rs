@@ -558,6 +558,7 @@ impl Pair {
             secrets: Arc::new(SecretsManager::new(&aws)),
             records: Arc::new(DynamoRecords::new(&aws, &self.table)),
             db: Arc::new(Databases::new(DbTls::new(TlsMode::Disable, None).unwrap())),
+            reporter: Arc::new(rds_rotator::rotation::ports::NoReports),
             settings,
             owner: format!("in-process-{}", suffix()),
             shutdown: Shutdown::default(),

@@ -1,0 +1,537 @@
+//! `rds-rotator check`: a preflight that reads and logs in, and changes nothing.
+//!
+//! It answers the questions an on-call engineer asks before (or instead of) a rotation: is the
+//! secret well formed, does every user have exactly one proxy secret, do the users' known
+//! credentials log in along the application's path, can the idle user's password be changed, is
+//! TLS verified, and are the two users interchangeable (same grants). A problem that would make a
+//! rotation fail is `fail`; something a person should look at is `warn`.
+
+use std::collections::BTreeMap;
+
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::db::tls::TlsMode;
+use crate::rotation::ports::{At, DbError, SecretStoreError, Stage};
+use crate::rotation::Rotator;
+use crate::secret::{AppSecret, Credentials, Endpoint, Engine, UserSecret};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub check: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub secret: String,
+    pub findings: Vec<Finding>,
+}
+
+impl CheckReport {
+    /// No problem that would make a rotation fail.
+    pub fn ready(&self) -> bool {
+        !self.findings.iter().any(|f| f.status == Status::Fail)
+    }
+
+    fn count(&self, status: Status) -> usize {
+        self.findings.iter().filter(|f| f.status == status).count()
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "secret": self.secret,
+            "ready": self.ready(),
+            "problems": self.count(Status::Fail),
+            "warnings": self.count(Status::Warn),
+            "findings": self.findings,
+        })
+    }
+
+    /// For a person: one line per finding, then the verdict.
+    pub fn to_text(&self) -> String {
+        let width = self
+            .findings
+            .iter()
+            .map(|f| f.check.len())
+            .max()
+            .unwrap_or(0);
+        let mut out = format!("check of {}\n", self.secret);
+        for f in &self.findings {
+            out.push_str(&format!(
+                "  {:<4}  {:<width$}  {}\n",
+                f.status.label(),
+                f.check,
+                f.detail
+            ));
+        }
+        let (problems, warnings) = (self.count(Status::Fail), self.count(Status::Warn));
+        out.push_str(&if self.ready() {
+            format!("ready to rotate ({warnings} warning(s))\n")
+        } else {
+            format!("NOT ready to rotate: {problems} problem(s), {warnings} warning(s)\n")
+        });
+        out
+    }
+
+    fn push(&mut self, check: impl Into<String>, status: Status, detail: impl Into<String>) {
+        self.findings.push(Finding {
+            check: check.into(),
+            status,
+            detail: detail.into(),
+        });
+    }
+}
+
+/// What the logins taught about TLS, per endpoint.
+#[derive(Default)]
+struct TlsSeen {
+    /// endpoint -> a connection got past the TLS handshake (or there is no TLS)
+    handshakes: BTreeMap<String, Result<(), String>>,
+}
+
+impl TlsSeen {
+    fn note(&mut self, at: &Endpoint, result: &Result<(), DbError>) {
+        let outcome = match result {
+            Err(DbError::Tls { reason, .. }) => Err(reason.clone()),
+            // Not reached: says nothing about TLS.
+            Err(DbError::Unreachable { .. }) | Err(DbError::Unsupported(_)) => return,
+            _ => Ok(()),
+        };
+        let entry = self
+            .handshakes
+            .entry(at.to_string())
+            .or_insert(outcome.clone());
+        if entry.is_ok() {
+            *entry = outcome;
+        }
+    }
+}
+
+/// Runs every check against `secret_id`. Never writes anything.
+pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckReport {
+    let mut report = CheckReport {
+        secret: secret_id.to_owned(),
+        findings: Vec::new(),
+    };
+    let secrets = &rotator.secrets;
+    let meta = match secrets.describe(secret_id).await {
+        Ok(m) => m,
+        Err(e) => {
+            report.push("secret", Status::Fail, e.to_string());
+            return report;
+        }
+    };
+    report.secret = meta.arn.clone();
+    let Some(current_version) = meta.version_with(Stage::Current).map(str::to_owned) else {
+        report.push("secret", Status::Fail, "no version is labelled AWSCURRENT");
+        return report;
+    };
+    let app = match secrets.get(&meta.arn, At::Version(&current_version)).await {
+        Ok(Some(v)) => AppSecret::parse(&v.value),
+        Ok(None) => {
+            report.push("secret", Status::Fail, "the AWSCURRENT version is gone");
+            return report;
+        }
+        Err(e) => {
+            report.push("schema", Status::Fail, e.to_string());
+            return report;
+        }
+    };
+    let app = match app {
+        Ok(a) => a,
+        Err(e) => {
+            report.push("schema", Status::Fail, e.to_string());
+            return report;
+        }
+    };
+    let users = if app.is_multi_user() {
+        app.rotation_usernames.clone()
+    } else {
+        vec![app.credentials.username.clone()]
+    };
+    report.push(
+        "schema",
+        Status::Ok,
+        format!(
+            "engine {}, users {}, AWSCURRENT is {} (version {current_version}), application path {}{}",
+            app.engine,
+            users.join(", "),
+            app.credentials.username,
+            app.endpoint,
+            app.direct
+                .as_ref()
+                .map(|d| format!(", database {d}"))
+                .unwrap_or_default()
+        ),
+    );
+    if !app.is_multi_user() {
+        report.push(
+            "users",
+            Status::Warn,
+            "single-user rotation: the password in use changes, so applications may briefly fail to log in; list two users in rotation_usernames",
+        );
+    }
+    if let Err(e) = rotator.settings.password.validate(app.engine) {
+        report.push("password policy", Status::Fail, e.to_string());
+    }
+    check_record(rotator, &meta.arn, &meta, &mut report).await;
+
+    // Proxy secrets: exactly one per user, each for a user of the rotation.
+    let mut proxy: BTreeMap<String, (String, Credentials)> = BTreeMap::new();
+    if app.proxy_secret_ids.is_empty() {
+        report.push(
+            "proxy secrets",
+            Status::Warn,
+            "none configured (proxy_secret_ids): RDS Proxy's secrets will not be updated",
+        );
+    } else {
+        let mut problems = Vec::new();
+        for id in &app.proxy_secret_ids {
+            match read_user_secret(rotator, id).await {
+                Err(e) => problems.push(format!("{id}: {e}")),
+                Ok(s) if !users.iter().any(|u| u == s.username()) => problems.push(format!(
+                    "{id} is for user {}, who is not in the rotation",
+                    s.username()
+                )),
+                Ok(s) => {
+                    if let Some((other, _)) = proxy.get(s.username()) {
+                        problems.push(format!(
+                            "{id} and {other} are both for user {}",
+                            s.username()
+                        ));
+                    } else {
+                        proxy.insert(s.username().to_owned(), (id.clone(), s.credentials));
+                    }
+                }
+            }
+        }
+        for u in &users {
+            if !proxy.contains_key(u) && !problems.iter().any(|p| p.contains(u.as_str())) {
+                problems.push(format!("no proxy secret is for user {u}"));
+            }
+        }
+        if problems.is_empty() {
+            report.push(
+                "proxy secrets",
+                Status::Ok,
+                proxy
+                    .iter()
+                    .map(|(u, (id, _))| format!("{u} -> {id}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+        } else {
+            report.push("proxy secrets", Status::Fail, problems.join("; "));
+        }
+    }
+
+    // The application's login, as the application makes it.
+    let mut tls_seen = TlsSeen::default();
+    let db = &rotator.db;
+    let current = &app.credentials;
+    let r = db.check_login(app.engine, &app.endpoint, current).await;
+    tls_seen.note(&app.endpoint, &r);
+    report.push(
+        format!("login {}", current.username),
+        if r.is_ok() { Status::Ok } else { Status::Fail },
+        match &r {
+            Ok(()) => format!("AWSCURRENT logs in through {}", app.endpoint),
+            Err(e) => format!("AWSCURRENT does not log in through {}: {e}", app.endpoint),
+        },
+    );
+    if let Some((id, creds)) = proxy.get(&current.username) {
+        if creds.password.expose_secret() != current.password.expose_secret() {
+            report.push(
+                format!("proxy secret {}", current.username),
+                Status::Fail,
+                format!("{id} holds another password than AWSCURRENT: RDS Proxy refuses the application's logins"),
+            );
+        }
+    }
+
+    // Every other user: its known credentials, best first, as the rotation would try them.
+    let previous = match secrets.get(&meta.arn, At::Stage(Stage::Previous)).await {
+        Ok(Some(v)) => AppSecret::parse(&v.value).ok().map(|p| p.credentials),
+        _ => None,
+    };
+    let master = match &app.master_secret_id {
+        Some(id) => match read_user_secret(rotator, id).await {
+            Ok(s) => Some((id.clone(), s.credentials)),
+            Err(e) => {
+                report.push("master secret", Status::Warn, format!("{id}: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    let admin_at = app.admin_endpoint().clone();
+    let mut working_login: Option<Credentials> = r.is_ok().then(|| current.clone());
+    for user in users.iter().filter(|u| **u != current.username) {
+        let mut sources: Vec<(String, Credentials)> = Vec::new();
+        if let Some((id, c)) = proxy.get(user) {
+            sources.push((format!("proxy secret {id}"), c.clone()));
+        }
+        if let Some(p) = previous.as_ref().filter(|p| p.username == *user) {
+            let same = sources
+                .iter()
+                .any(|(_, c)| c.password.expose_secret() == p.password.expose_secret());
+            if !same {
+                sources.push(("AWSPREVIOUS".into(), p.clone()));
+            }
+        }
+        if let Some((id, c)) = &master {
+            sources.push((format!("master secret {id}"), c.clone()));
+        }
+        let mut tried = Vec::new();
+        let mut known = None;
+        for (label, creds) in &sources {
+            let r = db.check_login(app.engine, &admin_at, creds).await;
+            tls_seen.note(&admin_at, &r);
+            match r {
+                Ok(()) => {
+                    known = Some(label.clone());
+                    if working_login.is_none() {
+                        working_login = Some(creds.clone());
+                    }
+                    break;
+                }
+                Err(e) => tried.push(format!("{label}: {e}")),
+            }
+        }
+        match known {
+            Some(label) => report.push(
+                format!("idle user {user}"),
+                Status::Ok,
+                format!("its password can be changed: {label} logs in at {admin_at}"),
+            ),
+            None => report.push(
+                format!("idle user {user}"),
+                Status::Fail,
+                if tried.is_empty() {
+                    "no known credentials (no proxy secret, AWSPREVIOUS or master secret for it)"
+                        .to_owned()
+                } else {
+                    format!(
+                        "no known credentials log in at {admin_at} ({})",
+                        tried.join("; ")
+                    )
+                },
+            ),
+        }
+        // Through the proxy too: what applications will use after the rotation.
+        if let (Some((id, creds)), true) = (proxy.get(user), admin_at != app.endpoint) {
+            let r = db.check_login(app.engine, &app.endpoint, creds).await;
+            tls_seen.note(&app.endpoint, &r);
+            if let Err(e) = r {
+                report.push(
+                    format!("login {user}"),
+                    Status::Warn,
+                    format!("its proxy secret {id} does not log in through {}: {e} (a rotation sets a new password first, which may fix it)", app.endpoint),
+                );
+            }
+        }
+    }
+
+    check_tls(tls, &tls_seen, &mut report);
+    if users.len() >= 2 {
+        check_grants(
+            rotator,
+            &app,
+            &admin_at,
+            working_login.as_ref(),
+            &users,
+            &mut report,
+        )
+        .await;
+    }
+    report
+}
+
+async fn read_user_secret(rotator: &Rotator, id: &str) -> Result<UserSecret, String> {
+    match rotator.secrets.get(id, At::Stage(Stage::Current)).await {
+        Ok(Some(v)) => UserSecret::parse(&v.value).map_err(|e| e.to_string()),
+        Ok(None) => Err("it has no AWSCURRENT version".into()),
+        Err(SecretStoreError::NotFound(_)) => Err("it does not exist".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn check_record(
+    rotator: &Rotator,
+    arn: &str,
+    meta: &crate::rotation::ports::SecretMeta,
+    report: &mut CheckReport,
+) {
+    let record = match rotator.records.load(arn).await {
+        Ok(r) => r,
+        Err(e) => {
+            report.push("state table", Status::Fail, e.to_string());
+            return;
+        }
+    };
+    match record {
+        Some(r) if r.is_in_progress() => report.push(
+            "rotation",
+            Status::Warn,
+            format!(
+                "rotation {} is in progress at step {} (attempt {}); the next run resumes it{}",
+                r.rotation_id.as_deref().unwrap_or("-"),
+                r.step,
+                r.attempts,
+                r.last_error
+                    .as_deref()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        Some(r) if r.state == crate::rotation::record::State::Failed => report.push(
+            "rotation",
+            Status::Warn,
+            format!(
+                "the last rotation failed: {}",
+                r.last_error.as_deref().unwrap_or_default()
+            ),
+        ),
+        _ => {
+            if let Some(v) = meta.version_with(Stage::Pending) {
+                if meta.version_with(Stage::Current) != Some(v) {
+                    report.push(
+                        "rotation",
+                        Status::Warn,
+                        format!("version {v} is AWSPENDING but no rotation of ours is in progress: another rotation (a Lambda?) may be at work"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn check_tls(mode: TlsMode, seen: &TlsSeen, report: &mut CheckReport) {
+    let failed: Vec<String> = seen
+        .handshakes
+        .iter()
+        .filter_map(|(at, r)| r.as_ref().err().map(|e| format!("{at}: {e}")))
+        .collect();
+    let reached: Vec<&str> = seen.handshakes.keys().map(String::as_str).collect();
+    if !failed.is_empty() {
+        report.push("tls", Status::Fail, failed.join("; "));
+        return;
+    }
+    match mode {
+        TlsMode::VerifyFull if reached.is_empty() => report.push(
+            "tls",
+            Status::Warn,
+            "verify-full, but no database answered to be verified",
+        ),
+        TlsMode::VerifyFull => report.push(
+            "tls",
+            Status::Ok,
+            format!(
+                "verify-full: certificate chain and host name verified at {}",
+                reached.join(", ")
+            ),
+        ),
+        TlsMode::Require => report.push(
+            "tls",
+            Status::Warn,
+            "require: encrypted, but the server's certificate is not verified (use verify-full with ROTATOR_DB_CA_BUNDLE)",
+        ),
+        TlsMode::Disable => report.push(
+            "tls",
+            Status::Warn,
+            "disable: passwords cross the network in the clear as far as TLS is concerned (use verify-full)",
+        ),
+    }
+}
+
+async fn check_grants(
+    rotator: &Rotator,
+    app: &AppSecret,
+    at: &Endpoint,
+    login: Option<&Credentials>,
+    users: &[String],
+    report: &mut CheckReport,
+) {
+    if app.engine != Engine::Postgres {
+        return;
+    }
+    let Some(login) = login else {
+        report.push(
+            "grants",
+            Status::Warn,
+            "not compared: no user could log in to read them",
+        );
+        return;
+    };
+    let mut sets = Vec::new();
+    for u in users {
+        match rotator.db.privileges(app.engine, at, login, u).await {
+            Ok(p) => sets.push((u.clone(), p)),
+            Err(e) => {
+                report.push("grants", Status::Warn, format!("not compared: {e}"));
+                return;
+            }
+        }
+    }
+    let (first, base) = &sets[0];
+    let mut drift = Vec::new();
+    for (u, p) in &sets[1..] {
+        let only_first: Vec<&str> = base
+            .iter()
+            .filter(|x| !p.contains(x))
+            .map(String::as_str)
+            .collect();
+        let only_other: Vec<&str> = p
+            .iter()
+            .filter(|x| !base.contains(x))
+            .map(String::as_str)
+            .collect();
+        if !only_first.is_empty() {
+            drift.push(format!("only {first}: {}", only_first.join(", ")));
+        }
+        if !only_other.is_empty() {
+            drift.push(format!("only {u}: {}", only_other.join(", ")));
+        }
+    }
+    if drift.is_empty() {
+        report.push(
+            "grants",
+            Status::Ok,
+            format!(
+                "{} have the same role memberships and privileges ({} entries)",
+                users.join(" and "),
+                base.len()
+            ),
+        );
+    } else {
+        report.push(
+            "grants",
+            Status::Warn,
+            format!(
+                "the users differ, so applications would gain or lose access when AWSCURRENT moves: {}",
+                drift.join("; ")
+            ),
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! Metrics as CloudWatch embedded metric format (EMF): JSON lines on stdout, which CloudWatch Logs
+//! (the ECS awslogs driver) turns into metrics without any API call from the worker.
+//!
+//! One line per `rotate` call, with no dimensions, so that the Terraform alarm on
+//! `RotationsFailed` matches it; plus one line per step run, with the dimension `Step`.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+
+use crate::calls;
+use crate::rotation::ports::{ReportOutcome, Reporter, RotationReport};
+use crate::rotation::record::now_ms;
+
+pub const DEFAULT_NAMESPACE: &str = "RdsRotator";
+
+/// Writes EMF lines to stdout (or any writer, for tests).
+pub struct Emf {
+    namespace: String,
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl Emf {
+    pub fn stdout(namespace: impl Into<String>) -> Self {
+        Self::new(namespace, Box::new(std::io::stdout()))
+    }
+
+    pub fn new(namespace: impl Into<String>, out: Box<dyn Write + Send>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            out: Mutex::new(out),
+        }
+    }
+}
+
+#[async_trait]
+impl Reporter for Emf {
+    async fn report(&self, report: &RotationReport) {
+        let mut out = self.out.lock().expect("metrics writer lock");
+        for line in lines(&self.namespace, report, now_ms()) {
+            // A full disk or closed stdout must not fail a rotation; the logs say what happened.
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    }
+}
+
+fn directive(
+    namespace: &str,
+    timestamp_ms: u64,
+    dimensions: Value,
+    metrics: &[(&str, &str)],
+) -> Value {
+    json!({
+        "Timestamp": timestamp_ms,
+        "CloudWatchMetrics": [{
+            "Namespace": namespace,
+            "Dimensions": dimensions,
+            "Metrics": metrics.iter().map(|(name, unit)| json!({"Name": name, "Unit": unit})).collect::<Vec<_>>(),
+        }],
+    })
+}
+
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// The EMF lines for one report.
+pub fn lines(namespace: &str, r: &RotationReport, timestamp_ms: u64) -> Vec<Value> {
+    let flag = |b: bool| u64::from(b);
+    let (succeeded, failed, incomplete, skipped) = match &r.outcome {
+        ReportOutcome::Succeeded => (true, false, false, false),
+        ReportOutcome::Failed { retryable, .. } => (false, !retryable, *retryable, false),
+        ReportOutcome::Skipped { .. } => (false, false, false, true),
+    };
+    let aws: std::collections::BTreeMap<_, _> = r
+        .calls
+        .iter()
+        .filter(|(k, _)| !k.ends_with(".connect"))
+        .collect();
+    let db_connections: u64 = r
+        .calls
+        .iter()
+        .filter(|(k, _)| k.ends_with(".connect"))
+        .map(|(_, v)| v)
+        .sum();
+    let aws_calls: u64 = aws.values().copied().sum();
+    let mut main = Map::new();
+    main.insert(
+        "_aws".into(),
+        directive(
+            namespace,
+            timestamp_ms,
+            json!([[]]),
+            &[
+                ("RotationsSucceeded", "Count"),
+                ("RotationsFailed", "Count"),
+                ("RotationsIncomplete", "Count"),
+                ("RotationsSkipped", "Count"),
+                ("RotationDuration", "Milliseconds"),
+                ("Retries", "Count"),
+                ("AwsCalls", "Count"),
+                ("DbConnections", "Count"),
+            ],
+        ),
+    );
+    main.insert("RotationsSucceeded".into(), json!(flag(succeeded)));
+    main.insert("RotationsFailed".into(), json!(flag(failed)));
+    main.insert("RotationsIncomplete".into(), json!(flag(incomplete)));
+    main.insert("RotationsSkipped".into(), json!(flag(skipped)));
+    main.insert("RotationDuration".into(), json!(millis(r.duration)));
+    main.insert("Retries".into(), json!(r.retries));
+    main.insert("AwsCalls".into(), json!(aws_calls));
+    main.insert("DbConnections".into(), json!(db_connections));
+    // Properties, not metrics: searchable in CloudWatch Logs Insights.
+    main.insert("secret".into(), json!(r.secret));
+    main.insert(
+        "outcome".into(),
+        json!(match &r.outcome {
+            ReportOutcome::Succeeded => "succeeded",
+            ReportOutcome::Failed {
+                retryable: true, ..
+            } => "incomplete",
+            ReportOutcome::Failed { .. } => "failed",
+            ReportOutcome::Skipped { .. } => "skipped",
+        }),
+    );
+    match &r.outcome {
+        ReportOutcome::Failed { reason, .. } => {
+            main.insert("reason".into(), json!(reason));
+        }
+        ReportOutcome::Skipped { why } => {
+            main.insert("reason".into(), json!(why));
+        }
+        ReportOutcome::Succeeded => {}
+    }
+    main.insert("rotation_id".into(), json!(r.rotation_id));
+    main.insert("from_user".into(), json!(r.from_user));
+    main.insert("to_user".into(), json!(r.to_user));
+    main.insert("resumed".into(), json!(r.resumed));
+    main.insert("aws_calls".into(), json!(aws));
+    main.insert(
+        "secretsmanager_calls".into(),
+        json!(calls::total(&r.calls, "SecretsManager.")),
+    );
+    let mut out = vec![Value::Object(main)];
+    for (step, took) in &r.steps {
+        out.push(json!({
+            "_aws": directive(namespace, timestamp_ms, json!([["Step"]]), &[("StepLatency", "Milliseconds")]),
+            "Step": step.as_str(),
+            "StepLatency": millis(*took),
+            "secret": r.secret,
+            "rotation_id": r.rotation_id,
+        }));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rotation::record::Step;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    fn report(outcome: ReportOutcome) -> RotationReport {
+        RotationReport {
+            secret: "arn:s".into(),
+            outcome,
+            rotation_id: Some("r1".into()),
+            from_user: Some("app".into()),
+            to_user: Some("app_clone".into()),
+            resumed: false,
+            duration: Duration::from_millis(250),
+            steps: vec![
+                (Step::CreatePending, Duration::from_millis(20)),
+                (Step::Test, Duration::from_millis(100)),
+            ],
+            last_step: Some(Step::Test),
+            retries: 2,
+            calls: BTreeMap::from([
+                ("SecretsManager.PutSecretValue".to_owned(), 2),
+                ("DynamoDB.UpdateItem".to_owned(), 5),
+                ("postgres.connect".to_owned(), 3),
+            ]),
+        }
+    }
+
+    #[test]
+    fn a_success_is_one_undimensioned_line_plus_one_line_per_step() {
+        let out = lines("NS", &report(ReportOutcome::Succeeded), 1_000);
+        assert_eq!(out.len(), 3);
+        let main = &out[0];
+        let d = &main["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(d["Namespace"], "NS");
+        assert_eq!(d["Dimensions"], json!([[]]));
+        // Every metric the directive names is present as a number on the line.
+        for m in d["Metrics"].as_array().unwrap() {
+            let name = m["Name"].as_str().unwrap();
+            assert!(main[name].is_number(), "{name} missing");
+        }
+        assert_eq!(main["RotationsSucceeded"], 1);
+        assert_eq!(main["RotationsFailed"], 0);
+        assert_eq!(main["RotationDuration"], 250.0);
+        assert_eq!(main["AwsCalls"], 7);
+        assert_eq!(main["DbConnections"], 3);
+        assert_eq!(main["Retries"], 2);
+        assert_eq!(main["secretsmanager_calls"], 2);
+        assert_eq!(out[1]["Step"], "create_pending");
+        assert_eq!(out[1]["StepLatency"], 20.0);
+        assert_eq!(
+            out[2]["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Step"]])
+        );
+    }
+
+    #[test]
+    fn only_failures_that_need_a_person_count_as_failed() {
+        let fatal = lines(
+            "NS",
+            &report(ReportOutcome::Failed {
+                reason: "bad".into(),
+                retryable: false,
+            }),
+            1,
+        );
+        assert_eq!(fatal[0]["RotationsFailed"], 1);
+        assert_eq!(fatal[0]["RotationsIncomplete"], 0);
+        assert_eq!(fatal[0]["reason"], "bad");
+        let transient = lines(
+            "NS",
+            &report(ReportOutcome::Failed {
+                reason: "slow".into(),
+                retryable: true,
+            }),
+            1,
+        );
+        assert_eq!(transient[0]["RotationsFailed"], 0);
+        assert_eq!(transient[0]["RotationsIncomplete"], 1);
+        assert_eq!(transient[0]["outcome"], "incomplete");
+    }
+}
