@@ -15,6 +15,7 @@ use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, Metadata};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
 /// The standard chain: `AWS_REGION`, `AWS_ENDPOINT_URL`, credentials from env, profile, SSO,
@@ -36,9 +37,12 @@ impl Intercept for CountCalls {
         "CountCalls"
     }
 
-    fn read_before_execution(
+    // Not `read_before_execution`: a client-level interceptor runs that before the operation's
+    // configuration (which holds its name) is applied. This one also runs once per operation.
+    fn read_before_serialization(
         &self,
         _context: &BeforeSerializationInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if let Some(m) = cfg.load::<Metadata>() {

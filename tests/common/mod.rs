@@ -605,21 +605,26 @@ impl Pair {
             .env("ROTATOR_RECEIVE_WAIT", "1s")
             .env("ROTATOR_RETRY_DELAY", "1s")
             .env("ROTATOR_HEALTH_FILE", &health)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("the worker starts");
+        // stderr (logs) and stdout (metrics) in one buffer, line by line.
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (stderr, sink) = (child.stderr.take().unwrap(), log.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        for stream in [out, err] {
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
         (child, log)
     }
 }
@@ -742,6 +747,44 @@ impl Pair {
             tried.push(pw);
         }
         false
+    }
+
+    /// Every password any version of the app secret or the proxy secrets ever held, plus the
+    /// initial ones.
+    pub async fn all_passwords(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.initial_passwords.to_vec();
+        let ids = [
+            self.app_secret.clone(),
+            self.proxy_secrets[0].clone(),
+            self.proxy_secrets[1].clone(),
+        ];
+        for id in ids {
+            let listed = self
+                .sm
+                .list_secret_version_ids()
+                .secret_id(&id)
+                .include_deprecated(true)
+                .max_results(100)
+                .send()
+                .await
+                .unwrap();
+            for v in listed.versions() {
+                let value = self
+                    .sm
+                    .get_secret_value()
+                    .secret_id(&id)
+                    .version_id(v.version_id().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                let json: Value = serde_json::from_str(value.secret_string().unwrap()).unwrap();
+                let pw = json["password"].as_str().unwrap().to_owned();
+                if !out.contains(&pw) {
+                    out.push(pw);
+                }
+            }
+        }
+        out
     }
 
     /// The invariants that must hold whatever was killed when. `settled`: no rotation is in

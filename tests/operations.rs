@@ -1,0 +1,310 @@
+//! What an operator sees: the `check` preflight, EMF metrics on stdout and result events on an
+//! EventBridge bus (delivered by a rule to an SQS queue, as a user would wire it).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn check(pair: &Pair, extra: &[&str]) -> (bool, Value, String) {
+    let mut args = vec!["check", pair.app_secret.as_str(), "--json"];
+    args.extend_from_slice(extra);
+    let out = pair.run(&args);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check --json printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let text = pair.run(&["check", pair.app_secret.as_str()]);
+    assert_eq!(text.status.code(), out.status.code());
+    (
+        out.status.success(),
+        report,
+        String::from_utf8_lossy(&text.stdout).into_owned(),
+    )
+}
+
+fn finding<'a>(report: &'a Value, check: &str) -> &'a Value {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == check)
+        .unwrap_or_else(|| panic!("no finding {check:?} in {report:#}"))
+}
+
+#[tokio::test]
+async fn check_of_a_healthy_pair_is_ready_and_changes_nothing() {
+    let pair = Pair::new().await;
+    let before = (
+        pair.versions(&pair.app_secret).await,
+        pair.versions(&pair.proxy_secrets[0]).await,
+        pair.versions(&pair.proxy_secrets[1]).await,
+    );
+    let (ok, report, text) = check(&pair, &[]);
+    assert!(ok, "{report:#}");
+    assert_eq!(report["ready"], true);
+    assert_eq!(report["problems"], 0);
+    for name in [
+        "schema",
+        "proxy secrets",
+        &format!("login {}", pair.users[0]),
+        &format!("idle user {}", pair.users[1]),
+        "grants",
+    ] {
+        assert_eq!(finding(&report, name)["status"], "ok", "{name}: {report:#}");
+    }
+    // The tests run without TLS, which check calls out.
+    assert_eq!(finding(&report, "tls")["status"], "warn");
+    assert!(text.contains("ready to rotate"), "{text}");
+    assert!(
+        text.contains(&format!("idle user {}", pair.users[1])),
+        "{text}"
+    );
+    let after = (
+        pair.versions(&pair.app_secret).await,
+        pair.versions(&pair.proxy_secrets[0]).await,
+        pair.versions(&pair.proxy_secrets[1]).await,
+    );
+    assert_eq!(before, after, "check wrote to Secrets Manager");
+    for (user, pw) in pair.users.iter().zip(&pair.initial_passwords) {
+        pair.login(user, pw).await.unwrap();
+    }
+    assert!(pair.try_status().is_none(), "check wrote a step record");
+}
+
+#[tokio::test]
+async fn check_warns_of_grant_drift_and_fails_on_what_would_break_a_rotation() {
+    let pair = Pair::new().await;
+    let db = admin(&pair.dbname).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE orders (id int); GRANT SELECT ON orders TO {}",
+        pair.users[0]
+    ))
+    .await
+    .unwrap();
+    let (ok, report, _) = check(&pair, &[]);
+    assert!(ok, "drift is a warning: {report:#}");
+    let grants = finding(&report, "grants");
+    assert_eq!(grants["status"], "warn");
+    let detail = grants["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("only {}", pair.users[0])) && detail.contains("orders: SELECT"),
+        "{detail}"
+    );
+
+    // The idle user's password changed behind our back: nothing we know logs it in.
+    db.batch_execute(&format!(
+        "ALTER ROLE {} PASSWORD 'changed-by-hand'",
+        pair.users[1]
+    ))
+    .await
+    .unwrap();
+    let (ok, report, text) = check(&pair, &[]);
+    assert!(!ok, "{report:#}");
+    assert_eq!(
+        finding(&report, &format!("idle user {}", pair.users[1]))["status"],
+        "fail"
+    );
+    assert!(text.contains("NOT ready to rotate"), "{text}");
+
+    // A proxy secret for a user outside the rotation.
+    pair.sm
+        .put_secret_value()
+        .secret_id(&pair.proxy_secrets[1])
+        .secret_string(json!({"username": "someone_else", "password": "x"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let (ok, report, _) = check(&pair, &[]);
+    assert!(!ok);
+    let proxy = finding(&report, "proxy secrets");
+    assert_eq!(proxy["status"], "fail");
+    assert!(
+        proxy["detail"].as_str().unwrap().contains("someone_else"),
+        "{proxy}"
+    );
+}
+
+/// Receives what arrives on `url` within `wait`, as JSON bodies.
+async fn drain(queues: &Queues, url: &str, want: usize, wait: Duration) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut got = Vec::new();
+    while got.len() < want && std::time::Instant::now() < deadline {
+        let out = queues
+            .sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages() {
+            got.push(serde_json::from_str(m.body().unwrap()).unwrap());
+            queues
+                .sqs
+                .delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_worker_emits_metrics_and_publishes_result_events_without_secrets() {
+    let pair = Pair::new().await;
+    let queues = pair.queues().await;
+    // The events' destination: a bus, a rule on our source, an SQS queue as its target.
+    let events = aws_sdk_eventbridge::Client::new(&aws().await);
+    let bus = format!("rt-{}-bus", pair.id);
+    events.create_event_bus().name(&bus).send().await.unwrap();
+    let sink = queues
+        .sqs
+        .create_queue()
+        .queue_name(format!("rt-{}-events", pair.id))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let sink_arn = queues
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&sink)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    let rule = format!("rt-{}-results", pair.id);
+    events
+        .put_rule()
+        .name(&rule)
+        .event_bus_name(&bus)
+        .event_pattern(json!({"source": ["rds-rotator"]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    events
+        .put_targets()
+        .rule(&rule)
+        .event_bus_name(&bus)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("sink")
+                .arn(sink_arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    // A second secret that is broken: its rotation fails for good.
+    let broken = format!("rt-{}/broken", pair.id);
+    let mut value = pair.current().await;
+    value["rotation_usernames"] = json!([pair.users[0], pair.users[0]]);
+    pair.sm
+        .create_secret()
+        .name(&broken)
+        .secret_string(value.to_string())
+        .send()
+        .await
+        .unwrap();
+
+    let (mut worker, log) = pair.spawn_worker(&queues, &[("ROTATOR_EVENT_BUS", &bus)]);
+    queues
+        .send(&json!({"secret_id": pair.app_secret}).to_string())
+        .await;
+    queues.send(&json!({"secret_id": broken}).to_string()).await;
+    let got = drain(&queues, &sink, 2, Duration::from_secs(60)).await;
+    sigterm(&worker);
+    wait_exit(&mut worker, Duration::from_secs(30));
+    let log = log.lock().unwrap().clone();
+
+    let of = |kind: &str| {
+        got.iter()
+            .find(|e| e["detail-type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} event among {got:#?}\nworker log:\n{log}"))
+            .clone()
+    };
+    let ok = of("RotationSucceeded");
+    assert_eq!(ok["source"], "rds-rotator");
+    assert!(ok["detail"]["secret_arn"]
+        .as_str()
+        .unwrap()
+        .contains(&pair.app_secret));
+    assert_eq!(ok["detail"]["from_user"], pair.users[0].as_str());
+    assert_eq!(ok["detail"]["to_user"], pair.users[1].as_str());
+    assert_eq!(
+        ok["detail"]["rotation_id"],
+        pair.status()["rotation_id"],
+        "the event names the rotation"
+    );
+    let failed = of("RotationFailed");
+    let reason = failed["detail"]["reason"].as_str().unwrap();
+    assert!(reason.contains("listed twice"), "{reason}");
+
+    // Metrics: one EMF line per rotation, one per step.
+    let emf: Vec<Value> = log
+        .lines()
+        .filter(|l| l.starts_with("{\"_aws\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let main: Vec<&Value> = emf
+        .iter()
+        .filter(|l| l.get("RotationsSucceeded").is_some())
+        .collect();
+    let success = main
+        .iter()
+        .find(|l| l["RotationsSucceeded"] == 1)
+        .unwrap_or_else(|| panic!("no success metric in\n{log}"));
+    assert_eq!(
+        success["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        "RdsRotator"
+    );
+    assert!(success["AwsCalls"].as_u64().unwrap() > 0, "{success}");
+    assert!(success["DbConnections"].as_u64().unwrap() > 0, "{success}");
+    assert!(success["RotationDuration"].as_f64().unwrap() > 0.0);
+    assert!(
+        success["aws_calls"]["SecretsManager.PutSecretValue"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+    assert!(main.iter().any(|l| l["RotationsFailed"] == 1), "{log}");
+    let steps: Vec<&str> = emf
+        .iter()
+        .filter(|l| l["rotation_id"] == success["rotation_id"])
+        .filter_map(|l| l["Step"].as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "create_pending",
+            "set_password",
+            "update_proxy",
+            "test",
+            "finish"
+        ]
+    );
+
+    // No password in any event or metric line.
+    let published = format!("{got:?}\n{log}");
+    for pw in pair.all_passwords().await {
+        assert!(!published.contains(&pw), "a password was published");
+        let escaped = serde_json::to_string(&pw).unwrap();
+        assert!(!published.contains(escaped.trim_matches('"')));
+    }
+}
