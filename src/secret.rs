@@ -19,6 +19,8 @@ use serde_json::{Map, Value};
 const MAX_SECRET_BYTES: usize = 65_536;
 /// A password longer than this is not a database password we generated or can use.
 const MAX_PASSWORD_BYTES: usize = 1_024;
+/// Users taking turns: two is the norm; a long list is a mistake, not a rotation.
+const MAX_ROTATION_USERS: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SecretError {
@@ -388,6 +390,15 @@ impl AppSecret {
         let username = fields.required_str("username")?.to_owned();
         validate_username(&username, engine)?;
         let rotation_usernames = fields.string_list("rotation_usernames")?;
+        if rotation_usernames.len() > MAX_ROTATION_USERS {
+            return Err(SecretError::Invalid {
+                key: "rotation_usernames",
+                reason: format!(
+                    "lists {} users; at most {MAX_ROTATION_USERS} may take turns",
+                    rotation_usernames.len()
+                ),
+            });
+        }
         for (i, name) in rotation_usernames.iter().enumerate() {
             validate_username(name, engine)?;
             if rotation_usernames[..i].contains(name) {
