@@ -25,8 +25,9 @@ resource "aws_cloudwatch_metric_alarm" "dlq_not_empty" {
 }
 
 # Failed rotations, from the worker's own metric (CloudWatch embedded metric format in its JSON
-# logs: namespace var.metrics_namespace, metric RotationsFailed). A failed rotation that is
-# retried and then succeeds counts here too; the DLQ alarm covers the ones that need a person.
+# logs: namespace var.metrics_namespace, metric RotationsFailed, no dimensions). It counts the
+# failures that need a person (the request also goes to the DLQ); transient failures, which the
+# worker resumes by itself, are the separate metric RotationsIncomplete.
 resource "aws_cloudwatch_metric_alarm" "rotations_failed" {
   count = var.create_alarms ? 1 : 0
 

@@ -31,6 +31,9 @@ locals {
     ROTATOR_TEST_DEADLINE      = var.test_deadline
     ROTATOR_SHUTDOWN_GRACE     = "${var.shutdown_grace_seconds}s"
     ROTATOR_HEALTH_FILE        = local.health_file
+    ROTATOR_METRICS            = "emf"
+    ROTATOR_METRICS_NAMESPACE  = var.metrics_namespace
+    ROTATOR_EVENT_BUS          = var.event_bus_name
     AWS_REGION                 = local.region
     RUST_LOG                   = var.log_level
   })

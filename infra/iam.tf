@@ -11,6 +11,12 @@
 ################################################################################
 
 locals {
+  # A bus given by name is this account's and region's; an ARN is taken as is.
+  event_bus_arn = var.event_bus_name == null ? null : (
+    startswith(var.event_bus_name, "arn:") ? var.event_bus_name :
+    "arn:${local.partition}:events:${local.region}:${local.account_id}:event-bus/${var.event_bus_name}"
+  )
+
   secret_actions = [
     "secretsmanager:DescribeSecret",
     "secretsmanager:GetSecretValue",
@@ -74,6 +80,14 @@ locals {
         Condition = null
       },
     ],
+    var.event_bus_name != null ? [{
+      # Result events (RotationSucceeded, RotationFailed) on the operator's bus.
+      Sid       = "ResultEvents"
+      Effect    = "Allow"
+      Action    = ["events:PutEvents"]
+      Resource  = [local.event_bus_arn]
+      Condition = null
+    }] : [],
     var.kms_key_arn != null ? [{
       Sid       = "ModuleResourcesKms"
       Effect    = "Allow"

@@ -408,7 +408,7 @@ variable "extra_environment" {
       "ROTATOR_QUEUE_URL", "ROTATOR_DLQ_URL", "ROTATOR_TABLE", "ROTATOR_CONCURRENCY", "ROTATOR_MIN_INTERVAL",
       "ROTATOR_VISIBILITY_TIMEOUT", "ROTATOR_LOG_FORMAT", "ROTATOR_DB_TLS", "ROTATOR_DB_CA_BUNDLE",
       "ROTATOR_TEST_DEADLINE", "ROTATOR_SHUTDOWN_GRACE", "ROTATOR_HEALTH_FILE", "AWS_REGION", "RUST_LOG",
-      "ROTATOR_TEST_FAILPOINTS",
+      "ROTATOR_TEST_FAILPOINTS", "ROTATOR_METRICS", "ROTATOR_METRICS_NAMESPACE", "ROTATOR_EVENT_BUS",
     ])) == 0
     error_message = "extra_environment may not set a variable the module manages (use its input instead) or ROTATOR_TEST_FAILPOINTS."
   }
@@ -515,6 +515,17 @@ variable "metrics_namespace" {
   description = "CloudWatch namespace of the worker's own metrics (embedded metric format in its JSON logs)."
   type        = string
   default     = "RdsRotator"
+}
+
+variable "event_bus_name" {
+  description = "ROTATOR_EVENT_BUS: EventBridge bus (name in this account and region, or ARN) for RotationSucceeded and RotationFailed events (source rds-rotator). null: no events. The task role may PutEvents on this bus only."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.event_bus_name == null || can(regex("^(arn:[^:]+:events:[a-z0-9-]+:[0-9]{12}:event-bus/)?[A-Za-z0-9._/-]{1,256}$", var.event_bus_name))
+    error_message = "event_bus_name must be an event bus name or an event bus ARN."
+  }
 }
 
 variable "rotation_failed_metric_dimensions" {

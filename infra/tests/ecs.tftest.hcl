@@ -68,6 +68,8 @@ run "task_definition" {
       ROTATOR_DLQ_URL            = "https://sqs.eu-west-1.amazonaws.com/123456789012/rds-rotator-dlq"
       ROTATOR_HEALTH_FILE        = "/tmp/rds-rotator.health"
       ROTATOR_LOG_FORMAT         = "json"
+      ROTATOR_METRICS            = "emf"
+      ROTATOR_METRICS_NAMESPACE  = "RdsRotator"
       ROTATOR_MIN_INTERVAL       = "1h"
       ROTATOR_QUEUE_URL          = "https://sqs.eu-west-1.amazonaws.com/123456789012/rds-rotator"
       ROTATOR_SHUTDOWN_GRACE     = "20s"

@@ -294,3 +294,36 @@ run "tag_key_without_value_is_refused" {
 
   expect_failures = [aws_iam_role.task]
 }
+
+# Result events: PutEvents on the one bus given, by name (made an ARN) or by ARN; nothing without it.
+run "result_events_bus" {
+  command = apply
+
+  variables {
+    event_bus_name = "ops-events"
+  }
+
+  assert {
+    condition = one([for s in jsondecode(aws_iam_role_policy.task.policy).Statement : s if s.Sid == "ResultEvents"]) == {
+      Sid      = "ResultEvents"
+      Effect   = "Allow"
+      Action   = ["events:PutEvents"]
+      Resource = ["arn:aws:events:eu-west-1:123456789012:event-bus/ops-events"]
+    }
+    error_message = "The task may not PutEvents on exactly the given bus."
+  }
+
+  assert {
+    condition     = contains(jsondecode(aws_ecs_task_definition.this.container_definitions)[0].environment, { name = "ROTATOR_EVENT_BUS", value = "ops-events" })
+    error_message = "The worker is not told the bus (ROTATOR_EVENT_BUS)."
+  }
+}
+
+run "no_bus_no_events_permission" {
+  command = apply
+
+  assert {
+    condition     = length([for s in jsondecode(aws_iam_role_policy.task.policy).Statement : s if anytrue([for a in flatten([s.Action]) : startswith(a, "events:")])]) == 0
+    error_message = "The task may put events although no bus is configured."
+  }
+}
