@@ -460,7 +460,7 @@ fn check_tls(mode: TlsMode, seen: &TlsSeen, report: &mut CheckReport) {
         TlsMode::Disable => report.push(
             "tls",
             Status::Warn,
-            "disable: passwords cross the network in the clear as far as TLS is concerned (use verify-full)",
+            "disable: database connections are not encrypted (use verify-full)",
         ),
     }
 }

@@ -85,7 +85,11 @@ async fn debug_logs_metrics_and_output_of_rotations_contain_no_password() {
         .env("ROTATOR_METRICS", "emf")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "the rotation should fail for good");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the rotation should fail for good"
+    );
     captured.push_str(&String::from_utf8_lossy(&out.stdout));
     captured.push_str(&String::from_utf8_lossy(&out.stderr));
 
