@@ -1,5 +1,5 @@
 # Developer and CI entry points. `make test` is the one command that runs the whole test suite:
-# it starts the local stack (PostgreSQL + moto on loopback, see scripts/local-stack), runs the tests
+# it starts the local stack (PostgreSQL, MariaDB and moto on loopback, see scripts/local-stack), runs the tests
 # with the stack's env, and stops the stack again whatever the tests did.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -19,7 +19,7 @@ help:
 	@echo 'make demo        start the local stack, cargo build, scripts/demo, stop the stack'
 	@echo 'make lint        cargo fmt --check and cargo clippy -D warnings'
 	@echo 'make deny        cargo-deny (advisories offline from ../shared/advisory-db, licenses, bans, sources)'
-	@echo 'make stack-up    start PostgreSQL + moto and print their env (eval "$$(scripts/local-stack start)")'
+	@echo 'make stack-up    start PostgreSQL, MariaDB and moto and print their env (eval "$$(scripts/local-stack start)")'
 	@echo 'make stack-down  stop them and delete their data'
 	@echo 'make ci          what CI runs (.ci/run)'
 

@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::db::tls::TlsMode;
 use crate::rotation::ports::{At, DbError, SecretStoreError, Stage};
 use crate::rotation::Rotator;
-use crate::secret::{AppSecret, Credentials, Endpoint, Engine, UserSecret};
+use crate::secret::{AppSecret, Credentials, Endpoint, UserSecret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -287,6 +287,11 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
     };
     let admin_at = app.admin_endpoint().clone();
     let mut working_login: Option<Credentials> = r.is_ok().then(|| current.clone());
+    // Each user's own credentials that log in: MySQL lets a user read only its own grants.
+    let mut own: BTreeMap<String, Credentials> = BTreeMap::new();
+    if r.is_ok() {
+        own.insert(current.username.clone(), current.clone());
+    }
     for user in users.iter().filter(|u| **u != current.username) {
         let mut sources: Vec<(String, Credentials)> = Vec::new();
         if let Some((id, c)) = proxy.get(user) {
@@ -311,6 +316,9 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
             match r {
                 Ok(()) => {
                     known = Some(label.clone());
+                    if creds.username == *user {
+                        own.insert(user.clone(), creds.clone());
+                    }
                     if working_login.is_none() {
                         working_login = Some(creds.clone());
                     }
@@ -360,6 +368,7 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
             &app,
             &admin_at,
             working_login.as_ref(),
+            &own,
             &users,
             &mut report,
         )
@@ -470,12 +479,10 @@ async fn check_grants(
     app: &AppSecret,
     at: &Endpoint,
     login: Option<&Credentials>,
+    own: &BTreeMap<String, Credentials>,
     users: &[String],
     report: &mut CheckReport,
 ) {
-    if app.engine != Engine::Postgres {
-        return;
-    }
     let Some(login) = login else {
         report.push(
             "grants",
@@ -486,7 +493,8 @@ async fn check_grants(
     };
     let mut sets = Vec::new();
     for u in users {
-        match rotator.db.privileges(app.engine, at, login, u).await {
+        let reader = own.get(u).unwrap_or(login);
+        match rotator.db.privileges(app.engine, at, reader, u).await {
             Ok(p) => sets.push((u.clone(), p)),
             Err(e) => {
                 report.push("grants", Status::Warn, format!("not compared: {e}"));

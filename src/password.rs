@@ -45,13 +45,23 @@ impl PasswordPolicy {
         }
     }
 
+    /// Never generated, whatever `exclude` says: on MySQL the password travels in a string
+    /// literal, and these are the characters whose escaping depends on the server's SQL mode.
+    pub fn always_excluded(engine: Engine) -> &'static str {
+        match engine {
+            Engine::Postgres => "",
+            Engine::Mysql | Engine::Mariadb => "\"'\\",
+        }
+    }
+
     fn alphabet(&self, engine: Engine) -> Vec<u8> {
         let exclude = self
             .exclude
             .as_deref()
             .unwrap_or(Self::default_exclusions(engine));
+        let always = Self::always_excluded(engine);
         (b'!'..=b'~')
-            .filter(|b| !exclude.as_bytes().contains(b))
+            .filter(|b| !exclude.as_bytes().contains(b) && !always.as_bytes().contains(b))
             .collect()
     }
 

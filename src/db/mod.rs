@@ -1,5 +1,6 @@
 //! Database adapters, one module per engine, behind the `Database` port.
 
+pub mod mysql;
 pub mod postgres;
 pub mod tls;
 
@@ -12,19 +13,21 @@ use crate::secret::{Credentials, Endpoint, Engine};
 /// Picks the adapter for the secret's engine.
 pub struct Databases {
     postgres: postgres::Postgres,
+    mysql: mysql::MySql,
 }
 
 impl Databases {
     pub fn new(tls: tls::DbTls) -> Self {
         Self {
-            postgres: postgres::Postgres::new(tls),
+            postgres: postgres::Postgres::new(tls.clone()),
+            mysql: mysql::MySql::new(tls),
         }
     }
 
     fn engine(&self, engine: Engine) -> Result<&dyn Database, DbError> {
         match engine {
             Engine::Postgres => Ok(&self.postgres),
-            other => Err(DbError::Unsupported(other)),
+            Engine::Mysql | Engine::Mariadb => Ok(&self.mysql),
         }
     }
 }

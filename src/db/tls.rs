@@ -2,7 +2,7 @@
 //! Mozilla's roots plus `ROTATOR_DB_CA_BUNDLE` (RDS's CAs are not public roots: give the RDS
 //! bundle); `require` encrypts without checking who answers; `disable` must be asked for.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -28,7 +28,10 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct DbTls {
     pub mode: TlsMode,
+    /// The rustls configuration (PostgreSQL); `None` for `disable`.
     pub config: Option<Arc<ClientConfig>>,
+    /// The extra CAs, for adapters that build their own TLS configuration (MySQL).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for DbTls {
@@ -85,6 +88,7 @@ impl DbTls {
         Ok(Self {
             mode,
             config: config.map(Arc::new),
+            ca_bundle: ca_bundle.map(Path::to_path_buf),
         })
     }
 }

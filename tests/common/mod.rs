@@ -2,6 +2,8 @@
 //! Each test gets fresh resources: its own database, users, secrets and DynamoDB table.
 #![allow(dead_code)]
 
+pub mod mariadb;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -219,121 +221,6 @@ impl Pair {
         pair
     }
 
-    /// The binary, configured for this pair's table and the local stack.
-    pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("ROTATOR_TABLE", &self.table)
-            .env("ROTATOR_DB_TLS", "disable")
-            .env("ROTATOR_TEST_DEADLINE", "20s")
-            .env_remove("ROTATOR_TEST_FAILPOINTS")
-            .env_remove("RUST_LOG");
-        cmd
-    }
-
-    pub fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("the binary runs")
-    }
-
-    pub fn rotate(&self) -> Output {
-        self.run(&["rotate", &self.app_secret])
-    }
-
-    pub fn status(&self) -> Value {
-        let out = self.run(&["status", &self.app_secret, "--json"]);
-        assert!(
-            out.status.success(),
-            "status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("status --json prints one JSON object")
-    }
-
-    /// The step record, or `None` before the first rotation.
-    pub fn try_status(&self) -> Option<Value> {
-        let out = self.run(&["status", &self.app_secret, "--json"]);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).expect("status --json prints JSON"))
-    }
-
-    /// Starts `rds-rotator rotate` with a failpoint that pauses it, waits until it gets there and
-    /// returns the paused process, ready to be killed.
-    pub fn rotate_until(&self, failpoint: &str, lease: &str) -> Child {
-        let mut child = self
-            .command(&["rotate", &self.app_secret])
-            .env("ROTATOR_TEST_FAILPOINTS", format!("{failpoint}=pause"))
-            .env("ROTATOR_LEASE_DURATION", lease)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let mut seen = String::new();
-        for line in BufReader::new(stderr).lines() {
-            let line = line.unwrap();
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains(&format!("failpoint {failpoint} reached")) {
-                return child;
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("rotate exited before failpoint {failpoint}:\n{seen}");
-    }
-
-    pub async fn secret_at(&self, id: &str, stage: &str) -> Option<Value> {
-        match self
-            .sm
-            .get_secret_value()
-            .secret_id(id)
-            .version_stage(stage)
-            .send()
-            .await
-        {
-            Ok(out) => Some(serde_json::from_str(out.secret_string().unwrap()).unwrap()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
-            {
-                None
-            }
-            Err(e) => panic!("GetSecretValue {id} {stage}: {e:?}"),
-        }
-    }
-
-    pub async fn current(&self) -> Value {
-        self.secret_at(&self.app_secret, "AWSCURRENT")
-            .await
-            .expect("AWSCURRENT exists")
-    }
-
-    /// version id -> labels
-    pub async fn versions(&self, id: &str) -> Vec<(String, Vec<String>)> {
-        let out = self
-            .sm
-            .describe_secret()
-            .secret_id(id)
-            .send()
-            .await
-            .unwrap();
-        let mut v: Vec<_> = out
-            .version_ids_to_stages()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
-    pub async fn version_with(&self, id: &str, stage: &str) -> Option<String> {
-        self.versions(id)
-            .await
-            .into_iter()
-            .find(|(_, l)| l.iter().any(|l| l == stage))
-            .map(|(v, _)| v)
-    }
-
     pub async fn login(&self, user: &str, password: &str) -> Result<(), String> {
         let client = pg_connect(&self.dbname, user, password)
             .await
@@ -402,6 +289,175 @@ impl Pair {
             pending.is_none() || pending == current_version,
             "AWSPENDING left on {pending:?}"
         );
+    }
+}
+
+/// What every test pair offers, whatever its engine: the binary configured for it, and its
+/// secrets as Secrets Manager holds them.
+pub trait Harness {
+    fn sm(&self) -> &Sm;
+    fn app_secret_id(&self) -> &str;
+    fn table_name(&self) -> &str;
+
+    /// The binary, configured for this pair's table and the local stack.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("ROTATOR_TABLE", self.table_name())
+            .env("ROTATOR_DB_TLS", "disable")
+            .env("ROTATOR_TEST_DEADLINE", "20s")
+            .env_remove("ROTATOR_TEST_FAILPOINTS")
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("the binary runs")
+    }
+
+    fn rotate(&self) -> Output {
+        self.run(&["rotate", self.app_secret_id()])
+    }
+
+    fn status(&self) -> Value {
+        let out = self.run(&["status", self.app_secret_id(), "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json prints one JSON object")
+    }
+
+    /// The step record, or `None` before the first rotation.
+    fn try_status(&self) -> Option<Value> {
+        let out = self.run(&["status", self.app_secret_id(), "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("status --json prints JSON"))
+    }
+
+    /// Starts `rds-rotator rotate` with a failpoint that pauses it, waits until it gets there and
+    /// returns the paused process, ready to be killed.
+    fn rotate_until(&self, failpoint: &str, lease: &str) -> Child {
+        let mut child = self
+            .command(&["rotate", self.app_secret_id()])
+            .env("ROTATOR_TEST_FAILPOINTS", format!("{failpoint}=pause"))
+            .env("ROTATOR_LEASE_DURATION", lease)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(&format!("failpoint {failpoint} reached")) {
+                return child;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("rotate exited before failpoint {failpoint}:\n{seen}");
+    }
+
+    async fn secret_at(&self, id: &str, stage: &str) -> Option<Value> {
+        match self
+            .sm()
+            .get_secret_value()
+            .secret_id(id)
+            .version_stage(stage)
+            .send()
+            .await
+        {
+            Ok(out) => Some(serde_json::from_str(out.secret_string().unwrap()).unwrap()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                None
+            }
+            Err(e) => panic!("GetSecretValue {id} {stage}: {e:?}"),
+        }
+    }
+
+    async fn current(&self) -> Value {
+        self.secret_at(self.app_secret_id(), "AWSCURRENT")
+            .await
+            .expect("AWSCURRENT exists")
+    }
+
+    /// version id -> labels
+    async fn versions(&self, id: &str) -> Vec<(String, Vec<String>)> {
+        let out = self
+            .sm()
+            .describe_secret()
+            .secret_id(id)
+            .send()
+            .await
+            .unwrap();
+        let mut v: Vec<_> = out
+            .version_ids_to_stages()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    async fn version_with(&self, id: &str, stage: &str) -> Option<String> {
+        self.versions(id)
+            .await
+            .into_iter()
+            .find(|(_, l)| l.iter().any(|l| l == stage))
+            .map(|(v, _)| v)
+    }
+
+    /// The distinct passwords of every version (deprecated ones included) of these secrets.
+    async fn passwords_in(&self, ids: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for id in ids {
+            let listed = self
+                .sm()
+                .list_secret_version_ids()
+                .secret_id(id)
+                .include_deprecated(true)
+                .max_results(100)
+                .send()
+                .await
+                .unwrap();
+            for v in listed.versions() {
+                let value = self
+                    .sm()
+                    .get_secret_value()
+                    .secret_id(id)
+                    .version_id(v.version_id().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                let json: Value = serde_json::from_str(value.secret_string().unwrap()).unwrap();
+                let pw = json["password"].as_str().unwrap().to_owned();
+                if !out.contains(&pw) {
+                    out.push(pw);
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Harness for Pair {
+    fn sm(&self) -> &Sm {
+        &self.sm
+    }
+
+    fn app_secret_id(&self) -> &str {
+        &self.app_secret
+    }
+
+    fn table_name(&self) -> &str {
+        &self.table
     }
 }
 
@@ -758,30 +814,9 @@ impl Pair {
             self.proxy_secrets[0].clone(),
             self.proxy_secrets[1].clone(),
         ];
-        for id in ids {
-            let listed = self
-                .sm
-                .list_secret_version_ids()
-                .secret_id(&id)
-                .include_deprecated(true)
-                .max_results(100)
-                .send()
-                .await
-                .unwrap();
-            for v in listed.versions() {
-                let value = self
-                    .sm
-                    .get_secret_value()
-                    .secret_id(&id)
-                    .version_id(v.version_id().unwrap())
-                    .send()
-                    .await
-                    .unwrap();
-                let json: Value = serde_json::from_str(value.secret_string().unwrap()).unwrap();
-                let pw = json["password"].as_str().unwrap().to_owned();
-                if !out.contains(&pw) {
-                    out.push(pw);
-                }
+        for pw in self.passwords_in(&ids).await {
+            if !out.contains(&pw) {
+                out.push(pw);
             }
         }
         out
