@@ -40,6 +40,11 @@ pub fn record(name: &str) {
     let _ = CURRENT.try_with(|t| t.add(name));
 }
 
+/// The current task's tally so far (empty outside one).
+pub fn snapshot() -> BTreeMap<String, u64> {
+    CURRENT.try_with(Tally::snapshot).unwrap_or_default()
+}
+
 /// Sums the calls whose name starts with `prefix` (e.g. `SecretsManager.`).
 pub fn total(calls: &BTreeMap<String, u64>, prefix: &str) -> u64 {
     calls

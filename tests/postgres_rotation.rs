@@ -316,3 +316,59 @@ async fn the_proxy_stand_in_answers_like_rds_proxy() {
         "{err}"
     );
 }
+
+/// The call budget of a rotation that nothing interrupts, read from `status --json`: the calls of
+/// the process that wrote the record, up to its last write.
+#[tokio::test]
+async fn an_uninterrupted_rotation_stays_within_its_call_budget() {
+    let pair = Pair::new().await;
+    // The application's path straight to the database, so that no proxy refresh lag adds probes.
+    let mut app = pair.current().await;
+    app["database_host"] = json!(stack().pg_host);
+    app["database_port"] = json!(stack().pg_port.to_string());
+    pair.sm
+        .put_secret_value()
+        .secret_id(&pair.app_secret)
+        .secret_string(app.to_string())
+        .send()
+        .await
+        .unwrap();
+    let out = pair.rotate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pair.assert_rotated_to(&pair.users[1]).await;
+    let calls = pair.status()["calls"].clone();
+    let count = |prefix: &str| -> u64 {
+        calls
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.as_u64().unwrap())
+            .sum()
+    };
+    let sm = count("SecretsManager.");
+    let writes = count("DynamoDB.UpdateItem") + count("DynamoDB.PutItem");
+    let pg = count("postgres.connect");
+    // The last record write and the lease release come after the counts were saved: +2 writes.
+    report(
+        "call-budget",
+        &format!(
+            "call budget: {sm} Secrets Manager calls, {} DynamoDB writes, {pg} PostgreSQL connections per rotation ({calls})",
+            writes + 2
+        ),
+    );
+    assert!(sm <= 7, "{sm} Secrets Manager calls: {calls}");
+    assert_eq!(count("SecretsManager.PutSecretValue"), 2, "{calls}");
+    assert_eq!(
+        count("SecretsManager.UpdateSecretVersionStage"),
+        2,
+        "{calls}"
+    );
+    // Acquire, the record when the rotation begins, one per step but the last (saved after it).
+    assert!(writes + 2 <= 8, "{} DynamoDB writes: {calls}", writes + 2);
+    assert!(pg <= 2, "{pg} PostgreSQL connections: {calls}");
+}

@@ -102,6 +102,15 @@ fn record_from(item: &Item) -> Result<Option<StepRecord>, RecordStoreError> {
         updated_at: get_n(item, "updated_at"),
         finished_at: get_n(item, "finished_at"),
         last_success_at: get_n(item, "last_success_at"),
+        calls: item
+            .get("calls")
+            .and_then(|v| v.as_m().ok())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_n().ok()?.parse().ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }))
 }
 
@@ -125,6 +134,12 @@ fn record_attrs(r: &StepRecord) -> Vec<(&'static str, Option<AttributeValue>)> {
         ("updated_at", opt_n(r.updated_at)),
         ("finished_at", opt_n(r.finished_at)),
         ("last_success_at", opt_n(r.last_success_at)),
+        (
+            "calls",
+            (!r.calls.is_empty()).then(|| {
+                AttributeValue::M(r.calls.iter().map(|(k, v)| (k.clone(), n(*v))).collect())
+            }),
+        ),
     ]
 }
 

@@ -394,6 +394,8 @@ impl Rotator {
         trace: &Trace,
     ) -> Result<Outcome, RotationError> {
         let now = now_ms();
+        // What planning a new rotation read, reused by its steps instead of read again.
+        let mut planned: Option<(AppSecret, Option<UserSecret>)> = None;
         let (record, resumed) = match existing {
             // A rotation in progress is always finished first, whatever was asked.
             Some(mut r) if r.is_in_progress() => {
@@ -411,7 +413,8 @@ impl Rotator {
                 });
             }
             previous => match self.plan(meta).await {
-                Ok(plan) => {
+                Ok((plan, current, proxy)) => {
+                    planned = Some((current, proxy));
                     let id = Uuid::new_v4().to_string();
                     info!(secret = %meta.arn, rotation_id = %id, from = %plan.current_user,
                           to = %plan.target_user, "starting rotation");
@@ -442,13 +445,18 @@ impl Rotator {
         // Persisted before AWSPENDING is written: from here on, any process resumes this id.
         self.records.save(lease, &record).await?;
 
+        let fresh = planned.is_some();
+        let (current, proxy) = planned.unzip();
         let mut run = Run {
             rotator: self,
             lease,
             lost,
             trace,
             record,
-            current: None,
+            meta: Some(meta.clone()),
+            fresh,
+            current,
+            proxy: proxy.flatten(),
             pending: None,
         };
         let mut attempt = 1;
@@ -480,6 +488,9 @@ impl Rotator {
                     warn!(secret = %run.record.secret_id, step = %run.record.step, error = %e,
                           retry_in = ?delay, "retryable failure");
                     attempt += 1;
+                    // The failed attempt may have done part of its step: check from now on.
+                    run.fresh = false;
+                    run.meta = None;
                     trace.with(|t| t.retries += 1);
                     tokio::time::sleep(delay).await;
                 }
@@ -493,7 +504,10 @@ impl Rotator {
 
     /// Decides who rotates to whom, before anything is written. Every check that could reject the
     /// secret runs here, so bad input changes nothing.
-    async fn plan(&self, meta: &SecretMeta) -> Result<Plan, RotationError> {
+    async fn plan(
+        &self,
+        meta: &SecretMeta,
+    ) -> Result<(Plan, AppSecret, Option<UserSecret>), RotationError> {
         let arn = &meta.arn;
         let current_version =
             meta.version_with(Stage::Current)
@@ -508,13 +522,14 @@ impl Rotator {
             warn!(secret = %arn, user = %target,
                   "single-user rotation: the password in use changes, so applications may briefly fail to log in");
         }
-        let proxy_secret_id = self.find_proxy_secret(&current, &target).await?;
-        Ok(Plan {
+        let proxy = self.find_proxy_secret(&current, &target).await?;
+        let plan = Plan {
             current_version: current_version.to_owned(),
             current_user: current.credentials.username.clone(),
             target_user: target,
-            proxy_secret_id,
-        })
+            proxy_secret_id: proxy.as_ref().map(|(id, _)| id.clone()),
+        };
+        Ok((plan, current, proxy.map(|(_, secret)| secret)))
     }
 
     async fn read_app_secret(&self, arn: &str, version: &str) -> Result<AppSecret, RotationError> {
@@ -551,15 +566,25 @@ impl Rotator {
     }
 
     /// The proxy secret whose `username` is `user`. With proxy secrets configured, one must match.
+    /// The one listed at the user's position in `rotation_usernames` is read first: that is the
+    /// usual layout, and it saves reading the others.
     async fn find_proxy_secret(
         &self,
         app: &AppSecret,
         user: &str,
-    ) -> Result<Option<String>, RotationError> {
-        if app.proxy_secret_ids.is_empty() {
+    ) -> Result<Option<(String, UserSecret)>, RotationError> {
+        let ids = &app.proxy_secret_ids;
+        if ids.is_empty() {
             return Ok(None);
         }
-        for id in &app.proxy_secret_ids {
+        let mut order: Vec<&String> = ids.iter().collect();
+        if let Some(i) = app.rotation_usernames.iter().position(|u| u == user) {
+            if i < order.len() {
+                let first = order.remove(i);
+                order.insert(0, first);
+            }
+        }
+        for id in order {
             let secret = self
                 .read_user_secret(id, At::Stage(Stage::Current))
                 .await?
@@ -568,12 +593,12 @@ impl Rotator {
                     reason: "the proxy secret does not exist or has no AWSCURRENT version".into(),
                 })?;
             if secret.username() == user {
-                return Ok(Some(id.clone()));
+                return Ok(Some((id.clone(), secret)));
             }
         }
         Err(RotationError::NoProxySecret {
             user: user.to_owned(),
-            count: app.proxy_secret_ids.len(),
+            count: ids.len(),
         })
     }
 }
@@ -603,6 +628,28 @@ fn skip_reason(previous: &StepRecord, request: &Request, now: u64) -> Option<Str
     })
 }
 
+/// Where the idle user's current password may be known, best first.
+#[derive(Debug, Clone, Copy)]
+enum KnownSource {
+    /// Its RDS Proxy secret: RDS Proxy logs in with it, so it is right unless someone changed it.
+    ProxySecret,
+    /// The previous version of the app secret, when it was for this user.
+    Previous,
+    /// AWSCURRENT itself, in single-user rotation.
+    Current,
+    /// The master secret, when the secret names one.
+    Master,
+}
+
+impl KnownSource {
+    const ALL: [KnownSource; 4] = [
+        KnownSource::ProxySecret,
+        KnownSource::Previous,
+        KnownSource::Current,
+        KnownSource::Master,
+    ];
+}
+
 /// One rotation in progress under a lease.
 struct Run<'a> {
     rotator: &'a Rotator,
@@ -610,8 +657,15 @@ struct Run<'a> {
     lost: &'a AtomicBool,
     trace: &'a Trace,
     record: StepRecord,
+    /// The secret's labels as read just before the lease; `None` once stale.
+    meta: Option<SecretMeta>,
+    /// This rotation began in this process and no attempt has failed yet, so no step can be
+    /// half done: the steps skip their "already done?" reads. Resumed or retried runs check.
+    fresh: bool,
     /// The AWSCURRENT version the rotation began from, parsed.
     current: Option<AppSecret>,
+    /// The target user's proxy secret as planning read it (fresh runs only).
+    proxy: Option<UserSecret>,
     /// The target user's new credentials, read back from the pending version.
     pending: Option<Credentials>,
 }
@@ -659,6 +713,7 @@ impl Run<'_> {
             self.trace.with(|t| t.steps.push((step, began.elapsed())));
             failpoint::hit(&format!("after:{step}")).await;
             self.record.advance(next, now_ms());
+            self.record.calls = crate::calls::snapshot();
             self.rotator.records.save(self.lease, &self.record).await?;
             info!(secret = %self.arn(), rotation_id = %self.rotation_id(), done = %step, next = %next, "step complete");
         }
@@ -667,7 +722,12 @@ impl Run<'_> {
 
     /// AWSCURRENT must still be where the rotation began, unless this rotation already moved it.
     async fn check_current_label(&mut self) -> Result<(), RotationError> {
-        let meta = self.rotator.secrets.describe(self.arn()).await?;
+        // The labels read just before the lease will do: if AWSCURRENT moves after that, the
+        // finish step's compare-and-swap refuses.
+        let meta = match self.meta.take() {
+            Some(m) => m,
+            None => self.rotator.secrets.describe(self.arn()).await?,
+        };
         let expected = self.record.current_version.clone().unwrap_or_default();
         match meta.version_with(Stage::Current) {
             Some(v) if v == expected => Ok(()),
@@ -716,12 +776,14 @@ impl Run<'_> {
 
     async fn create_pending(&mut self) -> Result<Step, RotationError> {
         let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
-        let exists = self
-            .rotator
-            .secrets
-            .get(&arn, At::Version(&id))
-            .await?
-            .is_some();
+        // A fresh rotation's version cannot exist yet (its id was made moments ago).
+        let exists = !self.fresh
+            && self
+                .rotator
+                .secrets
+                .get(&arn, At::Version(&id))
+                .await?
+                .is_some();
         if !exists {
             // Only ever generated here, for a version that does not exist yet: a resumed run reads
             // the stored one, since AWS refuses a different value under the same token.
@@ -733,6 +795,8 @@ impl Run<'_> {
                 .secrets
                 .put(&arn, &id, &value, Stage::Pending)
                 .await?;
+            // What we just stored; a resumed run reads it back instead.
+            self.pending = Some(creds);
         }
         self.pending().await?;
         Ok(Step::SetPassword)
@@ -743,17 +807,23 @@ impl Run<'_> {
         let current = self.current().await?.clone();
         let at = current.admin_endpoint();
         let db = &self.rotator.db;
-        match db.check_login(current.engine, at, &pending).await {
-            Ok(()) => return Ok(Step::UpdateProxy),
-            Err(DbError::LoginRejected(_)) => {}
-            Err(e) => return Err(e.into()),
+        // Already set by an earlier attempt? A fresh run knows it is not.
+        if !self.fresh {
+            match db.check_login(current.engine, at, &pending).await {
+                Ok(()) => return Ok(Step::UpdateProxy),
+                Err(DbError::LoginRejected(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let mut tried = Vec::new();
-        for (source, login) in self.known_credentials(&current).await? {
+        // Read one source at a time: the first usually works, and the others cost calls.
+        for source in KnownSource::ALL {
+            let (source, login) = self.known_credentials(source, &current).await?;
             let Some(login) = login else {
-                tried.push(source);
+                tried.extend(source);
                 continue;
             };
+            let source = source.unwrap_or_default();
             match db
                 .set_password(
                     current.engine,
@@ -779,61 +849,80 @@ impl Run<'_> {
         })
     }
 
-    /// The idle user's last known credentials, best first, each with a label for error messages.
-    /// `None` means the source exists in principle but holds nothing usable.
+    /// The idle user's last known credentials from one source, with a label for messages.
+    /// `(None, None)`: the source does not apply; `(Some(label), None)`: it holds nothing usable.
     async fn known_credentials(
         &mut self,
+        source: KnownSource,
         current: &AppSecret,
-    ) -> Result<Vec<(String, Option<Credentials>)>, RotationError> {
+    ) -> Result<(Option<String>, Option<Credentials>), RotationError> {
         let target = self.target_user().to_owned();
-        let secrets = &self.rotator.secrets;
-        let mut sources = Vec::new();
-        match &self.record.proxy_secret_id {
-            Some(id) => {
-                let s = self
-                    .rotator
-                    .read_user_secret(id, At::Stage(Stage::Current))
-                    .await?;
-                let creds = s.map(|s| s.credentials).filter(|c| c.username == target);
+        match source {
+            KnownSource::ProxySecret => {
+                let Some(id) = self.record.proxy_secret_id.clone() else {
+                    return Ok((Some("proxy secret: none configured".to_owned()), None));
+                };
+                let secret = match &self.proxy {
+                    Some(s) => Some(s.clone()),
+                    None => {
+                        self.rotator
+                            .read_user_secret(&id, At::Stage(Stage::Current))
+                            .await?
+                    }
+                };
+                let creds = secret
+                    .map(|s| s.credentials)
+                    .filter(|c| c.username == target);
                 let label = if creds.is_some() {
                     format!("proxy secret {id}")
                 } else {
                     format!("proxy secret {id}: not for {target}")
                 };
-                sources.push((label, creds));
+                Ok((Some(label), creds))
             }
-            None => sources.push(("proxy secret: none configured".to_owned(), None)),
-        }
-        let previous = secrets.get(self.arn(), At::Stage(Stage::Previous)).await?;
-        let previous = match previous {
-            None => ("AWSPREVIOUS: absent".to_owned(), None),
-            Some(v) => match AppSecret::parse(&v.value) {
-                Ok(p) if p.credentials.username == target => {
-                    ("AWSPREVIOUS".to_owned(), Some(p.credentials))
-                }
-                Ok(p) => (
-                    format!("AWSPREVIOUS: holds user {}", p.credentials.username),
-                    None,
-                ),
-                Err(e) => (format!("AWSPREVIOUS: unreadable ({e})"), None),
-            },
-        };
-        sources.push(previous);
-        if current.credentials.username == target {
-            // Single-user rotation: the user in use is the one that changes.
-            sources.push(("AWSCURRENT".to_owned(), Some(current.credentials.clone())));
-        }
-        match &current.master_secret_id {
-            Some(id) => {
-                let s = self
+            KnownSource::Previous => {
+                let previous = self
                     .rotator
-                    .read_user_secret(id, At::Stage(Stage::Current))
+                    .secrets
+                    .get(self.arn(), At::Stage(Stage::Previous))
                     .await?;
-                sources.push((format!("master secret {id}"), s.map(|s| s.credentials)));
+                Ok(match previous {
+                    None => (Some("AWSPREVIOUS: absent".to_owned()), None),
+                    Some(v) => match AppSecret::parse(&v.value) {
+                        Ok(p) if p.credentials.username == target => {
+                            (Some("AWSPREVIOUS".to_owned()), Some(p.credentials))
+                        }
+                        Ok(p) => (
+                            Some(format!(
+                                "AWSPREVIOUS: holds user {}",
+                                p.credentials.username
+                            )),
+                            None,
+                        ),
+                        Err(e) => (Some(format!("AWSPREVIOUS: unreadable ({e})")), None),
+                    },
+                })
             }
-            None => sources.push(("master secret: not configured".to_owned(), None)),
+            // Single-user rotation: the user in use is the one that changes.
+            KnownSource::Current if current.credentials.username == target => Ok((
+                Some("AWSCURRENT".to_owned()),
+                Some(current.credentials.clone()),
+            )),
+            KnownSource::Current => Ok((None, None)),
+            KnownSource::Master => match &current.master_secret_id {
+                Some(id) => {
+                    let s = self
+                        .rotator
+                        .read_user_secret(id, At::Stage(Stage::Current))
+                        .await?;
+                    Ok((
+                        Some(format!("master secret {id}")),
+                        s.map(|s| s.credentials),
+                    ))
+                }
+                None => Ok((Some("master secret: not configured".to_owned()), None)),
+            },
         }
-        Ok(sources)
     }
 
     async fn update_proxy(&mut self) -> Result<Step, RotationError> {
@@ -843,7 +932,13 @@ impl Run<'_> {
         let pending = self.pending().await?;
         let token = proxy_token(self.rotation_id());
         let secrets = &self.rotator.secrets;
-        match secrets.get(&proxy_id, At::Version(&token)).await? {
+        // A fresh run has not written it yet.
+        let written = if self.fresh {
+            None
+        } else {
+            secrets.get(&proxy_id, At::Version(&token)).await?
+        };
+        match written {
             Some(v) if v.has(Stage::Current) => {}
             Some(_) => {
                 // Written, but someone moved AWSCURRENT away since: move it back only via CAS.
@@ -857,15 +952,18 @@ impl Run<'_> {
                     .await?;
             }
             None => {
-                let proxy = self
-                    .rotator
-                    .read_user_secret(&proxy_id, At::Stage(Stage::Current))
-                    .await?
-                    .ok_or_else(|| RotationError::Inconsistent {
-                        secret: proxy_id.clone(),
-                        reason: "the proxy secret does not exist or has no AWSCURRENT version"
-                            .into(),
-                    })?;
+                let proxy = match self.proxy.clone() {
+                    Some(p) => Some(p),
+                    None => {
+                        self.rotator
+                            .read_user_secret(&proxy_id, At::Stage(Stage::Current))
+                            .await?
+                    }
+                };
+                let proxy = proxy.ok_or_else(|| RotationError::Inconsistent {
+                    secret: proxy_id.clone(),
+                    reason: "the proxy secret does not exist or has no AWSCURRENT version".into(),
+                })?;
                 if proxy.username() != pending.username {
                     return Err(RotationError::Inconsistent {
                         secret: proxy_id,
@@ -927,9 +1025,16 @@ impl Run<'_> {
     async fn finish(&mut self) -> Result<Step, RotationError> {
         let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
         let secrets = &self.rotator.secrets;
-        let meta = secrets.describe(&arn).await?;
         let expected = self.record.current_version.clone().unwrap_or_default();
-        match meta.version_with(Stage::Current) {
+        // A fresh run knows where the labels are: AWSCURRENT where it began (the compare-and-swap
+        // checks that), AWSPENDING on its own version. Others look first.
+        let current_at = if self.fresh {
+            Some(expected.clone())
+        } else {
+            let meta = secrets.describe(&arn).await?;
+            meta.version_with(Stage::Current).map(str::to_owned)
+        };
+        match current_at.as_deref() {
             Some(v) if v == id => {}
             Some(v) if v == expected => {
                 if let Err(e) = secrets
@@ -963,19 +1068,25 @@ impl Run<'_> {
                 })
             }
         }
-        // AWSPENDING is on our version (PutSecretValue moved it there); drop it wherever it is,
-        // so nothing pending outlives the rotation.
-        let meta = secrets.describe(&arn).await?;
-        if let Some(v) = meta.version_with(Stage::Pending) {
-            match secrets.remove_stage(&arn, Stage::Pending, v).await {
+        // Drop AWSPENDING wherever it is, so nothing pending outlives the rotation.
+        let pending_at = if self.fresh {
+            Some(id.clone())
+        } else {
+            let meta = secrets.describe(&arn).await?;
+            meta.version_with(Stage::Pending).map(str::to_owned)
+        };
+        if let Some(v) = pending_at {
+            match secrets.remove_stage(&arn, Stage::Pending, &v).await {
                 Ok(()) => {}
-                // Already gone: an earlier attempt whose answer was lost removed it.
-                Err(SecretStoreError::Refused(_))
-                    if secrets
-                        .describe(&arn)
-                        .await?
-                        .version_with(Stage::Pending)
-                        .is_none() => {}
+                // Not there: an earlier attempt whose answer was lost removed it, or it moved.
+                Err(SecretStoreError::Refused(_)) => {
+                    let now = secrets.describe(&arn).await?;
+                    if let Some(elsewhere) = now.version_with(Stage::Pending) {
+                        secrets
+                            .remove_stage(&arn, Stage::Pending, elsewhere)
+                            .await?;
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -999,6 +1110,7 @@ impl Run<'_> {
         }
         let reason = format!("{}: {e}", self.record.step);
         self.record.note_error(reason, !e.is_retryable(), now_ms());
+        self.record.calls = crate::calls::snapshot();
         if let Err(save) = self.rotator.records.save(self.lease, &self.record).await {
             warn!(secret = %self.arn(), error = %save, "could not record the failure");
         }

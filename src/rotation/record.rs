@@ -2,6 +2,7 @@
 //! resume it. It never holds a password; the pending password lives only in the AWSPENDING version
 //! whose id is the rotation id.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -153,6 +154,9 @@ pub struct StepRecord {
     /// When the last successful rotation of this secret finished; survives later failures.
     #[serde(serialize_with = "ser_time")]
     pub last_success_at: Option<u64>,
+    /// External calls of the process that last wrote this record, for this rotation, up to that
+    /// write: `Service.Operation` for AWS, `<engine>.connect` for databases.
+    pub calls: BTreeMap<String, u64>,
 }
 
 /// What a rotation starts from, decided before anything is written.
@@ -189,6 +193,7 @@ impl StepRecord {
             updated_at: Some(now),
             finished_at: None,
             last_success_at: previous.and_then(|p| p.last_success_at),
+            calls: BTreeMap::new(),
         }
     }
 
@@ -218,6 +223,7 @@ impl StepRecord {
             updated_at: Some(now),
             finished_at: Some(now),
             last_success_at: previous.and_then(|p| p.last_success_at),
+            calls: BTreeMap::new(),
         }
     }
 
