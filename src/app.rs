@@ -12,6 +12,7 @@ use crate::db::{tls::DbTls, Databases};
 use crate::message::{RotateMessage, SelectMessage, TagSelector};
 use crate::metrics::Emf;
 use crate::password::PasswordPolicy;
+use crate::ratelimit::RateLimit;
 use crate::rotation::ports::{RecordStore, Reporter, Reporters, SecretStore};
 use crate::rotation::{
     LeaseWait, Outcome, Request, RetryPolicy, RotationError, Rotator, Settings, Shutdown,
@@ -118,7 +119,9 @@ fn rotator(
     let shutdown = Shutdown::default();
     on_signals(shutdown.clone());
     Ok(Rotator {
-        secrets: Arc::new(SecretsManager::new(aws)),
+        secrets: Arc::new(
+            SecretsManager::new(aws).with_write_limit(Arc::new(RateLimit::new(args.sm_write_tps))),
+        ),
         records: Arc::new(DynamoRecords::new(aws, &args.table)),
         db: Arc::new(Databases::new(tls)),
         reporter: reporter(args, aws, worker),

@@ -75,6 +75,11 @@ pub struct GlobalArgs {
         global = true
     )]
     pub password_length: usize,
+    /// Secrets Manager write calls (PutSecretValue, UpdateSecretVersionStage) per second, for all
+    /// rotations of this process together. The account-region quota is about 50: with N workers,
+    /// give each 40/N.
+    #[arg(long, env = "ROTATOR_SM_WRITE_TPS", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub sm_write_tps: u32,
     /// Metrics on stdout. Default: `emf` for `worker`, `off` for the other commands (their stdout
     /// is their answer).
     #[arg(long, env = "ROTATOR_METRICS", value_enum, global = true)]

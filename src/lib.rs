@@ -10,6 +10,7 @@ pub mod failpoint;
 pub mod message;
 pub mod metrics;
 pub mod password;
+pub mod ratelimit;
 pub mod rotation;
 pub mod secret;
 pub mod telemetry;

@@ -1,20 +1,38 @@
 //! `SecretStore` over AWS Secrets Manager.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::failure;
+use crate::ratelimit::RateLimit;
 use crate::rotation::ports::{At, SecretMeta, SecretStore, SecretStoreError, SecretVersion, Stage};
 
 #[derive(Clone)]
 pub struct SecretsManager {
     client: Client,
+    /// Paces PutSecretValue and UpdateSecretVersionStage; shared by every clone.
+    writes: Option<Arc<RateLimit>>,
 }
 
 impl SecretsManager {
+    /// Limits this adapter's (and its clones') write calls; see [`RateLimit`].
+    pub fn with_write_limit(mut self, limit: Arc<RateLimit>) -> Self {
+        self.writes = Some(limit);
+        self
+    }
+
+    async fn write_permit(&self) {
+        if let Some(limit) = &self.writes {
+            limit.acquire().await;
+        }
+    }
+
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         Self {
+            writes: None,
             client: Client::from_conf(
                 aws_sdk_secretsmanager::config::Builder::from(config)
                     .interceptor(super::CountCalls)
@@ -107,6 +125,7 @@ impl SecretStore for SecretsManager {
         value: &SecretString,
         stage: Stage,
     ) -> Result<(), SecretStoreError> {
+        self.write_permit().await;
         self.client
             .put_secret_value()
             .secret_id(secret_id)
@@ -126,6 +145,7 @@ impl SecretStore for SecretsManager {
         to: &str,
         from: &str,
     ) -> Result<(), SecretStoreError> {
+        self.write_permit().await;
         self.client
             .update_secret_version_stage()
             .secret_id(secret_id)
@@ -144,6 +164,7 @@ impl SecretStore for SecretsManager {
         stage: Stage,
         from: &str,
     ) -> Result<(), SecretStoreError> {
+        self.write_permit().await;
         self.client
             .update_secret_version_stage()
             .secret_id(secret_id)
