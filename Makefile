@@ -12,16 +12,20 @@ TEST_ARGS ?=
 # Extra arguments for cargo-deny's check, e.g.  make deny DENY_ARGS=advisories
 DENY_ARGS ?=
 
-.PHONY: help stack-up stack-down stack-status test load-run demo lint fmt deny ci
+.PHONY: help stack-up stack-down stack-status test load-run demo bench lint fmt deny ci
 
 help:
 	@echo 'make test        start the local stack, cargo test --all-targets $$TEST_ARGS, stop the stack'
 	@echo 'make demo        start the local stack, cargo build, scripts/demo, stop the stack'
+	@echo 'make bench       start the local stack, build release and the image, print the benchmark table (scripts/bench)'
 	@echo 'make lint        cargo fmt --check and cargo clippy -D warnings'
 	@echo 'make deny        cargo-deny (advisories offline from ../shared/advisory-db, licenses, bans, sources)'
 	@echo 'make stack-up    start PostgreSQL, MariaDB and moto and print their env (eval "$$(scripts/local-stack start)")'
 	@echo 'make stack-down  stop them and delete their data'
 	@echo 'make ci          what CI runs (.ci/run)'
+
+bench:
+	@scripts/bench
 
 stack-up:
 	@$(STACK) start

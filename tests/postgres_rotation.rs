@@ -372,3 +372,36 @@ async fn an_uninterrupted_rotation_stays_within_its_call_budget() {
     assert!(writes + 2 <= 8, "{} DynamoDB writes: {calls}", writes + 2);
     assert!(pg <= 2, "{pg} PostgreSQL connections: {calls}");
 }
+
+/// Two `rotate` commands at once: the second waits for the first's lease, then rotates again from
+/// what the first left (it must not plan from the labels it read before waiting).
+#[tokio::test]
+async fn a_rotate_that_waited_for_another_rotates_again_from_its_result() {
+    let pair = Pair::new().await;
+    let mut first = pair
+        .command(&["rotate", &pair.app_secret])
+        .env("ROTATOR_TEST_FAILPOINTS", "before:test=sleep(1500)")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(
+        "the first rotation to begin",
+        Duration::from_secs(20),
+        || async {
+            pair.try_status()
+                .is_some_and(|s| s["state"] == "in_progress")
+        },
+    )
+    .await;
+    let second = pair.rotate();
+    let first_status = first.wait().unwrap();
+    assert!(first_status.success(), "the first rotate failed");
+    assert!(
+        second.status.success(),
+        "the second rotate failed: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another process holds the lease"));
+    pair.assert_rotated_to(&pair.users[0]).await;
+}

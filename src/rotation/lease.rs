@@ -10,12 +10,13 @@ use super::ports::{Acquired, Lease, RecordStoreError};
 use super::record::{now_ms, StepRecord};
 use super::{LeaseWait, RotationError, Rotator};
 
-/// Takes the lease on `arn`, waiting for an expired holder when allowed.
+/// Takes the lease on `arn`, waiting for an expired holder when allowed. The flag says whether it
+/// had to wait: what was read before may be stale then.
 pub(super) async fn acquire(
     rotator: &Rotator,
     arn: &str,
     wait: LeaseWait,
-) -> Result<(Lease, Option<StepRecord>), RotationError> {
+) -> Result<(Lease, Option<StepRecord>, bool), RotationError> {
     let ttl = rotator.settings.lease_duration;
     // Unique per acquisition, not per process: two tasks of one worker are two holders. (A retry
     // of the same request after a lost answer carries the same owner, and is let in again.)
@@ -28,9 +29,10 @@ pub(super) async fn acquire(
         LeaseWait::No => now_ms(),
         LeaseWait::UpTo(d) => now_ms() + d.as_millis() as u64,
     };
+    let mut waited = false;
     loop {
         match rotator.records.acquire(arn, &owner, ttl).await? {
-            Acquired::Granted { lease, record } => return Ok((lease, record.map(|r| *r))),
+            Acquired::Granted { lease, record } => return Ok((lease, record.map(|r| *r), waited)),
             Acquired::Held {
                 owner,
                 expires_at_ms,
@@ -48,6 +50,7 @@ pub(super) async fn acquire(
                       expires_in = %humantime::format_duration(Duration::from_millis(expires_at_ms.saturating_sub(now))),
                       "another process holds the lease; waiting for it to finish or expire");
                 tokio::time::sleep(Duration::from_millis(wait_ms.min(give_up_at - now))).await;
+                waited = true;
             }
         }
     }

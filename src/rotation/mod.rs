@@ -369,7 +369,26 @@ impl Rotator {
                 }
             }
         }
-        let (lease, existing) = lease::acquire(self, &meta.arn, wait).await?;
+        let (lease, existing, waited) = lease::acquire(self, &meta.arn, wait).await?;
+        // The labels were read before the lease. If another holder finished a rotation since
+        // (we waited for it, or its record names a version that is not AWSCURRENT in what we
+        // read), read them again: planning from stale labels would fail the compare-and-swap.
+        let stale = waited
+            || existing.as_ref().is_some_and(|r| {
+                r.state == record::State::Finished
+                    && r.rotation_id.as_deref() != meta.version_with(Stage::Current)
+            });
+        let meta = if stale {
+            match self.secrets.describe(secret_id).await {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = self.records.release(&lease).await;
+                    return Err(e.into());
+                }
+            }
+        } else {
+            meta
+        };
         let lost = AtomicBool::new(false);
         let result = lease::heartbeat(
             self,

@@ -29,6 +29,9 @@ pub struct Faults {
 /// What was done, for the test's report.
 #[derive(Debug, Default)]
 pub struct Counts {
+    /// When each request was forwarded, with its `X-Amz-Target` (e.g.
+    /// `secretsmanager.PutSecretValue`): what the emulator saw, and when.
+    pub log: std::sync::Mutex<Vec<(std::time::Instant, String)>>,
     pub forwarded: AtomicU64,
     pub throttled: AtomicU64,
     pub server_errors: AtomicU64,
@@ -189,6 +192,20 @@ async fn handle(
         Some(Fault::LostResponse) | None => {}
     }
     counts.forwarded.fetch_add(1, Ordering::Relaxed);
+    let target = String::from_utf8_lossy(&request)
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("x-amz-target"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    counts
+        .log
+        .lock()
+        .expect("log lock")
+        .push((std::time::Instant::now(), target));
     let mut server = TcpStream::connect(upstream).await?;
     server.write_all(&request).await?;
     // Connection: close, so the response ends when the emulator closes.

@@ -1,0 +1,816 @@
+//! `make bench`: what a rotation costs on the local stack, as one table.
+//!
+//! P1 time per rotation (in a running process, and as `rds-rotator rotate` with process start),
+//! P2 calls per rotation, P3 a thousand secrets for 1 and 4 worker processes against the stack's
+//! ceiling, P4 worker memory, P5 sizes and start-up, P6 the Secrets Manager write limit as the
+//! emulator sees it. Run by `scripts/bench`, which starts the stack and builds the release binary
+//! and the image first; every figure is measured here, none is assumed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use aws_sdk_secretsmanager::Client as Sm;
+use rds_rotator::aws::{dynamo::DynamoRecords, secrets::SecretsManager};
+use rds_rotator::db::{tls::DbTls, tls::TlsMode, Databases};
+use rds_rotator::ratelimit::RateLimit;
+use rds_rotator::rotation::ports::{Reporter, RotationReport};
+use rds_rotator::rotation::{LeaseWait, Outcome, Request, Rotator, Settings, Shutdown};
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rds-rotator");
+
+fn env(k: &str) -> Result<String> {
+    std::env::var(k).with_context(|| {
+        format!(
+            "{k} is not set: run `make bench`, or `eval \"$(scripts/local-stack start)\"` first"
+        )
+    })
+}
+
+fn id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+struct Stack {
+    pg_host: String,
+    pg_port: u16,
+    admin_user: String,
+    admin_password: String,
+    aws: aws_config::SdkConfig,
+    sm: Sm,
+    sqs: aws_sdk_sqs::Client,
+    run: String,
+}
+
+async fn pg_admin(s: &Stack, db: &str) -> Result<tokio_postgres::Client> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&s.pg_host)
+        .port(s.pg_port)
+        .user(&s.admin_user)
+        .password(&s.admin_password)
+        .dbname(db);
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// One secret to rotate: its users in a shared database, two proxy secrets, the app secret.
+/// The application's path is the database itself: no proxy refresh lag is measured.
+#[derive(Clone)]
+struct Pair {
+    arn: String,
+}
+
+async fn make_pairs(s: &Stack, n: usize) -> Result<Vec<Pair>> {
+    let db = format!("bench_{}", s.run);
+    let admin = pg_admin(s, "postgres").await?;
+    if admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+        .await?
+        .is_none()
+    {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await?;
+    }
+    let tag = id();
+    let names: Vec<(String, String, String, String)> = (0..n)
+        .map(|i| {
+            (
+                format!("b{tag}_{i}"),
+                format!("b{tag}_{i}_c"),
+                format!("pw-{}", id()),
+                format!("pw-{}", id()),
+            )
+        })
+        .collect();
+    for chunk in names.chunks(200) {
+        let mut sql = String::new();
+        for (a, b, pa, pb) in chunk {
+            sql.push_str(&format!(
+                "CREATE ROLE {a} LOGIN PASSWORD '{pa}'; CREATE ROLE {b} LOGIN PASSWORD '{pb}'; GRANT CONNECT ON DATABASE {db} TO {a}, {b};\n"
+            ));
+        }
+        admin.batch_execute(&sql).await?;
+    }
+    let mut tasks = JoinSet::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
+    for (i, (a, b, pa, pb)) in names.into_iter().enumerate() {
+        let (sm, limit, db) = (s.sm.clone(), limit.clone(), db.clone());
+        let (host, port, run, tag) = (s.pg_host.clone(), s.pg_port, s.run.clone(), tag.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire().await?;
+            let mut proxies = Vec::new();
+            for (u, p) in [(&a, &pa), (&b, &pb)] {
+                let out = sm
+                    .create_secret()
+                    .name(format!("bench-{run}/proxy/{u}"))
+                    .secret_string(json!({"username": u, "password": p}).to_string())
+                    .send()
+                    .await?;
+                proxies.push(out.arn.unwrap_or_default());
+            }
+            let app = json!({
+                "engine": "postgres", "host": host, "port": port, "dbname": db,
+                "username": a, "password": pa, "rotation_usernames": [a, b],
+                "proxy_secret_ids": proxies,
+            });
+            let out = sm
+                .create_secret()
+                .name(format!("bench-{run}/app/{tag}-{i}"))
+                .secret_string(app.to_string())
+                .send()
+                .await?;
+            anyhow::Ok(Pair {
+                arn: out.arn.unwrap_or_default(),
+            })
+        });
+    }
+    let mut pairs = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        pairs.push(r??);
+    }
+    Ok(pairs)
+}
+
+/// Keeps every report, for the call counts.
+#[derive(Default)]
+struct Reports(Mutex<Vec<RotationReport>>);
+
+#[async_trait]
+impl Reporter for Reports {
+    async fn report(&self, r: &RotationReport) {
+        self.0.lock().unwrap().push(r.clone());
+    }
+}
+
+fn stats(mut xs: Vec<f64>) -> (f64, f64, f64) {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = if xs.len() % 2 == 1 {
+        xs[xs.len() / 2]
+    } else {
+        (xs[xs.len() / 2 - 1] + xs[xs.len() / 2]) / 2.0
+    };
+    (median, xs[0], xs[xs.len() - 1])
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn command(s: &Stack, table: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("ROTATOR_TABLE", table)
+        .env("ROTATOR_DB_TLS", "disable")
+        .env("ROTATOR_TEST_DEADLINE", "20s")
+        .env_remove("RUST_LOG")
+        .env_remove("ROTATOR_TEST_FAILPOINTS");
+    let _ = s;
+    cmd
+}
+
+fn setup_table(s: &Stack, table: &str) -> Result<()> {
+    let out = command(s, table, &["setup"]).output()?;
+    if !out.status.success() {
+        bail!("setup: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn queue(s: &Stack, table: &str, name: &str) -> Result<(String, String)> {
+    let out = command(
+        s,
+        table,
+        &["setup", "--queue-name", name, "--max-receive-count", "50"],
+    )
+    .output()?;
+    if !out.status.success() {
+        bail!(
+            "setup --queue-name: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok((
+        v["queue_url"].as_str().unwrap_or_default().to_owned(),
+        v["dlq_url"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+async fn depth(s: &Stack, url: &str) -> Result<u64> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = s
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await?;
+    Ok(out
+        .attributes()
+        .map(|a| {
+            a.values()
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .unwrap_or(0))
+}
+
+async fn enqueue(s: &Stack, url: &str, pairs: &[Pair], force: bool) -> Result<()> {
+    let mut tasks = JoinSet::new();
+    for chunk in pairs.chunks(10) {
+        let (sqs, url) = (s.sqs.clone(), url.to_owned());
+        let entries: Vec<_> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(format!("m{i}"))
+                    .message_body(
+                        json!({"secret_id": p.arn, "force": force, "request_id": uuid::Uuid::new_v4().to_string()})
+                            .to_string(),
+                    )
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        tasks.spawn(async move {
+            let out = sqs
+                .send_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await?;
+            if !out.failed().is_empty() {
+                bail!(
+                    "SendMessageBatch failed for {} messages",
+                    out.failed().len()
+                );
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn spawn_worker(
+    s: &Stack,
+    table: &str,
+    url: &str,
+    health: &PathBuf,
+    extra: &[(&str, String)],
+) -> Result<Child> {
+    let mut cmd = command(s, table, &["worker"]);
+    cmd.env("ROTATOR_QUEUE_URL", url)
+        .env("ROTATOR_RECEIVE_WAIT", "1s")
+        .env("ROTATOR_MIN_INTERVAL", "0s")
+        .env("ROTATOR_RETRY_DELAY", "1s")
+        .env("ROTATOR_HEALTH_FILE", health)
+        .env("ROTATOR_METRICS", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    Ok(cmd.spawn()?)
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Every pair's record says: finished, and rotated exactly once from `before` (its version then).
+async fn check_once(
+    s: &Stack,
+    table: &str,
+    pairs: &[Pair],
+    before: &BTreeMap<String, String>,
+) -> Result<(usize, BTreeMap<String, String>)> {
+    let records = Arc::new(DynamoRecords::new(&s.aws, table));
+    let mut tasks = JoinSet::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
+    for p in pairs {
+        let (records, limit, arn) = (records.clone(), limit.clone(), p.arn.clone());
+        let expected = before.get(&p.arn).cloned();
+        tasks.spawn(async move {
+            let _permit = limit.acquire().await?;
+            use rds_rotator::rotation::ports::RecordStore;
+            let r = records.load(&arn).await?;
+            let ok = r
+                .as_ref()
+                .is_some_and(|r| r.state.as_str() == "finished" && r.current_version == expected);
+            anyhow::Ok((arn, ok, r.and_then(|r| r.rotation_id)))
+        });
+    }
+    let (mut bad, mut now) = (0, BTreeMap::new());
+    while let Some(r) = tasks.join_next().await {
+        let (arn, ok, id) = r??;
+        if !ok {
+            bad += 1;
+        }
+        if let Some(id) = id {
+            now.insert(arn, id);
+        }
+    }
+    Ok((bad, now))
+}
+
+async fn current_versions(s: &Stack, pairs: &[Pair]) -> Result<BTreeMap<String, String>> {
+    let mut tasks = JoinSet::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
+    for p in pairs {
+        let (sm, limit, arn) = (s.sm.clone(), limit.clone(), p.arn.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire().await?;
+            let out = sm.describe_secret().secret_id(&arn).send().await?;
+            let v = out
+                .version_ids_to_stages()
+                .and_then(|m| {
+                    m.iter()
+                        .find(|(_, l)| l.iter().any(|l| l == "AWSCURRENT"))
+                        .map(|(k, _)| k.clone())
+                })
+                .unwrap_or_default();
+            anyhow::Ok((arn, v))
+        });
+    }
+    let mut out = BTreeMap::new();
+    while let Some(r) = tasks.join_next().await {
+        let (k, v) = r??;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// The most requests matching `is_write` in any one-second window of `log`.
+fn max_per_second(log: &[(Instant, String)], is_write: impl Fn(&str) -> bool) -> usize {
+    let mut times: Vec<Instant> = log
+        .iter()
+        .filter(|(_, t)| is_write(t))
+        .map(|(i, _)| *i)
+        .collect();
+    times.sort();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end].duration_since(times[start]) >= Duration::from_secs(1) {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+fn is_sm_write(target: &str) -> bool {
+    target == "secretsmanager.PutSecretValue" || target == "secretsmanager.UpdateSecretVersionStage"
+}
+
+struct Round {
+    workers: usize,
+    secs: f64,
+    rate: f64,
+    errors: usize,
+    /// The most Secrets Manager writes one worker made in any second, and all workers together.
+    max_write_one: usize,
+    max_write_all: usize,
+}
+
+/// Rotates every pair once with `workers` worker processes, each `tps` writes per second, their
+/// Secrets Manager traffic through a pass-through proxy that logs it.
+async fn round(
+    s: &Stack,
+    table: &str,
+    pairs: &[Pair],
+    workers: usize,
+    tps: u32,
+    concurrency: usize,
+) -> Result<Round> {
+    let (url, dlq) = queue(s, table, &format!("bench-{}-{}", s.run, id()))?;
+    let before = current_versions(s, pairs).await?;
+    enqueue(s, &url, pairs, true).await?;
+    let endpoint: std::net::SocketAddr = env("AWS_ENDPOINT_URL")?
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()?;
+    let mut proxies = Vec::new();
+    let mut children = Vec::new();
+    let started = Instant::now();
+    for w in 0..workers {
+        let proxy = aws_fault_proxy::start(
+            "127.0.0.1:0".parse()?,
+            endpoint,
+            aws_fault_proxy::Faults {
+                rate: 0.0,
+                slow_delay: Duration::ZERO,
+            },
+        )
+        .await?;
+        let health = std::env::temp_dir().join(format!("bench-health-{}-{w}", id()));
+        children.push(spawn_worker(
+            s,
+            table,
+            &url,
+            &health,
+            &[
+                ("ROTATOR_CONCURRENCY", concurrency.to_string()),
+                ("ROTATOR_SM_WRITE_TPS", tps.to_string()),
+                (
+                    "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+                    format!("http://{}", proxy.addr),
+                ),
+            ],
+        )?);
+        proxies.push(proxy);
+    }
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while depth(s, &url).await? > 0 {
+        if Instant::now() > deadline {
+            bail!("the queue did not drain in 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    for c in children {
+        stop(c);
+    }
+    let (bad, _) = check_once(s, table, pairs, &before).await?;
+    let dead = depth(s, &dlq).await? as usize;
+    let logs: Vec<Vec<(Instant, String)>> = proxies
+        .iter()
+        .map(|p| p.counts.log.lock().unwrap().clone())
+        .collect();
+    let max_write_one = logs
+        .iter()
+        .map(|l| max_per_second(l, is_sm_write))
+        .max()
+        .unwrap_or(0);
+    let all: Vec<(Instant, String)> = logs.into_iter().flatten().collect();
+    Ok(Round {
+        workers,
+        secs,
+        rate: pairs.len() as f64 / secs,
+        errors: bad + dead,
+        max_write_one,
+        max_write_all: max_per_second(&all, is_sm_write),
+    })
+}
+
+/// The stack's ceiling: trivial calls per second against the emulator (DescribeSecret, many at
+/// once), from one process.
+async fn trivial_call_rate(s: &Stack, arn: &str) -> Result<f64> {
+    let stop_at = Instant::now() + Duration::from_secs(5);
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = JoinSet::new();
+    for _ in 0..32 {
+        let (sm, arn, count) = (s.sm.clone(), arn.to_owned(), count.clone());
+        tasks.spawn(async move {
+            while Instant::now() < stop_at {
+                sm.describe_secret().secret_id(&arn).send().await?;
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        });
+    }
+    let started = Instant::now();
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(count.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kib| format!("{} GiB", kib / 1024 / 1024))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = Command::new("uname")
+        .arg("-sr")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem}, {kernel}")
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    // `cargo bench` passes --bench. `cargo test --all-targets` runs this binary too, without it:
+    // then there is nothing to do (the benchmark needs minutes and the release build).
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benches/rotation.rs: run with `make bench` (cargo bench)");
+        return Ok(());
+    }
+    let thousand: usize = std::env::var("BENCH_SECRETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let s = Stack {
+        pg_host: env("ROTATOR_TEST_PG_HOST")?,
+        pg_port: env("ROTATOR_TEST_PG_PORT")?.parse()?,
+        admin_user: env("ROTATOR_TEST_PG_ADMIN_USER")?,
+        admin_password: env("ROTATOR_TEST_PG_ADMIN_PASSWORD")?,
+        sm: Sm::new(&aws),
+        sqs: aws_sdk_sqs::Client::new(&aws),
+        aws,
+        run: id(),
+    };
+    env("AWS_ENDPOINT_URL")?;
+    let table = format!("bench-{}", s.run);
+    setup_table(&s, &table)?;
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut row = |k: &str, v: String| {
+        eprintln!("bench: {k}: {v}");
+        rows.push((k.to_owned(), v));
+    };
+
+    // P1 and P2, in a running process: the engine with the real adapters.
+    let one = make_pairs(&s, 1).await?.remove(0);
+    let reports = Arc::new(Reports::default());
+    let rotator = Rotator {
+        secrets: Arc::new(
+            SecretsManager::new(&s.aws).with_write_limit(Arc::new(RateLimit::new(40))),
+        ),
+        records: Arc::new(DynamoRecords::new(&s.aws, &table)),
+        db: Arc::new(Databases::new(DbTls::new(TlsMode::Disable, None)?)),
+        reporter: reports.clone(),
+        settings: Settings::default(),
+        owner: format!("bench-{}", id()),
+        shutdown: Shutdown::default(),
+    };
+    let mut warm = Vec::new();
+    for i in 0..28 {
+        let t = Instant::now();
+        match rotator
+            .rotate(&one.arn, &Request::default(), LeaseWait::No)
+            .await?
+        {
+            Outcome::Rotated(_) => {}
+            other => bail!("rotation {i}: {other:?}"),
+        }
+        if i >= 3 {
+            warm.push(ms(t.elapsed()));
+        }
+    }
+    let (med, min, max) = stats(warm.clone());
+    row(
+        "P1 rotation, in a running process",
+        format!(
+            "median {med:.1} ms, min {min:.1}, max {max:.1} (n={})",
+            warm.len()
+        ),
+    );
+    let mut cli = Vec::new();
+    for i in 0..25 {
+        let t = Instant::now();
+        let out = command(&s, &table, &["rotate", &one.arn]).output()?;
+        if !out.status.success() {
+            bail!("rotate {i}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        cli.push(ms(t.elapsed()));
+    }
+    let (med, min, max) = stats(cli.clone());
+    row(
+        "P1 `rds-rotator rotate`, process start included",
+        format!(
+            "median {med:.1} ms, min {min:.1}, max {max:.1} (n={})",
+            cli.len()
+        ),
+    );
+    let last = reports
+        .0
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .context("no report")?;
+    let by_op: Vec<String> = last.calls.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let sum = |p: &str| -> u64 {
+        last.calls
+            .iter()
+            .filter(|(k, _)| k.starts_with(p))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    row(
+        "P2 calls per rotation",
+        format!(
+            "Secrets Manager {}, DynamoDB {} ({} writes), PostgreSQL connections {}; {}",
+            sum("SecretsManager."),
+            sum("DynamoDB."),
+            sum("DynamoDB.UpdateItem") + sum("DynamoDB.PutItem"),
+            sum("postgres.connect"),
+            by_op.join(", ")
+        ),
+    );
+
+    // P5: start-up to the first SQS receive (the loop's first pass writes its health file).
+    let (url, _) = queue(&s, &table, &format!("bench-{}-idle", s.run))?;
+    let mut starts = Vec::new();
+    let mut idle_rss = 0;
+    for i in 0..10 {
+        let health = std::env::temp_dir().join(format!("bench-health-{}", id()));
+        let t = Instant::now();
+        let child = spawn_worker(
+            &s,
+            &table,
+            &url,
+            &health,
+            &[("ROTATOR_CONCURRENCY", "64".into())],
+        )?;
+        while !health.exists() {
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("the worker did not start");
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        starts.push(ms(t.elapsed()));
+        if i == 0 {
+            std::thread::sleep(Duration::from_secs(2));
+            idle_rss = rss_kib(child.id(), "VmRSS:");
+        }
+        stop(child);
+        let _ = std::fs::remove_file(&health);
+    }
+    let (med, min, max) = stats(starts);
+    let binary = std::fs::metadata(BIN)?.len();
+    row(
+        "P5 binary (release, glibc) / image",
+        format!(
+            "{:.1} MB / {}",
+            binary as f64 / 1e6,
+            std::env::var("BENCH_IMAGE_SIZE")
+                .unwrap_or_else(|_| "not built (BENCH_IMAGE=0)".into())
+        ),
+    );
+    row(
+        "P5 process start to first SQS receive",
+        format!("median {med:.1} ms, min {min:.1}, max {max:.1} (n=10)"),
+    );
+
+    // P4: memory, idle and with 64 rotations in flight (each held 3 s before its test step).
+    let sixty_four = make_pairs(&s, 64).await?;
+    let (url64, _) = queue(&s, &table, &format!("bench-{}-64", s.run))?;
+    enqueue(&s, &url64, &sixty_four, true).await?;
+    let health = std::env::temp_dir().join(format!("bench-health-{}", id()));
+    let child = spawn_worker(
+        &s,
+        &table,
+        &url64,
+        &health,
+        &[
+            ("ROTATOR_CONCURRENCY", "64".into()),
+            ("ROTATOR_SM_WRITE_TPS", "1000".into()),
+            ("ROTATOR_TEST_FAILPOINTS", "before:test=sleep(3000)".into()),
+        ],
+    )?;
+    let mut peak = 0;
+    let t = Instant::now();
+    while depth(&s, &url64).await? > 0 && t.elapsed() < Duration::from_secs(120) {
+        peak = peak.max(rss_kib(child.id(), "VmRSS:"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hwm = rss_kib(child.id(), "VmHWM:");
+    stop(child);
+    row(
+        "P4 worker RSS",
+        format!(
+            "idle {:.1} MB; 64 rotations in flight {:.1} MB (peak RSS {:.1} MB)",
+            idle_rss as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        ),
+    );
+
+    // P3 and P6: a thousand secrets, 1 then 4 workers.
+    let many = make_pairs(&s, thousand).await?;
+    // A worker also reads the record once before the lease (duplicate check), deletes the message
+    // and receives it (one receive per message at most).
+    let per_rotation = (sum("SecretsManager.") + sum("DynamoDB.") + 3) as f64;
+    let trivial = trivial_call_rate(&s, &one.arn).await?;
+    let ceiling = trivial / per_rotation;
+    row(
+        "P3 stack ceiling",
+        format!(
+            "{trivial:.0} trivial calls/s against moto ÷ {per_rotation:.0} calls per rotation = {ceiling:.1} rotations/s"
+        ),
+    );
+    let mut rounds = Vec::new();
+    for (workers, tps, concurrency) in [(1usize, 40u32, 32usize), (4, 10, 8)] {
+        let r = round(&s, &table, &many, workers, tps, concurrency).await?;
+        row(
+            &format!(
+                "P3 {} secrets, {} worker(s) ({tps} writes/s each)",
+                many.len(),
+                r.workers
+            ),
+            format!(
+                "{:.1} s, {:.1} rotations/s = {:.0}% of the ceiling, errors {}",
+                r.secs,
+                r.rate,
+                100.0 * r.rate / ceiling,
+                r.errors
+            ),
+        );
+        rounds.push((tps, r));
+    }
+    row(
+        "P3 scale-up, 4 workers / 1",
+        format!("{:.2}", rounds[1].1.rate / rounds[0].1.rate),
+    );
+    for (tps, r) in &rounds {
+        row(
+            &format!(
+                "P6 Secrets Manager writes in any second, {} worker(s)",
+                r.workers
+            ),
+            format!(
+                "one worker at most {} (its limit {tps}); all together {}",
+                r.max_write_one, r.max_write_all
+            ),
+        );
+    }
+    // P6 proper: one worker limited to 10 writes per second.
+    let hundred = &many[..many.len().min(100)];
+    let r = round(&s, &table, hundred, 1, 10, 32).await?;
+    row(
+        "P6 limit 10 writes/s, 1 worker",
+        format!(
+            "at most {} Secrets Manager writes in any second ({} rotations, {:.1} s, errors {})",
+            r.max_write_one,
+            hundred.len(),
+            r.secs,
+            r.errors
+        ),
+    );
+
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!();
+    println!("rds-rotator benchmark, {date}");
+    println!("machine: {}", machine());
+    println!("stack: local PostgreSQL, moto (AWS), debug=off (release build)");
+    println!();
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    println!("| {:width$} | result |", "measure");
+    println!("|{}|--------|", "-".repeat(width + 2));
+    for (k, v) in &rows {
+        println!("| {k:width$} | {v} |");
+    }
+    Ok(())
+}
