@@ -34,8 +34,10 @@ locals {
     ROTATOR_METRICS            = "emf"
     ROTATOR_METRICS_NAMESPACE  = var.metrics_namespace
     ROTATOR_EVENT_BUS          = var.event_bus_name
-    AWS_REGION                 = local.region
-    RUST_LOG                   = var.log_level
+    # The quota is per account and region: the tasks share it.
+    ROTATOR_SM_WRITE_TPS = tostring(max(1, floor(var.secretsmanager_write_tps / max(1, var.desired_count))))
+    AWS_REGION           = local.region
+    RUST_LOG             = var.log_level
   })
   environment = [
     for k in sort(keys(local.environment_map)) : { name = k, value = local.environment_map[k] }

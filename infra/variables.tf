@@ -409,6 +409,7 @@ variable "extra_environment" {
       "ROTATOR_VISIBILITY_TIMEOUT", "ROTATOR_LOG_FORMAT", "ROTATOR_DB_TLS", "ROTATOR_DB_CA_BUNDLE",
       "ROTATOR_TEST_DEADLINE", "ROTATOR_SHUTDOWN_GRACE", "ROTATOR_HEALTH_FILE", "AWS_REGION", "RUST_LOG",
       "ROTATOR_TEST_FAILPOINTS", "ROTATOR_METRICS", "ROTATOR_METRICS_NAMESPACE", "ROTATOR_EVENT_BUS",
+      "ROTATOR_SM_WRITE_TPS",
     ])) == 0
     error_message = "extra_environment may not set a variable the module manages (use its input instead) or ROTATOR_TEST_FAILPOINTS."
   }
@@ -515,6 +516,17 @@ variable "metrics_namespace" {
   description = "CloudWatch namespace of the worker's own metrics (embedded metric format in its JSON logs)."
   type        = string
   default     = "RdsRotator"
+}
+
+variable "secretsmanager_write_tps" {
+  description = "Secrets Manager write calls per second for all worker tasks together (the account-region quota is about 50; leave room for other writers). Each task gets floor(this / desired_count), at least 1, as ROTATOR_SM_WRITE_TPS."
+  type        = number
+  default     = 40
+
+  validation {
+    condition     = var.secretsmanager_write_tps >= 1 && floor(var.secretsmanager_write_tps) == var.secretsmanager_write_tps
+    error_message = "secretsmanager_write_tps must be a whole number >= 1."
+  }
 }
 
 variable "event_bus_name" {

@@ -73,6 +73,7 @@ run "task_definition" {
       ROTATOR_MIN_INTERVAL       = "1h"
       ROTATOR_QUEUE_URL          = "https://sqs.eu-west-1.amazonaws.com/123456789012/rds-rotator"
       ROTATOR_SHUTDOWN_GRACE     = "20s"
+      ROTATOR_SM_WRITE_TPS       = "40"
       ROTATOR_TABLE              = "rds-rotator"
       ROTATOR_VISIBILITY_TIMEOUT = "60s"
       RUST_LOG                   = "info"
@@ -165,6 +166,7 @@ run "existing_cluster_and_settings" {
     create_cluster           = false
     cluster_arn              = "arn:aws:ecs:eu-west-1:123456789012:cluster/shared"
     concurrency              = 8
+    desired_count            = 3
     min_interval             = "12h"
     shutdown_grace_seconds   = 40
     stop_timeout_seconds     = 60
@@ -191,6 +193,8 @@ run "existing_cluster_and_settings" {
       && contains(jsondecode(aws_ecs_task_definition.this.container_definitions)[0].environment, { name = "ROTATOR_MIN_INTERVAL", value = "12h" })
       && contains(jsondecode(aws_ecs_task_definition.this.container_definitions)[0].environment, { name = "ROTATOR_DB_CA_BUNDLE", value = "/etc/ssl/rds-global-bundle.pem" })
       && contains(jsondecode(aws_ecs_task_definition.this.container_definitions)[0].environment, { name = "ROTATOR_RETRY_DELAY", value = "5s" })
+      # The write quota is shared: 40 / 3 tasks.
+      && contains(jsondecode(aws_ecs_task_definition.this.container_definitions)[0].environment, { name = "ROTATOR_SM_WRITE_TPS", value = "13" })
     )
     error_message = "Worker settings are not passed to the container."
   }
