@@ -339,6 +339,8 @@ async fn an_uninterrupted_rotation_stays_within_its_call_budget() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The rotation did not go through the stand-in, so it may not have re-read its secrets yet.
+    pair.proxy.refresh_now().await;
     pair.assert_rotated_to(&pair.users[1]).await;
     let calls = pair.status()["calls"].clone();
     let count = |prefix: &str| -> u64 {
