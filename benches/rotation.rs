@@ -164,7 +164,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn command(s: &Stack, table: &str, args: &[&str]) -> Command {
+fn command(table: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env("ROTATOR_TABLE", table)
@@ -172,21 +172,19 @@ fn command(s: &Stack, table: &str, args: &[&str]) -> Command {
         .env("ROTATOR_TEST_DEADLINE", "20s")
         .env_remove("RUST_LOG")
         .env_remove("ROTATOR_TEST_FAILPOINTS");
-    let _ = s;
     cmd
 }
 
-fn setup_table(s: &Stack, table: &str) -> Result<()> {
-    let out = command(s, table, &["setup"]).output()?;
+fn setup_table(table: &str) -> Result<()> {
+    let out = command(table, &["setup"]).output()?;
     if !out.status.success() {
         bail!("setup: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
 
-fn queue(s: &Stack, table: &str, name: &str) -> Result<(String, String)> {
+fn queue(table: &str, name: &str) -> Result<(String, String)> {
     let out = command(
-        s,
         table,
         &["setup", "--queue-name", name, "--max-receive-count", "50"],
     )
@@ -278,13 +276,12 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn spawn_worker(
-    s: &Stack,
     table: &str,
     url: &str,
     health: &PathBuf,
     extra: &[(&str, String)],
 ) -> Result<Child> {
-    let mut cmd = command(s, table, &["worker"]);
+    let mut cmd = command(table, &["worker"]);
     cmd.env("ROTATOR_QUEUE_URL", url)
         .env("ROTATOR_RECEIVE_WAIT", "1s")
         .env("ROTATOR_MIN_INTERVAL", "0s")
@@ -420,7 +417,7 @@ async fn round(
     tps: u32,
     concurrency: usize,
 ) -> Result<Round> {
-    let (url, dlq) = queue(s, table, &format!("bench-{}-{}", s.run, id()))?;
+    let (url, dlq) = queue(table, &format!("bench-{}-{}", s.run, id()))?;
     let before = current_versions(s, pairs).await?;
     enqueue(s, &url, pairs, true).await?;
     let endpoint: std::net::SocketAddr = env("AWS_ENDPOINT_URL")?
@@ -442,7 +439,6 @@ async fn round(
         .await?;
         let health = std::env::temp_dir().join(format!("bench-health-{}-{w}", id()));
         children.push(spawn_worker(
-            s,
             table,
             &url,
             &health,
@@ -569,7 +565,7 @@ async fn main() -> Result<()> {
     };
     env("AWS_ENDPOINT_URL")?;
     let table = format!("bench-{}", s.run);
-    setup_table(&s, &table)?;
+    setup_table(&table)?;
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut row = |k: &str, v: String| {
         eprintln!("bench: {k}: {v}");
@@ -615,7 +611,7 @@ async fn main() -> Result<()> {
     let mut cli = Vec::new();
     for i in 0..25 {
         let t = Instant::now();
-        let out = command(&s, &table, &["rotate", &one.arn]).output()?;
+        let out = command(&table, &["rotate", &one.arn]).output()?;
         if !out.status.success() {
             bail!("rotate {i}: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -657,14 +653,13 @@ async fn main() -> Result<()> {
     );
 
     // P5: start-up to the first SQS receive (the loop's first pass writes its health file).
-    let (url, _) = queue(&s, &table, &format!("bench-{}-idle", s.run))?;
+    let (url, _) = queue(&table, &format!("bench-{}-idle", s.run))?;
     let mut starts = Vec::new();
     let mut idle_rss = 0;
     for i in 0..10 {
         let health = std::env::temp_dir().join(format!("bench-health-{}", id()));
         let t = Instant::now();
         let child = spawn_worker(
-            &s,
             &table,
             &url,
             &health,
@@ -702,11 +697,10 @@ async fn main() -> Result<()> {
 
     // P4: memory, idle and with 64 rotations in flight (each held 3 s before its test step).
     let sixty_four = make_pairs(&s, 64).await?;
-    let (url64, _) = queue(&s, &table, &format!("bench-{}-64", s.run))?;
+    let (url64, _) = queue(&table, &format!("bench-{}-64", s.run))?;
     enqueue(&s, &url64, &sixty_four, true).await?;
     let health = std::env::temp_dir().join(format!("bench-health-{}", id()));
     let child = spawn_worker(
-        &s,
         &table,
         &url64,
         &health,

@@ -260,35 +260,19 @@ impl Pair {
 
     /// Everything the brief promises after a rotation to `user`.
     pub async fn assert_rotated_to(&self, user: &str) {
-        let current = self.current().await;
-        assert_eq!(current["username"], user, "AWSCURRENT holds the wrong user");
+        let i = self.users.iter().position(|u| u == user).unwrap();
+        let current = self
+            .assert_secrets_rotated_to(user, &self.proxy_secrets[i])
+            .await;
         self.login_with(&current).await.expect("AWSCURRENT logs in");
         self.login_via_proxy(&current)
             .await
             .expect("AWSCURRENT logs in through the proxy");
         if let Some(previous) = self.secret_at(&self.app_secret, "AWSPREVIOUS").await {
-            assert_ne!(previous["username"], user);
             self.login_with(&previous)
                 .await
                 .expect("AWSPREVIOUS still logs in");
         }
-        let i = self.users.iter().position(|u| u == user).unwrap();
-        let proxy = self
-            .secret_at(&self.proxy_secrets[i], "AWSCURRENT")
-            .await
-            .unwrap();
-        assert_eq!(proxy["username"], user);
-        assert_eq!(
-            proxy["password"], current["password"],
-            "the proxy secret holds AWSCURRENT's password"
-        );
-        assert_eq!(current["owner_team"], "payments", "the extra key is kept");
-        let current_version = self.version_with(&self.app_secret, "AWSCURRENT").await;
-        let pending = self.version_with(&self.app_secret, "AWSPENDING").await;
-        assert!(
-            pending.is_none() || pending == current_version,
-            "AWSPENDING left on {pending:?}"
-        );
     }
 }
 
@@ -412,6 +396,31 @@ pub trait Harness {
             .into_iter()
             .find(|(_, l)| l.iter().any(|l| l == stage))
             .map(|(v, _)| v)
+    }
+
+    /// What a rotation to `user` promises in Secrets Manager: AWSCURRENT holds `user`, AWSPREVIOUS
+    /// the other user, its proxy secret the same password, the extra key is kept, and no
+    /// AWSPENDING is left. Returns AWSCURRENT, for the engine's own login checks.
+    async fn assert_secrets_rotated_to(&self, user: &str, proxy_secret: &str) -> Value {
+        let current = self.current().await;
+        assert_eq!(current["username"], user, "AWSCURRENT holds the wrong user");
+        if let Some(previous) = self.secret_at(self.app_secret_id(), "AWSPREVIOUS").await {
+            assert_ne!(previous["username"], user);
+        }
+        let proxy = self.secret_at(proxy_secret, "AWSCURRENT").await.unwrap();
+        assert_eq!(proxy["username"], user);
+        assert_eq!(
+            proxy["password"], current["password"],
+            "the proxy secret holds AWSCURRENT's password"
+        );
+        assert_eq!(current["owner_team"], "payments", "the extra key is kept");
+        let current_version = self.version_with(self.app_secret_id(), "AWSCURRENT").await;
+        let pending = self.version_with(self.app_secret_id(), "AWSPENDING").await;
+        assert!(
+            pending.is_none() || pending == current_version,
+            "AWSPENDING left on {pending:?}"
+        );
+        current
     }
 
     /// The distinct passwords of every version (deprecated ones included) of these secrets.
