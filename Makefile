@@ -47,7 +47,7 @@ test:
 	$(STACK) start >/dev/null || exit $$?; \
 	set -a; . ./$(STACK_ENV); set +a; \
 	rm -rf $(REPORTS); \
-	cargo test --workspace --all-targets $(TEST_ARGS); rc=$$?; \
+	cargo test --workspace --all-targets --no-fail-fast $(TEST_ARGS); rc=$$?; \
 	if ls $(REPORTS)/*.txt >/dev/null 2>&1; then echo; echo "== reports"; cat $(REPORTS)/*.txt; fi; \
 	exit $$rc
 

@@ -296,6 +296,52 @@ fn spawn_worker(
     Ok(cmd.spawn()?)
 }
 
+/// What one worker's metrics lines (EMF on stdout) said so far.
+#[derive(Default)]
+struct Outcomes {
+    succeeded: std::sync::atomic::AtomicUsize,
+    failed: std::sync::atomic::AtomicUsize,
+}
+
+/// A worker whose per-rotation metrics lines are counted as they come: the round knows when it is
+/// done without polling the emulator (moto scans the whole queue for every GetQueueAttributes).
+fn spawn_counted_worker(
+    table: &str,
+    url: &str,
+    health: &PathBuf,
+    extra: &[(&str, String)],
+) -> Result<(Child, Arc<Outcomes>)> {
+    let mut cmd = command(table, &["worker"]);
+    cmd.env("ROTATOR_QUEUE_URL", url)
+        .env("ROTATOR_RECEIVE_WAIT", "1s")
+        .env("ROTATOR_MIN_INTERVAL", "0s")
+        .env("ROTATOR_RETRY_DELAY", "1s")
+        .env("ROTATOR_HEALTH_FILE", health)
+        .env("ROTATOR_METRICS", "emf")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().context("worker stdout")?;
+    let outcomes = Arc::new(Outcomes::default());
+    let counts = outcomes.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        use std::sync::atomic::Ordering::Relaxed;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("\"RotationsSucceeded\":1") {
+                counts.succeeded.fetch_add(1, Relaxed);
+            } else if line.contains("\"RotationsFailed\":1") {
+                counts.failed.fetch_add(1, Relaxed);
+            }
+        }
+    });
+    Ok((child, outcomes))
+}
+
 fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -402,13 +448,19 @@ struct Round {
     secs: f64,
     rate: f64,
     errors: usize,
+    /// Every AWS call the workers made (all services), per rotation.
+    calls_per_rotation: f64,
+    /// Secrets Manager writes per rotation.
+    writes_per_rotation: f64,
+    /// Of `calls_per_rotation`, the SQS ones (receive and delete).
+    sqs_per_rotation: f64,
     /// The most Secrets Manager writes one worker made in any second, and all workers together.
     max_write_one: usize,
     max_write_all: usize,
 }
 
-/// Rotates every pair once with `workers` worker processes, each `tps` writes per second, their
-/// Secrets Manager traffic through a pass-through proxy that logs it.
+/// Rotates every pair once with `workers` worker processes, each `tps` writes per second, all
+/// their AWS traffic through a pass-through proxy that logs it.
 async fn round(
     s: &Stack,
     table: &str,
@@ -426,6 +478,7 @@ async fn round(
         .parse()?;
     let mut proxies = Vec::new();
     let mut children = Vec::new();
+    let mut outcomes = Vec::new();
     let started = Instant::now();
     for w in 0..workers {
         let proxy = aws_fault_proxy::start(
@@ -438,27 +491,33 @@ async fn round(
         )
         .await?;
         let health = std::env::temp_dir().join(format!("bench-health-{}-{w}", id()));
-        children.push(spawn_worker(
+        let (child, counted) = spawn_counted_worker(
             table,
             &url,
             &health,
             &[
                 ("ROTATOR_CONCURRENCY", concurrency.to_string()),
                 ("ROTATOR_SM_WRITE_TPS", tps.to_string()),
-                (
-                    "AWS_ENDPOINT_URL_SECRETS_MANAGER",
-                    format!("http://{}", proxy.addr),
-                ),
+                ("AWS_ENDPOINT_URL", format!("http://{}", proxy.addr)),
             ],
-        )?);
+        )?;
+        children.push(child);
+        outcomes.push(counted);
         proxies.push(proxy);
     }
+    let done = || -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        outcomes
+            .iter()
+            .map(|o| o.succeeded.load(Relaxed) + o.failed.load(Relaxed))
+            .sum()
+    };
     let deadline = Instant::now() + Duration::from_secs(1800);
-    while depth(s, &url).await? > 0 {
+    while done() < pairs.len() {
         if Instant::now() > deadline {
-            bail!("the queue did not drain in 30 minutes");
+            bail!("{} of {} rotations in 30 minutes", done(), pairs.len());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = started.elapsed().as_secs_f64();
     for c in children {
@@ -481,9 +540,81 @@ async fn round(
         secs,
         rate: pairs.len() as f64 / secs,
         errors: bad + dead,
+        calls_per_rotation: all.len() as f64 / pairs.len() as f64,
+        writes_per_rotation: all.iter().filter(|(_, t)| is_sm_write(t)).count() as f64
+            / pairs.len() as f64,
+        sqs_per_rotation: all
+            .iter()
+            .filter(|(_, t)| t.starts_with("AmazonSQS."))
+            .count() as f64
+            / pairs.len() as f64,
         max_write_one,
         max_write_all: max_per_second(&all, is_sm_write),
     })
+}
+
+/// What moto spends on SQS per rotation: `n` messages enqueued at once and drained the way workers
+/// do (receive up to 10, delete each), 8 receivers at a time. moto checks each received message's
+/// retention by computing every queue attribute, a scan of the whole queue: a receive costs more
+/// the deeper the queue, which no trivial call shows. Returns messages per second.
+async fn sqs_drain_rate(s: &Stack, table: &str, n: usize) -> Result<f64> {
+    let (url, _) = queue(table, &format!("bench-{}-drain", s.run))?;
+    let mut sends = JoinSet::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10) {
+        let (sqs, url) = (s.sqs.clone(), url.clone());
+        let entries: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(format!("m{i}"))
+                    .message_body(json!({"secret_id": format!("drain-{i}")}).to_string())
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        sends.spawn(async move {
+            sqs.send_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await?;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = sends.join_next().await {
+        r??;
+    }
+    let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..8 {
+        let (sqs, url, left) = (s.sqs.clone(), url.clone(), left.clone());
+        tasks.spawn(async move {
+            while left.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                let out = sqs
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(10)
+                    .visibility_timeout(300)
+                    .wait_time_seconds(0)
+                    .send()
+                    .await?;
+                for m in out.messages() {
+                    sqs.delete_message()
+                        .queue_url(&url)
+                        .receipt_handle(m.receipt_handle().unwrap_or_default())
+                        .send()
+                        .await?;
+                    left.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The stack's ceiling: trivial calls per second against the emulator (DescribeSecret, many at
@@ -546,6 +677,11 @@ async fn main() -> Result<()> {
         println!("benches/rotation.rs: run with `make bench` (cargo bench)");
         return Ok(());
     }
+    // BENCH_ONLY=p3 (say) runs P1 and P2, which every part needs, and then only the parts named.
+    let only = std::env::var("BENCH_ONLY")
+        .unwrap_or_default()
+        .to_lowercase();
+    let part = |p: &str| only.is_empty() || only.split(',').any(|o| o.trim() == p);
     let thousand: usize = std::env::var("BENCH_SECRETS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -599,6 +735,8 @@ async fn main() -> Result<()> {
         if i >= 3 {
             warm.push(ms(t.elapsed()));
         }
+        // One at a time, as a latency: spaced so that the write limit (40/s) never holds one back.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (med, min, max) = stats(warm.clone());
     row(
@@ -653,154 +791,210 @@ async fn main() -> Result<()> {
     );
 
     // P5: start-up to the first SQS receive (the loop's first pass writes its health file).
-    let (url, _) = queue(&table, &format!("bench-{}-idle", s.run))?;
-    let mut starts = Vec::new();
     let mut idle_rss = 0;
-    for i in 0..10 {
-        let health = std::env::temp_dir().join(format!("bench-health-{}", id()));
-        let t = Instant::now();
-        let child = spawn_worker(
-            &table,
-            &url,
-            &health,
-            &[("ROTATOR_CONCURRENCY", "64".into())],
-        )?;
-        while !health.exists() {
-            if t.elapsed() > Duration::from_secs(30) {
-                bail!("the worker did not start");
+    if part("p5") {
+        let (url, _) = queue(&table, &format!("bench-{}-idle", s.run))?;
+        let mut starts = Vec::new();
+        for i in 0..10 {
+            let health = std::env::temp_dir().join(format!("bench-health-{}", id()));
+            let t = Instant::now();
+            let child = spawn_worker(
+                &table,
+                &url,
+                &health,
+                &[("ROTATOR_CONCURRENCY", "64".into())],
+            )?;
+            while !health.exists() {
+                if t.elapsed() > Duration::from_secs(30) {
+                    bail!("the worker did not start");
+                }
+                std::thread::sleep(Duration::from_micros(500));
             }
-            std::thread::sleep(Duration::from_micros(500));
+            starts.push(ms(t.elapsed()));
+            if i == 0 {
+                std::thread::sleep(Duration::from_secs(2));
+                idle_rss = rss_kib(child.id(), "VmRSS:");
+            }
+            stop(child);
+            let _ = std::fs::remove_file(&health);
         }
-        starts.push(ms(t.elapsed()));
-        if i == 0 {
-            std::thread::sleep(Duration::from_secs(2));
-            idle_rss = rss_kib(child.id(), "VmRSS:");
-        }
-        stop(child);
-        let _ = std::fs::remove_file(&health);
+        let (med, min, max) = stats(starts);
+        let binary = std::fs::metadata(BIN)?.len();
+        row(
+            "P5 binary (release, glibc) / image",
+            format!(
+                "{:.1} MB / {}",
+                binary as f64 / 1e6,
+                std::env::var("BENCH_IMAGE_SIZE")
+                    .unwrap_or_else(|_| "not built (BENCH_IMAGE=0)".into())
+            ),
+        );
+        row(
+            "P5 process start to first SQS receive",
+            format!("median {med:.1} ms, min {min:.1}, max {max:.1} (n=10)"),
+        );
     }
-    let (med, min, max) = stats(starts);
-    let binary = std::fs::metadata(BIN)?.len();
-    row(
-        "P5 binary (release, glibc) / image",
-        format!(
-            "{:.1} MB / {}",
-            binary as f64 / 1e6,
-            std::env::var("BENCH_IMAGE_SIZE")
-                .unwrap_or_else(|_| "not built (BENCH_IMAGE=0)".into())
-        ),
-    );
-    row(
-        "P5 process start to first SQS receive",
-        format!("median {med:.1} ms, min {min:.1}, max {max:.1} (n=10)"),
-    );
 
     // P4: memory, idle and with 64 rotations in flight (each held 3 s before its test step).
-    let sixty_four = make_pairs(&s, 64).await?;
-    let (url64, _) = queue(&table, &format!("bench-{}-64", s.run))?;
-    enqueue(&s, &url64, &sixty_four, true).await?;
-    let health = std::env::temp_dir().join(format!("bench-health-{}", id()));
-    let child = spawn_worker(
-        &table,
-        &url64,
-        &health,
-        &[
-            ("ROTATOR_CONCURRENCY", "64".into()),
-            ("ROTATOR_SM_WRITE_TPS", "1000".into()),
-            ("ROTATOR_TEST_FAILPOINTS", "before:test=sleep(3000)".into()),
-        ],
-    )?;
-    let mut peak = 0;
-    let t = Instant::now();
-    while depth(&s, &url64).await? > 0 && t.elapsed() < Duration::from_secs(120) {
-        peak = peak.max(rss_kib(child.id(), "VmRSS:"));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if part("p4") {
+        let sixty_four = make_pairs(&s, 64).await?;
+        let (url64, _) = queue(&table, &format!("bench-{}-64", s.run))?;
+        enqueue(&s, &url64, &sixty_four, true).await?;
+        let health = std::env::temp_dir().join(format!("bench-health-{}", id()));
+        let child = spawn_worker(
+            &table,
+            &url64,
+            &health,
+            &[
+                ("ROTATOR_CONCURRENCY", "64".into()),
+                ("ROTATOR_SM_WRITE_TPS", "1000".into()),
+                ("ROTATOR_TEST_FAILPOINTS", "before:test=sleep(3000)".into()),
+            ],
+        )?;
+        let mut peak = 0;
+        let t = Instant::now();
+        while depth(&s, &url64).await? > 0 && t.elapsed() < Duration::from_secs(120) {
+            peak = peak.max(rss_kib(child.id(), "VmRSS:"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let hwm = rss_kib(child.id(), "VmHWM:");
+        stop(child);
+        row(
+            "P4 worker RSS",
+            format!(
+                "idle {:.1} MB; 64 rotations in flight {:.1} MB (peak RSS {:.1} MB)",
+                idle_rss as f64 / 1024.0,
+                peak as f64 / 1024.0,
+                hwm as f64 / 1024.0
+            ),
+        );
     }
-    let hwm = rss_kib(child.id(), "VmHWM:");
-    stop(child);
-    row(
-        "P4 worker RSS",
-        format!(
-            "idle {:.1} MB; 64 rotations in flight {:.1} MB (peak RSS {:.1} MB)",
-            idle_rss as f64 / 1024.0,
-            peak as f64 / 1024.0,
-            hwm as f64 / 1024.0
-        ),
-    );
 
     // P3 and P6: a thousand secrets, 1 then 4 workers.
-    let many = make_pairs(&s, thousand).await?;
-    // A worker also reads the record once before the lease (duplicate check), deletes the message
-    // and receives it (one receive per message at most).
-    let per_rotation = (sum("SecretsManager.") + sum("DynamoDB.") + 3) as f64;
-    let trivial = trivial_call_rate(&s, &one.arn).await?;
-    let ceiling = trivial / per_rotation;
-    let mut one_call = Vec::new();
-    for _ in 0..50 {
-        let t = Instant::now();
-        s.sm.describe_secret().secret_id(&one.arn).send().await?;
-        one_call.push(ms(t.elapsed()));
-    }
-    let (med, min, _) = stats(one_call);
-    row(
-        "moto: one DescribeSecret, one at a time",
-        format!("median {med:.1} ms, min {min:.1} (n=50): a rotation makes {per_rotation:.0} calls in a worker"),
-    );
-    row(
-        "P3 stack ceiling",
-        format!(
-            "{trivial:.0} trivial calls/s against moto ÷ {per_rotation:.0} calls per rotation = {ceiling:.1} rotations/s"
-        ),
-    );
-    let mut rounds = Vec::new();
-    // The quota's split (40 writes/s in all), then the limit lifted, to see the engine itself.
-    for (workers, tps, concurrency) in [(1usize, 40u32, 32usize), (4, 10, 8), (4, 1000, 8)] {
-        let r = round(&s, &table, &many, workers, tps, concurrency).await?;
+    if part("p3") {
+        let many = make_pairs(&s, thousand).await?;
+        let trivial = trivial_call_rate(&s, &one.arn).await?;
+        let drain = sqs_drain_rate(&s, &table, many.len()).await?;
+        let mut one_call = Vec::new();
+        for _ in 0..50 {
+            let t = Instant::now();
+            s.sm.describe_secret().secret_id(&one.arn).send().await?;
+            one_call.push(ms(t.elapsed()));
+        }
+        let (med, min, _) = stats(one_call);
         row(
-            &format!(
-                "P3 {} secrets, {} worker(s) ({tps} writes/s each)",
-                many.len(),
-                r.workers
-            ),
+            "moto: one DescribeSecret, one at a time",
+            format!("median {med:.1} ms, min {min:.1} (n=50)"),
+        );
+        // The limit's split (40 writes/s in all), then the limit lifted, to see the engine itself.
+        // BENCH_ROUNDS=workers:tps:concurrency,... replaces them (scale-up compares pairs of rounds).
+        let plan: Vec<(usize, u32, usize)> = match std::env::var("BENCH_ROUNDS") {
+            Ok(v) => v
+                .split(',')
+                .map(|r| {
+                    let f: Vec<&str> = r.trim().split(':').collect();
+                    anyhow::Ok((f[0].parse()?, f[1].parse()?, f[2].parse()?))
+                })
+                .collect::<Result<_>>()
+                .context("BENCH_ROUNDS is workers:tps:concurrency,...")?,
+            Err(_) => vec![(1, 40, 32), (4, 10, 8), (1, 1000, 32), (4, 1000, 8)],
+        };
+        let mut rounds: Vec<(u32, Round)> = Vec::new();
+        for (workers, tps, concurrency) in plan {
+            let r = round(&s, &table, &many, workers, tps, concurrency).await?;
+            // What the stack allows this round: the emulator's trivial-call rate spent on the
+            // calls a rotation made here, or the write limit, whichever is lower. And the same
+            // with SQS at what draining a queue this deep costs moto instead.
+            let emulator = trivial / r.calls_per_rotation;
+            let with_sqs =
+                1.0 / ((r.calls_per_rotation - r.sqs_per_rotation) / trivial + 1.0 / drain);
+            let limit = (workers as f64 * f64::from(tps)) / r.writes_per_rotation;
+            let (ceiling, by) = if limit < emulator {
+                (limit, "the write limit")
+            } else {
+                (emulator, "moto")
+            };
+            let sqs_aware = if limit < with_sqs {
+                String::new()
+            } else {
+                format!(
+                    "; {:.0}% of {with_sqs:.1}/s, moto's ceiling with SQS at its drain rate",
+                    100.0 * r.rate / with_sqs
+                )
+            };
+            row(
+                &format!(
+                    "P3 {} secrets, {} worker(s) ({tps} writes/s each)",
+                    many.len(),
+                    r.workers
+                ),
+                format!(
+                    "{:.1} s, {:.1} rotations/s, {:.1} AWS calls each; {:.0}% of the ceiling {ceiling:.1}/s ({by}){sqs_aware}; errors {}",
+                    r.secs,
+                    r.rate,
+                    r.calls_per_rotation,
+                    100.0 * r.rate / ceiling,
+                    r.errors
+                ),
+            );
+            rounds.push((tps, r));
+        }
+        row(
+            "moto: SQS drain, messages enqueued at once",
             format!(
-                "{:.1} s, {:.1} rotations/s = {:.0}% of the ceiling, errors {}",
-                r.secs,
-                r.rate,
-                100.0 * r.rate / ceiling,
-                r.errors
+                "{drain:.0} messages/s received and deleted from a queue of {} (8 receivers, up to 10 per receive)",
+                many.len()
             ),
         );
-        rounds.push((tps, r));
-    }
-    row(
-        "P3 scale-up, 4 workers / 1",
-        format!("{:.2}", rounds[1].1.rate / rounds[0].1.rate),
-    );
-    for (tps, r) in &rounds[..2] {
+        if let Some((tps, first)) = rounds.first() {
+            let per = first.calls_per_rotation;
+            row(
+                "P3 stack ceiling",
+                format!(
+                    "{trivial:.0} trivial calls/s against moto (DescribeSecret, 32 at a time) ÷ {per:.1} calls per rotation = {:.1} rotations/s; the write limit allows {:.0} writes/s ÷ {:.1} writes per rotation",
+                    trivial / per,
+                    first.workers as f64 * f64::from(*tps),
+                    first.writes_per_rotation
+                ),
+            );
+        }
+        for pair in rounds.chunks(2) {
+            if let [(ta, a), (tb, b)] = pair {
+                row(
+                    &format!(
+                        "P3 scale-up, {} workers / {} ({ta} and {tb} writes/s each)",
+                        b.workers, a.workers
+                    ),
+                    format!("{:.2}", b.rate / a.rate),
+                );
+            }
+        }
+        for (tps, r) in &rounds {
+            row(
+                &format!(
+                    "P6 Secrets Manager writes in any second, {} worker(s) at {tps}",
+                    r.workers
+                ),
+                format!(
+                    "one worker at most {}; all together {}",
+                    r.max_write_one, r.max_write_all
+                ),
+            );
+        }
+        // P6 proper: one worker limited to 10 writes per second.
+        let hundred = &many[..many.len().min(100)];
+        let r = round(&s, &table, hundred, 1, 10, 32).await?;
         row(
-            &format!(
-                "P6 Secrets Manager writes in any second, {} worker(s)",
-                r.workers
-            ),
+            "P6 limit 10 writes/s, 1 worker",
             format!(
-                "one worker at most {} (its limit {tps}); all together {}",
-                r.max_write_one, r.max_write_all
-            ),
-        );
-    }
-    // P6 proper: one worker limited to 10 writes per second.
-    let hundred = &many[..many.len().min(100)];
-    let r = round(&s, &table, hundred, 1, 10, 32).await?;
-    row(
-        "P6 limit 10 writes/s, 1 worker",
-        format!(
             "at most {} Secrets Manager writes in any second ({} rotations, {:.1} s, errors {})",
             r.max_write_one,
             hundred.len(),
             r.secs,
             r.errors
         ),
-    );
+        );
+    }
 
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])

@@ -321,12 +321,15 @@ impl Worker {
         let in_flight: Arc<Mutex<HashMap<String, Message>>> = Arc::default();
         let mut tasks = JoinSet::new();
         let mut receive_errors = 0u32;
+        // Receive in batches once half a batch of slots is free, not one message per freed slot:
+        // SQS bills every receive (and moto scans the whole queue for each one).
+        let refill_at = self.settings.concurrency.clamp(1, 10).div_ceil(2);
         info!(concurrency = self.settings.concurrency, "worker started");
         while !shutdown.is_triggered() {
             self.touch_health();
             while tasks.try_join_next().is_some() {}
             let free = slots.available_permits().min(10);
-            if free == 0 {
+            if free == 0 || (free < refill_at && !tasks.is_empty()) {
                 tokio::select! {
                     _ = tasks.join_next() => {}
                     _ = shutdown.wait() => {}

@@ -33,11 +33,15 @@ async fn killing_rotate_at_any_instant_never_loses_a_password() {
         .chain(POINTS.iter())
         .map(|p| Some(*p))
         .collect();
-    plan.extend(std::iter::repeat_n(None, 30));
+    // Random rounds until there have been enough kills: a fast rotation outruns some delays.
+    plan.extend(std::iter::repeat_n(None, 120));
     let (mut kills, mut resumes, mut completed) = (0, 0, 0);
     let mut violations: Vec<String> = Vec::new();
 
     for (round, target) in plan.into_iter().enumerate() {
+        if target.is_none() && round >= 2 * POINTS.len() + 30 && kills >= 56 {
+            break;
+        }
         match target {
             Some(point) => {
                 kill(pair.rotate_until(point, "1s"));
@@ -51,7 +55,7 @@ async fn killing_rotate_at_any_instant_never_loses_a_password() {
                     .stderr(Stdio::null())
                     .spawn()
                     .unwrap();
-                let delay = rand::random_range(20..700);
+                let delay = rand::random_range(10..300);
                 tokio::time::sleep(Duration::from_millis(delay)).await;
                 if child.try_wait().unwrap().is_none() {
                     kill(child);
@@ -61,7 +65,9 @@ async fn killing_rotate_at_any_instant_never_loses_a_password() {
                 }
             }
         }
-        let before = pair.status();
+        // Killed before its first step, a new rotation has written nothing (its record goes out
+        // with the pending version): there may be no record yet.
+        let before = pair.try_status().unwrap_or_default();
         for v in pair.violations(false).await {
             violations.push(format!("round {round} ({target:?}), after the kill: {v}"));
         }
@@ -80,7 +86,7 @@ async fn killing_rotate_at_any_instant_never_loses_a_password() {
                 violations.push(format!("round {round}: resumed with another rotation id"));
             }
         }
-        if pair.status()["state"] == "finished" {
+        if pair.try_status().is_some_and(|s| s["state"] == "finished") {
             completed += 1;
         }
         for v in pair.violations(true).await {
@@ -96,5 +102,6 @@ async fn killing_rotate_at_any_instant_never_loses_a_password() {
     );
     assert!(violations.is_empty(), "{violations:#?}");
     assert!(kills >= 50, "only {kills} kills");
-    assert!(resumes >= 24, "only {resumes} resumes");
+    // Every failpoint but before:create_pending leaves a rotation in progress, twice over.
+    assert!(resumes >= 22, "only {resumes} resumes");
 }

@@ -5,6 +5,7 @@
 //! `lease_owner` S, `lease_expires_at` N (ms), `fence` N, and the record's fields as attributes.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,11 +24,16 @@ use crate::rotation::record::{now_ms, State, Step, StepRecord};
 pub const KEY: &str = "secret_arn";
 
 type Item = HashMap<String, AttributeValue>;
+type Attrs = Vec<(&'static str, Option<AttributeValue>)>;
 
 #[derive(Clone)]
 pub struct DynamoRecords {
     client: Client,
     table: String,
+    /// Per held lease (key, fence): the record attributes as the item holds them, known from the
+    /// acquisition and from our own writes since. A save then writes only what changed, since
+    /// nobody else may write the item while we hold the lease. Gone at release or on any error.
+    stored: Arc<Mutex<HashMap<String, (u64, Attrs)>>>,
 }
 
 fn map_err<E>(
@@ -115,7 +121,7 @@ fn record_from(item: &Item) -> Result<Option<StepRecord>, RecordStoreError> {
 }
 
 /// The record's attributes: (name, Some(value)) to set, (name, None) to remove.
-fn record_attrs(r: &StepRecord) -> Vec<(&'static str, Option<AttributeValue>)> {
+fn record_attrs(r: &StepRecord) -> Attrs {
     let opt_s = |v: &Option<String>| v.as_deref().map(s);
     let opt_n = |v: Option<u64>| v.map(n);
     vec![
@@ -152,6 +158,87 @@ impl DynamoRecords {
                     .build(),
             ),
             table: table.into(),
+            stored: Arc::default(),
+        }
+    }
+
+    fn forget(&self, lease: &Lease) {
+        self.stored.lock().expect("stored lock").remove(&lease.key);
+    }
+
+    /// One conditional write of the record's changed attributes, and the release when asked.
+    async fn write(
+        &self,
+        lease: &Lease,
+        record: &StepRecord,
+        release: bool,
+    ) -> Result<(), RecordStoreError> {
+        let attrs = record_attrs(record);
+        let changed: Attrs = {
+            let stored = self.stored.lock().expect("stored lock");
+            match stored.get(&lease.key) {
+                Some((fence, old)) if *fence == lease.fence => attrs
+                    .iter()
+                    .zip(old)
+                    .filter(|(new, old)| new.1 != old.1)
+                    .map(|(new, _)| new.clone())
+                    .collect(),
+                _ => attrs.clone(),
+            }
+        };
+        let mut sets = Vec::new();
+        let mut removes = Vec::new();
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(&lease.key))
+            .condition_expression("fence = :fence")
+            .expression_attribute_values(":fence", n(lease.fence));
+        for (i, (name, value)) in changed.into_iter().enumerate() {
+            // Attribute names go through placeholders: `state` and `step` are reserved words.
+            req = req.expression_attribute_names(format!("#a{i}"), name);
+            match value {
+                Some(v) => {
+                    sets.push(format!("#a{i} = :v{i}"));
+                    req = req.expression_attribute_values(format!(":v{i}"), v);
+                }
+                None => removes.push(format!("#a{i}")),
+            }
+        }
+        if release {
+            sets.push("lease_expires_at = :zero".to_owned());
+            removes.push("lease_owner".to_owned());
+            req = req.expression_attribute_values(":zero", n(0));
+        }
+        // Nothing changed (and no release): the fence check alone still says whether we hold it.
+        if sets.is_empty() {
+            sets.push("fence = :fence".to_owned());
+        }
+        let mut expr = format!("SET {}", sets.join(", "));
+        if !removes.is_empty() {
+            expr.push_str(&format!(" REMOVE {}", removes.join(", ")));
+        }
+        let result = req.update_expression(expr).send().await;
+        let mut stored = self.stored.lock().expect("stored lock");
+        match result {
+            Ok(_) if !release => {
+                stored.insert(lease.key.clone(), (lease.fence, attrs));
+                Ok(())
+            }
+            Ok(_) => {
+                stored.remove(&lease.key);
+                Ok(())
+            }
+            Err(e) => {
+                // It may or may not have been applied: write everything next time.
+                stored.remove(&lease.key);
+                Err(if is_condition_failure(&e) {
+                    RecordStoreError::Fenced(lease.fence)
+                } else {
+                    map_err(e)
+                })
+            }
         }
     }
 
@@ -259,6 +346,18 @@ impl RecordStore for DynamoRecords {
                 let item = out.attributes.unwrap_or_default();
                 let fence = get_n(&item, "fence")
                     .ok_or_else(|| RecordStoreError::Corrupt("no fence".into()))?;
+                let record = record_from(&item)?;
+                {
+                    let mut stored = self.stored.lock().expect("stored lock");
+                    match &record {
+                        Some(r) => {
+                            stored.insert(key.to_owned(), (fence, record_attrs(r)));
+                        }
+                        None => {
+                            stored.remove(key);
+                        }
+                    }
+                }
                 Ok(Acquired::Granted {
                     lease: Lease {
                         key: key.to_owned(),
@@ -266,7 +365,7 @@ impl RecordStore for DynamoRecords {
                         fence,
                         expires_at_ms: expires,
                     },
-                    record: record_from(&item)?.map(Box::new),
+                    record: record.map(Box::new),
                 })
             }
             Err(e) if is_condition_failure(&e) => {
@@ -274,6 +373,7 @@ impl RecordStore for DynamoRecords {
                 Ok(Acquired::Held {
                     owner: get_s(&item, "lease_owner").unwrap_or_else(|| "unknown".into()),
                     expires_at_ms: get_n(&item, "lease_expires_at").unwrap_or(now),
+                    record: record_from(&item)?.map(Box::new),
                 })
             }
             Err(e) => Err(map_err(e)),
@@ -304,41 +404,19 @@ impl RecordStore for DynamoRecords {
     }
 
     async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError> {
-        let mut sets = Vec::new();
-        let mut removes = Vec::new();
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY, s(&lease.key))
-            .condition_expression("fence = :fence")
-            .expression_attribute_values(":fence", n(lease.fence));
-        for (i, (name, value)) in record_attrs(record).into_iter().enumerate() {
-            // Attribute names go through placeholders: `state` and `step` are reserved words.
-            req = req.expression_attribute_names(format!("#a{i}"), name);
-            match value {
-                Some(v) => {
-                    sets.push(format!("#a{i} = :v{i}"));
-                    req = req.expression_attribute_values(format!(":v{i}"), v);
-                }
-                None => removes.push(format!("#a{i}")),
-            }
-        }
-        let mut expr = format!("SET {}", sets.join(", "));
-        if !removes.is_empty() {
-            expr.push_str(&format!(" REMOVE {}", removes.join(", ")));
-        }
-        req.update_expression(expr).send().await.map_err(|e| {
-            if is_condition_failure(&e) {
-                RecordStoreError::Fenced(lease.fence)
-            } else {
-                map_err(e)
-            }
-        })?;
-        Ok(())
+        self.write(lease, record, false).await
+    }
+
+    async fn save_and_release(
+        &self,
+        lease: &Lease,
+        record: &StepRecord,
+    ) -> Result<(), RecordStoreError> {
+        self.write(lease, record, true).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), RecordStoreError> {
+        self.forget(lease);
         let result = self
             .client
             .update_item()

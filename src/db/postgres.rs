@@ -145,9 +145,13 @@ impl Database for Postgres {
         user: &str,
         password: &SecretString,
     ) -> Result<(), DbError> {
+        // The verifier (4096 PBKDF2 rounds) is computed on another thread while we log in.
+        let plain = password.clone();
+        let verifier = tokio::task::spawn_blocking(move || {
+            postgres_protocol::password::scram_sha_256(plain.expose_secret().as_bytes())
+        });
         let client = self.connect(at, login).await?;
-        let verifier =
-            postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
+        let verifier = verifier.await.expect("the verifier task does not panic");
         // ALTER ROLE takes no bind parameters: the name is quoted, the verifier is base64 and `$:`.
         let sql = format!(
             "ALTER ROLE {} WITH PASSWORD {}",

@@ -314,6 +314,7 @@ impl RecordStore for World {
             return Ok(Acquired::Held {
                 owner: entry.0.clone(),
                 expires_at_ms: entry.1,
+                record: entry.3.clone().map(Box::new),
             });
         }
         entry.0 = owner.to_owned();

@@ -10,13 +10,23 @@ use super::ports::{Acquired, Lease, RecordStoreError};
 use super::record::{now_ms, StepRecord};
 use super::{LeaseWait, RotationError, Rotator};
 
-/// Takes the lease on `arn`, waiting for an expired holder when allowed. The flag says whether it
-/// had to wait: what was read before may be stale then.
+/// What [`acquire`] got.
+pub(super) enum Taken {
+    /// The lease, the record as it stands, and whether we had to wait for it (what was read
+    /// before may be stale then).
+    Lease(Lease, Option<Box<StepRecord>>, bool),
+    /// Someone else holds the lease, and the record already answers the request (`skip` said
+    /// why): a burst of duplicates does not queue up behind one lease.
+    Answered(String),
+}
+
+/// Takes the lease on `arn`, waiting for an expired holder when allowed.
 pub(super) async fn acquire(
     rotator: &Rotator,
     arn: &str,
     wait: LeaseWait,
-) -> Result<(Lease, Option<StepRecord>, bool), RotationError> {
+    skip: impl Fn(&StepRecord) -> Option<String>,
+) -> Result<Taken, RotationError> {
     let ttl = rotator.settings.lease_duration;
     // Unique per acquisition, not per process: two tasks of one worker are two holders. (A retry
     // of the same request after a lost answer carries the same owner, and is let in again.)
@@ -32,11 +42,20 @@ pub(super) async fn acquire(
     let mut waited = false;
     loop {
         match rotator.records.acquire(arn, &owner, ttl).await? {
-            Acquired::Granted { lease, record } => return Ok((lease, record.map(|r| *r), waited)),
+            Acquired::Granted { lease, record } => return Ok(Taken::Lease(lease, record, waited)),
             Acquired::Held {
                 owner,
                 expires_at_ms,
+                record,
             } => {
+                // A holder that is only deciding to skip does not write the record, so one that
+                // is not in progress is final. (The holder re-checks under the lease anyway.)
+                if let Some(why) = record
+                    .filter(|r| !r.is_in_progress())
+                    .and_then(|r| skip(&r))
+                {
+                    return Ok(Taken::Answered(why));
+                }
                 let now = now_ms();
                 if now >= give_up_at {
                     return Err(RotationError::Busy {
@@ -56,15 +75,25 @@ pub(super) async fn acquire(
     }
 }
 
+/// What the work under a lease and its heartbeat tell each other.
+#[derive(Debug, Default)]
+pub(super) struct Flags {
+    /// A renewal found someone else holding the lease: the work stops at its next step.
+    pub lost: AtomicBool,
+    /// The work gave the lease back with its last write: nothing is left to renew or release.
+    pub released: AtomicBool,
+}
+
 /// Runs `work` while renewing the lease every third of its duration. When a renewal finds that
 /// someone else took the lease, `lost` is set, so the work stops at its next step; its record
 /// writes would be refused by the fence anyway.
 pub(super) async fn heartbeat<T>(
     rotator: &Rotator,
     lease: &Lease,
-    lost: &AtomicBool,
+    flags: &Flags,
     work: impl Future<Output = T>,
 ) -> T {
+    let lost = &flags.lost;
     let ttl = rotator.settings.lease_duration;
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -73,7 +102,7 @@ pub(super) async fn heartbeat<T>(
     loop {
         tokio::select! {
             out = &mut work => return out,
-            _ = tick.tick(), if !lost.load(Ordering::SeqCst) => {
+            _ = tick.tick(), if !lost.load(Ordering::SeqCst) && !flags.released.load(Ordering::SeqCst) => {
                 match rotator.records.renew(lease, ttl).await {
                     Ok(_) => {}
                     Err(RecordStoreError::Fenced(fence)) => {

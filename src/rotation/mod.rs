@@ -27,7 +27,7 @@ pub(crate) mod fakes;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -353,23 +353,23 @@ impl Rotator {
     ) -> Result<Outcome, RotationError> {
         let meta = self.secrets.describe(secret_id).await?;
         trace.with(|t| t.secret = Some(meta.arn.clone()));
-        // Fast path for copies and redeliveries: decide without the lease when the record already
-        // says so, so that a burst of duplicates does not queue up behind one lease. The same
-        // check runs again under the lease, which is what makes it safe.
-        if request.min_interval.is_some() || request.request_id.is_some() {
-            if let Some(record) = self.records.load(&meta.arn).await? {
-                if !record.is_in_progress() {
-                    if let Some(why) = skip_reason(&record, request, now_ms()) {
-                        info!(secret = %meta.arn, %why, "rotation skipped");
-                        return Ok(Outcome::Skipped {
-                            secret_arn: meta.arn,
-                            why,
-                        });
-                    }
-                }
+        let now = now_ms();
+        // Planning only reads, so it runs while the lease is taken. `run` uses it only for a new
+        // rotation from labels that are not stale; otherwise those reads were spent for nothing.
+        let (taken, early_plan) = tokio::join!(
+            lease::acquire(self, &meta.arn, wait, |r| skip_reason(r, request, now)),
+            self.plan(&meta)
+        );
+        let (lease, existing, waited) = match taken? {
+            lease::Taken::Lease(lease, existing, waited) => (lease, existing, waited),
+            lease::Taken::Answered(why) => {
+                info!(secret = %meta.arn, %why, "rotation skipped");
+                return Ok(Outcome::Skipped {
+                    secret_arn: meta.arn,
+                    why,
+                });
             }
-        }
-        let (lease, existing, waited) = lease::acquire(self, &meta.arn, wait).await?;
+        };
         // The labels were read before the lease. If another holder finished a rotation since
         // (we waited for it, or its record names a version that is not AWSCURRENT in what we
         // read), read them again: planning from stale labels would fail the compare-and-swap.
@@ -378,25 +378,38 @@ impl Rotator {
                 r.state == record::State::Finished
                     && r.rotation_id.as_deref() != meta.version_with(Stage::Current)
             });
-        let meta = if stale {
+        let (meta, early_plan) = if stale {
             match self.secrets.describe(secret_id).await {
-                Ok(m) => m,
+                Ok(m) => (m, None),
                 Err(e) => {
                     let _ = self.records.release(&lease).await;
                     return Err(e.into());
                 }
             }
         } else {
-            meta
+            (meta, Some(early_plan))
         };
-        let lost = AtomicBool::new(false);
+        let flags = lease::Flags::default();
         let result = lease::heartbeat(
             self,
             &lease,
-            &lost,
-            self.run(&lease, &lost, &meta, existing, request, trace),
+            &flags,
+            self.run(
+                &lease,
+                &flags,
+                &meta,
+                Found {
+                    existing: existing.map(|r| *r),
+                    plan: early_plan,
+                },
+                request,
+                trace,
+            ),
         )
         .await;
+        if flags.released.load(Ordering::SeqCst) {
+            return result;
+        }
         if let Err(e) = self.records.release(&lease).await {
             warn!(secret = %meta.arn, error = %e, "could not release the lease; it will expire");
         }
@@ -406,12 +419,16 @@ impl Rotator {
     async fn run(
         &self,
         lease: &Lease,
-        lost: &AtomicBool,
+        flags: &lease::Flags,
         meta: &SecretMeta,
-        existing: Option<StepRecord>,
+        found: Found,
         request: &Request,
         trace: &Trace,
     ) -> Result<Outcome, RotationError> {
+        let Found {
+            existing,
+            plan: early_plan,
+        } = found;
         let now = now_ms();
         // What planning a new rotation read, reused by its steps instead of read again.
         let mut planned: Option<(AppSecret, Option<UserSecret>)> = None;
@@ -431,8 +448,15 @@ impl Rotator {
                     why,
                 });
             }
-            previous => match self.plan(meta).await {
+            previous => match match early_plan {
+                Some(p) => p,
+                None => self.plan(meta).await,
+            } {
                 Ok((plan, current, proxy)) => {
+                    if !current.is_multi_user() {
+                        warn!(secret = %meta.arn, user = %plan.target_user,
+                              "single-user rotation: the password in use changes, so applications may briefly fail to log in");
+                    }
                     planned = Some((current, proxy));
                     let id = Uuid::new_v4().to_string();
                     info!(secret = %meta.arn, rotation_id = %id, from = %plan.current_user,
@@ -461,15 +485,15 @@ impl Rotator {
             },
         };
         trace.record(&record, resumed);
-        // Persisted before AWSPENDING is written: from here on, any process resumes this id.
-        self.records.save(lease, &record).await?;
-
         let fresh = planned.is_some();
+        if !fresh {
+            self.records.save(lease, &record).await?;
+        }
         let (current, proxy) = planned.unzip();
         let mut run = Run {
             rotator: self,
             lease,
-            lost,
+            flags,
             trace,
             record,
             meta: Some(meta.clone()),
@@ -477,6 +501,7 @@ impl Rotator {
             current,
             proxy: proxy.flatten(),
             pending: None,
+            unsaved: fresh,
         };
         let mut attempt = 1;
         let mut delays = self.settings.retry.backoff().build();
@@ -523,10 +548,7 @@ impl Rotator {
 
     /// Decides who rotates to whom, before anything is written. Every check that could reject the
     /// secret runs here, so bad input changes nothing.
-    async fn plan(
-        &self,
-        meta: &SecretMeta,
-    ) -> Result<(Plan, AppSecret, Option<UserSecret>), RotationError> {
+    async fn plan(&self, meta: &SecretMeta) -> Planned {
         let arn = &meta.arn;
         let current_version =
             meta.version_with(Stage::Current)
@@ -537,10 +559,6 @@ impl Rotator {
         let current = self.read_app_secret(arn, current_version).await?;
         self.settings.password.validate(current.engine)?;
         let target = current.next_username().to_owned();
-        if !current.is_multi_user() {
-            warn!(secret = %arn, user = %target,
-                  "single-user rotation: the password in use changes, so applications may briefly fail to log in");
-        }
         let proxy = self.find_proxy_secret(&current, &target).await?;
         let plan = Plan {
             current_version: current_version.to_owned(),
@@ -669,11 +687,21 @@ impl KnownSource {
     ];
 }
 
+/// What planning decided, with what it read: AWSCURRENT parsed, and the idle user's proxy secret.
+type Planned = Result<(Plan, AppSecret, Option<UserSecret>), RotationError>;
+
+/// What was known when the lease was taken: the record, and a plan made meanwhile (`None` when
+/// the labels it was made from may be stale).
+struct Found {
+    existing: Option<StepRecord>,
+    plan: Option<Planned>,
+}
+
 /// One rotation in progress under a lease.
 struct Run<'a> {
     rotator: &'a Rotator,
     lease: &'a Lease,
-    lost: &'a AtomicBool,
+    flags: &'a lease::Flags,
     trace: &'a Trace,
     record: StepRecord,
     /// The secret's labels as read just before the lease; `None` once stale.
@@ -687,6 +715,8 @@ struct Run<'a> {
     proxy: Option<UserSecret>,
     /// The target user's new credentials, read back from the pending version.
     pending: Option<Credentials>,
+    /// The record is ahead of what the store holds (see `drive` for when it is written).
+    unsaved: bool,
 }
 
 impl Run<'_> {
@@ -708,35 +738,83 @@ impl Run<'_> {
             .expect("a running rotation has a target user")
     }
 
+    /// Runs the steps in order. Every step checks what an earlier attempt did, so the record
+    /// need not be written after each one; it is written where that buys something:
+    /// - a new rotation's record beside its first step (AWSPENDING): nothing uses the pending
+    ///   version before both are done, and should the write fail, a version that no record names
+    ///   is harmless (the next AWSPENDING moves off it);
+    /// - after set_password, before the proxy secret changes: the write's fence check keeps a
+    ///   worker that lost its lease from going on;
+    /// - beside the test, which only reads and may wait minutes for the proxy, so that status
+    ///   shows it and a crash there does not redo the proxy step;
+    /// - with the release, after finish;
+    /// - at shutdown, wherever the run stopped.
+    ///
+    /// Not after create_pending (a resumed run finds the version with one read) nor after the
+    /// test (it simply runs again).
     async fn drive(&mut self) -> Result<(), RotationError> {
         self.check_current_label().await?;
         while self.record.step != Step::Done {
-            if self.lost.load(Ordering::SeqCst) {
+            if self.flags.lost.load(Ordering::SeqCst) {
                 return Err(RotationError::LeaseLost(self.arn().to_owned()));
             }
             if self.rotator.shutdown.is_triggered() {
+                if self.unsaved {
+                    self.rotator.records.save(self.lease, &self.record).await?;
+                    self.unsaved = false;
+                }
                 return Err(RotationError::Interrupted(self.arn().to_owned()));
             }
             let step = self.record.step;
             failpoint::hit(&format!("before:{step}")).await;
             let began = Instant::now();
             self.trace.with(|t| t.last_step = Some(step));
-            let next = match step {
-                Step::CreatePending => self.create_pending().await?,
-                Step::SetPassword => self.set_password().await?,
-                Step::UpdateProxy => self.update_proxy().await?,
-                Step::Test => self.test().await?,
-                Step::Finish => self.finish().await?,
-                Step::Done => Step::Done,
+            let next = if self.unsaved && matches!(step, Step::CreatePending | Step::Test) {
+                let (records, lease, record) = (
+                    self.rotator.records.clone(),
+                    self.lease,
+                    self.record.clone(),
+                );
+                let write = async move {
+                    records
+                        .save(lease, &record)
+                        .await
+                        .map_err(RotationError::from)
+                };
+                let (next, ()) = tokio::try_join!(self.run_step(step), write)?;
+                self.unsaved = false;
+                next
+            } else {
+                self.run_step(step).await?
             };
             self.trace.with(|t| t.steps.push((step, began.elapsed())));
             failpoint::hit(&format!("after:{step}")).await;
             self.record.advance(next, now_ms());
-            self.record.calls = crate::calls::snapshot();
-            self.rotator.records.save(self.lease, &self.record).await?;
+            self.unsaved = true;
+            if next == Step::Done {
+                self.record.calls = crate::calls::snapshot();
+                let records = &self.rotator.records;
+                records.save_and_release(self.lease, &self.record).await?;
+                self.flags.released.store(true, Ordering::SeqCst);
+                self.unsaved = false;
+            } else if step == Step::SetPassword {
+                self.rotator.records.save(self.lease, &self.record).await?;
+                self.unsaved = false;
+            }
             info!(secret = %self.arn(), rotation_id = %self.rotation_id(), done = %step, next = %next, "step complete");
         }
         Ok(())
+    }
+
+    async fn run_step(&mut self, step: Step) -> Result<Step, RotationError> {
+        match step {
+            Step::CreatePending => self.create_pending().await,
+            Step::SetPassword => self.set_password().await,
+            Step::UpdateProxy => self.update_proxy().await,
+            Step::Test => self.test().await,
+            Step::Finish => self.finish().await,
+            Step::Done => Ok(Step::Done),
+        }
     }
 
     /// AWSCURRENT must still be where the rotation began, unless this rotation already moved it.

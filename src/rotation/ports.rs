@@ -140,6 +140,8 @@ pub enum Acquired {
     Held {
         owner: String,
         expires_at_ms: u64,
+        /// The record as the holder last wrote it: it may already answer the request.
+        record: Option<Box<StepRecord>>,
     },
 }
 
@@ -175,6 +177,15 @@ pub trait RecordStore: Send + Sync {
     /// Writes the record, only if `lease.fence` is still the item's fence.
     async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError>;
     async fn release(&self, lease: &Lease) -> Result<(), RecordStoreError>;
+    /// The last save and the release together: one write where the store can do that.
+    async fn save_and_release(
+        &self,
+        lease: &Lease,
+        record: &StepRecord,
+    ) -> Result<(), RecordStoreError> {
+        self.save(lease, record).await?;
+        self.release(lease).await
+    }
     async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError>;
 }
 

@@ -436,6 +436,49 @@ async fn the_same_request_delivered_twice_rotates_once_even_when_forced() {
 }
 
 #[tokio::test]
+async fn a_copy_that_finds_the_lease_held_is_answered_from_the_record_without_waiting() {
+    let w = world();
+    let req = Request {
+        request_id: Some("msg-1".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        request(&w, req.clone()).await,
+        Outcome::Rotated(_)
+    ));
+    // Another copy of the same request holds the lease, deciding to skip.
+    use super::ports::RecordStore;
+    let held = w
+        .acquire(&format!("arn:fake:{APP}"), "other", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(matches!(held, super::ports::Acquired::Granted { .. }));
+    let copy = request(&w, req).await;
+    assert!(
+        matches!(copy, Outcome::Skipped { ref why, .. } if why.contains("msg-1")),
+        "{copy:?}"
+    );
+    // A different request still finds the lease busy.
+    let err = rotate(&w).await.unwrap_err();
+    assert!(matches!(err, RotationError::Busy { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_finished_rotation_leaves_the_lease_free_for_the_next() {
+    let w = world();
+    rotate(&w).await.unwrap();
+    use super::ports::RecordStore;
+    let next = w
+        .acquire(&format!("arn:fake:{APP}"), "next", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        matches!(next, super::ports::Acquired::Granted { .. }),
+        "{next:?}"
+    );
+}
+
+#[tokio::test]
 async fn shutdown_stops_at_the_next_persisted_step_and_the_next_run_resumes() {
     let w = world();
     let r = rotator(&w);
@@ -450,8 +493,76 @@ async fn shutdown_stops_at_the_next_persisted_step_and_the_next_run_resumes() {
         (record.state, record.step, record.last_error),
         (State::InProgress, Step::CreatePending, None)
     );
+    assert_eq!(w.state().secrets[APP].len(), 1, "nothing but the record");
     let done = rotate(&w).await.unwrap();
     assert_eq!(Some(done.rotation_id), record.rotation_id);
+}
+
+/// The world's record store, which asks for shutdown once a saved record reaches `at`.
+struct ShutdownAt {
+    world: World,
+    shutdown: Shutdown,
+    at: Step,
+}
+
+#[async_trait::async_trait]
+impl super::ports::RecordStore for ShutdownAt {
+    async fn acquire(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<super::ports::Acquired, RecordStoreError> {
+        self.world.acquire(key, owner, ttl).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<u64, RecordStoreError> {
+        self.world.renew(lease, ttl).await
+    }
+    async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError> {
+        self.world.save(lease, record).await?;
+        if record.step == self.at {
+            self.shutdown.trigger();
+        }
+        Ok(())
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), RecordStoreError> {
+        self.world.release(lease).await
+    }
+    async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError> {
+        self.world.load(key).await
+    }
+}
+
+#[tokio::test]
+async fn shutdown_after_a_step_stops_at_its_record_and_the_next_run_resumes_it() {
+    use super::ports::RecordStore;
+    let w = world();
+    let mut r = rotator(&w);
+    r.records = Arc::new(ShutdownAt {
+        world: w.clone(),
+        shutdown: r.shutdown.clone(),
+        at: Step::UpdateProxy,
+    });
+    let err = r
+        .rotate(APP, &Request::default(), LeaseWait::No)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RotationError::Interrupted(_)), "{err}");
+    let key = format!("arn:fake:{APP}");
+    let record = w.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.step, record.last_error),
+        (State::InProgress, Step::UpdateProxy, None)
+    );
+    // The password is set, the proxy secret not yet.
+    assert_eq!(
+        w.labelled("proxy-bob", Stage::Current).unwrap()["password"],
+        "bob-0"
+    );
+    let done = rotate(&w).await.unwrap();
+    assert_eq!(Some(done.rotation_id), record.rotation_id);
+    assert!(done.resumed);
+    assert_rotated(&w, "alice", "bob", "alice-0");
 }
 
 #[tokio::test]
