@@ -32,7 +32,8 @@ pub struct DynamoRecords {
     table: String,
     /// Per held lease (key, fence): the record attributes as the item holds them, known from the
     /// acquisition and from our own writes since. A save then writes only what changed, since
-    /// nobody else may write the item while we hold the lease. Gone at release or on any error.
+    /// nobody else may write the item while we hold the lease. Gone at release, on any error, and
+    /// while a write is in flight.
     stored: Arc<Mutex<HashMap<String, (u64, Attrs)>>>,
 }
 
@@ -174,9 +175,11 @@ impl DynamoRecords {
         release: bool,
     ) -> Result<(), RecordStoreError> {
         let attrs = record_attrs(record);
+        // Taken out while the write is in flight: if it is cancelled half-way (it may still
+        // land), the next write must send everything.
         let changed: Attrs = {
-            let stored = self.stored.lock().expect("stored lock");
-            match stored.get(&lease.key) {
+            let mut stored = self.stored.lock().expect("stored lock");
+            match stored.remove(&lease.key).as_ref() {
                 Some((fence, old)) if *fence == lease.fence => attrs
                     .iter()
                     .zip(old)
@@ -226,19 +229,13 @@ impl DynamoRecords {
                 stored.insert(lease.key.clone(), (lease.fence, attrs));
                 Ok(())
             }
-            Ok(_) => {
-                stored.remove(&lease.key);
-                Ok(())
-            }
-            Err(e) => {
-                // It may or may not have been applied: write everything next time.
-                stored.remove(&lease.key);
-                Err(if is_condition_failure(&e) {
-                    RecordStoreError::Fenced(lease.fence)
-                } else {
-                    map_err(e)
-                })
-            }
+            Ok(_) => Ok(()),
+            // It may or may not have been applied: everything is written next time.
+            Err(e) => Err(if is_condition_failure(&e) {
+                RecordStoreError::Fenced(lease.fence)
+            } else {
+                map_err(e)
+            }),
         }
     }
 
@@ -373,7 +370,9 @@ impl RecordStore for DynamoRecords {
                 Ok(Acquired::Held {
                     owner: get_s(&item, "lease_owner").unwrap_or_else(|| "unknown".into()),
                     expires_at_ms: get_n(&item, "lease_expires_at").unwrap_or(now),
-                    record: record_from(&item)?.map(Box::new),
+                    // Only a hint for skipping copies: one this binary cannot read (written by a
+                    // newer one, say) is no reason to fail.
+                    record: record_from(&item).ok().flatten().map(Box::new),
                 })
             }
             Err(e) => Err(map_err(e)),

@@ -16,7 +16,7 @@ pub(super) enum Taken {
     /// before may be stale then).
     Lease(Lease, Option<Box<StepRecord>>, bool),
     /// Someone else holds the lease, and the record already answers the request (`skip` said
-    /// why): a burst of duplicates does not queue up behind one lease.
+    /// why): a burst of copies does not queue up behind one lease.
     Answered(String),
 }
 
@@ -48,8 +48,9 @@ pub(super) async fn acquire(
                 expires_at_ms,
                 record,
             } => {
-                // A holder that is only deciding to skip does not write the record, so one that
-                // is not in progress is final. (The holder re-checks under the lease anyway.)
+                // A record that is not in progress says how the last rotation ended, and nothing
+                // the holder does now can make a skip wrong: this request was handled, or the last
+                // success is recent. (A holder that is starting a rotation has not written yet.)
                 if let Some(why) = record
                     .filter(|r| !r.is_in_progress())
                     .and_then(|r| skip(&r))

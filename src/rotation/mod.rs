@@ -3,7 +3,7 @@
 //! A secret names a pair (or ring) of database users. Applications use the user in AWSCURRENT;
 //! the rotation changes the password of the *next* user, the idle one, so no application ever
 //! holds credentials that stop working. Each rotation runs these steps under a fenced lease, and
-//! persists the step record after each one:
+//! persists the step record where it matters (see `Run::drive`):
 //!
 //! | step           | effect                                              | already done when                         |
 //! |----------------|-----------------------------------------------------|-------------------------------------------|
@@ -370,12 +370,14 @@ impl Rotator {
                 });
             }
         };
-        // The labels were read before the lease. If another holder finished a rotation since
-        // (we waited for it, or its record names a version that is not AWSCURRENT in what we
-        // read), read them again: planning from stale labels would fail the compare-and-swap.
+        // The labels were read before the lease. If another holder may have moved AWSCURRENT since
+        // (we waited for it, or its record names a rotation that is not AWSCURRENT in what we
+        // read: finished, or failed after its compare-and-swap), read them again. A plan from
+        // stale labels would pick the user now in use as the idle one.
         let stale = waited
             || existing.as_ref().is_some_and(|r| {
-                r.state == record::State::Finished
+                !r.is_in_progress()
+                    && r.rotation_id.is_some()
                     && r.rotation_id.as_deref() != meta.version_with(Stage::Current)
             });
         let (meta, early_plan) = if stale {
@@ -740,11 +742,10 @@ impl Run<'_> {
 
     /// Runs the steps in order. Every step checks what an earlier attempt did, so the record
     /// need not be written after each one; it is written where that buys something:
-    /// - a new rotation's record beside its first step (AWSPENDING): nothing uses the pending
-    ///   version before both are done, and should the write fail, a version that no record names
-    ///   is harmless (the next AWSPENDING moves off it);
-    /// - after set_password, before the proxy secret changes: the write's fence check keeps a
-    ///   worker that lost its lease from going on;
+    /// - a new rotation's record just before its first step, so that the rotation id is stored
+    ///   before AWSPENDING is written;
+    /// - after set_password, before the proxy secret changes: the write's fence check stops a
+    ///   worker that lost its lease (unless that write failed and the step is retried);
     /// - beside the test, which only reads and may wait minutes for the proxy, so that status
     ///   shows it and a crash there does not redo the proxy step;
     /// - with the release, after finish;
@@ -769,7 +770,13 @@ impl Run<'_> {
             failpoint::hit(&format!("before:{step}")).await;
             let began = Instant::now();
             self.trace.with(|t| t.last_step = Some(step));
-            let next = if self.unsaved && matches!(step, Step::CreatePending | Step::Test) {
+            if self.unsaved && step == Step::CreatePending {
+                // The rotation id is stored before AWSPENDING is written (`run` leaves a new
+                // rotation's record to this point, so the first write carries it).
+                self.rotator.records.save(self.lease, &self.record).await?;
+                self.unsaved = false;
+            }
+            let next = if self.unsaved && step == Step::Test {
                 let (records, lease, record) = (
                     self.rotator.records.clone(),
                     self.lease,
@@ -794,8 +801,14 @@ impl Run<'_> {
             if next == Step::Done {
                 self.record.calls = crate::calls::snapshot();
                 let records = &self.rotator.records;
-                records.save_and_release(self.lease, &self.record).await?;
-                self.flags.released.store(true, Ordering::SeqCst);
+                match records.save_and_release(self.lease, &self.record).await {
+                    Ok(()) => self.flags.released.store(true, Ordering::SeqCst),
+                    // The rotation is complete whatever the record says: the next run for this
+                    // secret finds AWSCURRENT on the rotation id and only writes the record. Not
+                    // an error to retry here (the lease may already be free).
+                    Err(e) => warn!(secret = %self.arn(), error = %e,
+                                    "rotation complete, but its last record write failed; the next run records it"),
+                }
                 self.unsaved = false;
             } else if step == Step::SetPassword {
                 self.rotator.records.save(self.lease, &self.record).await?;

@@ -140,7 +140,8 @@ pub enum Acquired {
     Held {
         owner: String,
         expires_at_ms: u64,
-        /// The record as the holder last wrote it: it may already answer the request.
+        /// The record as the item holds it (perhaps the last rotation's, if the holder has not
+        /// written yet): it may already answer the request.
         record: Option<Box<StepRecord>>,
     },
 }

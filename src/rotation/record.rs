@@ -1,5 +1,5 @@
-//! The step record: what a rotation has done, persisted after every step so that any process can
-//! resume it. It never holds a password; the pending password lives only in the AWSPENDING version
+//! The step record: what a rotation has done, persisted as it goes (see `Run::drive` for when) so
+//! that any process can resume it. It never holds a password; the pending password lives only in the AWSPENDING version
 //! whose id is the rotation id.
 
 use std::collections::BTreeMap;

@@ -175,8 +175,10 @@ async fn a_crash_before_or_after_any_effect_resumes_to_the_same_end_state_with_t
             let w = world();
             w.crash_at(n, when);
             let first = rotate(&w).await;
+            // The last write (the record, with the release) failing does not undo a complete
+            // rotation: the run reports it done, and the next run writes the record.
             assert!(
-                first.is_err(),
+                first.is_err() || n == effects,
                 "crash at effect {n} {when:?} did not stop the run"
             );
             let record = w.record(&format!("arn:fake:{APP}"));
