@@ -1178,25 +1178,20 @@ impl Run<'_> {
                 })
             }
         }
-        // Drop AWSPENDING wherever it is, so nothing pending outlives the rotation.
-        let pending_at = if self.fresh {
-            Some(id.clone())
+        // Drop our AWSPENDING, so nothing pending outlives the rotation. On another version it is
+        // not ours (a later rotation's, or another tool's): it stays.
+        let pending_here = if self.fresh {
+            true
         } else {
             let meta = secrets.describe(&arn).await?;
-            meta.version_with(Stage::Pending).map(str::to_owned)
+            meta.version_with(Stage::Pending) == Some(id.as_str())
         };
-        if let Some(v) = pending_at {
-            match secrets.remove_stage(&arn, Stage::Pending, &v).await {
+        if pending_here {
+            match secrets.remove_stage(&arn, Stage::Pending, &id).await {
                 Ok(()) => {}
-                // Not there: an earlier attempt whose answer was lost removed it, or it moved.
-                Err(SecretStoreError::Refused(_)) => {
-                    let now = secrets.describe(&arn).await?;
-                    if let Some(elsewhere) = now.version_with(Stage::Pending) {
-                        secrets
-                            .remove_stage(&arn, Stage::Pending, elsewhere)
-                            .await?;
-                    }
-                }
+                // Not there: an earlier attempt whose answer was lost removed it, or someone
+                // moved it. Either way nothing of ours is left to drop.
+                Err(SecretStoreError::Refused(_)) => {}
                 Err(e) => return Err(e.into()),
             }
         }
