@@ -275,12 +275,8 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn spawn_worker(
-    table: &str,
-    url: &str,
-    health: &PathBuf,
-    extra: &[(&str, String)],
-) -> Result<Child> {
+/// `rds-rotator worker` on `url`, with the bench's settings and `extra` on top.
+fn worker_command(table: &str, url: &str, health: &PathBuf, extra: &[(&str, String)]) -> Command {
     let mut cmd = command(table, &["worker"]);
     cmd.env("ROTATOR_QUEUE_URL", url)
         .env("ROTATOR_RECEIVE_WAIT", "1s")
@@ -293,7 +289,16 @@ fn spawn_worker(
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    Ok(cmd.spawn()?)
+    cmd
+}
+
+fn spawn_worker(
+    table: &str,
+    url: &str,
+    health: &PathBuf,
+    extra: &[(&str, String)],
+) -> Result<Child> {
+    Ok(worker_command(table, url, health, extra).spawn()?)
 }
 
 /// What one worker's metrics lines (EMF on stdout) said so far.
@@ -311,18 +316,8 @@ fn spawn_counted_worker(
     health: &PathBuf,
     extra: &[(&str, String)],
 ) -> Result<(Child, Arc<Outcomes>)> {
-    let mut cmd = command(table, &["worker"]);
-    cmd.env("ROTATOR_QUEUE_URL", url)
-        .env("ROTATOR_RECEIVE_WAIT", "1s")
-        .env("ROTATOR_MIN_INTERVAL", "0s")
-        .env("ROTATOR_RETRY_DELAY", "1s")
-        .env("ROTATOR_HEALTH_FILE", health)
-        .env("ROTATOR_METRICS", "emf")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
+    let mut cmd = worker_command(table, url, health, extra);
+    cmd.env("ROTATOR_METRICS", "emf").stdout(Stdio::piped());
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().context("worker stdout")?;
     let outcomes = Arc::new(Outcomes::default());

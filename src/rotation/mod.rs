@@ -487,10 +487,9 @@ impl Rotator {
             },
         };
         trace.record(&record, resumed);
+        // Persisted before AWSPENDING is written: from here on, any process resumes this id.
+        self.records.save(lease, &record).await?;
         let fresh = planned.is_some();
-        if !fresh {
-            self.records.save(lease, &record).await?;
-        }
         let (current, proxy) = planned.unzip();
         let mut run = Run {
             rotator: self,
@@ -503,7 +502,7 @@ impl Rotator {
             current,
             proxy: proxy.flatten(),
             pending: None,
-            unsaved: fresh,
+            unsaved: false,
         };
         let mut attempt = 1;
         let mut delays = self.settings.retry.backoff().build();
@@ -742,8 +741,8 @@ impl Run<'_> {
 
     /// Runs the steps in order. Every step checks what an earlier attempt did, so the record
     /// need not be written after each one; it is written where that buys something:
-    /// - a new rotation's record just before its first step, so that the rotation id is stored
-    ///   before AWSPENDING is written;
+    /// - a new rotation's record before its first step (in `run`), so that the rotation id is
+    ///   stored before AWSPENDING is written;
     /// - after set_password, before the proxy secret changes: the write's fence check stops a
     ///   worker that lost its lease (unless that write failed and the step is retried);
     /// - beside the test, which only reads and may wait minutes for the proxy, so that status
@@ -770,20 +769,11 @@ impl Run<'_> {
             failpoint::hit(&format!("before:{step}")).await;
             let began = Instant::now();
             self.trace.with(|t| t.last_step = Some(step));
-            if self.unsaved && step == Step::CreatePending {
-                // The rotation id is stored before AWSPENDING is written (`run` leaves a new
-                // rotation's record to this point, so the first write carries it).
-                self.rotator.records.save(self.lease, &self.record).await?;
-                self.unsaved = false;
-            }
             let next = if self.unsaved && step == Step::Test {
-                let (records, lease, record) = (
-                    self.rotator.records.clone(),
-                    self.lease,
-                    self.record.clone(),
-                );
+                let (rotator, lease, record) = (self.rotator, self.lease, self.record.clone());
                 let write = async move {
-                    records
+                    rotator
+                        .records
                         .save(lease, &record)
                         .await
                         .map_err(RotationError::from)

@@ -870,11 +870,9 @@ impl Pair {
             if pending.is_some() && pending != current_version {
                 v.push(format!("AWSPENDING left on {pending:?}"));
             }
-            // No record at all: the only rotation so far was killed before its first write.
-            if let Some(status) = self.try_status() {
-                if status["state"] != "finished" {
-                    v.push(format!("the rotation did not finish: {status}"));
-                }
+            let status = self.status();
+            if status["state"] != "finished" {
+                v.push(format!("the rotation did not finish: {status}"));
             }
         }
         v
