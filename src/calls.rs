@@ -40,6 +40,17 @@ pub fn record(name: &str) {
     let _ = CURRENT.try_with(|t| t.add(name));
 }
 
+/// `f`, counting its calls in the current task's tally: for work a rotation spawns.
+pub fn carry<F: Future>(f: F) -> impl Future<Output = F::Output> {
+    let tally = CURRENT.try_with(Tally::clone).ok();
+    async move {
+        match tally {
+            Some(t) => t.scope(f).await,
+            None => f.await,
+        }
+    }
+}
+
 /// The current task's tally so far (empty outside one).
 pub fn snapshot() -> BTreeMap<String, u64> {
     CURRENT.try_with(Tally::snapshot).unwrap_or_default()
@@ -72,5 +83,18 @@ mod tests {
         assert_eq!(a.snapshot(), BTreeMap::from([("x.op".to_owned(), 2)]));
         assert_eq!(b.snapshot(), BTreeMap::from([("y.op".to_owned(), 1)]));
         assert_eq!(total(&a.snapshot(), "x."), 2);
+    }
+
+    #[tokio::test]
+    async fn work_spawned_with_carry_counts_in_the_spawners_tally() {
+        let t = Tally::default();
+        t.scope(async {
+            tokio::spawn(carry(async { record("db.connect") }))
+                .await
+                .unwrap();
+            tokio::spawn(async { record("lost") }).await.unwrap();
+        })
+        .await;
+        assert_eq!(t.snapshot(), BTreeMap::from([("db.connect".to_owned(), 1)]));
     }
 }

@@ -5,8 +5,9 @@ mod common;
 use std::time::Duration;
 
 use rds_rotator::aws::dynamo::DynamoRecords;
+use rds_rotator::calls::Tally;
 use rds_rotator::rotation::ports::{Acquired, Lease, RecordStore, RecordStoreError};
-use rds_rotator::rotation::record::{now_ms, Plan, State, Step, StepRecord};
+use rds_rotator::rotation::record::{now_ms, BeginIf, Plan, State, Step, StepRecord};
 
 async fn table() -> DynamoRecords {
     let records = DynamoRecords::new(&common::aws().await, format!("rt-{}", common::suffix()));
@@ -27,6 +28,9 @@ async fn granted(
     match records.acquire(key, owner, ttl).await.unwrap() {
         Acquired::Granted { lease, record } => (lease, record.map(|r| *r)),
         Acquired::Held { owner, .. } => panic!("lease unexpectedly held by {owner}"),
+        Acquired::Begun { .. } | Acquired::NotBegun { .. } => {
+            panic!("acquire never begins a rotation")
+        }
     }
 }
 
@@ -115,4 +119,215 @@ async fn a_lease_is_held_per_acquisition_and_only_the_same_owner_gets_back_in() 
     // fences off nothing of anyone else's.
     let (again, _) = granted(&records, key, "host:1#aaaa", Duration::from_secs(30)).await;
     assert!(again.fence > first.fence);
+}
+
+fn cond(current_version: &str) -> BeginIf {
+    BeginIf {
+        current_version: current_version.into(),
+        request_id: None,
+        last_success_by: None,
+    }
+}
+
+#[tokio::test]
+async fn a_new_rotation_is_stored_by_the_write_that_takes_the_lease() {
+    let records = table().await;
+    let key = "arn:begun";
+    // The last rotation finished at `done`; AWSCURRENT is its version, "r-1".
+    let (lease, _) = granted(&records, key, "w1", Duration::from_secs(30)).await;
+    let mut last = record(key, "r-1");
+    last.request_id = Some("req-1".into());
+    last.calls = [("SecretsManager.PutSecretValue".to_owned(), 2)].into();
+    last.advance(Step::Done, now_ms());
+    records.save_and_release(&lease, &last).await.unwrap();
+
+    let tally = Tally::default();
+    let mut new = record(key, "r-2");
+    new.current_version = Some("r-1".into());
+    let begun = tally
+        .scope(records.begin(key, "w2", Duration::from_secs(30), &new, &cond("r-1")))
+        .await
+        .unwrap();
+    let Acquired::Begun {
+        lease,
+        record: stored,
+    } = begun
+    else {
+        panic!("expected the rotation to begin, got {begun:?}");
+    };
+    assert_eq!(
+        tally.snapshot(),
+        [("DynamoDB.UpdateItem".to_owned(), 1)].into(),
+        "one write"
+    );
+    assert_eq!(lease.fence, 2);
+    // What was asked for, plus the last success the item keeps; nothing of the last rotation's.
+    let mut expected = new.clone();
+    expected.last_success_at = last.last_success_at;
+    assert_eq!(*stored, expected);
+    assert_eq!(records.load(key).await.unwrap().unwrap(), expected);
+    // The lease is held, and the next save writes against what begin stored.
+    assert!(matches!(
+        records.acquire(key, "w3", Duration::from_secs(30)).await.unwrap(),
+        Acquired::Held { ref owner, .. } if owner == "w2"
+    ));
+    let mut next = expected.clone();
+    next.advance(Step::SetPassword, now_ms());
+    records.save(&lease, &next).await.unwrap();
+    assert_eq!(records.load(key).await.unwrap().unwrap(), next);
+}
+
+/// `BeginIf::allows` is the rule (the engine's, and the fakes'); the adapter's condition
+/// expression must say the same for every kind of record.
+#[tokio::test]
+async fn the_begin_condition_in_dynamodb_agrees_with_begin_if() {
+    let records = table().await;
+    let now = now_ms();
+    let finished = |id: &str, request: Option<&str>, success_at: u64| {
+        let mut r = record("k", id);
+        r.request_id = request.map(Into::into);
+        r.advance(Step::Done, success_at);
+        r
+    };
+    let mut failed_after_cas = record("k", "r-5");
+    failed_after_cas.note_error("finish: boom".into(), true, now);
+    let failed_to_begin = StepRecord::failed_to_begin("k", "bad secret".into(), None, now);
+    let existing: Vec<(&str, Option<StepRecord>)> = vec![
+        ("no record", None),
+        ("in progress", Some(record("k", "r-1"))),
+        (
+            "finished, AWSCURRENT",
+            Some(finished("v1", Some("req-1"), now - 60_000)),
+        ),
+        (
+            "finished, other version",
+            Some(finished("v0", None, now - 60_000)),
+        ),
+        ("finished just now", Some(finished("v1", None, now - 1_000))),
+        (
+            "finished in the future",
+            Some(finished("v1", None, now + 60_000)),
+        ),
+        ("failed with another id", Some(failed_after_cas)),
+        ("failed to begin", Some(failed_to_begin)),
+    ];
+    let conds = [
+        ("plain", cond("v1")),
+        (
+            "same request",
+            BeginIf {
+                request_id: Some("req-1".into()),
+                ..cond("v1")
+            },
+        ),
+        (
+            "other request",
+            BeginIf {
+                request_id: Some("req-2".into()),
+                ..cond("v1")
+            },
+        ),
+        (
+            "min interval 10 s",
+            BeginIf {
+                last_success_by: Some(now - 10_000),
+                ..cond("v1")
+            },
+        ),
+    ];
+    let (mut checked, mut begun) = (0, 0);
+    for (i, (what, record)) in existing.iter().enumerate() {
+        for (j, (asked, c)) in conds.iter().enumerate() {
+            let key = format!("arn:cond-{i}-{j}");
+            if let Some(r) = record {
+                let (lease, _) = granted(&records, &key, "setup", Duration::from_secs(30)).await;
+                let mut r = r.clone();
+                r.secret_id = key.clone();
+                records.save_and_release(&lease, &r).await.unwrap();
+            }
+            let before = records.load(&key).await.unwrap();
+            let mut new = StepRecord::begin(&key, "r-new".into(), plan_from("v1"), None, now);
+            new.request_id = c.request_id.clone();
+            let got = records
+                .begin(&key, "w", Duration::from_secs(30), &new, c)
+                .await
+                .unwrap();
+            let want = c.allows(before.as_ref());
+            match got {
+                Acquired::Begun { .. } => {
+                    assert!(want, "{what} / {asked}: begun, but not allowed");
+                    begun += 1;
+                }
+                Acquired::NotBegun { record } => {
+                    assert!(!want, "{what} / {asked}: allowed, but not begun");
+                    assert_eq!(
+                        record.map(|r| *r),
+                        before,
+                        "{what} / {asked}: the record as found"
+                    );
+                    assert_eq!(records.load(&key).await.unwrap(), before, "nothing written");
+                    let (_, found) = granted(&records, &key, "next", Duration::from_secs(30)).await;
+                    assert_eq!(found, before, "{what} / {asked}: the lease left free");
+                }
+                other => panic!("{what} / {asked}: the lease is free, got {other:?}"),
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, existing.len() * conds.len());
+    // Both answers occur: no record and failed-to-begin always begin; in progress, stale labels
+    // never; the rest depend on the request.
+    assert_eq!(begun, 17, "of {checked}");
+}
+
+#[tokio::test]
+async fn a_held_lease_is_answered_from_the_refused_write_without_another_read() {
+    let records = table().await;
+    let key = "arn:held";
+    let (lease, _) = granted(&records, key, "w1", Duration::from_secs(30)).await;
+    records.save(&lease, &record(key, "r-1")).await.unwrap();
+    let tally = Tally::default();
+    let (by_acquire, by_begin) = tally
+        .scope(async {
+            (
+                records
+                    .acquire(key, "w2", Duration::from_secs(30))
+                    .await
+                    .unwrap(),
+                records
+                    .begin(
+                        key,
+                        "w3",
+                        Duration::from_secs(30),
+                        &record(key, "r-2"),
+                        &cond("v0"),
+                    )
+                    .await
+                    .unwrap(),
+            )
+        })
+        .await;
+    for got in [by_acquire, by_begin] {
+        match got {
+            Acquired::Held { owner, record, .. } => {
+                assert_eq!(owner, "w1");
+                assert_eq!(record.unwrap().rotation_id.as_deref(), Some("r-1"));
+            }
+            other => panic!("expected the lease held, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        tally.snapshot(),
+        [("DynamoDB.UpdateItem".to_owned(), 2)].into(),
+        "no GetItem: the refusal carries the item"
+    );
+}
+
+fn plan_from(current_version: &str) -> Plan {
+    Plan {
+        current_version: current_version.into(),
+        current_user: "a".into(),
+        target_user: "b".into(),
+        proxy_secret_id: None,
+    }
 }

@@ -67,15 +67,17 @@ async fn a_worker_paused_past_its_lease_is_fenced_off_when_it_wakes() {
         }
         all
     });
+    // The record is written beside set_password; then A sleeps before the proxy step.
     eventually(
-        "A to reach update_proxy",
+        "A to reach set_password",
         Duration::from_secs(20),
         || async {
             pair.try_status()
-                .is_some_and(|s| s["step"] == "update_proxy")
+                .is_some_and(|s| s["step"] == "set_password")
         },
     )
     .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let ok = std::process::Command::new("kill")
         .args(["-STOP", &a.id().to_string()])
         .status()

@@ -2,39 +2,35 @@
 //! conditional write does both. Every write under a lease is conditional on its fence.
 //!
 //! Item layout (key `secret_arn`, a string; the table's only key, owned by `setup`):
-//! `lease_owner` S, `lease_expires_at` N (ms), `fence` N, and the record's fields as attributes.
+//! `lease_owner` S, `lease_expires_at` N (ms), `fence` N, `last_success_at` N (ms; it outlives
+//! rotations), and `record` M: the current (or last) rotation's step record. One map, written
+//! whole: a save is one small update expression however many fields changed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
 };
 use aws_sdk_dynamodb::Client;
 use tracing::info;
 
 use super::failure;
 use crate::rotation::ports::{Acquired, Lease, RecordStore, RecordStoreError};
-use crate::rotation::record::{now_ms, State, Step, StepRecord};
+use crate::rotation::record::{now_ms, BeginIf, State, Step, StepRecord};
 
 /// The table's partition key. Changing it is a breaking change (see the README).
 pub const KEY: &str = "secret_arn";
 
 type Item = HashMap<String, AttributeValue>;
-type Attrs = Vec<(&'static str, Option<AttributeValue>)>;
 
 #[derive(Clone)]
 pub struct DynamoRecords {
     client: Client,
     table: String,
-    /// Per held lease (key, fence): the record attributes as the item holds them, known from the
-    /// acquisition and from our own writes since. A save then writes only what changed, since
-    /// nobody else may write the item while we hold the lease. Gone at release, on any error, and
-    /// while a write is in flight.
-    stored: Arc<Mutex<HashMap<String, (u64, Attrs)>>>,
 }
 
 fn map_err<E>(
@@ -84,32 +80,39 @@ fn get_n(item: &Item, k: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The item's step record: its `record` map, and the secret's `last_success_at`.
 fn record_from(item: &Item) -> Result<Option<StepRecord>, RecordStoreError> {
-    let Some(state) = get_s(item, "state") else {
+    let Some(map) = item.get(RECORD) else {
         return Ok(None); // only a lease so far
     };
     let corrupt = RecordStoreError::Corrupt;
+    let m = map
+        .as_m()
+        .map_err(|_| corrupt(format!("`{RECORD}` is not a map")))?;
     Ok(Some(StepRecord {
         secret_id: get_s(item, KEY).ok_or_else(|| corrupt("no key".into()))?,
-        rotation_id: get_s(item, "rotation_id"),
-        state: state.parse::<State>().map_err(corrupt)?,
-        step: get_s(item, "step")
+        rotation_id: get_s(m, "rotation_id"),
+        state: get_s(m, "state")
+            .unwrap_or_default()
+            .parse::<State>()
+            .map_err(corrupt)?,
+        step: get_s(m, "step")
             .unwrap_or_default()
             .parse::<Step>()
             .map_err(corrupt)?,
-        current_version: get_s(item, "current_version"),
-        current_user: get_s(item, "current_user"),
-        target_user: get_s(item, "target_user"),
-        proxy_secret_id: get_s(item, "proxy_secret_id"),
-        request_id: get_s(item, "request_id"),
-        reason: get_s(item, "reason"),
-        attempts: get_n(item, "attempts").unwrap_or(0) as u32,
-        last_error: get_s(item, "last_error"),
-        started_at: get_n(item, "started_at"),
-        updated_at: get_n(item, "updated_at"),
-        finished_at: get_n(item, "finished_at"),
-        last_success_at: get_n(item, "last_success_at"),
-        calls: item
+        current_version: get_s(m, "current_version"),
+        current_user: get_s(m, "current_user"),
+        target_user: get_s(m, "target_user"),
+        proxy_secret_id: get_s(m, "proxy_secret_id"),
+        request_id: get_s(m, "request_id"),
+        reason: get_s(m, "reason"),
+        attempts: get_n(m, "attempts").unwrap_or(0) as u32,
+        last_error: get_s(m, "last_error"),
+        started_at: get_n(m, "started_at"),
+        updated_at: get_n(m, "updated_at"),
+        finished_at: get_n(m, "finished_at"),
+        last_success_at: get_n(item, LAST_SUCCESS),
+        calls: m
             .get("calls")
             .and_then(|v| v.as_m().ok())
             .map(|m| {
@@ -121,11 +124,11 @@ fn record_from(item: &Item) -> Result<Option<StepRecord>, RecordStoreError> {
     }))
 }
 
-/// The record's attributes: (name, Some(value)) to set, (name, None) to remove.
-fn record_attrs(r: &StepRecord) -> Attrs {
+/// The `record` map (without `last_success_at`, which lives beside it). Absent fields are left
+/// out.
+fn record_map(r: &StepRecord) -> AttributeValue {
     let opt_s = |v: &Option<String>| v.as_deref().map(s);
-    let opt_n = |v: Option<u64>| v.map(n);
-    vec![
+    let fields = [
         ("rotation_id", opt_s(&r.rotation_id)),
         ("state", Some(s(r.state.as_str()))),
         ("step", Some(s(r.step.as_str()))),
@@ -137,20 +140,68 @@ fn record_attrs(r: &StepRecord) -> Attrs {
         ("reason", opt_s(&r.reason)),
         ("attempts", Some(n(u64::from(r.attempts)))),
         ("last_error", opt_s(&r.last_error)),
-        ("started_at", opt_n(r.started_at)),
-        ("updated_at", opt_n(r.updated_at)),
-        ("finished_at", opt_n(r.finished_at)),
-        ("last_success_at", opt_n(r.last_success_at)),
+        ("started_at", r.started_at.map(n)),
+        ("updated_at", r.updated_at.map(n)),
+        ("finished_at", r.finished_at.map(n)),
         (
             "calls",
             (!r.calls.is_empty()).then(|| {
                 AttributeValue::M(r.calls.iter().map(|(k, v)| (k.clone(), n(*v))).collect())
             }),
         ),
-    ]
+    ];
+    AttributeValue::M(
+        fields
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+            .collect(),
+    )
+}
+
+/// The attribute holding the step record, and the one holding the last success.
+const RECORD: &str = "record";
+const LAST_SUCCESS: &str = "last_success_at";
+
+/// The lease is free: never taken, expired, or ours already (a retry of our own acquisition
+/// whose answer was lost).
+const LEASE_FREE: &str =
+    "attribute_not_exists(lease_expires_at) OR lease_expires_at < :now OR lease_owner = :owner";
+
+/// [`LEASE_FREE`], read from an item.
+fn lease_free(item: &Item, owner: &str, now: u64) -> bool {
+    get_n(item, "lease_expires_at").is_none_or(|at| at < now)
+        || get_s(item, "lease_owner").as_deref() == Some(owner)
+}
+
+fn held(item: &Item, now: u64) -> Acquired {
+    Acquired::Held {
+        owner: get_s(item, "lease_owner").unwrap_or_else(|| "unknown".into()),
+        expires_at_ms: get_n(item, "lease_expires_at").unwrap_or(now),
+        // Only a hint for skipping copies: one this binary cannot read (written by a newer one,
+        // say) is no reason to fail.
+        record: record_from(item).ok().flatten().map(Box::new),
+    }
 }
 
 impl DynamoRecords {
+    /// The lease just granted, and the record in the item as it now stands.
+    fn granted(
+        key: &str,
+        owner: &str,
+        expires: u64,
+        item: &Item,
+    ) -> Result<(Lease, Option<StepRecord>), RecordStoreError> {
+        let fence =
+            get_n(item, "fence").ok_or_else(|| RecordStoreError::Corrupt("no fence".into()))?;
+        let lease = Lease {
+            key: key.to_owned(),
+            owner: owner.to_owned(),
+            fence,
+            expires_at_ms: expires,
+        };
+        Ok((lease, record_from(item)?))
+    }
+
     pub fn new(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
         Self {
             client: Client::from_conf(
@@ -159,84 +210,45 @@ impl DynamoRecords {
                     .build(),
             ),
             table: table.into(),
-            stored: Arc::default(),
         }
     }
 
-    fn forget(&self, lease: &Lease) {
-        self.stored.lock().expect("stored lock").remove(&lease.key);
-    }
-
-    /// One conditional write of the record's changed attributes, and the release when asked.
+    /// One conditional write of the whole record, and the release when asked.
     async fn write(
         &self,
         lease: &Lease,
         record: &StepRecord,
         release: bool,
     ) -> Result<(), RecordStoreError> {
-        let attrs = record_attrs(record);
-        // Taken out while the write is in flight: if it is cancelled half-way (it may still
-        // land), the next write must send everything.
-        let changed: Attrs = {
-            let mut stored = self.stored.lock().expect("stored lock");
-            match stored.remove(&lease.key).as_ref() {
-                Some((fence, old)) if *fence == lease.fence => attrs
-                    .iter()
-                    .zip(old)
-                    .filter(|(new, old)| new.1 != old.1)
-                    .map(|(new, _)| new.clone())
-                    .collect(),
-                _ => attrs.clone(),
-            }
-        };
-        let mut sets = Vec::new();
-        let mut removes = Vec::new();
+        let mut sets = vec!["#r = :r".to_owned()];
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(KEY, s(&lease.key))
             .condition_expression("fence = :fence")
+            .expression_attribute_names("#r", RECORD)
+            .expression_attribute_values(":r", record_map(record))
             .expression_attribute_values(":fence", n(lease.fence));
-        for (i, (name, value)) in changed.into_iter().enumerate() {
-            // Attribute names go through placeholders: `state` and `step` are reserved words.
-            req = req.expression_attribute_names(format!("#a{i}"), name);
-            match value {
-                Some(v) => {
-                    sets.push(format!("#a{i} = :v{i}"));
-                    req = req.expression_attribute_values(format!(":v{i}"), v);
-                }
-                None => removes.push(format!("#a{i}")),
-            }
+        if let Some(at) = record.last_success_at {
+            sets.push(format!("{LAST_SUCCESS} = :ls"));
+            req = req.expression_attribute_values(":ls", n(at));
         }
+        let mut update = String::new();
         if release {
             sets.push("lease_expires_at = :zero".to_owned());
-            removes.push("lease_owner".to_owned());
             req = req.expression_attribute_values(":zero", n(0));
+            update = " REMOVE lease_owner".to_owned();
         }
-        // Nothing changed (and no release): the fence check alone still says whether we hold it.
-        if sets.is_empty() {
-            sets.push("fence = :fence".to_owned());
-        }
-        let mut expr = format!("SET {}", sets.join(", "));
-        if !removes.is_empty() {
-            expr.push_str(&format!(" REMOVE {}", removes.join(", ")));
-        }
-        let result = req.update_expression(expr).send().await;
-        let mut stored = self.stored.lock().expect("stored lock");
-        match result {
-            Ok(_) if !release => {
-                stored.insert(lease.key.clone(), (lease.fence, attrs));
-                Ok(())
-            }
-            Ok(_) => Ok(()),
-            // It may or may not have been applied: everything is written next time.
-            Err(e) => Err(if is_condition_failure(&e) {
+        update.insert_str(0, &format!("SET {}", sets.join(", ")));
+        req.update_expression(update).send().await.map_err(|e| {
+            if is_condition_failure(&e) {
                 RecordStoreError::Fenced(lease.fence)
             } else {
                 map_err(e)
-            }),
-        }
+            }
+        })?;
+        Ok(())
     }
 
     /// Creates the table if it does not exist and waits until it is active. Idempotent.
@@ -297,6 +309,26 @@ impl DynamoRecords {
         )))
     }
 
+    /// The item as a refused conditional write found it: the refusal carries it
+    /// (ReturnValuesOnConditionCheckFailure), or it is read when it does not.
+    async fn refused_item(
+        &self,
+        key: &str,
+        err: aws_sdk_dynamodb::error::SdkError<
+            UpdateItemError,
+            aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+        >,
+    ) -> Result<Item, RecordStoreError> {
+        let returned = match err.into_service_error() {
+            UpdateItemError::ConditionalCheckFailedException(e) => e.item,
+            _ => None,
+        };
+        match returned {
+            Some(item) => Ok(item),
+            None => Ok(self.item(key).await?.unwrap_or_default()),
+        }
+    }
+
     async fn item(&self, key: &str) -> Result<Option<Item>, RecordStoreError> {
         let out = self
             .client
@@ -327,53 +359,110 @@ impl RecordStore for DynamoRecords {
             .table_name(&self.table)
             .key(KEY, s(key))
             .update_expression("SET lease_owner = :owner, lease_expires_at = :exp ADD fence :one")
-            // `lease_owner = :owner`: a retry of our own acquisition whose answer was lost.
-            .condition_expression(
-                "attribute_not_exists(lease_expires_at) OR lease_expires_at < :now OR lease_owner = :owner",
-            )
+            .condition_expression(LEASE_FREE)
             .expression_attribute_values(":owner", s(owner))
             .expression_attribute_values(":exp", n(expires))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":now", n(now))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
             Ok(out) => {
                 let item = out.attributes.unwrap_or_default();
-                let fence = get_n(&item, "fence")
-                    .ok_or_else(|| RecordStoreError::Corrupt("no fence".into()))?;
-                let record = record_from(&item)?;
-                {
-                    let mut stored = self.stored.lock().expect("stored lock");
-                    match &record {
-                        Some(r) => {
-                            stored.insert(key.to_owned(), (fence, record_attrs(r)));
-                        }
-                        None => {
-                            stored.remove(key);
-                        }
-                    }
-                }
+                let (lease, record) = Self::granted(key, owner, expires, &item)?;
                 Ok(Acquired::Granted {
-                    lease: Lease {
-                        key: key.to_owned(),
-                        owner: owner.to_owned(),
-                        fence,
-                        expires_at_ms: expires,
-                    },
+                    lease,
                     record: record.map(Box::new),
                 })
             }
-            Err(e) if is_condition_failure(&e) => {
-                let item = self.item(key).await?.unwrap_or_default();
-                Ok(Acquired::Held {
-                    owner: get_s(&item, "lease_owner").unwrap_or_else(|| "unknown".into()),
-                    expires_at_ms: get_n(&item, "lease_expires_at").unwrap_or(now),
-                    // Only a hint for skipping copies: one this binary cannot read (written by a
-                    // newer one, say) is no reason to fail.
-                    record: record_from(&item).ok().flatten().map(Box::new),
+            Err(e) if is_condition_failure(&e) => Ok(held(&self.refused_item(key, e).await?, now)),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// One UpdateItem: the lease, and the record if `cond` holds (see `BeginIf` for the rules,
+    /// written here as a condition expression). Refused, the item comes back with the refusal:
+    /// `Held` or `NotBegun`, with no other call.
+    async fn begin(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        record: &StepRecord,
+        cond: &BeginIf,
+    ) -> Result<Acquired, RecordStoreError> {
+        let now = now_ms();
+        let expires = now + ttl.as_millis() as u64;
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(key))
+            .update_expression(
+                "SET lease_owner = :owner, lease_expires_at = :exp, #r = :r ADD fence :one",
+            )
+            .expression_attribute_names("#r", RECORD)
+            .expression_attribute_names("#st", "state")
+            .expression_attribute_names("#rid", "rotation_id")
+            .expression_attribute_values(":r", record_map(record))
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":exp", n(expires))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":in_progress", s(State::InProgress.as_str()))
+            .expression_attribute_values(":cv", s(&cond.current_version));
+        // The lease free (a retry of our own begin is refused here, and let in by `acquire`
+        // below), and no record yet, or one that is not in progress, of the AWSCURRENT read (or
+        // of no rotation), of another request, and old enough. (A comparison with a missing
+        // attribute is false, so each optional one is tested for existence first.)
+        let mut allowed = "attribute_not_exists(#r) OR (#r.#st <> :in_progress \
+                           AND (attribute_not_exists(#r.#rid) OR #r.#rid = :cv)"
+            .to_owned();
+        if let Some(id) = &cond.request_id {
+            allowed.push_str(" AND (attribute_not_exists(#r.#req) OR #r.#req <> :req)");
+            req = req
+                .expression_attribute_names("#req", "request_id")
+                .expression_attribute_values(":req", s(id));
+        }
+        if let Some(by) = cond.last_success_by {
+            allowed.push_str(&format!(
+                " AND (attribute_not_exists({LAST_SUCCESS}) OR {LAST_SUCCESS} <= :by)"
+            ));
+            req = req.expression_attribute_values(":by", n(by));
+        }
+        allowed.push(')');
+        let result = req
+            .condition_expression(format!(
+                "(attribute_not_exists(lease_expires_at) OR lease_expires_at < :now) AND ({allowed})"
+            ))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(
+                ReturnValuesOnConditionCheckFailure::AllOld,
+            )
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let item = out.attributes.unwrap_or_default();
+                let (lease, stored) = Self::granted(key, owner, expires, &item)?;
+                let stored = stored
+                    .ok_or_else(|| RecordStoreError::Corrupt("the record was not stored".into()))?;
+                Ok(Acquired::Begun {
+                    lease,
+                    record: Box::new(stored),
                 })
+            }
+            Err(e) if is_condition_failure(&e) => {
+                let item = self.refused_item(key, e).await?;
+                if lease_free(&item, owner, now) {
+                    Ok(Acquired::NotBegun {
+                        record: record_from(&item).ok().flatten().map(Box::new),
+                    })
+                } else {
+                    Ok(held(&item, now))
+                }
             }
             Err(e) => Err(map_err(e)),
         }
@@ -415,7 +504,6 @@ impl RecordStore for DynamoRecords {
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), RecordStoreError> {
-        self.forget(lease);
         let result = self
             .client
             .update_item()

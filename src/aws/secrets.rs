@@ -83,7 +83,6 @@ impl SecretStore for SecretsManager {
         versions.sort();
         Ok(SecretMeta {
             arn: out.arn().unwrap_or(secret_id).to_owned(),
-            name: out.name().unwrap_or(secret_id).to_owned(),
             versions,
         })
     }
@@ -102,7 +101,7 @@ impl SecretStore for SecretsManager {
             Ok(out) => out,
             Err(e) => {
                 return match map_err(secret_id, e) {
-                    // The secret was described before; what is missing is the version or label.
+                    // The version, the label or the secret: `describe` tells which.
                     SecretStoreError::NotFound(_) => Ok(None),
                     e => Err(e),
                 };
@@ -112,6 +111,7 @@ impl SecretStore for SecretsManager {
             return Err(SecretStoreError::Binary(secret_id.to_owned()));
         };
         Ok(Some(SecretVersion {
+            arn: out.arn.unwrap_or_else(|| secret_id.to_owned()),
             version_id: out.version_id.unwrap_or_default(),
             stages: out.version_stages.unwrap_or_default(),
             value: SecretString::from(value),

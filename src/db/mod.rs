@@ -4,11 +4,9 @@ pub mod mysql;
 pub mod postgres;
 pub mod tls;
 
-use async_trait::async_trait;
-use secrecy::SecretString;
-
-use crate::rotation::ports::{Database, DbError};
+use crate::rotation::ports::{Database, DbError, DbSession};
 use crate::secret::{Credentials, Endpoint, Engine};
+use async_trait::async_trait;
 
 /// Picks the adapter for the secret's engine.
 pub struct Databases {
@@ -43,17 +41,13 @@ impl Database for Databases {
         self.engine(engine)?.check_login(engine, at, creds).await
     }
 
-    async fn set_password(
+    async fn login(
         &self,
         engine: Engine,
         at: &Endpoint,
         login: &Credentials,
-        user: &str,
-        password: &SecretString,
-    ) -> Result<(), DbError> {
-        self.engine(engine)?
-            .set_password(engine, at, login, user, password)
-            .await
+    ) -> Result<Box<dyn DbSession>, DbError> {
+        self.engine(engine)?.login(engine, at, login).await
     }
 
     async fn privileges(

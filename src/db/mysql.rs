@@ -27,7 +27,7 @@ use sha1::{Digest, Sha1};
 use tracing::debug;
 
 use super::tls::{DbTls, TlsMode};
-use crate::rotation::ports::{Database, DbError};
+use crate::rotation::ports::{Database, DbError, DbSession};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -184,6 +184,73 @@ async fn is_mariadb(conn: &mut Conn) -> Result<bool, mysql_async::Error> {
     Ok(version.is_some_and(|v| v.contains("MariaDB")))
 }
 
+struct MySqlSession {
+    /// Taken when the session ends, to say goodbye to the server.
+    conn: Option<Conn>,
+    at: Endpoint,
+    login: Credentials,
+}
+
+#[async_trait]
+impl DbSession for MySqlSession {
+    async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<(), DbError> {
+        let (at, login) = (&self.at, &self.login);
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(DbError::Refused("the session has ended".into()));
+        };
+        let (pw, login_pw) = (password.expose_secret(), login.password.expose_secret());
+        let hash = native_password_hash(pw);
+        let secrets = [pw, login_pw, hash.as_str()];
+        let err = |e| classify(at, &login.username, e, &secrets);
+        let mariadb = is_mariadb(conn).await.map_err(err)?;
+        let accounts = if login.username == user {
+            // Changing one's own password needs no privilege on either server.
+            vec![None]
+        } else {
+            // The master path: every account (user@host) of that user.
+            let hosts: Vec<String> = conn
+                .exec("SELECT Host FROM mysql.user WHERE User = ?", (user,))
+                .await
+                .map_err(err)?;
+            if hosts.is_empty() {
+                return Err(DbError::Refused(format!(
+                    "there is no account for user {user}"
+                )));
+            }
+            hosts
+                .iter()
+                .map(|h| {
+                    Ok(Some(format!(
+                        "{}@{}",
+                        literal(user, "user name")?,
+                        literal(h, "account host")?
+                    )))
+                })
+                .collect::<Result<_, DbError>>()?
+        };
+        for account in accounts {
+            let sql = match (mariadb, account) {
+                // MariaDB takes the hash itself: the plaintext never leaves this process.
+                (true, None) => format!("SET PASSWORD = '{hash}'"),
+                (true, Some(a)) => format!("SET PASSWORD FOR {a} = '{hash}'"),
+                (false, None) => format!(
+                    "ALTER USER CURRENT_USER() IDENTIFIED BY {}",
+                    literal(pw, "new password")?
+                ),
+                (false, Some(a)) => format!(
+                    "ALTER USER {a} IDENTIFIED BY {}",
+                    literal(pw, "new password")?
+                ),
+            };
+            conn.query_drop(sql).await.map_err(err)?;
+        }
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.disconnect().await;
+        }
+        Ok(())
+    }
+}
+
 /// `SHOW GRANTS` lines in a form two users can be compared in: the grantee becomes `<user>` and
 /// credentials (`IDENTIFIED BY PASSWORD '*…'`, `IDENTIFIED VIA …`) are cut off.
 fn normalise_grant(line: &str, user: &str) -> String {
@@ -228,63 +295,18 @@ impl Database for MySql {
         Ok(())
     }
 
-    async fn set_password(
+    async fn login(
         &self,
         _engine: Engine,
         at: &Endpoint,
         login: &Credentials,
-        user: &str,
-        password: &SecretString,
-    ) -> Result<(), DbError> {
-        let mut conn = self.connect(at, login).await?;
-        let (pw, login_pw) = (password.expose_secret(), login.password.expose_secret());
-        let hash = native_password_hash(pw);
-        let secrets = [pw, login_pw, hash.as_str()];
-        let err = |e| classify(at, &login.username, e, &secrets);
-        let mariadb = is_mariadb(&mut conn).await.map_err(err)?;
-        let accounts = if login.username == user {
-            // Changing one's own password needs no privilege on either server.
-            vec![None]
-        } else {
-            // The master path: every account (user@host) of that user.
-            let hosts: Vec<String> = conn
-                .exec("SELECT Host FROM mysql.user WHERE User = ?", (user,))
-                .await
-                .map_err(err)?;
-            if hosts.is_empty() {
-                return Err(DbError::Refused(format!(
-                    "there is no account for user {user}"
-                )));
-            }
-            hosts
-                .iter()
-                .map(|h| {
-                    Ok(Some(format!(
-                        "{}@{}",
-                        literal(user, "user name")?,
-                        literal(h, "account host")?
-                    )))
-                })
-                .collect::<Result<_, DbError>>()?
-        };
-        for account in accounts {
-            let sql = match (mariadb, account) {
-                // MariaDB takes the hash itself: the plaintext never leaves this process.
-                (true, None) => format!("SET PASSWORD = '{hash}'"),
-                (true, Some(a)) => format!("SET PASSWORD FOR {a} = '{hash}'"),
-                (false, None) => format!(
-                    "ALTER USER CURRENT_USER() IDENTIFIED BY {}",
-                    literal(pw, "new password")?
-                ),
-                (false, Some(a)) => format!(
-                    "ALTER USER {a} IDENTIFIED BY {}",
-                    literal(pw, "new password")?
-                ),
-            };
-            conn.query_drop(sql).await.map_err(err)?;
-        }
-        let _ = conn.disconnect().await;
-        Ok(())
+    ) -> Result<Box<dyn DbSession>, DbError> {
+        let conn = self.connect(at, login).await?;
+        Ok(Box::new(MySqlSession {
+            conn: Some(conn),
+            at: at.clone(),
+            login: login.clone(),
+        }))
     }
 
     async fn privileges(

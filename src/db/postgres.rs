@@ -12,7 +12,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::debug;
 
 use super::tls::DbTls;
-use crate::rotation::ports::{Database, DbError};
+use crate::rotation::ports::{Database, DbError, DbSession};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,32 +137,18 @@ impl Database for Postgres {
         Ok(())
     }
 
-    async fn set_password(
+    async fn login(
         &self,
         _engine: Engine,
         at: &Endpoint,
         login: &Credentials,
-        user: &str,
-        password: &SecretString,
-    ) -> Result<(), DbError> {
-        // The verifier (4096 PBKDF2 rounds) is computed on another thread while we log in.
-        let plain = password.clone();
-        let verifier = tokio::task::spawn_blocking(move || {
-            postgres_protocol::password::scram_sha_256(plain.expose_secret().as_bytes())
-        });
+    ) -> Result<Box<dyn DbSession>, DbError> {
         let client = self.connect(at, login).await?;
-        let verifier = verifier.await.expect("the verifier task does not panic");
-        // ALTER ROLE takes no bind parameters: the name is quoted, the verifier is base64 and `$:`.
-        let sql = format!(
-            "ALTER ROLE {} WITH PASSWORD {}",
-            quote_ident(user),
-            quote_literal(&verifier)
-        );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| classify(at, &login.username, e))?;
-        Ok(())
+        Ok(Box::new(PgSession {
+            client,
+            at: at.clone(),
+            login_user: login.username.clone(),
+        }))
     }
 
     async fn privileges(
@@ -178,6 +164,35 @@ impl Database for Postgres {
             .await
             .map_err(|e| classify(at, &login.username, e))?;
         Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+}
+
+struct PgSession {
+    client: Client,
+    at: Endpoint,
+    login_user: String,
+}
+
+#[async_trait]
+impl DbSession for PgSession {
+    async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<(), DbError> {
+        // 4096 PBKDF2 rounds: off the async threads, which other rotations share.
+        let plain = password.clone();
+        let verifier = tokio::task::spawn_blocking(move || {
+            postgres_protocol::password::scram_sha_256(plain.expose_secret().as_bytes())
+        })
+        .await
+        .expect("the verifier task does not panic");
+        // ALTER ROLE takes no bind parameters: the name is quoted, the verifier is base64 and `$:`.
+        let sql = format!(
+            "ALTER ROLE {} WITH PASSWORD {}",
+            quote_ident(user),
+            quote_literal(&verifier)
+        );
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| classify(&self.at, &self.login_user, e))
     }
 }
 

@@ -155,7 +155,6 @@ impl SecretStore for World {
             .ok_or_else(|| SecretStoreError::NotFound(secret_id.into()))?;
         Ok(SecretMeta {
             arn: format!("arn:fake:{name}"),
-            name: name.into(),
             versions: versions
                 .iter()
                 .filter(|v| !v.stages.is_empty())
@@ -179,6 +178,7 @@ impl SecretStore for World {
             At::Version(id) => v.id == id,
         });
         Ok(found.map(|v| SecretVersion {
+            arn: format!("arn:fake:{}", name_of(secret_id)),
             version_id: v.id.clone(),
             stages: v.stages.clone(),
             value: SecretString::from(v.value.clone()),
@@ -420,35 +420,24 @@ impl Database for World {
         }
     }
 
-    async fn set_password(
+    async fn login(
         &self,
         _engine: Engine,
         at: &Endpoint,
         login: &Credentials,
-        user: &str,
-        password: &SecretString,
-    ) -> Result<(), DbError> {
-        {
-            let s = self.alive().map_err(|reason| DbError::Unreachable {
-                at: at.to_string(),
-                reason,
-            })?;
-            if !World::login_ok(&s, at, login) {
-                return Err(DbError::LoginRejected(login.username.clone()));
-            }
-            if login.username != user && login.username != "master" {
-                return Err(DbError::Refused("permission denied".into()));
-            }
-        }
-        let (user, password) = (user.to_owned(), password.expose_secret().to_owned());
-        self.effect(move |s| {
-            s.password_changes.push(user.clone());
-            s.db.insert(user, password);
-        })
-        .map_err(|reason| DbError::Unreachable {
+    ) -> Result<Box<dyn DbSession>, DbError> {
+        let s = self.alive().map_err(|reason| DbError::Unreachable {
             at: at.to_string(),
             reason,
-        })
+        })?;
+        if !World::login_ok(&s, at, login) {
+            return Err(DbError::LoginRejected(login.username.clone()));
+        }
+        Ok(Box::new(FakeSession {
+            world: self.clone(),
+            at: at.clone(),
+            login_user: login.username.clone(),
+        }))
     }
 
     async fn privileges(
@@ -460,6 +449,32 @@ impl Database for World {
     ) -> Result<Vec<String>, DbError> {
         self.check_login(engine, at, login).await?;
         Ok(vec!["member of app_role".into()])
+    }
+}
+
+/// A login to the fake database: only the user itself, or "master", may change a password.
+struct FakeSession {
+    world: World,
+    at: Endpoint,
+    login_user: String,
+}
+
+#[async_trait]
+impl DbSession for FakeSession {
+    async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<(), DbError> {
+        if self.login_user != user && self.login_user != "master" {
+            return Err(DbError::Refused("permission denied".into()));
+        }
+        let (user, password) = (user.to_owned(), password.expose_secret().to_owned());
+        self.world
+            .effect(move |s| {
+                s.password_changes.push(user.clone());
+                s.db.insert(user, password);
+            })
+            .map_err(|reason| DbError::Unreachable {
+                at: self.at.to_string(),
+                reason,
+            })
     }
 }
 

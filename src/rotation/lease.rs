@@ -1,13 +1,13 @@
 //! The lease around a rotation: acquire (or wait for) it, keep it alive while the work runs.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tracing::warn;
 
 use super::ports::{Acquired, Lease, RecordStoreError};
-use super::record::{now_ms, StepRecord};
+use super::record::{now_ms, BeginIf, StepRecord};
 use super::{LeaseWait, RotationError, Rotator};
 
 /// What [`acquire`] got.
@@ -15,17 +15,22 @@ pub(super) enum Taken {
     /// The lease, the record as it stands, and whether we had to wait for it (what was read
     /// before may be stale then).
     Lease(Lease, Option<Box<StepRecord>>, bool),
+    /// The lease, and the new rotation's record stored with it.
+    Begun(Lease, Box<StepRecord>),
     /// Someone else holds the lease, and the record already answers the request (`skip` said
     /// why): a burst of copies does not queue up behind one lease.
     Answered(String),
 }
 
-/// Takes the lease on `arn`, waiting for an expired holder when allowed.
+/// Takes the lease on `arn`, waiting for an expired holder when allowed. With `begin`, the first
+/// attempt also stores that new rotation's record if the item allows it (see `BeginIf`); after a
+/// wait it is not tried, since the plan it came from may be stale.
 pub(super) async fn acquire(
     rotator: &Rotator,
     arn: &str,
     wait: LeaseWait,
     skip: impl Fn(&StepRecord) -> Option<String>,
+    begin: Option<(&StepRecord, &BeginIf)>,
 ) -> Result<Taken, RotationError> {
     let ttl = rotator.settings.lease_duration;
     // Unique per acquisition, not per process: two tasks of one worker are two holders. (A retry
@@ -40,21 +45,42 @@ pub(super) async fn acquire(
         LeaseWait::UpTo(d) => now_ms() + d.as_millis() as u64,
     };
     let mut waited = false;
+    // Tried once, first: after a wait or a refusal the plan may be stale.
+    let mut begin = begin;
+    // A record that is not in progress says how the last rotation ended, and nothing a holder
+    // does now can make a skip wrong: this request was handled, or the last success is recent.
+    // (A holder that is starting a rotation may not have written yet.)
+    let answered = |record: Option<Box<StepRecord>>| {
+        record
+            .filter(|r| !r.is_in_progress())
+            .and_then(|r| skip(&r))
+    };
     loop {
-        match rotator.records.acquire(arn, &owner, ttl).await? {
+        let acquired = match begin.take() {
+            Some((record, cond)) => {
+                rotator
+                    .records
+                    .begin(arn, &owner, ttl, record, cond)
+                    .await?
+            }
+            None => rotator.records.acquire(arn, &owner, ttl).await?,
+        };
+        match acquired {
             Acquired::Granted { lease, record } => return Ok(Taken::Lease(lease, record, waited)),
+            Acquired::Begun { lease, record } => return Ok(Taken::Begun(lease, record)),
+            Acquired::NotBegun { record } => {
+                // The lease is free, but the record said no: answered from it, or taken alone
+                // (next pass) so that `run` decides.
+                if let Some(why) = answered(record) {
+                    return Ok(Taken::Answered(why));
+                }
+            }
             Acquired::Held {
                 owner,
                 expires_at_ms,
                 record,
             } => {
-                // A record that is not in progress says how the last rotation ended, and nothing
-                // the holder does now can make a skip wrong: this request was handled, or the last
-                // success is recent. (A holder that is starting a rotation has not written yet.)
-                if let Some(why) = record
-                    .filter(|r| !r.is_in_progress())
-                    .and_then(|r| skip(&r))
-                {
+                if let Some(why) = answered(record) {
                     return Ok(Taken::Answered(why));
                 }
                 let now = now_ms();
@@ -77,12 +103,30 @@ pub(super) async fn acquire(
 }
 
 /// What the work under a lease and its heartbeat tell each other.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Flags {
     /// A renewal found someone else holding the lease: the work stops at its next step.
     pub lost: AtomicBool,
     /// The work gave the lease back with its last write: nothing is left to renew or release.
     pub released: AtomicBool,
+    /// When the lease runs out, by our clock, as last taken or renewed (ms since the epoch).
+    expires_at_ms: AtomicU64,
+}
+
+impl Flags {
+    pub fn new(lease: &Lease) -> Self {
+        Self {
+            lost: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+            expires_at_ms: AtomicU64::new(lease.expires_at_ms),
+        }
+    }
+
+    /// The lease may be someone else's now: a renewal said so, or renewals have failed (say,
+    /// the state table is unreachable) until it ran out.
+    pub fn may_be_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst) || now_ms() >= self.expires_at_ms.load(Ordering::SeqCst)
+    }
 }
 
 /// Runs `work` while renewing the lease every third of its duration. When a renewal finds that
@@ -96,16 +140,18 @@ pub(super) async fn heartbeat<T>(
 ) -> T {
     let lost = &flags.lost;
     let ttl = rotator.settings.lease_duration;
-    let mut tick = tokio::time::interval(ttl / 3);
+    // The lease is fresh: the first renewal is due a period from now. (Not `interval`'s
+    // immediate first tick, which waits for the timer's next millisecond.)
+    let period = ttl / 3;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate; the lease is fresh
     tokio::pin!(work);
     loop {
         tokio::select! {
             out = &mut work => return out,
             _ = tick.tick(), if !lost.load(Ordering::SeqCst) && !flags.released.load(Ordering::SeqCst) => {
                 match rotator.records.renew(lease, ttl).await {
-                    Ok(_) => {}
+                    Ok(expires) => flags.expires_at_ms.store(expires, Ordering::SeqCst),
                     Err(RecordStoreError::Fenced(fence)) => {
                         warn!(secret = %lease.key, fence, "lease taken over by another worker; stepping back");
                         lost.store(true, Ordering::SeqCst);

@@ -7,7 +7,7 @@
 //!
 //! | step           | effect                                              | already done when                         |
 //! |----------------|-----------------------------------------------------|-------------------------------------------|
-//! | (begin)        | record: rotation id, current version, users         | a record in progress exists: resume it    |
+//! | (begin)        | record: rotation id, current version, users (with the lease) | a record in progress exists: resume it |
 //! | create_pending | AWSPENDING version, ClientRequestToken = rotation id | version `rotation id` exists              |
 //! | set_password   | the idle user's password in the database            | the pending credentials log in            |
 //! | update_proxy   | the idle user's RDS Proxy secret = new password     | version `proxy_token(rotation id)` exists |
@@ -32,18 +32,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
 use crate::calls::Tally;
 use crate::failpoint;
 use crate::password::{PasswordPolicy, PolicyError};
-use crate::secret::{AppSecret, Credentials, SecretError, UserSecret};
+use crate::secret::{AppSecret, Credentials, Endpoint, Engine, SecretError, UserSecret};
 use ports::{
-    At, Database, DbError, Lease, RecordStore, RecordStoreError, ReportOutcome, Reporter,
-    RotationReport, SecretMeta, SecretStore, SecretStoreError, Stage,
+    At, Database, DbError, DbSession, Lease, RecordStore, RecordStoreError, ReportOutcome,
+    Reporter, RotationReport, SecretMeta, SecretStore, SecretStoreError, SecretVersion, Stage,
 };
-use record::{now_ms, Plan, Step, StepRecord};
+use record::{now_ms, BeginIf, Plan, Step, StepRecord};
 
 /// Backoff for retryable errors. One value, documented defaults, used everywhere a step retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,17 +351,38 @@ impl Rotator {
         wait: LeaseWait,
         trace: &Trace,
     ) -> Result<Outcome, RotationError> {
-        let meta = self.secrets.describe(secret_id).await?;
+        // One read names the secret and holds what a new rotation starts from. When it finds
+        // nothing usable, DescribeSecret says why (no such secret, no AWSCURRENT, ...), and a
+        // fatal error is then recorded under the lease as before. A retryable one is just that.
+        let (meta, current) = match self.secrets.get(secret_id, At::Stage(Stage::Current)).await {
+            Ok(Some(v)) => (SecretMeta::of_version(&v), Some(v)),
+            Err(e) if e.is_retryable() => return Err(e.into()),
+            Ok(None) | Err(_) => (self.secrets.describe(secret_id).await?, None),
+        };
         trace.with(|t| t.secret = Some(meta.arn.clone()));
         let now = now_ms();
-        // Planning only reads, so it runs while the lease is taken. `run` uses it only for a new
-        // rotation from labels that are not stale; otherwise those reads were spent for nothing.
-        let (taken, early_plan) = tokio::join!(
-            lease::acquire(self, &meta.arn, wait, |r| skip_reason(r, request, now)),
-            self.plan(&meta)
-        );
-        let (lease, existing, waited) = match taken? {
-            lease::Taken::Lease(lease, existing, waited) => (lease, existing, waited),
+        // Planning only reads, so it runs before the lease. The write that takes the lease also
+        // stores the new rotation's record when the item allows it (`BeginIf`); otherwise `run`
+        // decides from the record as it stands.
+        let planned = self.plan(&meta, current).await;
+        let new = planned
+            .as_ref()
+            .ok()
+            .map(|(plan, current, proxy)| NewRotation {
+                record: new_record(&meta.arn, plan.clone(), request, None, now),
+                cond: begin_if(plan, request, now),
+                current: current.clone(),
+                proxy: proxy.clone(),
+            });
+        let taken = lease::acquire(
+            self,
+            &meta.arn,
+            wait,
+            |r| skip_reason(r, request, now),
+            new.as_ref().map(|n| (&n.record, &n.cond)),
+        )
+        .await?;
+        let (lease, meta, start) = match taken {
             lease::Taken::Answered(why) => {
                 info!(secret = %meta.arn, %why, "rotation skipped");
                 return Ok(Outcome::Skipped {
@@ -369,44 +390,49 @@ impl Rotator {
                     why,
                 });
             }
-        };
-        // The labels were read before the lease. If another holder may have moved AWSCURRENT since
-        // (we waited for it, or its record names a rotation that is not AWSCURRENT in what we
-        // read: finished, or failed after its compare-and-swap), read them again. A plan from
-        // stale labels would pick the user now in use as the idle one.
-        let stale = waited
-            || existing.as_ref().is_some_and(|r| {
-                !r.is_in_progress()
-                    && r.rotation_id.is_some()
-                    && r.rotation_id.as_deref() != meta.version_with(Stage::Current)
-            });
-        let (meta, early_plan) = if stale {
-            match self.secrets.describe(secret_id).await {
-                Ok(m) => (m, None),
-                Err(e) => {
-                    let _ = self.records.release(&lease).await;
-                    return Err(e.into());
-                }
+            lease::Taken::Begun(lease, record) => {
+                let Some(new) = new else {
+                    unreachable!("only a new rotation's record is stored with the lease")
+                };
+                let start = Start::Begun {
+                    record: *record,
+                    current: new.current,
+                    proxy: new.proxy,
+                };
+                (lease, meta, start)
             }
-        } else {
-            (meta, Some(early_plan))
+            lease::Taken::Lease(lease, existing, waited) => {
+                // If another holder may have moved AWSCURRENT since the labels were read (we
+                // waited for it, or its record names a rotation that is not AWSCURRENT in what we
+                // read), read them again: a plan from stale labels would pick the user now in use.
+                let stale = waited
+                    || existing
+                        .as_ref()
+                        .is_some_and(|r| labels_stale(r, meta.version_with(Stage::Current)));
+                let (meta, plan) = if stale {
+                    match self.secrets.describe(secret_id).await {
+                        Ok(m) => (m, None),
+                        Err(e) => {
+                            let _ = self.records.release(&lease).await;
+                            return Err(e.into());
+                        }
+                    }
+                } else {
+                    (meta, Some(planned))
+                };
+                let start = Start::Found {
+                    existing: existing.map(|r| *r),
+                    plan,
+                };
+                (lease, meta, start)
+            }
         };
-        let flags = lease::Flags::default();
+        let flags = lease::Flags::new(&lease);
         let result = lease::heartbeat(
             self,
             &lease,
             &flags,
-            self.run(
-                &lease,
-                &flags,
-                &meta,
-                Found {
-                    existing: existing.map(|r| *r),
-                    plan: early_plan,
-                },
-                request,
-                trace,
-            ),
+            self.run(&lease, &flags, &meta, start, request, trace),
         )
         .await;
         if flags.released.load(Ordering::SeqCst) {
@@ -423,73 +449,89 @@ impl Rotator {
         lease: &Lease,
         flags: &lease::Flags,
         meta: &SecretMeta,
-        found: Found,
+        start: Start,
         request: &Request,
         trace: &Trace,
     ) -> Result<Outcome, RotationError> {
-        let Found {
-            existing,
-            plan: early_plan,
-        } = found;
         let now = now_ms();
-        // What planning a new rotation read, reused by its steps instead of read again.
-        let mut planned: Option<(AppSecret, Option<UserSecret>)> = None;
-        let (record, resumed) = match existing {
-            // A rotation in progress is always finished first, whatever was asked.
-            Some(mut r) if r.is_in_progress() => {
-                r.resumed(now);
-                info!(secret = %meta.arn, rotation_id = r.rotation_id.as_deref().unwrap_or(""),
-                      step = %r.step, attempts = r.attempts, "resuming rotation");
-                (r, true)
+        // `planned`: what planning a new rotation read, reused by its steps instead of read again.
+        let begun = matches!(start, Start::Begun { .. });
+        let (record, resumed, planned) = match start {
+            Start::Begun {
+                record,
+                current,
+                proxy,
+            } => {
+                announce(&record, &current);
+                (record, false, Some((current, proxy)))
             }
-            Some(previous) if skip_reason(&previous, request, now).is_some() => {
-                let why = skip_reason(&previous, request, now).unwrap_or_default();
-                info!(secret = %meta.arn, %why, "rotation skipped");
-                return Ok(Outcome::Skipped {
-                    secret_arn: meta.arn.clone(),
-                    why,
-                });
-            }
-            previous => match match early_plan {
-                Some(p) => p,
-                None => self.plan(meta).await,
-            } {
-                Ok((plan, current, proxy)) => {
-                    if !current.is_multi_user() {
-                        warn!(secret = %meta.arn, user = %plan.target_user,
-                              "single-user rotation: the password in use changes, so applications may briefly fail to log in");
-                    }
-                    planned = Some((current, proxy));
-                    let id = Uuid::new_v4().to_string();
-                    info!(secret = %meta.arn, rotation_id = %id, from = %plan.current_user,
-                          to = %plan.target_user, "starting rotation");
-                    let mut record = StepRecord::begin(&meta.arn, id, plan, previous.as_ref(), now);
-                    record.request_id = request.request_id.clone();
-                    record.reason = request.reason.clone();
-                    (record, false)
+            Start::Found { existing, plan } => match existing {
+                // A rotation in progress is always finished first, whatever was asked.
+                Some(mut r) if r.is_in_progress() => {
+                    r.resumed(now);
+                    info!(secret = %meta.arn, rotation_id = r.rotation_id.as_deref().unwrap_or(""),
+                          step = %r.step, attempts = r.attempts, "resuming rotation");
+                    (r, true, None)
                 }
-                Err(e) => {
-                    if !e.is_retryable() {
-                        let mut failed = StepRecord::failed_to_begin(
-                            &meta.arn,
-                            e.to_string(),
-                            previous.as_ref(),
-                            now,
-                        );
-                        failed.request_id = request.request_id.clone();
-                        failed.reason = request.reason.clone();
-                        if let Err(save) = self.records.save(lease, &failed).await {
-                            warn!(secret = %meta.arn, error = %save, "could not record the failure");
+                Some(previous) if skip_reason(&previous, request, now).is_some() => {
+                    let why = skip_reason(&previous, request, now).unwrap_or_default();
+                    info!(secret = %meta.arn, %why, "rotation skipped");
+                    return Ok(Outcome::Skipped {
+                        secret_arn: meta.arn.clone(),
+                        why,
+                    });
+                }
+                previous => {
+                    let planned = match plan {
+                        Some(p) => p,
+                        None => self.plan(meta, None).await,
+                    };
+                    match planned {
+                        Ok((plan, current, proxy)) => {
+                            let record =
+                                new_record(&meta.arn, plan, request, previous.as_ref(), now);
+                            announce(&record, &current);
+                            (record, false, Some((current, proxy)))
+                        }
+                        Err(e) => {
+                            if !e.is_retryable() {
+                                let mut failed = StepRecord::failed_to_begin(
+                                    &meta.arn,
+                                    e.to_string(),
+                                    previous.as_ref(),
+                                    now,
+                                );
+                                failed.request_id = request.request_id.clone();
+                                failed.reason = request.reason.clone();
+                                if let Err(save) = self.records.save(lease, &failed).await {
+                                    warn!(secret = %meta.arn, error = %save, "could not record the failure");
+                                }
+                            }
+                            return Err(e);
                         }
                     }
-                    return Err(e);
                 }
             },
         };
         trace.record(&record, resumed);
-        // Persisted before AWSPENDING is written: from here on, any process resumes this id.
-        self.records.save(lease, &record).await?;
         let fresh = planned.is_some();
+        // set_password tries the idle user's proxy secret first, and planning read it: a new
+        // rotation logs in with it now, while AWSPENDING is written. Only now, under the lease,
+        // with the record saying this rotation begins: a copy of a request never logs in (a
+        // failed login may count towards locking the user out).
+        let early = planned.as_ref().and_then(|(current, proxy)| {
+            let login = proxy.as_ref()?.credentials.clone();
+            Some(EarlyLogin::start(
+                self.db.clone(),
+                current.engine,
+                current.admin_endpoint().clone(),
+                login,
+            ))
+        });
+        if fresh && !begun {
+            // Persisted before AWSPENDING is written: from here on, any process resumes this id.
+            self.records.save(lease, &record).await?;
+        }
         let (current, proxy) = planned.unzip();
         let mut run = Run {
             rotator: self,
@@ -503,6 +545,7 @@ impl Rotator {
             proxy: proxy.flatten(),
             pending: None,
             unsaved: false,
+            early,
         };
         let mut attempt = 1;
         let mut delays = self.settings.retry.backoff().build();
@@ -536,6 +579,7 @@ impl Rotator {
                     // The failed attempt may have done part of its step: check from now on.
                     run.fresh = false;
                     run.meta = None;
+                    run.early = None;
                     trace.with(|t| t.retries += 1);
                     tokio::time::sleep(delay).await;
                 }
@@ -548,8 +592,9 @@ impl Rotator {
     }
 
     /// Decides who rotates to whom, before anything is written. Every check that could reject the
-    /// secret runs here, so bad input changes nothing.
-    async fn plan(&self, meta: &SecretMeta) -> Planned {
+    /// secret runs here, so bad input changes nothing. `read` is AWSCURRENT's version when the
+    /// caller has it already.
+    async fn plan(&self, meta: &SecretMeta, read: Option<SecretVersion>) -> Planned {
         let arn = &meta.arn;
         let current_version =
             meta.version_with(Stage::Current)
@@ -557,7 +602,10 @@ impl Rotator {
                     secret: arn.clone(),
                     reason: "no version is labelled AWSCURRENT".into(),
                 })?;
-        let current = self.read_app_secret(arn, current_version).await?;
+        let current = match read.filter(|v| v.version_id == current_version) {
+            Some(v) => parse_app_secret(arn, &v)?,
+            None => self.read_app_secret(arn, current_version).await?,
+        };
         self.settings.password.validate(current.engine)?;
         let target = current.next_username().to_owned();
         let proxy = self.find_proxy_secret(&current, &target).await?;
@@ -579,10 +627,7 @@ impl Rotator {
                 secret: arn.to_owned(),
                 reason: format!("version {version} is gone"),
             })?;
-        AppSecret::parse(&v.value).map_err(|source| RotationError::BadSecret {
-            secret: arn.to_owned(),
-            source,
-        })
+        parse_app_secret(arn, &v)
     }
 
     async fn read_user_secret(
@@ -641,6 +686,13 @@ impl Rotator {
     }
 }
 
+fn parse_app_secret(arn: &str, v: &SecretVersion) -> Result<AppSecret, RotationError> {
+    AppSecret::parse(&v.value).map_err(|source| RotationError::BadSecret {
+        secret: arn.to_owned(),
+        source,
+    })
+}
+
 /// Why a request needs no new rotation, if it does not. Checked under the lease, so two workers
 /// holding copies of one request cannot both decide to rotate.
 fn skip_reason(previous: &StepRecord, request: &Request, now: u64) -> Option<String> {
@@ -691,11 +743,74 @@ impl KnownSource {
 /// What planning decided, with what it read: AWSCURRENT parsed, and the idle user's proxy secret.
 type Planned = Result<(Plan, AppSecret, Option<UserSecret>), RotationError>;
 
-/// What was known when the lease was taken: the record, and a plan made meanwhile (`None` when
-/// the labels it was made from may be stale).
-struct Found {
-    existing: Option<StepRecord>,
-    plan: Option<Planned>,
+/// A new rotation as planned before the lease: its record, when the store may write it with
+/// the lease, and what planning read.
+struct NewRotation {
+    record: StepRecord,
+    cond: BeginIf,
+    current: AppSecret,
+    proxy: Option<UserSecret>,
+}
+
+/// How a run under the lease starts.
+enum Start {
+    /// A new rotation whose record was stored with the lease.
+    Begun {
+        record: StepRecord,
+        current: AppSecret,
+        proxy: Option<UserSecret>,
+    },
+    /// The record as the lease found it, and the plan made before (`None` when the labels it was
+    /// made from may be stale): `run` resumes, skips or begins.
+    Found {
+        existing: Option<StepRecord>,
+        plan: Option<Planned>,
+    },
+}
+
+/// A new rotation's record, with a new rotation id.
+fn new_record(
+    arn: &str,
+    plan: Plan,
+    request: &Request,
+    previous: Option<&StepRecord>,
+    now: u64,
+) -> StepRecord {
+    let mut record = StepRecord::begin(arn, Uuid::new_v4().to_string(), plan, previous, now);
+    record.request_id = request.request_id.clone();
+    record.reason = request.reason.clone();
+    record
+}
+
+/// `run`'s rules for beginning a new rotation, as conditions the store can check in the write that
+/// takes the lease: no rotation in progress, no reason to skip (`skip_reason`), labels not stale
+/// (`labels_stale`).
+fn begin_if(plan: &Plan, request: &Request, now: u64) -> BeginIf {
+    BeginIf {
+        current_version: plan.current_version.clone(),
+        request_id: request.request_id.clone(),
+        last_success_by: request
+            .min_interval
+            .filter(|min| !request.force && !min.is_zero())
+            .map(|min| now.saturating_sub(min.as_millis() as u64)),
+    }
+}
+
+/// A record that is not in progress and names a rotation id other than AWSCURRENT as read:
+/// another holder finished (or failed after its compare-and-swap) since, so the labels read
+/// before the lease may be stale.
+fn labels_stale(r: &StepRecord, current_version: Option<&str>) -> bool {
+    !r.is_in_progress() && r.rotation_id.is_some() && r.rotation_id.as_deref() != current_version
+}
+
+fn announce(record: &StepRecord, current: &AppSecret) {
+    let target = record.target_user.as_deref().unwrap_or_default();
+    if !current.is_multi_user() {
+        warn!(secret = %record.secret_id, user = %target,
+              "single-user rotation: the password in use changes, so applications may briefly fail to log in");
+    }
+    info!(secret = %record.secret_id, rotation_id = record.rotation_id.as_deref().unwrap_or_default(),
+          from = record.current_user.as_deref().unwrap_or_default(), to = %target, "starting rotation");
 }
 
 /// One rotation in progress under a lease.
@@ -705,7 +820,8 @@ struct Run<'a> {
     flags: &'a lease::Flags,
     trace: &'a Trace,
     record: StepRecord,
-    /// The secret's labels as read just before the lease; `None` once stale.
+    /// Where AWSCURRENT was when the run began (perhaps only that label: `SecretMeta::of_version`);
+    /// `None` once stale.
     meta: Option<SecretMeta>,
     /// This rotation began in this process and no attempt has failed yet, so no step can be
     /// half done: the steps skip their "already done?" reads. Resumed or retried runs check.
@@ -718,6 +834,41 @@ struct Run<'a> {
     pending: Option<Credentials>,
     /// The record is ahead of what the store holds (see `drive` for when it is written).
     unsaved: bool,
+    /// A login with the idle user's proxy secret, opened before the first step (fresh runs).
+    early: Option<EarlyLogin>,
+}
+
+/// A database login opened ahead of its use, on its own task so that it makes progress while
+/// the rotation waits on other calls. Dropped unused (a step failed first), it is cancelled.
+struct EarlyLogin(tokio::task::JoinHandle<Result<Box<dyn DbSession>, DbError>>);
+
+impl EarlyLogin {
+    fn start(db: Arc<dyn Database>, engine: Engine, at: Endpoint, login: Credentials) -> Self {
+        let work = async move { db.login(engine, &at, &login).await };
+        Self(tokio::spawn(
+            crate::calls::carry(work).instrument(tracing::Span::current()),
+        ))
+    }
+
+    async fn session(mut self) -> Result<Box<dyn DbSession>, DbError> {
+        match (&mut self.0).await {
+            Ok(session) => session,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Cancelled: the runtime is shutting down.
+                Err(_) => Err(DbError::Unreachable {
+                    at: "the database".into(),
+                    reason: "the login was cancelled".into(),
+                }),
+            },
+        }
+    }
+}
+
+impl Drop for EarlyLogin {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Run<'_> {
@@ -741,21 +892,23 @@ impl Run<'_> {
 
     /// Runs the steps in order. Every step checks what an earlier attempt did, so the record
     /// need not be written after each one; it is written where that buys something:
-    /// - a new rotation's record before its first step (in `run`), so that the rotation id is
-    ///   stored before AWSPENDING is written;
-    /// - after set_password, before the proxy secret changes: the write's fence check stops a
-    ///   worker that lost its lease (unless that write failed and the step is retried);
+    /// - a new rotation's record before its first step (with the lease, or in `run`), so that
+    ///   the rotation id is stored before AWSPENDING is written;
+    /// - beside set_password: the write's fence check stops a worker that lost its lease before
+    ///   the proxy secret changes. Setting the password again is harmless: it is the same
+    ///   password, read from the pending version. (Before every step, a run also stops if its
+    ///   lease may be lost: a renewal said so, or by its own clock the lease has run out.);
     /// - beside the test, which only reads and may wait minutes for the proxy, so that status
     ///   shows it and a crash there does not redo the proxy step;
     /// - with the release, after finish;
     /// - at shutdown, wherever the run stopped.
     ///
-    /// Not after create_pending (a resumed run finds the version with one read) nor after the
-    /// test (it simply runs again).
+    /// "Beside" is at the same time: the step and the write run together, and the step's result
+    /// counts only if the write succeeds.
     async fn drive(&mut self) -> Result<(), RotationError> {
         self.check_current_label().await?;
         while self.record.step != Step::Done {
-            if self.flags.lost.load(Ordering::SeqCst) {
+            if self.flags.may_be_lost() {
                 return Err(RotationError::LeaseLost(self.arn().to_owned()));
             }
             if self.rotator.shutdown.is_triggered() {
@@ -769,7 +922,8 @@ impl Run<'_> {
             failpoint::hit(&format!("before:{step}")).await;
             let began = Instant::now();
             self.trace.with(|t| t.last_step = Some(step));
-            let next = if self.unsaved && step == Step::Test {
+            let beside = step == Step::SetPassword || (step == Step::Test && self.unsaved);
+            let next = if beside {
                 let (rotator, lease, record) = (self.rotator, self.lease, self.record.clone());
                 let write = async move {
                     rotator
@@ -778,7 +932,10 @@ impl Run<'_> {
                         .await
                         .map_err(RotationError::from)
                 };
-                let (next, ()) = tokio::try_join!(self.run_step(step), write)?;
+                // Both run to the end: a write cancelled half-way could land after a later one.
+                let (next, written) = tokio::join!(self.run_step(step), write);
+                let next = next?;
+                written?;
                 self.unsaved = false;
                 next
             } else {
@@ -799,9 +956,6 @@ impl Run<'_> {
                     Err(e) => warn!(secret = %self.arn(), error = %e,
                                     "rotation complete, but its last record write failed; the next run records it"),
                 }
-                self.unsaved = false;
-            } else if step == Step::SetPassword {
-                self.rotator.records.save(self.lease, &self.record).await?;
                 self.unsaved = false;
             }
             info!(secret = %self.arn(), rotation_id = %self.rotation_id(), done = %step, next = %next, "step complete");
@@ -918,28 +1072,36 @@ impl Run<'_> {
         let mut tried = Vec::new();
         // Read one source at a time: the first usually works, and the others cost calls.
         for source in KnownSource::ALL {
-            let (source, login) = self.known_credentials(source, &current).await?;
+            let (label, login) = self.known_credentials(source, &current).await?;
             let Some(login) = login else {
-                tried.extend(source);
+                tried.extend(label);
                 continue;
             };
-            let source = source.unwrap_or_default();
-            match db
-                .set_password(
-                    current.engine,
-                    at,
-                    &login,
-                    &pending.username,
-                    &pending.password,
-                )
-                .await
-            {
+            let label = label.unwrap_or_default();
+            // The proxy secret's login may be open already (see `run`).
+            let early = match source {
+                KnownSource::ProxySecret => self.early.take(),
+                _ => None,
+            };
+            let session = match early {
+                Some(early) => early.session().await,
+                None => db.login(current.engine, at, &login).await,
+            };
+            let changed = match session {
+                Ok(mut session) => {
+                    session
+                        .set_password(&pending.username, &pending.password)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match changed {
                 Ok(()) => {
-                    info!(secret = %self.arn(), user = %pending.username, via = %source, "password set");
+                    info!(secret = %self.arn(), user = %pending.username, via = %label, "password set");
                     failpoint::hit("inside:set_password").await;
                     return Ok(Step::UpdateProxy);
                 }
-                Err(DbError::LoginRejected(_)) => tried.push(format!("{source}: login rejected")),
+                Err(DbError::LoginRejected(_)) => tried.push(format!("{label}: login rejected")),
                 Err(e) => return Err(e.into()),
             }
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use secrecy::SecretString;
 
-use super::record::StepRecord;
+use super::record::{BeginIf, StepRecord};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 /// Secrets Manager staging labels.
@@ -36,6 +36,8 @@ pub enum At<'a> {
 
 #[derive(Debug, Clone)]
 pub struct SecretVersion {
+    /// The secret's ARN, whatever name or ARN the read used.
+    pub arn: String,
     pub version_id: String,
     pub stages: Vec<String>,
     pub value: SecretString,
@@ -51,12 +53,21 @@ impl SecretVersion {
 #[derive(Debug, Clone)]
 pub struct SecretMeta {
     pub arn: String,
-    pub name: String,
-    /// (version id, labels)
+    /// (version id, labels): every labelled version from `describe`; only the one version read
+    /// from `of_version`.
     pub versions: Vec<(String, Vec<String>)>,
 }
 
 impl SecretMeta {
+    /// What reading one version tells about its secret: the ARN, and where that version's
+    /// labels are (nothing about the others).
+    pub fn of_version(v: &SecretVersion) -> Self {
+        Self {
+            arn: v.arn.clone(),
+            versions: vec![(v.version_id.clone(), v.stages.clone())],
+        }
+    }
+
     pub fn version_with(&self, stage: Stage) -> Option<&str> {
         self.versions
             .iter()
@@ -90,7 +101,8 @@ impl SecretStoreError {
 pub trait SecretStore: Send + Sync {
     /// Resolves a name or ARN to the secret's identity and label map.
     async fn describe(&self, secret_id: &str) -> Result<SecretMeta, SecretStoreError>;
-    /// `Ok(None)` when the secret exists but that version or label does not.
+    /// `Ok(None)` when that version or label does not exist (or the secret does not: `describe`
+    /// tells the two apart).
     async fn get(
         &self,
         secret_id: &str,
@@ -137,6 +149,14 @@ pub enum Acquired {
         lease: Lease,
         record: Option<Box<StepRecord>>,
     },
+    /// From `begin` only: the lease, and the new rotation's record as stored.
+    Begun {
+        lease: Lease,
+        record: Box<StepRecord>,
+    },
+    /// From `begin` only: the lease is free, but the record (as it stands) did not allow a new
+    /// rotation, and nothing was written.
+    NotBegun { record: Option<Box<StepRecord>> },
     Held {
         owner: String,
         expires_at_ms: u64,
@@ -173,6 +193,37 @@ pub trait RecordStore: Send + Sync {
         owner: &str,
         ttl: Duration,
     ) -> Result<Acquired, RecordStoreError>;
+    /// Takes the lease and stores `record`, a new rotation's, in one write: when the lease is
+    /// free and `cond` allows it. Otherwise it writes no record: `Held`, `NotBegun`, or (this
+    /// default, which takes the lease first) `Granted`. The stored record keeps the item's
+    /// `last_success_at`.
+    async fn begin(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        record: &StepRecord,
+        cond: &BeginIf,
+    ) -> Result<Acquired, RecordStoreError> {
+        match self.acquire(key, owner, ttl).await? {
+            Acquired::Granted {
+                lease,
+                record: existing,
+            } if cond.allows(existing.as_deref()) => {
+                let mut begun = record.clone();
+                begun.last_success_at = existing.and_then(|r| r.last_success_at);
+                if let Err(e) = self.save(&lease, &begun).await {
+                    let _ = self.release(&lease).await;
+                    return Err(e);
+                }
+                Ok(Acquired::Begun {
+                    lease,
+                    record: Box::new(begun),
+                })
+            }
+            other => Ok(other),
+        }
+    }
     /// Extends the lease; `Fenced` when someone else holds it now.
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<u64, RecordStoreError>;
     /// Writes the record, only if `lease.fence` is still the item's fence.
@@ -219,8 +270,16 @@ pub trait Database: Send + Sync {
         at: &Endpoint,
         creds: &Credentials,
     ) -> Result<(), DbError>;
-    /// Logs in as `login` and sets `user`'s password. The plaintext never reaches the server
-    /// where the engine allows (PostgreSQL: a SCRAM verifier is sent).
+    /// Logs in as `login`, to change passwords with the session it returns. Logging in is the
+    /// slow part (a new server process, a SCRAM exchange), and it changes nothing, so a rotation
+    /// does it while it writes AWSPENDING.
+    async fn login(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        login: &Credentials,
+    ) -> Result<Box<dyn DbSession>, DbError>;
+    /// Logs in as `login` and sets `user`'s password.
     async fn set_password(
         &self,
         engine: Engine,
@@ -228,7 +287,12 @@ pub trait Database: Send + Sync {
         login: &Credentials,
         user: &str,
         password: &SecretString,
-    ) -> Result<(), DbError>;
+    ) -> Result<(), DbError> {
+        self.login(engine, at, login)
+            .await?
+            .set_password(user, password)
+            .await
+    }
     /// `user`'s role memberships, attributes and grants, one sorted line each, read as `login`:
     /// two users of one rotation should have the same.
     async fn privileges(
@@ -238,6 +302,14 @@ pub trait Database: Send + Sync {
         login: &Credentials,
         user: &str,
     ) -> Result<Vec<String>, DbError>;
+}
+
+/// A database login that can change passwords. Dropping it closes the connection.
+#[async_trait]
+pub trait DbSession: Send {
+    /// Sets `user`'s password. The plaintext never reaches the server where the engine allows
+    /// (PostgreSQL: a SCRAM verifier is sent).
+    async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<(), DbError>;
 }
 
 /// What one `rotate` call came to. Holds no secret material: it goes to logs, metrics and events.

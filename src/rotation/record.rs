@@ -257,6 +257,38 @@ impl StepRecord {
     }
 }
 
+/// When a new rotation may begin without reading the record first. The store checks it in the
+/// same write that takes the lease (`RecordStore::begin`), so a plain rotation costs one write
+/// instead of two. The rules are `Rotator::run`'s: no rotation in progress (that one is resumed),
+/// labels not stale, and no reason to skip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BeginIf {
+    /// AWSCURRENT as the plan read it: a finished or failed record of another rotation id means
+    /// the labels may have moved since.
+    pub current_version: String,
+    /// A record of this request means it was handled already.
+    pub request_id: Option<String>,
+    /// The minimum interval: the last success must be no later than this (ms since the epoch).
+    pub last_success_by: Option<u64>,
+}
+
+impl BeginIf {
+    pub fn allows(&self, existing: Option<&StepRecord>) -> bool {
+        let Some(r) = existing else {
+            return true;
+        };
+        !r.is_in_progress()
+            && r.rotation_id
+                .as_ref()
+                .is_none_or(|id| *id == self.current_version)
+            && (self.request_id.is_none() || r.request_id != self.request_id)
+            && match (self.last_success_by, r.last_success_at) {
+                (Some(by), Some(last)) => last <= by,
+                _ => true,
+            }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

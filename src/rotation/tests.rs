@@ -543,7 +543,8 @@ async fn shutdown_after_a_step_stops_at_its_record_and_the_next_run_resumes_it()
     r.records = Arc::new(ShutdownAt {
         world: w.clone(),
         shutdown: r.shutdown.clone(),
-        at: Step::UpdateProxy,
+        // Saved beside set_password: the run finishes that step, then stops.
+        at: Step::SetPassword,
     });
     let err = r
         .rotate(APP, &Request::default(), LeaseWait::No)
@@ -606,4 +607,163 @@ async fn every_rotation_is_reported_with_its_steps_and_without_secret_material()
         failed[0].outcome
     );
     assert_eq!(failed[0].last_step, None, "it failed before the first step");
+}
+
+/// The conditions the store checks when it begins a rotation with the lease say exactly what
+/// `run` would decide from the same record: resume, skip and re-plan never begin.
+#[test]
+fn a_rotation_begins_with_the_lease_exactly_when_run_would_begin_it() {
+    let now = 1_000_000_000;
+    let plan = record::Plan {
+        current_version: "v1".into(),
+        current_user: "alice".into(),
+        target_user: "bob".into(),
+        proxy_secret_id: None,
+    };
+    let finished = |id: &str, request: Option<&str>, at: u64| {
+        let mut r = StepRecord::begin(APP, id.into(), plan.clone(), None, at);
+        r.request_id = request.map(Into::into);
+        r.advance(Step::Done, at);
+        r
+    };
+    let mut failed = StepRecord::begin(APP, "r-5".into(), plan.clone(), None, now);
+    failed.note_error("finish: boom".into(), true, now);
+    let records = [
+        None,
+        Some(StepRecord::begin(
+            APP,
+            "r-1".into(),
+            plan.clone(),
+            None,
+            now,
+        )),
+        Some(finished("v1", Some("req-1"), now - 60_000)),
+        Some(finished("v0", None, now - 60_000)),
+        Some(finished("v1", None, now - 1_000)),
+        Some(finished("v1", None, now + 60_000)),
+        Some(failed),
+        Some(StepRecord::failed_to_begin(APP, "bad".into(), None, now)),
+    ];
+    let requests = [
+        Request::default(),
+        Request {
+            request_id: Some("req-1".into()),
+            ..Request::default()
+        },
+        Request {
+            request_id: Some("req-2".into()),
+            ..Request::default()
+        },
+        Request {
+            min_interval: Some(Duration::from_secs(10)),
+            ..Request::default()
+        },
+        Request {
+            min_interval: Some(Duration::from_secs(10)),
+            force: true,
+            ..Request::default()
+        },
+        Request {
+            min_interval: Some(Duration::ZERO),
+            ..Request::default()
+        },
+    ];
+    let mut begins = 0;
+    for r in &records {
+        for request in &requests {
+            let run_begins = r.as_ref().is_none_or(|r| {
+                !r.is_in_progress()
+                    && skip_reason(r, request, now).is_none()
+                    && !labels_stale(r, Some("v1"))
+            });
+            let cond = begin_if(&plan, request, now);
+            assert_eq!(cond.allows(r.as_ref()), run_begins, "{r:?} / {request:?}");
+            begins += usize::from(run_begins);
+        }
+    }
+    assert!(begins > 0 && begins < records.len() * requests.len());
+}
+
+/// The world's record store, whose renewals fail as if the table were unreachable.
+struct NoRenewals(World);
+
+#[async_trait::async_trait]
+impl super::ports::RecordStore for NoRenewals {
+    async fn acquire(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<super::ports::Acquired, RecordStoreError> {
+        self.0.acquire(key, owner, ttl).await
+    }
+    async fn renew(&self, _lease: &Lease, _ttl: Duration) -> Result<u64, RecordStoreError> {
+        Err(RecordStoreError::Unavailable(
+            "the table is unreachable".into(),
+        ))
+    }
+    async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError> {
+        self.0.save(lease, record).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), RecordStoreError> {
+        self.0.release(lease).await
+    }
+    async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError> {
+        self.0.load(key).await
+    }
+}
+
+/// The world's database, where a login through the proxy takes `delay`.
+struct SlowProxy(World, Duration);
+
+#[async_trait::async_trait]
+impl Database for SlowProxy {
+    async fn check_login(
+        &self,
+        engine: crate::secret::Engine,
+        at: &crate::secret::Endpoint,
+        creds: &Credentials,
+    ) -> Result<(), DbError> {
+        if at.host == "proxy" {
+            tokio::time::sleep(self.1).await;
+        }
+        self.0.check_login(engine, at, creds).await
+    }
+    async fn login(
+        &self,
+        engine: crate::secret::Engine,
+        at: &crate::secret::Endpoint,
+        login: &Credentials,
+    ) -> Result<Box<dyn DbSession>, DbError> {
+        self.0.login(engine, at, login).await
+    }
+    async fn privileges(
+        &self,
+        engine: crate::secret::Engine,
+        at: &crate::secret::Endpoint,
+        login: &Credentials,
+        user: &str,
+    ) -> Result<Vec<String>, DbError> {
+        self.0.privileges(engine, at, login, user).await
+    }
+}
+
+#[tokio::test]
+async fn a_run_whose_lease_ran_out_by_its_own_clock_stops_before_its_next_step() {
+    let w = world();
+    let before = w.version_id_with(APP, Stage::Current);
+    let mut r = rotator(&w);
+    r.records = Arc::new(NoRenewals(w.clone()));
+    r.db = Arc::new(SlowProxy(w.clone(), Duration::from_millis(400)));
+    r.settings.lease_duration = Duration::from_millis(200);
+    r.settings.test_deadline = Duration::from_secs(5);
+    let err = r
+        .rotate(APP, &Request::default(), LeaseWait::No)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RotationError::LeaseLost(_)), "{err}");
+    // The test passed, but finish never ran: another worker may hold the lease by now.
+    assert_eq!(w.version_id_with(APP, Stage::Current), before);
+    let record = w.load(&format!("arn:fake:{APP}")).await.unwrap().unwrap();
+    assert_eq!(record.step, Step::Test);
 }
