@@ -363,16 +363,19 @@ async fn an_uninterrupted_rotation_stays_within_its_call_budget() {
             writes + 1
         ),
     );
-    assert!(sm <= 7, "{sm} Secrets Manager calls: {calls}");
+    // Two reads (AWSCURRENT, the idle user's proxy secret) and four writes; no DescribeSecret.
+    assert!(sm <= 6, "{sm} Secrets Manager calls: {calls}");
+    assert_eq!(count("SecretsManager.DescribeSecret"), 0, "{calls}");
     assert_eq!(count("SecretsManager.PutSecretValue"), 2, "{calls}");
     assert_eq!(
         count("SecretsManager.UpdateSecretVersionStage"),
         2,
         "{calls}"
     );
-    // The lease, the record with the pending version, after set_password, beside the test, and
-    // the last with the release (the budget: one per step plus acquire and release, 7).
-    assert!(writes < 5, "{} DynamoDB writes: {calls}", writes + 1);
+    // The lease with the new record, beside set_password, beside the test, and the last with the
+    // release (the budget: one per step plus acquire and release, 7). No reads.
+    assert!(writes < 4, "{} DynamoDB writes: {calls}", writes + 1);
+    assert_eq!(count("DynamoDB.GetItem"), 0, "{calls}");
     assert!(pg <= 2, "{pg} PostgreSQL connections: {calls}");
 }
 
