@@ -898,8 +898,8 @@ impl Run<'_> {
     ///   the proxy secret changes. Setting the password again is harmless: it is the same
     ///   password, read from the pending version. (Before every step, a run also stops if its
     ///   lease may be lost: a renewal said so, or by its own clock the lease has run out.);
-    /// - beside the test, which only reads and may wait minutes for the proxy, so that status
-    ///   shows it and a crash there does not redo the proxy step;
+    /// - in the test, once its first login is refused: it may wait minutes for the proxy, so
+    ///   status shows that, and a crash while waiting does not redo the proxy step;
     /// - with the release, after finish;
     /// - at shutdown, wherever the run stopped.
     ///
@@ -922,8 +922,7 @@ impl Run<'_> {
             failpoint::hit(&format!("before:{step}")).await;
             let began = Instant::now();
             self.trace.with(|t| t.last_step = Some(step));
-            let beside = step == Step::SetPassword || (step == Step::Test && self.unsaved);
-            let next = if beside {
+            let next = if step == Step::SetPassword {
                 let (rotator, lease, record) = (self.rotator, self.lease, self.record.clone());
                 let write = async move {
                     rotator
@@ -1254,6 +1253,22 @@ impl Run<'_> {
         let deadline = self.rotator.settings.test_deadline;
         let db = &self.rotator.db;
         let attempt = || db.check_login(current.engine, &current.endpoint, &pending);
+        let waits = |e: &DbError| matches!(e, DbError::LoginRejected(_)) || e.is_retryable();
+        // Usually the first login passes. If not, the proxy may take minutes to read its secret:
+        // the record says the rotation waits here (status shows it, and a crash while waiting
+        // resumes here rather than before the proxy step).
+        match attempt().await {
+            Ok(()) => return Ok(Step::Finish),
+            Err(e) if waits(&e) => {
+                self.trace.with(|t| t.retries += 1);
+                info!(user = %pending.username, error = %e, "new credentials not accepted yet");
+                if self.unsaved {
+                    self.rotator.records.save(self.lease, &self.record).await?;
+                    self.unsaved = false;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
         let outcome = attempt
             .retry(
                 self.rotator
@@ -1264,7 +1279,7 @@ impl Run<'_> {
                     .with_max_times(usize::MAX)
                     .with_total_delay(Some(deadline)),
             )
-            .when(|e| matches!(e, DbError::LoginRejected(_)) || e.is_retryable())
+            .when(waits)
             .notify(|e, delay| {
                 self.trace.with(|t| t.retries += 1);
                 info!(user = %pending.username, error = %e, retry_in = ?delay, "new credentials not accepted yet");
