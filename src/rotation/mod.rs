@@ -517,8 +517,8 @@ impl Rotator {
         let fresh = planned.is_some();
         // set_password tries the idle user's proxy secret first, and planning read it: a new
         // rotation logs in with it now, while AWSPENDING is written. Only now, under the lease,
-        // with the record saying this rotation begins: a copy of a request never logs in (a
-        // failed login may count towards locking the user out).
+        // once this run begins a rotation: a copy of a request never logs in (a failed login
+        // may count towards locking the user out).
         let early = planned.as_ref().and_then(|(current, proxy)| {
             let login = proxy.as_ref()?.credentials.clone();
             Some(EarlyLogin::start(
