@@ -104,6 +104,12 @@ fn record_from(item: &Item) -> Result<Option<StepRecord>, RecordStoreError> {
         current_user: get_s(m, "current_user"),
         target_user: get_s(m, "target_user"),
         proxy_secret_id: get_s(m, "proxy_secret_id"),
+        proxy_version: get_s(m, "proxy_version"),
+        unfinished_versions: m
+            .get("unfinished_versions")
+            .and_then(|v| v.as_l().ok())
+            .map(|l| l.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
+            .unwrap_or_default(),
         request_id: get_s(m, "request_id"),
         reason: get_s(m, "reason"),
         attempts: get_n(m, "attempts").unwrap_or(0) as u32,
@@ -136,6 +142,12 @@ fn record_map(r: &StepRecord) -> AttributeValue {
         ("current_user", opt_s(&r.current_user)),
         ("target_user", opt_s(&r.target_user)),
         ("proxy_secret_id", opt_s(&r.proxy_secret_id)),
+        ("proxy_version", opt_s(&r.proxy_version)),
+        (
+            "unfinished_versions",
+            (!r.unfinished_versions.is_empty())
+                .then(|| AttributeValue::L(r.unfinished_versions.iter().map(|v| s(v)).collect())),
+        ),
         ("request_id", opt_s(&r.request_id)),
         ("reason", opt_s(&r.reason)),
         ("attempts", Some(n(u64::from(r.attempts)))),

@@ -72,6 +72,10 @@ const TRANSIENT_CODES: &[&str] = &[
     "InternalFailure",
     "ServiceUnavailable",
     "RequestTimeout",
+    // The caller's temporary credentials ran out (an ECS task role or SSO session renewing
+    // under the worker): the SDK's provider fetches new ones for the next call.
+    "ExpiredTokenException",
+    "ExpiredToken",
 ];
 
 pub(crate) fn failure<E>(err: &SdkError<E, HttpResponse>) -> Failure

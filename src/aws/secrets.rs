@@ -56,11 +56,14 @@ where
     match f.code.as_deref() {
         _ if f.transient => SecretStoreError::Unavailable(f.message),
         Some("ResourceNotFoundException") => SecretStoreError::NotFound(secret_id.to_owned()),
+        Some("ResourceExistsException") => SecretStoreError::VersionExists(secret_id.to_owned()),
+        // KMS refusals (EncryptionFailure on a write, DecryptionFailure on a read) are a key
+        // policy's deny, as final as IAM's.
         Some(
             "AccessDeniedException"
             | "UnrecognizedClientException"
             | "DecryptionFailure"
-            | "ExpiredTokenException",
+            | "EncryptionFailure",
         ) => SecretStoreError::Denied(f.message),
         _ => SecretStoreError::Refused(f.message),
     }
@@ -84,6 +87,8 @@ impl SecretStore for SecretsManager {
         Ok(SecretMeta {
             arn: out.arn().unwrap_or(secret_id).to_owned(),
             versions,
+            rotation_enabled: out.rotation_enabled().unwrap_or(false),
+            rotation_lambda: out.rotation_lambda_arn().map(str::to_owned),
         })
     }
 
@@ -134,7 +139,10 @@ impl SecretStore for SecretsManager {
             .version_stages(stage.as_str())
             .send()
             .await
-            .map_err(|e| map_err(secret_id, e))?;
+            .map_err(|e| match map_err(secret_id, e) {
+                SecretStoreError::VersionExists(_) => SecretStoreError::VersionExists(token.into()),
+                e => e,
+            })?;
         Ok(())
     }
 

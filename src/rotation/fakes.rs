@@ -47,6 +47,10 @@ pub struct State {
     pub puts: Vec<(String, String)>,
     /// What the rotator reported, in order.
     pub reports: Vec<RotationReport>,
+    /// Secrets with Secrets Manager's own rotation attached.
+    pub rotation_enabled: std::collections::HashSet<String>,
+    /// Secrets whose writes (PutSecretValue) are denied, as by a key or resource policy.
+    pub deny_puts: std::collections::HashSet<String>,
 }
 
 #[derive(Clone, Default)]
@@ -160,6 +164,8 @@ impl SecretStore for World {
                 .filter(|v| !v.stages.is_empty())
                 .map(|v| (v.id.clone(), v.stages.clone()))
                 .collect(),
+            rotation_enabled: s.rotation_enabled.contains(name),
+            rotation_lambda: None,
         })
     }
 
@@ -197,6 +203,11 @@ impl SecretStore for World {
         let token = token.to_owned();
         self.effect(move |s| {
             s.puts.push((name.clone(), token.clone()));
+            if s.deny_puts.contains(&name) {
+                return Err(SecretStoreError::Denied(format!(
+                    "AccessDeniedException: not allowed to write {name}"
+                )));
+            }
             let versions = s
                 .secrets
                 .get_mut(&name)
@@ -206,9 +217,7 @@ impl SecretStore for World {
                 return if v.value == value {
                     Ok(())
                 } else {
-                    Err(SecretStoreError::Refused(
-                        "token reused with another value".into(),
-                    ))
+                    Err(SecretStoreError::VersionExists(token.clone()))
                 };
             }
             let label = stage.as_str().to_owned();

@@ -126,6 +126,21 @@ pub enum RotationError {
     },
     #[error("{secret} is inconsistent: {reason}")]
     Inconsistent { secret: String, reason: String },
+    #[error("Secrets Manager's own rotation is enabled on {secret}{}: its function would change passwords behind this tool's back. Turn it off with `aws secretsmanager cancel-rotate-secret --secret-id {secret}`, then rotate again", lambda.as_deref().map(|l| format!(" (function {l})")).unwrap_or_default())]
+    ManagedRotation {
+        secret: String,
+        lambda: Option<String>,
+    },
+    #[error("AWSPENDING of {secret} is on version {version}, which no rotation of this tool made: another rotation (Secrets Manager's own, or another tool's) is under way or was left behind. Stop it (`aws secretsmanager cancel-rotate-secret --secret-id {secret}`), remove the label (`aws secretsmanager update-secret-version-stage --secret-id {secret} --version-stage AWSPENDING --remove-from-version-id {version}`), then rotate again")]
+    ForeignPending { secret: String, version: String },
+    #[error("AWSPENDING of {secret} moved from this rotation's version {expected} to {found}: another rotation is at work on this secret; refusing to move AWSCURRENT")]
+    PendingMoved {
+        secret: String,
+        expected: String,
+        found: String,
+    },
+    #[error("Secrets Manager refused to move AWSCURRENT of {secret} although it is still on the expected version: {reason}")]
+    StageMoveRefused { secret: String, reason: String },
     #[error(
         "the new credentials of user {user} did not log in through {at} within {deadline}: {last}"
     )]
@@ -157,6 +172,7 @@ impl RotationError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::TestTimedOut { .. }
+            | Self::StageMoveRefused { .. }
             | Self::Busy { .. }
             | Self::LeaseLost(_)
             | Self::Interrupted(_) => true,
@@ -168,6 +184,9 @@ impl RotationError {
             | Self::NoProxySecret { .. }
             | Self::NoKnownCredentials { .. }
             | Self::CurrentMoved { .. }
+            | Self::ManagedRotation { .. }
+            | Self::ForeignPending { .. }
+            | Self::PendingMoved { .. }
             | Self::Inconsistent { .. } => false,
         }
     }
@@ -351,13 +370,19 @@ impl Rotator {
         wait: LeaseWait,
         trace: &Trace,
     ) -> Result<Outcome, RotationError> {
-        // One read names the secret and holds what a new rotation starts from. When it finds
-        // nothing usable, DescribeSecret says why (no such secret, no AWSCURRENT, ...), and a
-        // fatal error is then recorded under the lease as before. A retryable one is just that.
-        let (meta, current) = match self.secrets.get(secret_id, At::Stage(Stage::Current)).await {
-            Ok(Some(v)) => (SecretMeta::of_version(&v), Some(v)),
+        // AWSCURRENT's value, and beside it DescribeSecret: where every label is and whether
+        // Secrets Manager's own rotation is attached, which planning refuses (two rotators on
+        // one secret). Both at once, so the check costs no round trip.
+        let (read, meta) = tokio::join!(
+            self.secrets.get(secret_id, At::Stage(Stage::Current)),
+            self.secrets.describe(secret_id)
+        );
+        let meta = meta?;
+        let current = match read {
+            Ok(v) => v,
             Err(e) if e.is_retryable() => return Err(e.into()),
-            Ok(None) | Err(_) => (self.secrets.describe(secret_id).await?, None),
+            // Planning reads it again and records why it cannot (binary, denied, ...).
+            Err(_) => None,
         };
         trace.with(|t| t.secret = Some(meta.arn.clone()));
         let now = now_ms();
@@ -365,9 +390,12 @@ impl Rotator {
         // stores the new rotation's record when the item allows it (`BeginIf`); otherwise `run`
         // decides from the record as it stands.
         let planned = self.plan(&meta, current).await;
+        // Not with AWSPENDING elsewhere: whether that is a rotation of ours that stopped, or
+        // someone else's, only the record tells (`run`).
         let new = planned
             .as_ref()
             .ok()
+            .filter(|(plan, _, _)| plan.pending_version.is_none())
             .map(|(plan, current, proxy)| NewRotation {
                 record: new_record(&meta.arn, plan.clone(), request, None, now),
                 cond: begin_if(plan, request, now),
@@ -486,6 +514,10 @@ impl Rotator {
                         Some(p) => p,
                         None => self.plan(meta, None).await,
                     };
+                    let planned = planned.and_then(|(plan, current, proxy)| {
+                        pending_is_ours(&meta.arn, &plan, previous.as_ref())?;
+                        Ok((plan, current, proxy))
+                    });
                     match planned {
                         Ok((plan, current, proxy)) => {
                             let record =
@@ -607,15 +639,55 @@ impl Rotator {
             None => self.read_app_secret(arn, current_version).await?,
         };
         self.settings.password.validate(current.engine)?;
+        if meta.rotation_enabled {
+            return Err(RotationError::ManagedRotation {
+                secret: arn.clone(),
+                lambda: meta.rotation_lambda.clone(),
+            });
+        }
         let target = current.next_username().to_owned();
         let proxy = self.find_proxy_secret(&current, &target).await?;
+        let pending_version = meta
+            .version_with(Stage::Pending)
+            .filter(|v| *v != current_version)
+            .map(str::to_owned);
         let plan = Plan {
             current_version: current_version.to_owned(),
             current_user: current.credentials.username.clone(),
             target_user: target,
-            proxy_secret_id: proxy.as_ref().map(|(id, _)| id.clone()),
+            proxy_secret_id: proxy.as_ref().map(|p| p.id.clone()),
+            proxy_version: proxy.as_ref().map(|p| p.version_id.clone()),
+            pending_version,
         };
-        Ok((plan, current, proxy.map(|(_, secret)| secret)))
+        Ok((plan, current, proxy.map(|p| p.secret)))
+    }
+
+    /// PutSecretValue under `token`. AWS refuses a token reused with another value
+    /// (ResourceExistsException): then the version is read back, and if it holds what we meant
+    /// to write, it is ours (an earlier attempt whose answer was lost); if not, someone else
+    /// wrote under this rotation's token, and we stop rather than guess.
+    async fn put_once(
+        &self,
+        secret_id: &str,
+        token: &str,
+        value: &secrecy::SecretString,
+        stage: Stage,
+    ) -> Result<(), RotationError> {
+        match self.secrets.put(secret_id, token, value, stage).await {
+            Err(SecretStoreError::VersionExists(_)) => {}
+            other => return Ok(other?),
+        }
+        let stored = self.secrets.get(secret_id, At::Version(token)).await?;
+        let same = stored.is_some_and(|v| same_json(&v.value, value));
+        if same {
+            return Ok(());
+        }
+        Err(RotationError::Inconsistent {
+            secret: secret_id.to_owned(),
+            reason: format!(
+                "version {token} already exists with another value: something other than this rotation wrote under its token"
+            ),
+        })
     }
 
     async fn read_app_secret(&self, arn: &str, version: &str) -> Result<AppSecret, RotationError> {
@@ -635,16 +707,23 @@ impl Rotator {
         id: &str,
         at: At<'_>,
     ) -> Result<Option<UserSecret>, RotationError> {
+        Ok(self.read_user_version(id, at).await?.map(|(s, _)| s))
+    }
+
+    /// A user secret, and the id of the version read.
+    async fn read_user_version(
+        &self,
+        id: &str,
+        at: At<'_>,
+    ) -> Result<Option<(UserSecret, String)>, RotationError> {
         match self.secrets.get(id, at).await? {
             None => Ok(None),
-            Some(v) => {
-                UserSecret::parse(&v.value)
-                    .map(Some)
-                    .map_err(|source| RotationError::BadSecret {
-                        secret: id.to_owned(),
-                        source,
-                    })
-            }
+            Some(v) => UserSecret::parse(&v.value)
+                .map(|s| Some((s, v.version_id)))
+                .map_err(|source| RotationError::BadSecret {
+                    secret: id.to_owned(),
+                    source,
+                }),
         }
     }
 
@@ -655,7 +734,7 @@ impl Rotator {
         &self,
         app: &AppSecret,
         user: &str,
-    ) -> Result<Option<(String, UserSecret)>, RotationError> {
+    ) -> Result<Option<ProxySecret>, RotationError> {
         let ids = &app.proxy_secret_ids;
         if ids.is_empty() {
             return Ok(None);
@@ -668,15 +747,19 @@ impl Rotator {
             }
         }
         for id in order {
-            let secret = self
-                .read_user_secret(id, At::Stage(Stage::Current))
+            let (secret, version_id) = self
+                .read_user_version(id, At::Stage(Stage::Current))
                 .await?
                 .ok_or_else(|| RotationError::Inconsistent {
                     secret: id.clone(),
                     reason: "the proxy secret does not exist or has no AWSCURRENT version".into(),
                 })?;
             if secret.username() == user {
-                return Ok(Some((id.clone(), secret)));
+                return Ok(Some(ProxySecret {
+                    id: id.clone(),
+                    version_id,
+                    secret,
+                }));
             }
         }
         Err(RotationError::NoProxySecret {
@@ -684,6 +767,49 @@ impl Rotator {
             count: ids.len(),
         })
     }
+}
+
+/// Two secret values mean the same JSON (key order and spacing aside).
+fn same_json(a: &secrecy::SecretString, b: &secrecy::SecretString) -> bool {
+    use secrecy::ExposeSecret;
+    let parse = |s: &secrecy::SecretString| {
+        serde_json::from_str::<serde_json::Value>(s.expose_secret()).ok()
+    };
+    match (parse(a), parse(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a.expose_secret() == b.expose_secret(),
+    }
+}
+
+/// A proxy secret as planning found it.
+struct ProxySecret {
+    id: String,
+    version_id: String,
+    secret: UserSecret,
+}
+
+/// AWSPENDING on a version other than AWSCURRENT's is refused, unless it is what a rotation of
+/// ours left when it failed or was aborted: then the new rotation takes the label over, and keeps
+/// that version's password known (`StepRecord::unfinished_versions`).
+fn pending_is_ours(
+    arn: &str,
+    plan: &Plan,
+    previous: Option<&StepRecord>,
+) -> Result<(), RotationError> {
+    let Some(version) = &plan.pending_version else {
+        return Ok(());
+    };
+    let ours = previous.is_some_and(|p| {
+        (p.is_unfinished() && p.rotation_id.as_ref() == Some(version))
+            || p.unfinished_versions.contains(version)
+    });
+    if ours {
+        return Ok(());
+    }
+    Err(RotationError::ForeignPending {
+        secret: arn.to_owned(),
+        version: version.clone(),
+    })
 }
 
 fn parse_app_secret(arn: &str, v: &SecretVersion) -> Result<AppSecret, RotationError> {
@@ -719,10 +845,18 @@ fn skip_reason(previous: &StepRecord, request: &Request, now: u64) -> Option<Str
 }
 
 /// Where the idle user's current password may be known, best first.
+///
+/// A rotation that stops after set_password (a denied or KMS-refused proxy-secret write, a test
+/// that timed out, an abort) leaves a password that only its pending version knows. That version
+/// is a source here, rather than writing the proxy secret before the password changes: it covers
+/// every failure after set_password, not only a refused write, and costs no call on the way of a
+/// rotation that succeeds.
 #[derive(Debug, Clone, Copy)]
 enum KnownSource {
     /// Its RDS Proxy secret: RDS Proxy logs in with it, so it is right unless someone changed it.
     ProxySecret,
+    /// The pending versions of earlier rotations of this user that failed or were aborted.
+    Unfinished,
     /// The previous version of the app secret, when it was for this user.
     Previous,
     /// AWSCURRENT itself, in single-user rotation.
@@ -732,8 +866,9 @@ enum KnownSource {
 }
 
 impl KnownSource {
-    const ALL: [KnownSource; 4] = [
+    const ALL: [KnownSource; 5] = [
         KnownSource::ProxySecret,
+        KnownSource::Unfinished,
         KnownSource::Previous,
         KnownSource::Current,
         KnownSource::Master,
@@ -820,8 +955,7 @@ struct Run<'a> {
     flags: &'a lease::Flags,
     trace: &'a Trace,
     record: StepRecord,
-    /// Where AWSCURRENT was when the run began (perhaps only that label: `SecretMeta::of_version`);
-    /// `None` once stale.
+    /// The labels as the run began (DescribeSecret); `None` once stale.
     meta: Option<SecretMeta>,
     /// This rotation began in this process and no attempt has failed yet, so no step can be
     /// half done: the steps skip their "already done?" reads. Resumed or retried runs check.
@@ -981,6 +1115,13 @@ impl Run<'_> {
             Some(m) => m,
             None => self.rotator.secrets.describe(self.arn()).await?,
         };
+        // Attached since the rotation began: two rotators must not take turns on one user.
+        if meta.rotation_enabled {
+            return Err(RotationError::ManagedRotation {
+                secret: self.arn().to_owned(),
+                lambda: meta.rotation_lambda.clone(),
+            });
+        }
         let expected = self.record.current_version.clone().unwrap_or_default();
         match meta.version_with(Stage::Current) {
             Some(v) if v == expected => Ok(()),
@@ -1045,8 +1186,7 @@ impl Run<'_> {
             let creds = Credentials::new(self.target_user(), password);
             let value = current.render_with(&creds);
             self.rotator
-                .secrets
-                .put(&arn, &id, &value, Stage::Pending)
+                .put_once(&arn, &id, &value, Stage::Pending)
                 .await?;
             // What we just stored; a resumed run reads it back instead.
             self.pending = Some(creds);
@@ -1071,37 +1211,39 @@ impl Run<'_> {
         let mut tried = Vec::new();
         // Read one source at a time: the first usually works, and the others cost calls.
         for source in KnownSource::ALL {
-            let (label, login) = self.known_credentials(source, &current).await?;
-            let Some(login) = login else {
-                tried.extend(label);
-                continue;
-            };
-            let label = label.unwrap_or_default();
-            // The proxy secret's login may be open already (see `run`).
-            let early = match source {
-                KnownSource::ProxySecret => self.early.take(),
-                _ => None,
-            };
-            let session = match early {
-                Some(early) => early.session().await,
-                None => db.login(current.engine, at, &login).await,
-            };
-            let changed = match session {
-                Ok(mut session) => {
-                    session
-                        .set_password(&pending.username, &pending.password)
-                        .await
+            for (label, login) in self.known_credentials(source, &current).await? {
+                let Some(login) = login else {
+                    tried.push(label);
+                    continue;
+                };
+                // The proxy secret's login may be open already (see `run`).
+                let early = match source {
+                    KnownSource::ProxySecret => self.early.take(),
+                    _ => None,
+                };
+                let session = match early {
+                    Some(early) => early.session().await,
+                    None => db.login(current.engine, at, &login).await,
+                };
+                let changed = match session {
+                    Ok(mut session) => {
+                        session
+                            .set_password(&pending.username, &pending.password)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match changed {
+                    Ok(()) => {
+                        info!(secret = %self.arn(), user = %pending.username, via = %label, "password set");
+                        failpoint::hit("inside:set_password").await;
+                        return Ok(Step::UpdateProxy);
+                    }
+                    Err(DbError::LoginRejected(_)) => {
+                        tried.push(format!("{label}: login rejected"))
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => Err(e),
-            };
-            match changed {
-                Ok(()) => {
-                    info!(secret = %self.arn(), user = %pending.username, via = %label, "password set");
-                    failpoint::hit("inside:set_password").await;
-                    return Ok(Step::UpdateProxy);
-                }
-                Err(DbError::LoginRejected(_)) => tried.push(format!("{label}: login rejected")),
-                Err(e) => return Err(e.into()),
             }
         }
         Err(RotationError::NoKnownCredentials {
@@ -1110,9 +1252,39 @@ impl Run<'_> {
         })
     }
 
-    /// The idle user's last known credentials from one source, with a label for messages.
-    /// `(None, None)`: the source does not apply; `(Some(label), None)`: it holds nothing usable.
+    /// The idle user's last known credentials from one source, each with a label for messages:
+    /// none when the source does not apply, `(label, None)` when it holds nothing usable.
     async fn known_credentials(
+        &mut self,
+        source: KnownSource,
+        current: &AppSecret,
+    ) -> Result<Vec<(String, Option<Credentials>)>, RotationError> {
+        let target = self.target_user().to_owned();
+        if let KnownSource::Unfinished = source {
+            let mut found = Vec::new();
+            for id in self.record.unfinished_versions.clone() {
+                let label = format!("pending version {id} of an unfinished rotation");
+                let read = self
+                    .rotator
+                    .secrets
+                    .get(self.arn(), At::Version(&id))
+                    .await?;
+                found.push(match read.map(|v| AppSecret::parse(&v.value)) {
+                    None => (format!("{label}: gone"), None),
+                    Some(Ok(p)) if p.credentials.username == target => (label, Some(p.credentials)),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => (format!("{label}: unreadable ({e})"), None),
+                });
+            }
+            return Ok(found);
+        }
+        let (label, login) = self.known_one(source, current).await?;
+        Ok(label.map(|l| (l, login)).into_iter().collect())
+    }
+
+    /// One source's credentials: `(None, None)` when it does not apply, `(Some(label), None)`
+    /// when it holds nothing usable.
+    async fn known_one(
         &mut self,
         source: KnownSource,
         current: &AppSecret,
@@ -1141,6 +1313,7 @@ impl Run<'_> {
                 };
                 Ok((Some(label), creds))
             }
+            KnownSource::Unfinished => Ok((None, None)),
             KnownSource::Previous => {
                 let previous = self
                     .rotator
@@ -1186,6 +1359,9 @@ impl Run<'_> {
         }
     }
 
+    /// The proxy secret's new version goes in under this tool's own label, then AWSCURRENT moves
+    /// to it by compare-and-swap from the version planning read: a proxy secret that someone
+    /// else changed since (another rotation of the same user, a person) is not overwritten.
     async fn update_proxy(&mut self) -> Result<Step, RotationError> {
         let Some(proxy_id) = self.record.proxy_secret_id.clone() else {
             return Ok(Step::Test);
@@ -1199,49 +1375,78 @@ impl Run<'_> {
         } else {
             secrets.get(&proxy_id, At::Version(&token)).await?
         };
-        match written {
-            Some(v) if v.has(Stage::Current) => {}
-            Some(_) => {
-                // Written, but someone moved AWSCURRENT away since: move it back only via CAS.
-                let meta = secrets.describe(&proxy_id).await?;
-                let from = meta
-                    .version_with(Stage::Current)
-                    .unwrap_or_default()
-                    .to_owned();
-                secrets
-                    .move_stage(&proxy_id, Stage::Current, &token, &from)
-                    .await?;
+        if written.as_ref().is_some_and(|v| v.has(Stage::Current)) {
+            return Ok(Step::Test);
+        }
+        if written.is_none() {
+            let proxy = match self.proxy.clone() {
+                Some(p) => Some(p),
+                None => {
+                    self.rotator
+                        .read_user_secret(&proxy_id, At::Stage(Stage::Current))
+                        .await?
+                }
+            };
+            let proxy = proxy.ok_or_else(|| RotationError::Inconsistent {
+                secret: proxy_id.clone(),
+                reason: "the proxy secret does not exist or has no AWSCURRENT version".into(),
+            })?;
+            if proxy.username() != pending.username {
+                return Err(RotationError::Inconsistent {
+                    secret: proxy_id,
+                    reason: format!(
+                        "it now holds user {}, not {}",
+                        proxy.username(),
+                        pending.username
+                    ),
+                });
             }
+            let value = proxy.render_with_password(&pending.password);
+            self.rotator
+                .put_once(&proxy_id, &token, &value, Stage::Staged)
+                .await?;
+        }
+        let from = match self.record.proxy_version.clone() {
+            Some(v) => v,
+            // A record from before the compare-and-swap: whatever is AWSCURRENT now.
             None => {
-                let proxy = match self.proxy.clone() {
-                    Some(p) => Some(p),
-                    None => {
-                        self.rotator
-                            .read_user_secret(&proxy_id, At::Stage(Stage::Current))
-                            .await?
-                    }
-                };
-                let proxy = proxy.ok_or_else(|| RotationError::Inconsistent {
-                    secret: proxy_id.clone(),
-                    reason: "the proxy secret does not exist or has no AWSCURRENT version".into(),
-                })?;
-                if proxy.username() != pending.username {
+                let meta = secrets.describe(&proxy_id).await?;
+                meta.version_with(Stage::Current)
+                    .unwrap_or_default()
+                    .to_owned()
+            }
+        };
+        if let Err(e) = secrets
+            .move_stage(&proxy_id, Stage::Current, &token, &from)
+            .await
+        {
+            let SecretStoreError::Refused(reason) = e else {
+                return Err(e.into());
+            };
+            // Refused: someone moved AWSCURRENT since the plan, or our own move went through and
+            // its answer was lost. Look to tell.
+            let meta = secrets.describe(&proxy_id).await?;
+            match meta.version_with(Stage::Current) {
+                Some(v) if v == token => {}
+                Some(v) if v == from => {
+                    return Err(RotationError::StageMoveRefused {
+                        secret: proxy_id,
+                        reason,
+                    })
+                }
+                found => {
                     return Err(RotationError::Inconsistent {
                         secret: proxy_id,
                         reason: format!(
-                            "it now holds user {}, not {}",
-                            proxy.username(),
+                            "its AWSCURRENT moved from version {from} to {} since the rotation began (another rotation of user {}, or a person); not overwriting it",
+                            found.unwrap_or("nothing"),
                             pending.username
                         ),
-                    });
+                    })
                 }
-                let value = proxy.render_with_password(&pending.password);
-                secrets
-                    .put(&proxy_id, &token, &value, Stage::Current)
-                    .await?;
-                failpoint::hit("inside:update_proxy").await;
             }
         }
+        failpoint::hit("inside:update_proxy").await;
         Ok(Step::Test)
     }
 
@@ -1303,17 +1508,21 @@ impl Run<'_> {
         let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
         let secrets = &self.rotator.secrets;
         let expected = self.record.current_version.clone().unwrap_or_default();
-        // A fresh run knows where the labels are: AWSCURRENT where it began (the compare-and-swap
-        // checks that), AWSPENDING on its own version. Others look first.
-        let current_at = if self.fresh {
-            Some(expected.clone())
-        } else {
-            let meta = secrets.describe(&arn).await?;
-            meta.version_with(Stage::Current).map(str::to_owned)
-        };
-        match current_at.as_deref() {
+        // Right before the compare-and-swap, look where the labels are, fresh run or not: the CAS
+        // checks AWSCURRENT, but not that AWSPENDING is still ours. Another rotator that took it
+        // (Secrets Manager's own, attached since we began) may be changing this user's password.
+        let meta = secrets.describe(&arn).await?;
+        let pending_at = meta.version_with(Stage::Pending).map(str::to_owned);
+        match meta.version_with(Stage::Current) {
             Some(v) if v == id => {}
             Some(v) if v == expected => {
+                if pending_at.as_deref() != Some(id.as_str()) {
+                    return Err(RotationError::PendingMoved {
+                        secret: arn,
+                        expected: id,
+                        found: pending_at.unwrap_or_else(|| "nothing".into()),
+                    });
+                }
                 if let Err(e) = secrets
                     .move_stage(&arn, Stage::Current, &id, &expected)
                     .await
@@ -1321,12 +1530,20 @@ impl Run<'_> {
                     // The CAS was refused. Either someone moved AWSCURRENT between our look and
                     // our write, or an earlier attempt of ours succeeded but its answer was lost
                     // (the SDK then retries and finds the label gone): look again to tell.
-                    let SecretStoreError::Refused(_) = e else {
+                    let SecretStoreError::Refused(reason) = e else {
                         return Err(e.into());
                     };
                     let now = secrets.describe(&arn).await?;
                     match now.version_with(Stage::Current) {
                         Some(v) if v == id => {}
+                        // Still where we expected: nobody raced us, so this refusal says nothing
+                        // about the protocol. Try again later.
+                        Some(v) if v == expected => {
+                            return Err(RotationError::StageMoveRefused {
+                                secret: arn,
+                                reason,
+                            })
+                        }
                         found => {
                             return Err(RotationError::CurrentMoved {
                                 secret: arn,
@@ -1347,13 +1564,7 @@ impl Run<'_> {
         }
         // Drop our AWSPENDING, so nothing pending outlives the rotation. On another version it is
         // not ours (a later rotation's, or another tool's): it stays.
-        let pending_here = if self.fresh {
-            true
-        } else {
-            let meta = secrets.describe(&arn).await?;
-            meta.version_with(Stage::Pending) == Some(id.as_str())
-        };
-        if pending_here {
+        if pending_at.as_deref() == Some(id.as_str()) {
             match secrets.remove_stage(&arn, Stage::Pending, &id).await {
                 Ok(()) => {}
                 // Not there: an earlier attempt whose answer was lost removed it, or someone

@@ -15,6 +15,10 @@ pub enum Stage {
     Current,
     Pending,
     Previous,
+    /// This tool's own label on a proxy secret's new version, written before AWSCURRENT moves
+    /// to it by compare-and-swap. Not AWSPENDING: on a proxy secret that label may belong to
+    /// another tool's rotation, and PutSecretValue would take it away.
+    Staged,
 }
 
 impl Stage {
@@ -23,6 +27,7 @@ impl Stage {
             Stage::Current => "AWSCURRENT",
             Stage::Pending => "AWSPENDING",
             Stage::Previous => "AWSPREVIOUS",
+            Stage::Staged => "RDSROTATOR_STAGED",
         }
     }
 }
@@ -49,25 +54,20 @@ impl SecretVersion {
     }
 }
 
-/// A secret's identity and where its labels are.
-#[derive(Debug, Clone)]
+/// A secret's identity, where its labels are, and whether Secrets Manager rotates it itself.
+#[derive(Debug, Clone, Default)]
 pub struct SecretMeta {
     pub arn: String,
-    /// (version id, labels): every labelled version from `describe`; only the one version read
-    /// from `of_version`.
+    /// (version id, labels) of every labelled version.
     pub versions: Vec<(String, Vec<String>)>,
+    /// Secrets Manager's own rotation is attached (`RotationEnabled`): its function may change a
+    /// password behind this tool's back.
+    pub rotation_enabled: bool,
+    /// The function of that rotation, if it names one.
+    pub rotation_lambda: Option<String>,
 }
 
 impl SecretMeta {
-    /// What reading one version tells about its secret: the ARN, and where that version's
-    /// labels are (nothing about the others).
-    pub fn of_version(v: &SecretVersion) -> Self {
-        Self {
-            arn: v.arn.clone(),
-            versions: vec![(v.version_id.clone(), v.stages.clone())],
-        }
-    }
-
     pub fn version_with(&self, stage: Stage) -> Option<&str> {
         self.versions
             .iter()
@@ -87,6 +87,10 @@ pub enum SecretStoreError {
     Refused(String),
     #[error("access denied by Secrets Manager: {0}")]
     Denied(String),
+    /// PutSecretValue: a version with this ClientRequestToken exists with another value (AWS's
+    /// ResourceExistsException; the same value is an idempotent success).
+    #[error("a version with token {0} already exists with another value")]
+    VersionExists(String),
     #[error("Secrets Manager is unavailable: {0}")]
     Unavailable(String),
 }

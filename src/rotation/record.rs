@@ -80,6 +80,8 @@ pub enum State {
     InProgress,
     Finished,
     Failed,
+    /// Ended by an operator (`rds-rotator abort`).
+    Aborted,
 }
 
 impl State {
@@ -88,6 +90,7 @@ impl State {
             State::InProgress => "in_progress",
             State::Finished => "finished",
             State::Failed => "failed",
+            State::Aborted => "aborted",
         }
     }
 }
@@ -95,10 +98,15 @@ impl State {
 impl FromStr for State {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        [State::InProgress, State::Finished, State::Failed]
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| format!("unknown state {s:?}"))
+        [
+            State::InProgress,
+            State::Finished,
+            State::Failed,
+            State::Aborted,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+        .ok_or_else(|| format!("unknown state {s:?}"))
     }
 }
 
@@ -137,6 +145,13 @@ pub struct StepRecord {
     pub target_user: Option<String>,
     /// The proxy secret of the target user, when the secret names proxy secrets.
     pub proxy_secret_id: Option<String>,
+    /// That proxy secret's AWSCURRENT version when the rotation began: its compare-and-swap's
+    /// expected value.
+    pub proxy_version: Option<String>,
+    /// Pending versions of earlier rotations of the target user that failed or were aborted,
+    /// newest first. Such a rotation may have set the password before it stopped, and then only
+    /// its pending version knows it, so `set_password` tries them (see `KnownSource`).
+    pub unfinished_versions: Vec<String>,
     /// The request that started this rotation (SQS message, event or enqueue id): a redelivered
     /// request with the same id does not rotate again.
     pub request_id: Option<String>,
@@ -159,6 +174,9 @@ pub struct StepRecord {
     pub calls: BTreeMap<String, u64>,
 }
 
+/// How many unfinished pending versions a record carries.
+pub const MAX_UNFINISHED: usize = 4;
+
 /// What a rotation starts from, decided before anything is written.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -166,6 +184,10 @@ pub struct Plan {
     pub current_user: String,
     pub target_user: String,
     pub proxy_secret_id: Option<String>,
+    pub proxy_version: Option<String>,
+    /// AWSPENDING's version, when that is not AWSCURRENT's: a rotation that stopped, ours or
+    /// another tool's (`Rotator::run` tells which from the record).
+    pub pending_version: Option<String>,
 }
 
 impl StepRecord {
@@ -176,6 +198,7 @@ impl StepRecord {
         previous: Option<&StepRecord>,
         now: u64,
     ) -> Self {
+        let target = plan.target_user.clone();
         Self {
             secret_id: secret_id.to_owned(),
             rotation_id: Some(rotation_id),
@@ -185,6 +208,10 @@ impl StepRecord {
             current_user: Some(plan.current_user),
             target_user: Some(plan.target_user),
             proxy_secret_id: plan.proxy_secret_id,
+            proxy_version: plan.proxy_version,
+            unfinished_versions: previous
+                .map(|p| p.unfinished_for(&target))
+                .unwrap_or_default(),
             request_id: None,
             reason: None,
             attempts: 1,
@@ -213,6 +240,14 @@ impl StepRecord {
             current_user: None,
             target_user: None,
             proxy_secret_id: None,
+            proxy_version: None,
+            // Nothing changed this time: what the earlier ones left is still to be known.
+            unfinished_versions: previous
+                .map(|p| match p.target_user.as_deref() {
+                    Some(t) => p.unfinished_for(t),
+                    None => p.unfinished_versions.clone(),
+                })
+                .unwrap_or_default(),
             request_id: None,
             reason: None,
             attempts: previous
@@ -229,6 +264,27 @@ impl StepRecord {
 
     pub fn is_in_progress(&self) -> bool {
         self.state == State::InProgress
+    }
+
+    /// Ended without moving AWSCURRENT: failed or aborted.
+    pub fn is_unfinished(&self) -> bool {
+        matches!(self.state, State::Failed | State::Aborted)
+    }
+
+    /// The pending versions that may hold `target`'s password after this record: its own, if
+    /// it ended unfinished with `target` as its target, and those it carried.
+    pub fn unfinished_for(&self, target: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.is_unfinished() && self.target_user.as_deref() == Some(target) {
+            out.extend(self.rotation_id.clone());
+        }
+        if self.target_user.is_none() || self.target_user.as_deref() == Some(target) {
+            out.extend(self.unfinished_versions.iter().cloned());
+        }
+        out.dedup();
+        // The newest few: each one costs a read when the others fail.
+        out.truncate(MAX_UNFINISHED);
+        out
     }
 
     pub fn advance(&mut self, to: Step, now: u64) {
@@ -299,6 +355,8 @@ mod tests {
             current_user: "a".into(),
             target_user: "b".into(),
             proxy_secret_id: None,
+            proxy_version: None,
+            pending_version: None,
         }
     }
 

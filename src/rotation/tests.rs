@@ -622,6 +622,8 @@ fn a_rotation_begins_with_the_lease_exactly_when_run_would_begin_it() {
         current_user: "alice".into(),
         target_user: "bob".into(),
         proxy_secret_id: None,
+        proxy_version: None,
+        pending_version: None,
     };
     let finished = |id: &str, request: Option<&str>, at: u64| {
         let mut r = StepRecord::begin(APP, id.into(), plan.clone(), None, at);
