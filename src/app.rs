@@ -155,6 +155,12 @@ pub async fn run(cli: Cli) -> ExitCode {
             json,
         } => setup(args, &aws, queue_name.as_deref(), max_receive_count, json).await,
         Command::Status { secret_id, json } => status(args, &aws, &secret_id, json).await,
+        Command::Abort {
+            secret_id,
+            reason,
+            lease_wait,
+            json,
+        } => abort(args, &aws, &secret_id, &reason, lease_wait, json).await,
         Command::Check { secret_id, json } => {
             let rotator = match rotator(args, &aws, false) {
                 Ok(r) => r,
@@ -384,6 +390,51 @@ async fn enqueue(
         print_json(&json!({"queue_url": queue_url, "messages": sent}));
     }
     ExitCode::SUCCESS
+}
+
+async fn abort(
+    args: &GlobalArgs,
+    aws: &aws_config::SdkConfig,
+    secret_id: &str,
+    reason: &str,
+    lease_wait: std::time::Duration,
+    json: bool,
+) -> ExitCode {
+    let rotator = match rotator(args, aws, false) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match rotator
+        .abort(secret_id, reason, LeaseWait::UpTo(lease_wait))
+        .await
+    {
+        Ok(done) => {
+            if json {
+                print_json(&json!({
+                    "secret_id": done.secret_arn,
+                    "rotation_id": done.rotation_id,
+                    "step": done.step,
+                    "already_aborted": !done.now,
+                }));
+            } else if done.now {
+                println!(
+                    "aborted rotation {} of {} at step {}",
+                    done.rotation_id, done.secret_arn, done.step
+                );
+            } else {
+                println!(
+                    "rotation {} of {} was already aborted",
+                    done.rotation_id, done.secret_arn
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.is_retryable() => fail(
+            exit::TEMPORARY,
+            format!("abort of {secret_id} did not complete ({e}); run it again"),
+        ),
+        Err(e) => fail(exit::FAILED, format!("abort of {secret_id} failed: {e}")),
+    }
 }
 
 fn rotation_failed(secret_id: &str, e: &RotationError) -> ExitCode {

@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::db::tls::TlsMode;
-use crate::rotation::ports::{At, DbError, SecretStoreError, Stage};
-use crate::rotation::Rotator;
+use crate::rotation::ports::{At, DbError, SecretMeta, SecretStoreError, Stage};
+use crate::rotation::{left_by_us, RotationError, Rotator};
 use crate::secret::{AppSecret, Credentials, Endpoint, UserSecret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -195,6 +195,7 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
     if let Err(e) = rotator.settings.password.validate(app.engine) {
         report.push("password policy", Status::Fail, e.to_string());
     }
+    check_managed_rotation(&meta, &mut report);
     check_record(rotator, &meta.arn, &meta, &mut report).await;
 
     // Proxy secrets: exactly one per user, each for a user of the rotation.
@@ -243,6 +244,28 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
             );
         } else {
             report.push("proxy secrets", Status::Fail, problems.join("; "));
+        }
+        // A rotation function on a proxy secret changes that user's password behind our back:
+        // on the user in use, an outage.
+        let mut managed = Vec::new();
+        for id in &app.proxy_secret_ids {
+            if let Ok(m) = secrets.describe(id).await {
+                if m.rotation_enabled {
+                    managed.push(format!(
+                        "{id} (turn it off: aws secretsmanager cancel-rotate-secret --secret-id {id})"
+                    ));
+                }
+            }
+        }
+        if !managed.is_empty() {
+            report.push(
+                "managed rotation",
+                Status::Fail,
+                format!(
+                    "Secrets Manager's own rotation is enabled on proxy secret(s) {}",
+                    managed.join(", ")
+                ),
+            );
         }
     }
 
@@ -386,12 +409,24 @@ async fn read_user_secret(rotator: &Rotator, id: &str) -> Result<UserSecret, Str
     }
 }
 
-async fn check_record(
-    rotator: &Rotator,
-    arn: &str,
-    meta: &crate::rotation::ports::SecretMeta,
-    report: &mut CheckReport,
-) {
+/// Secrets Manager's own rotation attached to the secret: `rotate` refuses it.
+fn check_managed_rotation(meta: &SecretMeta, report: &mut CheckReport) {
+    if meta.rotation_enabled {
+        let e = RotationError::ManagedRotation {
+            secret: meta.arn.clone(),
+            lambda: meta.rotation_lambda.clone(),
+        };
+        report.push("managed rotation", Status::Fail, e.to_string());
+    } else {
+        report.push(
+            "managed rotation",
+            Status::Ok,
+            "Secrets Manager's own rotation is not enabled",
+        );
+    }
+}
+
+async fn check_record(rotator: &Rotator, arn: &str, meta: &SecretMeta, report: &mut CheckReport) {
     let record = match rotator.records.load(arn).await {
         Ok(r) => r,
         Err(e) => {
@@ -399,6 +434,22 @@ async fn check_record(
             return;
         }
     };
+    // AWSPENDING where no rotation of ours put it: `rotate` refuses to begin.
+    let pending = meta
+        .version_with(Stage::Pending)
+        .filter(|v| meta.version_with(Stage::Current) != Some(*v));
+    if let Some(v) = pending {
+        let in_progress = record
+            .as_ref()
+            .is_some_and(|r| r.is_in_progress() && r.rotation_id.as_deref() == Some(v));
+        if !in_progress && !left_by_us(v, record.as_ref()) {
+            let e = RotationError::ForeignPending {
+                secret: arn.to_owned(),
+                version: v.to_owned(),
+            };
+            report.push("pending version", Status::Fail, e.to_string());
+        }
+    }
     match record {
         Some(r) if r.is_in_progress() => report.push(
             "rotation",
@@ -414,25 +465,16 @@ async fn check_record(
                     .unwrap_or_default()
             ),
         ),
-        Some(r) if r.state == crate::rotation::record::State::Failed => report.push(
+        Some(r) if r.is_unfinished() => report.push(
             "rotation",
             Status::Warn,
             format!(
-                "the last rotation failed: {}",
+                "the last rotation {}: {}; the next one knows the password it may have set",
+                r.state.as_str(),
                 r.last_error.as_deref().unwrap_or_default()
             ),
         ),
-        _ => {
-            if let Some(v) = meta.version_with(Stage::Pending) {
-                if meta.version_with(Stage::Current) != Some(v) {
-                    report.push(
-                        "rotation",
-                        Status::Warn,
-                        format!("version {v} is AWSPENDING but no rotation of ours is in progress: another rotation (a Lambda?) may be at work"),
-                    );
-                }
-            }
-        }
+        _ => {}
     }
 }
 

@@ -218,6 +218,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// End a rotation that cannot finish (a proxy that never reads its secret, say): AWSPENDING
+    /// leaves its version, the record says `aborted`. Every user's password stays known, so the
+    /// next rotation needs no master secret. Idempotent; refused on a finished rotation.
+    Abort {
+        /// Secret name or ARN.
+        secret_id: String,
+        /// Why, for the record and the event.
+        #[arg(long)]
+        reason: String,
+        /// How long to wait for another process's lease (a worker still running the rotation).
+        #[arg(long, env = "ROTATOR_LEASE_WAIT", default_value = "5m", value_parser = humantime::parse_duration)]
+        lease_wait: Duration,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the step record of a secret.
     Status {
         /// Secret name or ARN.

@@ -74,6 +74,7 @@ pub fn lines(namespace: &str, r: &RotationReport, timestamp_ms: u64) -> Vec<Valu
         ReportOutcome::Succeeded => (true, false, false, false),
         ReportOutcome::Failed { retryable, .. } => (false, !retryable, *retryable, false),
         ReportOutcome::Skipped { .. } => (false, false, false, true),
+        ReportOutcome::Aborted { .. } => (false, false, false, false),
     };
     let aws: std::collections::BTreeMap<_, _> = r
         .calls
@@ -99,6 +100,7 @@ pub fn lines(namespace: &str, r: &RotationReport, timestamp_ms: u64) -> Vec<Valu
                 ("RotationsFailed", "Count"),
                 ("RotationsIncomplete", "Count"),
                 ("RotationsSkipped", "Count"),
+                ("RotationsAborted", "Count"),
                 ("RotationDuration", "Milliseconds"),
                 ("Retries", "Count"),
                 ("AwsCalls", "Count"),
@@ -110,6 +112,10 @@ pub fn lines(namespace: &str, r: &RotationReport, timestamp_ms: u64) -> Vec<Valu
     main.insert("RotationsFailed".into(), json!(flag(failed)));
     main.insert("RotationsIncomplete".into(), json!(flag(incomplete)));
     main.insert("RotationsSkipped".into(), json!(flag(skipped)));
+    main.insert(
+        "RotationsAborted".into(),
+        json!(flag(matches!(r.outcome, ReportOutcome::Aborted { .. }))),
+    );
     main.insert("RotationDuration".into(), json!(millis(r.duration)));
     main.insert("Retries".into(), json!(r.retries));
     main.insert("AwsCalls".into(), json!(aws_calls));
@@ -125,13 +131,14 @@ pub fn lines(namespace: &str, r: &RotationReport, timestamp_ms: u64) -> Vec<Valu
             } => "incomplete",
             ReportOutcome::Failed { .. } => "failed",
             ReportOutcome::Skipped { .. } => "skipped",
+            ReportOutcome::Aborted { .. } => "aborted",
         }),
     );
     match &r.outcome {
         ReportOutcome::Failed { reason, .. } => {
             main.insert("reason".into(), json!(reason));
         }
-        ReportOutcome::Skipped { why } => {
+        ReportOutcome::Skipped { why } | ReportOutcome::Aborted { reason: why } => {
             main.insert("reason".into(), json!(why));
         }
         ReportOutcome::Succeeded => {}

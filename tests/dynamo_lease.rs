@@ -40,8 +40,13 @@ fn record(key: &str, rotation_id: &str) -> StepRecord {
         current_user: "a".into(),
         target_user: "b".into(),
         proxy_secret_id: Some("arn:proxy".into()),
+        proxy_version: Some("pv0".into()),
+        pending_version: None,
     };
-    StepRecord::begin(key, rotation_id.into(), plan, None, now_ms())
+    let mut r = StepRecord::begin(key, rotation_id.into(), plan, None, now_ms());
+    // Round trips keep the list in order.
+    r.unfinished_versions = vec!["older-2".into(), "older-1".into()];
+    r
 }
 
 #[tokio::test]
@@ -329,5 +334,7 @@ fn plan_from(current_version: &str) -> Plan {
         current_user: "a".into(),
         target_user: "b".into(),
         proxy_secret_id: None,
+        proxy_version: None,
+        pending_version: None,
     }
 }

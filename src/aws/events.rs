@@ -1,5 +1,6 @@
-//! Result events on an EventBridge bus (`ROTATOR_EVENT_BUS`): `RotationSucceeded`, and
-//! `RotationFailed` for failures that need a person. Transient failures are not events: the
+//! Result events on an EventBridge bus (`ROTATOR_EVENT_BUS`): `RotationSucceeded`,
+//! `RotationFailed` for failures that need a person, and `RotationAborted` for an operator's
+//! `abort`. Transient failures are not events: the
 //! rotation resumes by itself, and the `RotationsIncomplete` metric counts them.
 //!
 //! The detail names users, versions and the reason; never a password.
@@ -53,6 +54,11 @@ pub fn event(r: &RotationReport) -> Option<(&'static str, serde_json::Value)> {
             detail["reason"] = json!(reason);
             detail["step"] = json!(r.last_step.map(|s| s.as_str()));
             Some(("RotationFailed", detail))
+        }
+        ReportOutcome::Aborted { reason } => {
+            detail["reason"] = json!(reason);
+            detail["step"] = json!(r.last_step.map(|s| s.as_str()));
+            Some(("RotationAborted", detail))
         }
         ReportOutcome::Failed { .. } | ReportOutcome::Skipped { .. } => None,
     }

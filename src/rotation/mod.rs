@@ -18,6 +18,7 @@
 //! with the same id, and the resumed run reads the password back from that version instead of
 //! generating a new one.
 
+pub mod abort;
 pub mod lease;
 pub mod ports;
 pub mod record;
@@ -139,6 +140,8 @@ pub enum RotationError {
         expected: String,
         found: String,
     },
+    #[error("cannot abort the rotation of {secret}: {why}")]
+    NotAbortable { secret: String, why: String },
     #[error("Secrets Manager refused to move AWSCURRENT of {secret} although it is still on the expected version: {reason}")]
     StageMoveRefused { secret: String, reason: String },
     #[error(
@@ -187,6 +190,7 @@ impl RotationError {
             | Self::ManagedRotation { .. }
             | Self::ForeignPending { .. }
             | Self::PendingMoved { .. }
+            | Self::NotAbortable { .. }
             | Self::Inconsistent { .. } => false,
         }
     }
@@ -799,16 +803,21 @@ fn pending_is_ours(
     let Some(version) = &plan.pending_version else {
         return Ok(());
     };
-    let ours = previous.is_some_and(|p| {
-        (p.is_unfinished() && p.rotation_id.as_ref() == Some(version))
-            || p.unfinished_versions.contains(version)
-    });
-    if ours {
+    if left_by_us(version, previous) {
         return Ok(());
     }
     Err(RotationError::ForeignPending {
         secret: arn.to_owned(),
         version: version.clone(),
+    })
+}
+
+/// `version` is the pending version of a rotation of ours that failed or was aborted, as the
+/// record (the last one written for the secret) says.
+pub(crate) fn left_by_us(version: &str, record: Option<&StepRecord>) -> bool {
+    record.is_some_and(|p| {
+        (p.is_unfinished() && p.rotation_id.as_deref() == Some(version))
+            || p.unfinished_versions.iter().any(|v| v == version)
     })
 }
 

@@ -350,6 +350,10 @@ pub enum ReportOutcome {
         reason: String,
         retryable: bool,
     },
+    /// An operator ended the rotation in progress (`rds-rotator abort`).
+    Aborted {
+        reason: String,
+    },
 }
 
 /// Where reports go: metrics on stdout, events on a bus. A reporter never fails a rotation.

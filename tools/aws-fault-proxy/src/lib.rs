@@ -6,6 +6,10 @@
 //! - lost answers: the request is forwarded and takes effect, but the client gets a 500, as when
 //!   a response is lost on the way back. The SDK retries, so every write must be idempotent.
 //!
+//! Besides the random faults, [`Refusals`] answer chosen requests (an operation, and a string
+//! its body must contain, such as one secret's ARN) with a chosen error, until lifted: a deny in
+//! a resource or key policy, say. They apply whatever the rate.
+//!
 //! One request per connection (`Connection: close` both ways): simple, and what the SDK copes
 //! with. Loopback only; never point it at real AWS.
 
@@ -57,6 +61,55 @@ impl Counts {
 pub struct FaultProxy {
     pub addr: SocketAddr,
     pub counts: Arc<Counts>,
+    pub refusals: Arc<Refusals>,
+}
+
+/// One standing refusal.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The `X-Amz-Target`, e.g. `secretsmanager.PutSecretValue`.
+    pub target: String,
+    /// A string the request body must contain (a secret's ARN or name); empty: any body.
+    pub body_contains: String,
+    /// The AWS error code, e.g. `AccessDeniedException` or `EncryptionFailure`.
+    pub code: String,
+    pub message: String,
+}
+
+/// Refusals in force, changed while the proxy runs.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    rules: std::sync::Mutex<Vec<Refusal>>,
+    /// How many requests were refused so.
+    pub refused: AtomicU64,
+}
+
+impl Refusals {
+    /// From now on, answers `code` (HTTP 400) to `target` requests whose body contains
+    /// `body_contains`.
+    pub fn refuse(&self, target: &str, body_contains: &str, code: &str, message: &str) {
+        self.rules.lock().expect("rules lock").push(Refusal {
+            target: target.to_owned(),
+            body_contains: body_contains.to_owned(),
+            code: code.to_owned(),
+            message: message.to_owned(),
+        });
+    }
+
+    /// Lifts every refusal.
+    pub fn lift(&self) {
+        self.rules.lock().expect("rules lock").clear();
+    }
+
+    fn matching(&self, target: &str, body: &[u8]) -> Option<Refusal> {
+        let body = String::from_utf8_lossy(body);
+        self.rules
+            .lock()
+            .expect("rules lock")
+            .iter()
+            .find(|r| r.target == target && body.contains(&r.body_contains))
+            .cloned()
+    }
 }
 
 enum Fault {
@@ -85,16 +138,38 @@ pub async fn start(listen: SocketAddr, upstream: SocketAddr, faults: Faults) -> 
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     let counts = Arc::new(Counts::default());
-    let c = counts.clone();
+    let refusals = Arc::new(Refusals::default());
+    let (c, r) = (counts.clone(), refusals.clone());
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let (faults, counts) = (faults.clone(), c.clone());
+            let (faults, counts, refusals) = (faults.clone(), c.clone(), r.clone());
             tokio::spawn(async move {
-                let _ = handle(client, upstream, &faults, &counts).await;
+                let _ = handle(client, upstream, &faults, &counts, &refusals).await;
             });
         }
     });
-    Ok(FaultProxy { addr, counts })
+    Ok(FaultProxy {
+        addr,
+        counts,
+        refusals,
+    })
+}
+
+/// The request's `X-Amz-Target` header, and where its body starts.
+fn target_and_body(request: &[u8]) -> (String, usize) {
+    let end = request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(request.len(), |i| i + 4);
+    let target = String::from_utf8_lossy(&request[..end])
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("x-amz-target"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (target, end)
 }
 
 /// Reads one request: head (with `Connection: close` forced) and body.
@@ -159,8 +234,17 @@ async fn handle(
     upstream: SocketAddr,
     faults: &Faults,
     counts: &Counts,
+    refusals: &Refusals,
 ) -> Result<()> {
     let request = read_request(&mut client).await?;
+    let (target, body_at) = target_and_body(&request);
+    if let Some(r) = refusals.matching(&target, &request[body_at..]) {
+        refusals.refused.fetch_add(1, Ordering::Relaxed);
+        client
+            .write_all(&error_response("400 Bad Request", &r.code, &r.message))
+            .await?;
+        return Ok(());
+    }
     let fault = pick(faults.rate);
     match fault {
         Some(Fault::Throttle) => {
@@ -192,15 +276,6 @@ async fn handle(
         Some(Fault::LostResponse) | None => {}
     }
     counts.forwarded.fetch_add(1, Ordering::Relaxed);
-    let target = String::from_utf8_lossy(&request)
-        .lines()
-        .take_while(|l| !l.is_empty())
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("x-amz-target"))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_default();
     counts
         .log
         .lock()

@@ -1,0 +1,461 @@
+//! What production has and the lab did not: denied writes, Secrets Manager's own rotation left
+//! attached, other writers on the same secrets, expiring credentials, and rotations an operator
+//! has to end. Each test sets that up against the real stack (refusals through the AWS fault
+//! proxy, in AWS's own error shapes) and checks that no password is ever left unknown.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A fault proxy in front of moto with no random faults: only the refusals a test sets.
+async fn refusing_proxy() -> aws_fault_proxy::FaultProxy {
+    let upstream: std::net::SocketAddr = stack()
+        .aws_endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("AWS_ENDPOINT_URL is http://host:port");
+    aws_fault_proxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        upstream,
+        aws_fault_proxy::Faults {
+            rate: 0.0,
+            slow_delay: Duration::ZERO,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `rotate` through the fault proxy.
+fn rotate_via(pair: &Pair, proxy: &aws_fault_proxy::FaultProxy) -> Output {
+    tokio::task::block_in_place(|| {
+        pair.command(&["rotate", &pair.app_secret])
+            .env("AWS_ENDPOINT_URL", format!("http://{}", proxy.addr))
+            .output()
+            .unwrap()
+    })
+}
+
+/// Starts `rotate` with `failpoint=sleep(ms)` and returns once it is there, still running.
+fn rotate_pausing_at(
+    pair: &Pair,
+    failpoint: &str,
+    ms: u64,
+) -> (Child, std::thread::JoinHandle<String>) {
+    let mut child = pair
+        .command(&["rotate", &pair.app_secret])
+        .env(
+            "ROTATOR_TEST_FAILPOINTS",
+            format!("{failpoint}=sleep({ms})"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lines = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("reached") {
+                let _ = tx.send(());
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("rotate never reached {failpoint}"));
+    (child, lines)
+}
+
+/// The state of the pair that a failed rotation must not change: AWSCURRENT's version and value,
+/// and that it logs in.
+async fn assert_current_unchanged(pair: &Pair, version: &Option<String>, value: &Value) {
+    assert_eq!(
+        &pair.version_with(&pair.app_secret, "AWSCURRENT").await,
+        version,
+        "AWSCURRENT moved"
+    );
+    let now = pair.current().await;
+    assert_eq!(&now, value, "AWSCURRENT's value changed");
+    pair.login_with(&now).await.expect("AWSCURRENT logs in");
+    pair.login_via_proxy(&now)
+        .await
+        .expect("AWSCURRENT logs in through the proxy");
+}
+
+async fn a_refused_proxy_secret_write_is_recovered_by_the_next_rotation(code: &str) {
+    let pair = Pair::new().await;
+    let faults = refusing_proxy().await;
+    let idle_proxy = pair.proxy_secrets[1].clone();
+    let (version, value) = (
+        pair.version_with(&pair.app_secret, "AWSCURRENT").await,
+        pair.current().await,
+    );
+    faults.refusals.refuse(
+        "secretsmanager.PutSecretValue",
+        &idle_proxy,
+        code,
+        "User is not authorized to perform secretsmanager:PutSecretValue (injected)",
+    );
+    let out = rotate_via(&pair, &faults);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        faults
+            .refusals
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    assert_current_unchanged(&pair, &version, &value).await;
+    // The idle user's password changed, and a version of the secret still knows it.
+    assert_eq!(pair.violations(false).await, Vec::<String>::new());
+
+    faults.refusals.lift();
+    let out = rotate_via(&pair, &faults);
+    assert!(out.status.success(), "the next rotation: {}", text(&out));
+    pair.assert_rotated_to(&pair.users[1]).await;
+    let proxy = pair.secret_at(&idle_proxy, "AWSCURRENT").await.unwrap();
+    pair.login_with(&proxy)
+        .await
+        .expect("the idle user's proxy secret holds its new password");
+    assert_eq!(pair.violations(true).await, Vec::<String>::new());
+    // And the rotations go on as usual.
+    let out = rotate_via(&pair, &faults);
+    assert!(out.status.success(), "{}", text(&out));
+    pair.assert_rotated_to(&pair.users[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_proxy_secret_write_fails_and_the_next_rotation_succeeds_without_a_master_secret()
+{
+    a_refused_proxy_secret_write_is_recovered_by_the_next_rotation("AccessDeniedException").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kms_refusal_of_the_proxy_secret_write_is_recovered_the_same_way() {
+    a_refused_proxy_secret_write_is_recovered_by_the_next_rotation("EncryptionFailure").await;
+}
+
+/// Secrets Manager's own rotation, as the tool this replaces or AWS's rotation functions leave
+/// it: `check` fails, `rotate` refuses and changes nothing, and says what to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_manager_rotation_left_enabled_is_refused_by_check_and_rotate() {
+    let pair = Pair::new().await;
+    let value = pair.current().await;
+    // Attached, with a schedule; moto runs no function, but it labels a new AWSPENDING.
+    pair.sm
+        .rotate_secret()
+        .secret_id(&pair.app_secret)
+        .rotation_rules(
+            aws_sdk_secretsmanager::types::RotationRulesType::builder()
+                .automatically_after_days(30)
+                .build(),
+        )
+        .rotate_immediately(false)
+        .send()
+        .await
+        .expect("moto answers RotateSecret");
+    let described = pair
+        .sm
+        .describe_secret()
+        .secret_id(&pair.app_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        described.rotation_enabled(),
+        Some(true),
+        "the stack reports RotationEnabled"
+    );
+    let versions = pair.versions(&pair.app_secret).await;
+
+    let check = pair.run(&["check", &pair.app_secret]);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    assert!(
+        report.lines().any(|l| l.contains("FAIL")
+            && l.contains("managed rotation")
+            && l.contains("cancel-rotate-secret")),
+        "{report}"
+    );
+
+    let out = pair.rotate();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cancel-rotate-secret"), "{err}");
+    assert_eq!(
+        pair.versions(&pair.app_secret).await,
+        versions,
+        "labels moved"
+    );
+    assert_eq!(pair.current().await, value);
+    for (user, pw) in pair.users.iter().zip(&pair.initial_passwords) {
+        pair.login(user, pw)
+            .await
+            .unwrap_or_else(|e| panic!("{user}'s password changed: {e}"));
+    }
+}
+
+/// With the rotation cancelled but another rotator's AWSPENDING left behind, a rotation still does
+/// not begin; once the label is removed, it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_awspending_that_no_rotation_of_ours_made_is_refused_until_removed() {
+    let pair = Pair::new().await;
+    let mut other = pair.current().await;
+    other["password"] = json!("set-by-another-rotator");
+    let foreign = pair
+        .sm
+        .put_secret_value()
+        .secret_id(&pair.app_secret)
+        .secret_string(other.to_string())
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap()
+        .version_id
+        .unwrap();
+    let check = pair.run(&["check", &pair.app_secret]);
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    assert!(String::from_utf8_lossy(&check.stdout).contains(&foreign));
+    let out = pair.rotate();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&foreign),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        pair.version_with(&pair.app_secret, "AWSPENDING").await,
+        Some(foreign.clone())
+    );
+    pair.sm
+        .update_secret_version_stage()
+        .secret_id(&pair.app_secret)
+        .version_stage("AWSPENDING")
+        .remove_from_version_id(&foreign)
+        .send()
+        .await
+        .unwrap();
+    let out = pair.rotate();
+    assert!(out.status.success(), "{}", text(&out));
+    pair.assert_rotated_to(&pair.users[1]).await;
+}
+
+/// Another rotator takes AWSPENDING while ours tests its credentials: finish must not move
+/// AWSCURRENT to a version whose user may be getting another password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awspending_taken_by_another_rotator_before_finish_stops_the_rotation() {
+    let pair = Pair::new().await;
+    let version = pair.version_with(&pair.app_secret, "AWSCURRENT").await;
+    let value = pair.current().await;
+    let (mut child, lines) = rotate_pausing_at(&pair, "before:finish", 2000);
+    let mut other = value.clone();
+    other["username"] = json!(pair.users[1]);
+    other["password"] = json!("another-rotators-password");
+    pair.sm
+        .put_secret_value()
+        .secret_id(&pair.app_secret)
+        .secret_string(other.to_string())
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let err = lines.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("AWSPENDING"), "{err}");
+    assert_current_unchanged(&pair, &version, &value).await;
+    assert_eq!(pair.status()["state"], "failed");
+}
+
+/// Someone else writes the idle user's proxy secret after the rotation planned: the proxy write
+/// is a compare-and-swap on the version planned against, so theirs is not overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_secret_changed_since_planning_is_not_overwritten() {
+    let pair = Pair::new().await;
+    let version = pair.version_with(&pair.app_secret, "AWSCURRENT").await;
+    let value = pair.current().await;
+    let idle_proxy = pair.proxy_secrets[1].clone();
+    let (mut child, lines) = rotate_pausing_at(&pair, "before:update_proxy", 2000);
+    let theirs = json!({"username": pair.users[1], "password": "written-by-someone-else"});
+    let their_version = pair
+        .sm
+        .put_secret_value()
+        .secret_id(&idle_proxy)
+        .secret_string(theirs.to_string())
+        .send()
+        .await
+        .unwrap()
+        .version_id
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let err = lines.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("not overwriting"), "{err}");
+    assert_eq!(
+        pair.version_with(&idle_proxy, "AWSCURRENT").await,
+        Some(their_version)
+    );
+    assert_current_unchanged(&pair, &version, &value).await;
+}
+
+/// The credentials of the worker's role expire while it works (ECS renews them): not a reason to
+/// give up on the rotation, or to send it to the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_aws_credentials_are_retryable_and_the_rotation_resumes() {
+    let pair = Pair::new().await;
+    let faults = refusing_proxy().await;
+    faults.refusals.refuse(
+        "secretsmanager.UpdateSecretVersionStage",
+        &format!("rt-{}/app", pair.id),
+        "ExpiredTokenException",
+        "The security token included in the request is expired",
+    );
+    let out = rotate_via(&pair, &faults);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    assert_eq!(pair.status()["state"], "in_progress");
+    faults.refusals.lift();
+    let out = rotate_via(&pair, &faults);
+    assert!(out.status.success(), "{}", text(&out));
+    pair.assert_rotated_to(&pair.users[1]).await;
+}
+
+/// A compare-and-swap refused while AWSCURRENT is still where we expected it is no race: it is
+/// retried, not reported as "AWSCURRENT moved from X to X".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_cas_on_an_unmoved_awscurrent_is_retryable() {
+    let pair = Pair::new().await;
+    let faults = refusing_proxy().await;
+    faults.refusals.refuse(
+        "secretsmanager.UpdateSecretVersionStage",
+        &format!("rt-{}/app", pair.id),
+        "InvalidParameterException",
+        "The request was refused (injected)",
+    );
+    let out = rotate_via(&pair, &faults);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("moved from"), "{err}");
+    faults.refusals.lift();
+    let out = rotate_via(&pair, &faults);
+    assert!(out.status.success(), "{}", text(&out));
+    pair.assert_rotated_to(&pair.users[1]).await;
+}
+
+/// A version under this rotation's own proxy token that holds another value was written by
+/// someone else: the rotation stops instead of taking it for its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_under_our_token_with_another_value_stops_the_rotation() {
+    let pair = Pair::new().await;
+    let idle_proxy = pair.proxy_secrets[1].clone();
+    let (mut child, lines) = rotate_pausing_at(&pair, "before:update_proxy", 2000);
+    let rotation_id = pair.status()["rotation_id"].as_str().unwrap().to_owned();
+    let token = rds_rotator::rotation::proxy_token(&rotation_id);
+    pair.sm
+        .put_secret_value()
+        .secret_id(&idle_proxy)
+        .client_request_token(&token)
+        .secret_string(json!({"username": pair.users[1], "password": "not-ours"}).to_string())
+        .version_stages("SOMEONE_ELSE")
+        .send()
+        .await
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let err = lines.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("already exists with another value"), "{err}");
+    assert_eq!(
+        pair.secret_at(&idle_proxy, "AWSCURRENT").await.unwrap()["password"],
+        json!(pair.initial_passwords[1])
+    );
+    assert_eq!(pair.violations(false).await, Vec::<String>::new());
+}
+
+/// An operator ends a rotation that stopped right after the password changed: AWSPENDING goes,
+/// the record says aborted with the reason, and the next rotation (no master secret) succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_ends_a_stuck_rotation_and_the_next_one_succeeds_without_a_master_secret() {
+    let pair = Pair::new().await;
+    let version = pair.version_with(&pair.app_secret, "AWSCURRENT").await;
+    let value = pair.current().await;
+    let out = pair
+        .command(&["rotate", &pair.app_secret])
+        .env("ROTATOR_TEST_FAILPOINTS", "after:set_password=exit")
+        .env("ROTATOR_LEASE_DURATION", "2s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(86), "{}", text(&out));
+    let before = pair.status();
+    assert_eq!(before["state"], "in_progress");
+    let rotation_id = before["rotation_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        pair.version_with(&pair.app_secret, "AWSPENDING").await,
+        Some(rotation_id.clone())
+    );
+
+    let out = pair
+        .command(&[
+            "abort",
+            &pair.app_secret,
+            "--reason",
+            "proxy never picks up the secret",
+            "--lease-wait",
+            "40s",
+        ])
+        .env("ROTATOR_METRICS", "emf")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.lines().any(|l| l.contains("\"RotationsAborted\":1")),
+        "the abort metric: {stdout}"
+    );
+    let after = pair.status();
+    assert_eq!(after["state"], "aborted");
+    assert_eq!(after["rotation_id"], json!(rotation_id));
+    assert!(after["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("proxy never picks up the secret"));
+    assert_eq!(
+        pair.version_with(&pair.app_secret, "AWSPENDING").await,
+        None
+    );
+    assert_current_unchanged(&pair, &version, &value).await;
+    assert_eq!(pair.violations(false).await, Vec::<String>::new());
+
+    // Idempotent.
+    let again = pair.run(&["abort", &pair.app_secret, "--reason", "again"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already aborted"));
+    assert_eq!(pair.status()["last_error"], after["last_error"]);
+
+    let out = pair.rotate();
+    assert!(out.status.success(), "{}", text(&out));
+    pair.assert_rotated_to(&pair.users[1]).await;
+    assert_eq!(pair.violations(true).await, Vec::<String>::new());
+
+    // Nothing to abort in a finished rotation.
+    let refused = pair.run(&["abort", &pair.app_secret, "--reason", "late"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("finished"));
+    assert_eq!(pair.status()["state"], "finished");
+}
