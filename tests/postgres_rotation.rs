@@ -375,9 +375,10 @@ async fn an_uninterrupted_rotation_stays_within_its_call_budget() {
         3,
         "{calls}"
     );
-    // The lease with the new record, beside set_password, and the last with the release (the
-    // issue's budget: one per step plus acquire and release, 7). No reads.
-    assert!(writes < 3, "{} DynamoDB writes: {calls}", writes + 1);
+    // The lease with the new record, the claim on the database user (beside the pending
+    // version), beside set_password, and the last with the release (the budget: one per step
+    // plus acquire and release, 7). No reads.
+    assert!(writes <= 3, "{} DynamoDB writes: {calls}", writes + 1);
     assert_eq!(count("DynamoDB.GetItem"), 0, "{calls}");
     assert!(pg <= 2, "{pg} PostgreSQL connections: {calls}");
 }

@@ -459,3 +459,46 @@ async fn abort_ends_a_stuck_rotation_and_the_next_one_succeeds_without_a_master_
     assert!(String::from_utf8_lossy(&refused.stderr).contains("finished"));
     assert_eq!(pair.status()["state"], "finished");
 }
+
+/// Two application secrets that name the same database users (two deployments of one service,
+/// say): their rotations never change one user's password at once, and neither changes the user
+/// the other's applications use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_secrets_naming_one_user_never_change_its_password_at_once() {
+    let pair = Pair::new().await;
+    let other = format!("rt-{}/app-copy", pair.id);
+    pair.sm
+        .create_secret()
+        .name(&other)
+        .secret_string(pair.current().await.to_string())
+        .send()
+        .await
+        .unwrap();
+    // The first holds still after changing the idle user's password.
+    let (mut first, lines) = rotate_pausing_at(&pair, "before:update_proxy", 3000);
+    let second = pair.run(&["rotate", &other, "--lease-wait", "0s"]);
+    assert_eq!(second.status.code(), Some(75), "{}", text(&second));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("is being rotated by secret"),
+        "{}",
+        text(&second)
+    );
+    let status = wait_exit(&mut first, Duration::from_secs(60));
+    assert!(status.success(), "{}", lines.join().unwrap());
+    pair.assert_rotated_to(&pair.users[1]).await;
+
+    // Now that user is the first secret's AWSCURRENT: the copy must not change it.
+    let second = pair.run(&["rotate", &other]);
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("is AWSCURRENT of secret"),
+        "{}",
+        text(&second)
+    );
+    pair.assert_rotated_to(&pair.users[1]).await;
+    let copy = pair.secret_at(&other, "AWSCURRENT").await.unwrap();
+    pair.login_with(&copy)
+        .await
+        .expect("the copy's AWSCURRENT still logs in");
+    assert_eq!(pair.violations(true).await, Vec::<String>::new());
+}

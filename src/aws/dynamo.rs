@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::Client;
 use tracing::info;
 
 use super::failure;
-use crate::rotation::ports::{Acquired, Lease, RecordStore, RecordStoreError};
+use crate::rotation::ports::{Acquired, Claimed, Lease, RecordStore, RecordStoreError, UserClaim};
 use crate::rotation::record::{now_ms, BeginIf, State, Step, StepRecord};
 
 /// The table's partition key. Changing it is a breaking change (see the README).
@@ -539,6 +539,53 @@ impl RecordStore for DynamoRecords {
         match self.item(key).await? {
             Some(item) => record_from(&item),
             None => Ok(None),
+        }
+    }
+
+    /// The claim is an item of its own in the same table, keyed by the user (secret ARNs and
+    /// user keys never collide: see `user_key`). Refused, the holder comes back with the
+    /// refusal.
+    async fn claim_user(
+        &self,
+        user_key: &str,
+        claim: &UserClaim,
+        replacing: Option<&UserClaim>,
+    ) -> Result<Claimed, RecordStoreError> {
+        let mut cond = "attribute_not_exists(claim_secret) OR claim_secret = :secret".to_owned();
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(user_key))
+            .update_expression("SET claim_secret = :secret, claim_rotation = :rotation")
+            .expression_attribute_values(":secret", s(&claim.secret))
+            .expression_attribute_values(":rotation", s(&claim.rotation_id));
+        if let Some(old) = replacing {
+            cond.push_str(" OR (claim_secret = :old_secret AND claim_rotation = :old_rotation)");
+            req = req
+                .expression_attribute_values(":old_secret", s(&old.secret))
+                .expression_attribute_values(":old_rotation", s(&old.rotation_id));
+        }
+        let result = req
+            .condition_expression(cond)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Claimed::Ours),
+            Err(e) if is_condition_failure(&e) => {
+                let item = self.refused_item(user_key, e).await?;
+                match (get_s(&item, "claim_secret"), get_s(&item, "claim_rotation")) {
+                    (Some(secret), Some(rotation_id)) => Ok(Claimed::HeldBy(UserClaim {
+                        secret,
+                        rotation_id,
+                    })),
+                    _ => Err(RecordStoreError::Corrupt(format!(
+                        "the claim on {user_key} was refused but names no holder"
+                    ))),
+                }
+            }
+            Err(e) => Err(map_err(e)),
         }
     }
 }

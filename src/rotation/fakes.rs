@@ -47,6 +47,8 @@ pub struct State {
     pub puts: Vec<(String, String)>,
     /// What the rotator reported, in order.
     pub reports: Vec<RotationReport>,
+    /// database user -> who claimed it
+    pub claims: HashMap<String, UserClaim>,
     /// Secrets with Secrets Manager's own rotation attached.
     pub rotation_enabled: std::collections::HashSet<String>,
     /// Secrets whose writes (PutSecretValue) are denied, as by a key or resource policy.
@@ -367,6 +369,25 @@ impl RecordStore for World {
             Ok(())
         })
         .map_err(RecordStoreError::Unavailable)?
+    }
+
+    async fn claim_user(
+        &self,
+        user_key: &str,
+        claim: &UserClaim,
+        replacing: Option<&UserClaim>,
+    ) -> Result<Claimed, RecordStoreError> {
+        let (key, claim, replacing) = (user_key.to_owned(), claim.clone(), replacing.cloned());
+        self.effect(move |s| match s.claims.get(&key) {
+            Some(held) if held.secret != claim.secret && Some(held) != replacing.as_ref() => {
+                Claimed::HeldBy(held.clone())
+            }
+            _ => {
+                s.claims.insert(key, claim);
+                Claimed::Ours
+            }
+        })
+        .map_err(RecordStoreError::Unavailable)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), RecordStoreError> {

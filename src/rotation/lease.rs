@@ -1,4 +1,5 @@
-//! The lease around a rotation: acquire (or wait for) it, keep it alive while the work runs.
+//! The lease around a rotation: acquire (or wait for) it, keep it alive while the work runs; and
+//! the claim on the database user it changes, which other secrets naming that user respect.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -6,7 +7,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::ports::{Acquired, Lease, RecordStoreError};
+use super::ports::{Acquired, At, Claimed, Lease, RecordStoreError, Stage, UserClaim};
 use super::record::{now_ms, BeginIf, StepRecord};
 use super::{LeaseWait, RotationError, Rotator};
 
@@ -100,6 +101,64 @@ pub(super) async fn acquire(
             }
         }
     }
+}
+
+/// Claims the database user that `claim`'s rotation changes, so that no other secret naming the
+/// same user changes its password meanwhile, or while it is that secret's AWSCURRENT.
+///
+/// The claim is not a lease: it is never released or renewed. It names the secret and rotation
+/// that last changed the user, and another secret may take it over once that rotation has ended
+/// and the user is not that secret's AWSCURRENT. A secret takes over its own claims at once (its
+/// rotations take turns under its lease), so a rotation usually pays one conditional write.
+pub(super) async fn claim_user(
+    rotator: &Rotator,
+    user_key: &str,
+    user: &str,
+    claim: &UserClaim,
+) -> Result<(), RotationError> {
+    let mut replacing: Option<UserClaim> = None;
+    // Each pass finds a newer holder; a few passes in a row mean a live contest.
+    for _ in 0..3 {
+        let holder = match rotator
+            .records
+            .claim_user(user_key, claim, replacing.as_ref())
+            .await?
+        {
+            Claimed::Ours => return Ok(()),
+            Claimed::HeldBy(holder) => holder,
+        };
+        let record = rotator.records.load(&holder.secret).await?;
+        if record.is_some_and(|r| {
+            r.is_in_progress() && r.rotation_id.as_deref() == Some(holder.rotation_id.as_str())
+        }) {
+            return Err(RotationError::UserBusy {
+                user: user.to_owned(),
+                secret: holder.secret,
+                rotation_id: holder.rotation_id,
+            });
+        }
+        // Ended. If the user is what that secret's applications use now, changing its password
+        // breaks them.
+        let current = rotator
+            .secrets
+            .get(&holder.secret, At::Stage(Stage::Current))
+            .await?;
+        let in_use = current
+            .and_then(|v| crate::secret::AppSecret::parse(&v.value).ok())
+            .is_some_and(|app| app.credentials.username == user);
+        if in_use {
+            return Err(RotationError::UserShared {
+                user: user.to_owned(),
+                secret: holder.secret,
+            });
+        }
+        replacing = Some(holder);
+    }
+    Err(RotationError::UserBusy {
+        user: user.to_owned(),
+        secret: replacing.map(|h| h.secret).unwrap_or_default(),
+        rotation_id: String::new(),
+    })
 }
 
 /// What the work under a lease and its heartbeat tell each other.

@@ -43,6 +43,7 @@ use crate::secret::{AppSecret, Credentials, Endpoint, Engine, SecretError, UserS
 use ports::{
     At, Database, DbError, DbSession, Lease, RecordStore, RecordStoreError, ReportOutcome,
     Reporter, RotationReport, SecretMeta, SecretStore, SecretStoreError, SecretVersion, Stage,
+    UserClaim,
 };
 use record::{now_ms, BeginIf, Plan, Step, StepRecord};
 
@@ -140,6 +141,14 @@ pub enum RotationError {
         expected: String,
         found: String,
     },
+    #[error("database user {user} is being rotated by secret {secret} (rotation {rotation_id}); this rotation waits for it to end (`rds-rotator abort {secret}` ends it)")]
+    UserBusy {
+        user: String,
+        secret: String,
+        rotation_id: String,
+    },
+    #[error("database user {user} is AWSCURRENT of secret {secret}, which rotates it too: changing its password would break that secret's applications. Give each secret users of its own")]
+    UserShared { user: String, secret: String },
     #[error("cannot abort the rotation of {secret}: {why}")]
     NotAbortable { secret: String, why: String },
     #[error("Secrets Manager refused to move AWSCURRENT of {secret} although it is still on the expected version: {reason}")]
@@ -176,6 +185,7 @@ impl RotationError {
         match self {
             Self::TestTimedOut { .. }
             | Self::StageMoveRefused { .. }
+            | Self::UserBusy { .. }
             | Self::Busy { .. }
             | Self::LeaseLost(_)
             | Self::Interrupted(_) => true,
@@ -191,6 +201,7 @@ impl RotationError {
             | Self::ForeignPending { .. }
             | Self::PendingMoved { .. }
             | Self::NotAbortable { .. }
+            | Self::UserShared { .. }
             | Self::Inconsistent { .. } => false,
         }
     }
@@ -773,6 +784,16 @@ impl Rotator {
     }
 }
 
+/// The key of a database user's claim: engine, server and name. (Secret ARNs, the other keys in
+/// the table, start with `arn:`.)
+fn user_key(engine: Engine, at: &Endpoint, user: &str) -> String {
+    format!(
+        "dbuser:{engine}://{}:{}/{user}",
+        at.host.to_ascii_lowercase(),
+        at.port
+    )
+}
+
 /// Two secret values mean the same JSON (key order and spacing aside).
 fn same_json(a: &secrecy::SecretString, b: &secrecy::SecretString) -> bool {
     use secrecy::ExposeSecret;
@@ -1050,6 +1071,25 @@ impl Run<'_> {
     /// counts only if the write succeeds.
     async fn drive(&mut self) -> Result<(), RotationError> {
         self.check_current_label().await?;
+        // The claim on the database user (see `lease::claim_user`) is taken beside the first
+        // step of a new rotation (writing AWSPENDING changes no password), before any other.
+        let mut claim = if self.record.step == Step::Done {
+            None
+        } else {
+            let user = self.target_user().to_owned();
+            let current = self.current().await?;
+            let key = user_key(current.engine, current.admin_endpoint(), &user);
+            let claim = UserClaim {
+                secret: self.arn().to_owned(),
+                rotation_id: self.rotation_id().to_owned(),
+            };
+            Some((key, claim, user))
+        };
+        if self.record.step != Step::CreatePending {
+            if let Some((key, claim, user)) = claim.take() {
+                lease::claim_user(self.rotator, &key, &user, &claim).await?;
+            }
+        }
         while self.record.step != Step::Done {
             if self.flags.may_be_lost() {
                 return Err(RotationError::LeaseLost(self.arn().to_owned()));
@@ -1065,7 +1105,15 @@ impl Run<'_> {
             failpoint::hit(&format!("before:{step}")).await;
             let began = Instant::now();
             self.trace.with(|t| t.last_step = Some(step));
-            let next = if step == Step::SetPassword {
+            let next = if let Some((key, claim, user)) = claim.take() {
+                let rotator = self.rotator;
+                let (next, claimed) = tokio::join!(
+                    self.run_step(step),
+                    lease::claim_user(rotator, &key, &user, &claim)
+                );
+                claimed?;
+                next?
+            } else if step == Step::SetPassword {
                 let (rotator, lease, record) = (self.rotator, self.lease, self.record.clone());
                 let write = async move {
                     rotator

@@ -188,6 +188,22 @@ impl RecordStoreError {
     }
 }
 
+/// Who is changing, or last changed, one database user's password: a secret and its rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserClaim {
+    pub secret: String,
+    pub rotation_id: String,
+}
+
+/// What [`RecordStore::claim_user`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// The claim is ours now.
+    Ours,
+    /// Another secret's rotation holds it (perhaps one that ended: the caller decides).
+    HeldBy(UserClaim),
+}
+
 /// Leases and step records; one item per secret holds both.
 #[async_trait]
 pub trait RecordStore: Send + Sync {
@@ -243,6 +259,15 @@ pub trait RecordStore: Send + Sync {
         self.release(lease).await
     }
     async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError>;
+    /// Claims database user `user_key` for `claim`, in one conditional write: when nobody has
+    /// claimed it, the claim is of `claim.secret` already (that secret's rotations take turns
+    /// under its own lease), or it is still `replacing`.
+    async fn claim_user(
+        &self,
+        user_key: &str,
+        claim: &UserClaim,
+        replacing: Option<&UserClaim>,
+    ) -> Result<Claimed, RecordStoreError>;
 }
 
 #[derive(Debug, thiserror::Error)]

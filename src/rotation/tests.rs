@@ -536,6 +536,14 @@ impl super::ports::RecordStore for ShutdownAt {
     async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError> {
         self.world.load(key).await
     }
+    async fn claim_user(
+        &self,
+        user_key: &str,
+        claim: &super::ports::UserClaim,
+        replacing: Option<&super::ports::UserClaim>,
+    ) -> Result<super::ports::Claimed, RecordStoreError> {
+        self.world.claim_user(user_key, claim, replacing).await
+    }
 }
 
 #[tokio::test]
@@ -715,6 +723,14 @@ impl super::ports::RecordStore for NoRenewals {
     }
     async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError> {
         self.0.load(key).await
+    }
+    async fn claim_user(
+        &self,
+        user_key: &str,
+        claim: &super::ports::UserClaim,
+        replacing: Option<&super::ports::UserClaim>,
+    ) -> Result<super::ports::Claimed, RecordStoreError> {
+        self.0.claim_user(user_key, claim, replacing).await
     }
 }
 
