@@ -8,15 +8,19 @@
 //! | step           | effect                                              | already done when                         |
 //! |----------------|-----------------------------------------------------|-------------------------------------------|
 //! | (begin)        | record: rotation id, current version, users (with the lease) | a record in progress exists: resume it |
-//! | create_pending | AWSPENDING version, ClientRequestToken = rotation id | version `rotation id` exists              |
+//! | create_pending | AWSPENDING version, ClientRequestToken = rotation id; beside it, the claim on the idle user | version `rotation id` exists |
 //! | set_password   | the idle user's password in the database            | the pending credentials log in            |
-//! | update_proxy   | the idle user's RDS Proxy secret = new password     | version `proxy_token(rotation id)` exists |
+//! | update_proxy   | the idle user's RDS Proxy secret = new password (staged, then CAS on the planned version) | version `proxy_token(rotation id)` is AWSCURRENT |
 //! | test           | pending credentials log in along the app's path      | (read-only: always re-run)                |
-//! | finish         | AWSCURRENT -> pending (CAS on the old version), drop AWSPENDING | AWSCURRENT is the rotation id  |
+//! | finish         | AWSPENDING still ours? AWSCURRENT -> pending (CAS on the old version), drop AWSPENDING | AWSCURRENT is the rotation id |
 //!
 //! The rotation id is persisted before AWSPENDING is written, so a crash at any instant resumes
 //! with the same id, and the resumed run reads the password back from that version instead of
-//! generating a new one.
+//! generating a new one. A rotation that fails or is aborted after set_password leaves its id in
+//! the record, and the next one logs in with that version's password (`KnownSource`).
+//!
+//! Planning refuses, before anything is written, a secret that another rotator also works on:
+//! Secrets Manager's own rotation attached, or an AWSPENDING that no rotation of ours made.
 
 pub mod abort;
 pub mod lease;
