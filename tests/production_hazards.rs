@@ -31,6 +31,17 @@ async fn refusing_proxy() -> aws_fault_proxy::FaultProxy {
     .unwrap()
 }
 
+async fn arn_of(pair: &Pair, id: &str) -> String {
+    let out = pair
+        .sm
+        .describe_secret()
+        .secret_id(id)
+        .send()
+        .await
+        .unwrap();
+    out.arn.unwrap()
+}
+
 fn text(out: &Output) -> String {
     format!(
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -108,9 +119,10 @@ async fn a_refused_proxy_secret_write_is_recovered_by_the_next_rotation(code: &s
         pair.version_with(&pair.app_secret, "AWSCURRENT").await,
         pair.current().await,
     );
+    // The request naming that secret (the application secret's value names it too).
     faults.refusals.refuse(
         "secretsmanager.PutSecretValue",
-        &idle_proxy,
+        &format!("\"SecretId\":\"{idle_proxy}\""),
         code,
         "User is not authorized to perform secretsmanager:PutSecretValue (injected)",
     );
@@ -122,6 +134,12 @@ async fn a_refused_proxy_secret_write_is_recovered_by_the_next_rotation(code: &s
             .refused
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0
+    );
+    let status = pair.status();
+    assert_eq!(
+        (&status["state"], &status["step"]),
+        (&json!("failed"), &json!("update_proxy")),
+        "{status}"
     );
     assert_current_unchanged(&pair, &version, &value).await;
     // The idle user's password changed, and a version of the secret still knows it.
@@ -324,7 +342,7 @@ async fn expired_aws_credentials_are_retryable_and_the_rotation_resumes() {
     let faults = refusing_proxy().await;
     faults.refusals.refuse(
         "secretsmanager.UpdateSecretVersionStage",
-        &format!("rt-{}/app", pair.id),
+        &format!("\"SecretId\":\"{}\"", arn_of(&pair, &pair.app_secret).await),
         "ExpiredTokenException",
         "The security token included in the request is expired",
     );
@@ -345,7 +363,7 @@ async fn a_refused_cas_on_an_unmoved_awscurrent_is_retryable() {
     let faults = refusing_proxy().await;
     faults.refusals.refuse(
         "secretsmanager.UpdateSecretVersionStage",
-        &format!("rt-{}/app", pair.id),
+        &format!("\"SecretId\":\"{}\"", arn_of(&pair, &pair.app_secret).await),
         "InvalidParameterException",
         "The request was refused (injected)",
     );
