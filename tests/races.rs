@@ -118,3 +118,58 @@ async fn a_worker_paused_past_its_lease_is_fenced_off_when_it_wakes() {
     assert_eq!(pair.violations(true).await, Vec::<String>::new());
     pair.assert_rotated_to(&pair.users[1]).await;
 }
+
+/// Many copies of one request at once, round after round, in one process over the real
+/// adapters: every round gives exactly one rotation. (On an emulator whose conditional writes are
+/// not atomic, two copies can both begin; see scripts/moto-shim.py.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_one_request_racing_round_after_round_rotate_once_each_round() {
+    use rds_rotator::rotation::{LeaseWait, Outcome, Request, Settings};
+    const ROUNDS: usize = 8;
+    const COPIES: usize = 12;
+    let pair = Pair::new().await;
+    let rotator = std::sync::Arc::new(
+        pair.rotator(Settings {
+            test_deadline: Duration::from_secs(20),
+            ..Settings::default()
+        })
+        .await,
+    );
+    let mut user = 1;
+    for round in 0..ROUNDS {
+        let request = Request {
+            request_id: Some(format!("round-{round}")),
+            ..Request::default()
+        };
+        let tasks: Vec<_> = (0..COPIES)
+            .map(|_| {
+                let (rotator, request, id) =
+                    (rotator.clone(), request.clone(), pair.app_secret.clone());
+                tokio::spawn(async move { rotator.rotate(&id, &request, LeaseWait::No).await })
+            })
+            .collect();
+        let mut rotated = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(Outcome::Rotated(_)) => rotated += 1,
+                Ok(Outcome::Skipped { .. }) => {}
+                Err(e) if e.is_retryable() => {}
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert_eq!(rotated, 1, "round {round}: {rotated} copies rotated");
+        assert_eq!(
+            pair.violations(true).await,
+            Vec::<String>::new(),
+            "round {round}"
+        );
+        pair.assert_rotated_to(&pair.users[user]).await;
+        user = 1 - user;
+    }
+    report(
+        "copies-race",
+        &format!(
+            "copies race: {ROUNDS} rounds of {COPIES} copies of one request, one rotation each"
+        ),
+    );
+}
