@@ -308,6 +308,8 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
         },
         None => None,
     };
+    // A failed or aborted rotation's pending version may be all that knows an idle password.
+    let last_record = rotator.records.load(&meta.arn).await.ok().flatten();
     let admin_at = app.admin_endpoint().clone();
     let mut working_login: Option<Credentials> = r.is_ok().then(|| current.clone());
     // Each user's own credentials that log in: MySQL lets a user read only its own grants.
@@ -326,6 +328,22 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
                 .any(|(_, c)| c.password.expose_secret() == p.password.expose_secret());
             if !same {
                 sources.push(("AWSPREVIOUS".into(), p.clone()));
+            }
+        }
+        for id in last_record
+            .as_ref()
+            .map(|r| r.unfinished_for(user))
+            .unwrap_or_default()
+        {
+            if let Ok(Some(v)) = secrets.get(&meta.arn, At::Version(&id)).await {
+                if let Ok(p) = AppSecret::parse(&v.value) {
+                    if p.credentials.username == *user {
+                        sources.push((
+                            format!("pending version {id} of an unfinished rotation"),
+                            p.credentials,
+                        ));
+                    }
+                }
             }
         }
         if let Some((id, c)) = &master {

@@ -43,10 +43,7 @@ fn record(key: &str, rotation_id: &str) -> StepRecord {
         proxy_version: Some("pv0".into()),
         pending_version: None,
     };
-    let mut r = StepRecord::begin(key, rotation_id.into(), plan, None, now_ms());
-    // Round trips keep the list in order.
-    r.unfinished_versions = vec!["older-2".into(), "older-1".into()];
-    r
+    StepRecord::begin(key, rotation_id.into(), plan, None, now_ms())
 }
 
 #[tokio::test]
@@ -197,6 +194,10 @@ async fn the_begin_condition_in_dynamodb_agrees_with_begin_if() {
     let mut failed_after_cas = record("k", "r-5");
     failed_after_cas.note_error("finish: boom".into(), true, now);
     let failed_to_begin = StepRecord::failed_to_begin("k", "bad secret".into(), None, now);
+    // A failed-to-begin record that carries an aborted rotation's version: only `run`, which
+    // copies the list on, may begin after it.
+    let mut carrying = failed_to_begin.clone();
+    carrying.unfinished_versions = vec!["older-2".into(), "older-1".into()];
     let existing: Vec<(&str, Option<StepRecord>)> = vec![
         ("no record", None),
         ("in progress", Some(record("k", "r-1"))),
@@ -215,6 +216,7 @@ async fn the_begin_condition_in_dynamodb_agrees_with_begin_if() {
         ),
         ("failed with another id", Some(failed_after_cas)),
         ("failed to begin", Some(failed_to_begin)),
+        ("failed to begin, carrying versions", Some(carrying)),
     ];
     let conds = [
         ("plain", cond("v1")),
@@ -281,7 +283,7 @@ async fn the_begin_condition_in_dynamodb_agrees_with_begin_if() {
     }
     assert_eq!(checked, existing.len() * conds.len());
     // Both answers occur: no record and failed-to-begin always begin; in progress, stale labels
-    // never; the rest depend on the request.
+    // and carried versions never; the rest depend on the request.
     assert_eq!(begun, 17, "of {checked}");
 }
 
@@ -337,4 +339,16 @@ fn plan_from(current_version: &str) -> Plan {
         proxy_version: None,
         pending_version: None,
     }
+}
+
+#[tokio::test]
+async fn unfinished_versions_and_the_proxy_version_survive_a_round_trip_in_order() {
+    let records = table().await;
+    let key = "arn:round-trip";
+    let (lease, _) = granted(&records, key, "w", Duration::from_secs(30)).await;
+    let mut r = record(key, "r-1");
+    r.unfinished_versions = vec!["newer".into(), "older".into()];
+    r.note_error("update_proxy: denied".into(), true, now_ms());
+    records.save(&lease, &r).await.unwrap();
+    assert_eq!(records.load(key).await.unwrap().unwrap(), r);
 }

@@ -418,6 +418,7 @@ impl RecordStore for DynamoRecords {
             .expression_attribute_names("#r", RECORD)
             .expression_attribute_names("#st", "state")
             .expression_attribute_names("#rid", "rotation_id")
+            .expression_attribute_names("#unf", "unfinished_versions")
             .expression_attribute_values(":r", record_map(record))
             .expression_attribute_values(":owner", s(owner))
             .expression_attribute_values(":exp", n(expires))
@@ -430,7 +431,8 @@ impl RecordStore for DynamoRecords {
         // of no rotation), of another request, and old enough. (A comparison with a missing
         // attribute is false, so each optional one is tested for existence first.)
         let mut allowed = "attribute_not_exists(#r) OR (#r.#st <> :in_progress \
-                           AND (attribute_not_exists(#r.#rid) OR #r.#rid = :cv)"
+                           AND (attribute_not_exists(#r.#rid) OR #r.#rid = :cv) \
+                           AND attribute_not_exists(#r.#unf)"
             .to_owned();
         if let Some(id) = &cond.request_id {
             allowed.push_str(" AND (attribute_not_exists(#r.#req) OR #r.#req <> :req)");
@@ -568,11 +570,20 @@ impl RecordStore for DynamoRecords {
         }
         let result = req
             .condition_expression(cond)
+            .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(Claimed::Ours),
+            Ok(out) => Ok(Claimed::Ours {
+                in_use_by: out
+                    .attributes
+                    .as_ref()
+                    .and_then(|item| item.get(IN_USE_BY))
+                    .and_then(|v| v.as_ss().ok())
+                    .cloned()
+                    .unwrap_or_default(),
+            }),
             Err(e) if is_condition_failure(&e) => {
                 let item = self.refused_item(user_key, e).await?;
                 match (get_s(&item, "claim_secret"), get_s(&item, "claim_rotation")) {
@@ -588,4 +599,20 @@ impl RecordStore for DynamoRecords {
             Err(e) => Err(map_err(e)),
         }
     }
+
+    async fn mark_in_use(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(user_key))
+            .update_expression(format!("ADD {IN_USE_BY} :s"))
+            .expression_attribute_values(":s", AttributeValue::Ss(vec![secret.to_owned()]))
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
 }
+
+/// On a database user's claim item: the secrets that have that user in AWSCURRENT.
+const IN_USE_BY: &str = "in_use_by";

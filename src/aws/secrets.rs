@@ -57,6 +57,7 @@ where
         _ if f.transient => SecretStoreError::Unavailable(f.message),
         Some("ResourceNotFoundException") => SecretStoreError::NotFound(secret_id.to_owned()),
         Some("ResourceExistsException") => SecretStoreError::VersionExists(secret_id.to_owned()),
+        Some("InvalidRequestException") => SecretStoreError::InvalidRequest(f.message),
         // KMS refusals (EncryptionFailure on a write, DecryptionFailure on a read) are a key
         // policy's deny, as final as IAM's.
         Some(

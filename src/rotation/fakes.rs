@@ -49,6 +49,8 @@ pub struct State {
     pub reports: Vec<RotationReport>,
     /// database user -> who claimed it
     pub claims: HashMap<String, UserClaim>,
+    /// database user -> secrets that marked it as their AWSCURRENT
+    pub in_use: HashMap<String, std::collections::BTreeSet<String>>,
     /// Secrets with Secrets Manager's own rotation attached.
     pub rotation_enabled: std::collections::HashSet<String>,
     /// Secrets whose writes (PutSecretValue) are denied, as by a key or resource policy.
@@ -383,9 +385,22 @@ impl RecordStore for World {
                 Claimed::HeldBy(held.clone())
             }
             _ => {
+                let in_use_by = s
+                    .in_use
+                    .get(&key)
+                    .map(|set| set.iter().cloned().collect())
+                    .unwrap_or_default();
                 s.claims.insert(key, claim);
-                Claimed::Ours
+                Claimed::Ours { in_use_by }
             }
+        })
+        .map_err(RecordStoreError::Unavailable)
+    }
+
+    async fn mark_in_use(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
+        let (key, secret) = (user_key.to_owned(), secret.to_owned());
+        self.effect(move |s| {
+            s.in_use.entry(key).or_default().insert(secret);
         })
         .map_err(RecordStoreError::Unavailable)
     }

@@ -103,14 +103,36 @@ pub(super) async fn acquire(
     }
 }
 
+/// The database users a rotation claims and marks.
+pub(super) struct UserClaims {
+    /// The user whose password changes, and its claim key.
+    pub target: String,
+    pub target_key: String,
+    /// The key of the user the secret's applications use now (AWSCURRENT).
+    pub in_use_key: String,
+    pub claim: UserClaim,
+}
+
+/// Marks the user in use as this secret's, and claims the target (`claim_user`), at once. The
+/// mark goes first in effect, even when the claim is refused: another secret then sees it.
+pub(super) async fn claim_users(rotator: &Rotator, c: &UserClaims) -> Result<(), RotationError> {
+    let (claimed, marked) = tokio::join!(
+        claim_user(rotator, &c.target_key, &c.target, &c.claim),
+        rotator.records.mark_in_use(&c.in_use_key, &c.claim.secret)
+    );
+    marked?;
+    claimed
+}
+
 /// Claims the database user that `claim`'s rotation changes, so that no other secret naming the
-/// same user changes its password meanwhile, or while it is that secret's AWSCURRENT.
+/// same user changes its password meanwhile; and refuses to change a user that another secret
+/// has in AWSCURRENT (it marked it, or its claim says it rotated to it).
 ///
 /// The claim is not a lease: it is never released or renewed. It names the secret and rotation
-/// that last changed the user, and another secret may take it over once that rotation has ended
-/// and the user is not that secret's AWSCURRENT. A secret takes over its own claims at once (its
-/// rotations take turns under its lease), so a rotation usually pays one conditional write.
-pub(super) async fn claim_user(
+/// that last changed the user, and another secret may take it over once that rotation has ended.
+/// A secret takes over its own claims at once (its rotations take turns under its lease), so a
+/// rotation usually pays one conditional write, beside the mark.
+async fn claim_user(
     rotator: &Rotator,
     user_key: &str,
     user: &str,
@@ -124,7 +146,17 @@ pub(super) async fn claim_user(
             .claim_user(user_key, claim, replacing.as_ref())
             .await?
         {
-            Claimed::Ours => return Ok(()),
+            Claimed::Ours { in_use_by } => {
+                for other in in_use_by.iter().filter(|s| **s != claim.secret) {
+                    if is_current_user_of(rotator, other, user).await? {
+                        return Err(RotationError::UserShared {
+                            user: user.to_owned(),
+                            secret: other.clone(),
+                        });
+                    }
+                }
+                return Ok(());
+            }
             Claimed::HeldBy(holder) => holder,
         };
         let record = rotator.records.load(&holder.secret).await?;
@@ -139,14 +171,7 @@ pub(super) async fn claim_user(
         }
         // Ended. If the user is what that secret's applications use now, changing its password
         // breaks them.
-        let current = rotator
-            .secrets
-            .get(&holder.secret, At::Stage(Stage::Current))
-            .await?;
-        let in_use = current
-            .and_then(|v| crate::secret::AppSecret::parse(&v.value).ok())
-            .is_some_and(|app| app.credentials.username == user);
-        if in_use {
+        if is_current_user_of(rotator, &holder.secret, user).await? {
             return Err(RotationError::UserShared {
                 user: user.to_owned(),
                 secret: holder.secret,
@@ -159,6 +184,21 @@ pub(super) async fn claim_user(
         secret: replacing.map(|h| h.secret).unwrap_or_default(),
         rotation_id: String::new(),
     })
+}
+
+/// `user` is what `secret`'s applications use now (its AWSCURRENT). A deleted secret uses nobody.
+async fn is_current_user_of(
+    rotator: &Rotator,
+    secret: &str,
+    user: &str,
+) -> Result<bool, RotationError> {
+    let current = rotator
+        .secrets
+        .get(secret, At::Stage(Stage::Current))
+        .await?;
+    Ok(current
+        .and_then(|v| crate::secret::AppSecret::parse(&v.value).ok())
+        .is_some_and(|app| app.credentials.username == user))
 }
 
 /// What the work under a lease and its heartbeat tell each other.

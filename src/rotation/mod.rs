@@ -766,14 +766,24 @@ impl Rotator {
             }
         }
         for id in order {
-            let (secret, version_id) = self
-                .read_user_version(id, At::Stage(Stage::Current))
-                .await?
-                .ok_or_else(|| RotationError::Inconsistent {
-                    secret: id.clone(),
-                    reason: "the proxy secret does not exist or has no AWSCURRENT version".into(),
-                })?;
+            // Beside the read: a rotation function attached to the proxy secret would change
+            // this user's password on its own schedule.
+            let (read, meta) = tokio::join!(
+                self.read_user_version(id, At::Stage(Stage::Current)),
+                self.secrets.describe(id)
+            );
+            let (secret, version_id) = read?.ok_or_else(|| RotationError::Inconsistent {
+                secret: id.clone(),
+                reason: "the proxy secret does not exist or has no AWSCURRENT version".into(),
+            })?;
             if secret.username() == user {
+                let meta = meta?;
+                if meta.rotation_enabled {
+                    return Err(RotationError::ManagedRotation {
+                        secret: meta.arn,
+                        lambda: meta.rotation_lambda,
+                    });
+                }
                 return Ok(Some(ProxySecret {
                     id: id.clone(),
                     version_id,
@@ -1075,23 +1085,30 @@ impl Run<'_> {
     /// counts only if the write succeeds.
     async fn drive(&mut self) -> Result<(), RotationError> {
         self.check_current_label().await?;
-        // The claim on the database user (see `lease::claim_user`) is taken beside the first
-        // step of a new rotation (writing AWSPENDING changes no password), before any other.
-        let mut claim = if self.record.step == Step::Done {
+        // The claims on the database users (see `lease::claim_users`) are taken beside the
+        // first step of a new rotation (writing AWSPENDING changes no password), before any other.
+        let mut claims = if self.record.step == Step::Done {
             None
         } else {
-            let user = self.target_user().to_owned();
+            let (target, in_use) = (
+                self.target_user().to_owned(),
+                self.record.current_user.clone().unwrap_or_default(),
+            );
             let current = self.current().await?;
-            let key = user_key(current.engine, current.admin_endpoint(), &user);
-            let claim = UserClaim {
-                secret: self.arn().to_owned(),
-                rotation_id: self.rotation_id().to_owned(),
-            };
-            Some((key, claim, user))
+            let key = |user: &str| user_key(current.engine, current.admin_endpoint(), user);
+            Some(lease::UserClaims {
+                target_key: key(&target),
+                in_use_key: key(&in_use),
+                target,
+                claim: UserClaim {
+                    secret: self.record.secret_id.clone(),
+                    rotation_id: self.record.rotation_id.clone().unwrap_or_default(),
+                },
+            })
         };
         if self.record.step != Step::CreatePending {
-            if let Some((key, claim, user)) = claim.take() {
-                lease::claim_user(self.rotator, &key, &user, &claim).await?;
+            if let Some(claims) = claims.take() {
+                lease::claim_users(self.rotator, &claims).await?;
             }
         }
         while self.record.step != Step::Done {
@@ -1109,12 +1126,10 @@ impl Run<'_> {
             failpoint::hit(&format!("before:{step}")).await;
             let began = Instant::now();
             self.trace.with(|t| t.last_step = Some(step));
-            let next = if let Some((key, claim, user)) = claim.take() {
+            let next = if let Some(claims) = claims.take() {
                 let rotator = self.rotator;
-                let (next, claimed) = tokio::join!(
-                    self.run_step(step),
-                    lease::claim_user(rotator, &key, &user, &claim)
-                );
+                let (next, claimed) =
+                    tokio::join!(self.run_step(step), lease::claim_users(rotator, &claims));
                 claimed?;
                 next?
             } else if step == Step::SetPassword {
@@ -1264,7 +1279,10 @@ impl Run<'_> {
         // Already set by an earlier attempt? A fresh run knows it is not.
         if !self.fresh {
             match db.check_login(current.engine, at, &pending).await {
-                Ok(()) => return Ok(Step::UpdateProxy),
+                Ok(()) => {
+                    self.record.unfinished_versions.clear();
+                    return Ok(Step::UpdateProxy);
+                }
                 Err(DbError::LoginRejected(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -1297,6 +1315,8 @@ impl Run<'_> {
                 match changed {
                     Ok(()) => {
                         info!(secret = %self.arn(), user = %pending.username, via = %label, "password set");
+                        // The pending version knows the password now; older ones know nothing.
+                        self.record.unfinished_versions.clear();
                         failpoint::hit("inside:set_password").await;
                         return Ok(Step::UpdateProxy);
                     }

@@ -85,6 +85,10 @@ pub enum SecretStoreError {
     /// The request was refused as invalid: for a stage move this is the compare-and-swap failing.
     #[error("Secrets Manager refused the request: {0}")]
     Refused(String),
+    /// The secret's state forbids the request (InvalidRequestException: scheduled for deletion,
+    /// say). No retry changes that.
+    #[error("Secrets Manager refused the request in the secret's state: {0}")]
+    InvalidRequest(String),
     #[error("access denied by Secrets Manager: {0}")]
     Denied(String),
     /// PutSecretValue: a version with this ClientRequestToken exists with another value (AWS's
@@ -198,8 +202,9 @@ pub struct UserClaim {
 /// What [`RecordStore::claim_user`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claimed {
-    /// The claim is ours now.
-    Ours,
+    /// The claim is ours now; the secrets that marked the user as their AWSCURRENT
+    /// (`mark_in_use`) come with it.
+    Ours { in_use_by: Vec<String> },
     /// Another secret's rotation holds it (perhaps one that ended: the caller decides).
     HeldBy(UserClaim),
 }
@@ -268,6 +273,9 @@ pub trait RecordStore: Send + Sync {
         claim: &UserClaim,
         replacing: Option<&UserClaim>,
     ) -> Result<Claimed, RecordStoreError>;
+    /// Notes that `secret` has database user `user_key` in AWSCURRENT (an unconditional add to
+    /// a set: a claim of that user by another secret then sees it).
+    async fn mark_in_use(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError>;
 }
 
 #[derive(Debug, thiserror::Error)]

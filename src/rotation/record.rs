@@ -272,10 +272,14 @@ impl StepRecord {
     }
 
     /// The pending versions that may hold `target`'s password after this record: its own, if
-    /// it ended unfinished with `target` as its target, and those it carried.
+    /// it ended unfinished with `target` as its target past create_pending (set_password may
+    /// have run), and those it carried.
     pub fn unfinished_for(&self, target: &str) -> Vec<String> {
         let mut out = Vec::new();
-        if self.is_unfinished() && self.target_user.as_deref() == Some(target) {
+        if self.is_unfinished()
+            && self.step > Step::CreatePending
+            && self.target_user.as_deref() == Some(target)
+        {
             out.extend(self.rotation_id.clone());
         }
         if self.target_user.is_none() || self.target_user.as_deref() == Some(target) {
@@ -337,6 +341,9 @@ impl BeginIf {
             && r.rotation_id
                 .as_ref()
                 .is_none_or(|id| *id == self.current_version)
+            // The new record must carry these on (`StepRecord::begin`), and the write that takes
+            // the lease cannot copy them from the old one: `run` begins such a rotation.
+            && r.unfinished_versions.is_empty()
             && (self.request_id.is_none() || r.request_id != self.request_id)
             && match (self.last_success_by, r.last_success_at) {
                 (Some(by), Some(last)) => last <= by,

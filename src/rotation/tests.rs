@@ -544,6 +544,9 @@ impl super::ports::RecordStore for ShutdownAt {
     ) -> Result<super::ports::Claimed, RecordStoreError> {
         self.world.claim_user(user_key, claim, replacing).await
     }
+    async fn mark_in_use(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
+        self.world.mark_in_use(user_key, secret).await
+    }
 }
 
 #[tokio::test]
@@ -732,6 +735,9 @@ impl super::ports::RecordStore for NoRenewals {
     ) -> Result<super::ports::Claimed, RecordStoreError> {
         self.0.claim_user(user_key, claim, replacing).await
     }
+    async fn mark_in_use(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
+        self.0.mark_in_use(user_key, secret).await
+    }
 }
 
 /// The world's database, where a login through the proxy takes `delay`.
@@ -790,4 +796,107 @@ async fn a_run_whose_lease_ran_out_by_its_own_clock_stops_before_its_next_step()
         (record.state, record.step),
         (State::InProgress, Step::SetPassword)
     );
+}
+
+/// A second application secret naming the same users.
+fn add_copy(w: &World, name: &str) {
+    let value = w.labelled(APP, Stage::Current).unwrap();
+    w.add_secret(name, value);
+}
+
+async fn rotate_secret(w: &World, id: &str) -> Result<Outcome, RotationError> {
+    rotator(w)
+        .rotate(id, &Request::default(), LeaseWait::No)
+        .await
+}
+
+#[tokio::test]
+async fn a_user_that_another_secret_has_in_awscurrent_keeps_its_password() {
+    let w = world();
+    add_copy(&w, "copy");
+    rotate(&w).await.unwrap(); // app: alice -> bob
+    let passwords = w.state().db.clone();
+    // The copy still uses alice and would change bob, app's user now.
+    let e = rotate_secret(&w, "copy").await.unwrap_err();
+    assert!(
+        matches!(&e, RotationError::UserShared { user, secret } if user == "bob" && secret.ends_with(APP)),
+        "{e}"
+    );
+    assert!(!e.is_retryable());
+    // And app may not change alice, which the copy marked as its own when it tried.
+    let e = rotate(&w).await.unwrap_err();
+    assert!(
+        matches!(&e, RotationError::UserShared { user, secret } if user == "alice" && secret.ends_with("copy")),
+        "{e}"
+    );
+    assert_eq!(w.state().db, passwords, "no password changed");
+}
+
+#[tokio::test]
+async fn a_user_claimed_by_a_rotation_in_progress_waits_for_it() {
+    let w = world();
+    add_copy(&w, "copy");
+    // app's rotation stops after its password step and stays in progress.
+    w.state().proxy_frozen = true;
+    let e = rotate(&w).await.unwrap_err();
+    assert!(matches!(e, RotationError::TestTimedOut { .. }), "{e}");
+    let e = rotate_secret(&w, "copy").await.unwrap_err();
+    assert!(
+        matches!(&e, RotationError::UserBusy { user, .. } if user == "bob"),
+        "{e}"
+    );
+    assert!(e.is_retryable());
+    w.state().proxy_frozen = false;
+    rotate(&w).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rotation_that_failed_after_the_password_changed_leaves_it_known_to_the_next() {
+    let w = world();
+    w.state().deny_puts.insert("proxy-bob".into());
+    let e = rotate(&w).await.unwrap_err();
+    assert!(
+        matches!(e, RotationError::Secrets(SecretStoreError::Denied(_))),
+        "{e}"
+    );
+    let failed = w.record("arn:fake:app").unwrap();
+    assert_eq!(
+        (failed.state, failed.step),
+        (State::Failed, Step::UpdateProxy)
+    );
+    assert_eq!(
+        w.labelled(APP, Stage::Current).unwrap()["username"],
+        "alice"
+    );
+    // bob's password is the failed rotation's; no master secret is configured.
+    w.state().deny_puts.clear();
+    let done = rotate(&w).await.unwrap();
+    assert_eq!(done.current_user, "bob");
+    let current = w.labelled(APP, Stage::Current).unwrap();
+    assert_eq!(w.state().db["bob"], current["password"].as_str().unwrap());
+    assert!(w
+        .record("arn:fake:app")
+        .unwrap()
+        .unfinished_versions
+        .is_empty());
+}
+
+#[tokio::test]
+async fn secrets_manager_rotation_attached_is_refused_before_anything_changes() {
+    let w = world();
+    w.state().rotation_enabled.insert(APP.into());
+    let e = rotate(&w).await.unwrap_err();
+    assert!(matches!(e, RotationError::ManagedRotation { .. }), "{e}");
+    assert!(e.to_string().contains("cancel-rotate-secret"));
+    assert!(w.state().password_changes.is_empty());
+    assert!(w.state().puts.is_empty());
+    // On the idle user's proxy secret too.
+    let w = world();
+    w.state().rotation_enabled.insert("proxy-bob".into());
+    let e = rotate(&w).await.unwrap_err();
+    assert!(
+        matches!(e, RotationError::ManagedRotation { ref secret, .. } if secret.ends_with("proxy-bob")),
+        "{e}"
+    );
+    assert!(w.state().puts.is_empty());
 }
