@@ -1130,7 +1130,21 @@ impl Run<'_> {
                 let rotator = self.rotator;
                 let (next, claimed) =
                     tokio::join!(self.run_step(step), lease::claim_users(rotator, &claims));
-                claimed?;
+                if let Err(e) = claimed {
+                    // Refused for good: this rotation will not run, so its AWSPENDING goes too
+                    // (no password changed). A wait keeps it, to resume.
+                    if next.is_ok() && !e.is_retryable() {
+                        let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
+                        if let Err(undo) = rotator
+                            .secrets
+                            .remove_stage(&arn, Stage::Pending, &id)
+                            .await
+                        {
+                            warn!(secret = %arn, error = %undo, "could not remove AWSPENDING of a refused rotation");
+                        }
+                    }
+                    return Err(e);
+                }
                 next?
             } else if step == Step::SetPassword {
                 let (rotator, lease, record) = (self.rotator, self.lease, self.record.clone());
