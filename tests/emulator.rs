@@ -14,7 +14,6 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType,
 };
-use aws_sdk_secretsmanager::types::RotationRulesType;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use tokio::sync::Barrier;
 
@@ -411,21 +410,7 @@ async fn a_refused_label_move_changes_nothing() {
 async fn rotate_secret_with_rules_turns_rotation_on_and_leaves_a_pending_version() {
     let sm = secrets().await;
     let (name, first) = secret(&sm, "v1").await;
-    let rotation = sm
-        .rotate_secret()
-        .secret_id(&name)
-        .rotation_rules(
-            RotationRulesType::builder()
-                .automatically_after_days(30)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("RotateSecret with RotationRules");
-    let pending = rotation
-        .version_id()
-        .expect("the rotation's version")
-        .to_owned();
+    let pending = common::attach_managed_rotation(&sm, &name).await;
 
     let meta = sm.describe_secret().secret_id(&name).send().await.unwrap();
     assert_eq!(meta.rotation_enabled(), Some(true));
@@ -450,20 +435,7 @@ async fn rotate_secret_with_rules_turns_rotation_on_and_leaves_a_pending_version
 async fn cancel_rotate_secret_turns_rotation_off_and_leaves_awspending() {
     let sm = secrets().await;
     let (name, first) = secret(&sm, "v1").await;
-    let pending = sm
-        .rotate_secret()
-        .secret_id(&name)
-        .rotation_rules(
-            RotationRulesType::builder()
-                .automatically_after_days(30)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .version_id()
-        .unwrap()
-        .to_owned();
+    let pending = common::attach_managed_rotation(&sm, &name).await;
 
     sm.cancel_rotate_secret()
         .secret_id(&name)

@@ -42,6 +42,18 @@ async fn arn_of(pair: &Pair, id: &str) -> String {
     out.arn.unwrap()
 }
 
+/// What an operator runs to clear another rotator's AWSPENDING, as the refusal says.
+async fn remove_pending(pair: &Pair, version: &str) {
+    pair.sm
+        .update_secret_version_stage()
+        .secret_id(&pair.app_secret)
+        .version_stage("AWSPENDING")
+        .remove_from_version_id(version)
+        .send()
+        .await
+        .unwrap();
+}
+
 fn text(out: &Output) -> String {
     format!(
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -186,18 +198,7 @@ async fn secrets_manager_rotation_left_enabled_is_refused_by_check_and_rotate() 
     let pair = Pair::new().await;
     let value = pair.current().await;
     // Attached, with a schedule; moto runs no function, but it labels a new AWSPENDING.
-    pair.sm
-        .rotate_secret()
-        .secret_id(&pair.app_secret)
-        .rotation_rules(
-            aws_sdk_secretsmanager::types::RotationRulesType::builder()
-                .automatically_after_days(30)
-                .build(),
-        )
-        .rotate_immediately(false)
-        .send()
-        .await
-        .expect("moto answers RotateSecret");
+    attach_managed_rotation(&pair.sm, &pair.app_secret).await;
     let described = pair
         .sm
         .describe_secret()
@@ -271,14 +272,7 @@ async fn an_awspending_that_no_rotation_of_ours_made_is_refused_until_removed() 
         pair.version_with(&pair.app_secret, "AWSPENDING").await,
         Some(foreign.clone())
     );
-    pair.sm
-        .update_secret_version_stage()
-        .secret_id(&pair.app_secret)
-        .version_stage("AWSPENDING")
-        .remove_from_version_id(&foreign)
-        .send()
-        .await
-        .unwrap();
+    remove_pending(&pair, &foreign).await;
     let out = pair.rotate();
     assert!(out.status.success(), "{}", text(&out));
     pair.assert_rotated_to(&pair.users[1]).await;
@@ -342,20 +336,24 @@ async fn a_proxy_secret_changed_since_planning_is_not_overwritten() {
     assert_current_unchanged(&pair, &version, &value).await;
 }
 
-/// The credentials of the worker's role expire while it works (ECS renews them): not a reason to
-/// give up on the rotation, or to send it to the dead-letter queue.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_aws_credentials_are_retryable_and_the_rotation_resumes() {
+/// `UpdateSecretVersionStage` on the application secret answers `code` until lifted: the
+/// rotation exits 75 with its record in progress, then resumes and finishes.
+async fn a_refused_awscurrent_move_is_retried(code: &str, message: &str) {
     let pair = Pair::new().await;
     let faults = refusing_proxy().await;
     faults.refusals.refuse(
         "secretsmanager.UpdateSecretVersionStage",
         &format!("\"SecretId\":\"{}\"", arn_of(&pair, &pair.app_secret).await),
-        "ExpiredTokenException",
-        "The security token included in the request is expired",
+        code,
+        message,
     );
     let out = rotate_via(&pair, &faults);
     assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("moved from"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(pair.status()["state"], "in_progress");
     faults.refusals.lift();
     let out = rotate_via(&pair, &faults);
@@ -363,26 +361,26 @@ async fn expired_aws_credentials_are_retryable_and_the_rotation_resumes() {
     pair.assert_rotated_to(&pair.users[1]).await;
 }
 
+/// The credentials of the worker's role expire while it works (ECS renews them): not a reason to
+/// give up on the rotation, or to send it to the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_aws_credentials_are_retryable_and_the_rotation_resumes() {
+    a_refused_awscurrent_move_is_retried(
+        "ExpiredTokenException",
+        "The security token included in the request is expired",
+    )
+    .await;
+}
+
 /// A compare-and-swap refused while AWSCURRENT is still where we expected it is no race: it is
 /// retried, not reported as "AWSCURRENT moved from X to X".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_cas_on_an_unmoved_awscurrent_is_retryable() {
-    let pair = Pair::new().await;
-    let faults = refusing_proxy().await;
-    faults.refusals.refuse(
-        "secretsmanager.UpdateSecretVersionStage",
-        &format!("\"SecretId\":\"{}\"", arn_of(&pair, &pair.app_secret).await),
+    a_refused_awscurrent_move_is_retried(
         "InvalidParameterException",
         "The request was refused (injected)",
-    );
-    let out = rotate_via(&pair, &faults);
-    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("moved from"), "{err}");
-    faults.refusals.lift();
-    let out = rotate_via(&pair, &faults);
-    assert!(out.status.success(), "{}", text(&out));
-    pair.assert_rotated_to(&pair.users[1]).await;
+    )
+    .await;
 }
 
 /// A version under this rotation's own proxy token that holds another value was written by
@@ -476,18 +474,7 @@ async fn abort_ends_a_stuck_rotation_and_the_next_one_succeeds_without_a_master_
 
     // Rotations that fail before they begin (Secrets Manager's rotation switched on, then off
     // with its AWSPENDING left behind) keep the aborted version known.
-    pair.sm
-        .rotate_secret()
-        .secret_id(&pair.app_secret)
-        .rotation_rules(
-            aws_sdk_secretsmanager::types::RotationRulesType::builder()
-                .automatically_after_days(30)
-                .build(),
-        )
-        .rotate_immediately(false)
-        .send()
-        .await
-        .unwrap();
+    attach_managed_rotation(&pair.sm, &pair.app_secret).await;
     let out = pair.rotate();
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("own rotation is enabled"),
@@ -510,14 +497,7 @@ async fn abort_ends_a_stuck_rotation_and_the_next_one_succeeds_without_a_master_
         "{}",
         text(&out)
     );
-    pair.sm
-        .update_secret_version_stage()
-        .secret_id(&pair.app_secret)
-        .version_stage("AWSPENDING")
-        .remove_from_version_id(&left)
-        .send()
-        .await
-        .unwrap();
+    remove_pending(&pair, &left).await;
 
     let out = pair.rotate();
     assert!(out.status.success(), "{}", text(&out));

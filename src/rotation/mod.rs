@@ -681,6 +681,37 @@ impl Rotator {
         Ok((plan, current, proxy.map(|p| p.secret)))
     }
 
+    /// Moves AWSCURRENT of `secret` from version `from` to `to` by compare-and-swap. A refusal
+    /// is looked into: AWSCURRENT already on `to` is our own earlier move whose answer was lost
+    /// (the SDK retried and found the label gone); still on `from`, nobody raced us and the
+    /// refusal says nothing about the protocol (retryable); elsewhere, someone moved it.
+    async fn swap_current(
+        &self,
+        secret: &str,
+        to: &str,
+        from: &str,
+    ) -> Result<Swap, RotationError> {
+        let Err(e) = self
+            .secrets
+            .move_stage(secret, Stage::Current, to, from)
+            .await
+        else {
+            return Ok(Swap::Done);
+        };
+        let SecretStoreError::Refused(reason) = e else {
+            return Err(e.into());
+        };
+        let now = self.secrets.describe(secret).await?;
+        match now.version_with(Stage::Current) {
+            Some(v) if v == to => Ok(Swap::Done),
+            Some(v) if v == from => Err(RotationError::StageMoveRefused {
+                secret: secret.to_owned(),
+                reason,
+            }),
+            found => Ok(Swap::Moved(found.map(str::to_owned))),
+        }
+    }
+
     /// PutSecretValue under `token`. AWS refuses a token reused with another value
     /// (ResourceExistsException): then the version is read back, and if it holds what we meant
     /// to write, it is ours (an earlier attempt whose answer was lost); if not, someone else
@@ -818,6 +849,13 @@ fn same_json(a: &secrecy::SecretString, b: &secrecy::SecretString) -> bool {
         (Some(a), Some(b)) => a == b,
         _ => a.expose_secret() == b.expose_secret(),
     }
+}
+
+/// How a compare-and-swap of AWSCURRENT ended.
+enum Swap {
+    Done,
+    /// Someone else moved it, to this version (or removed it).
+    Moved(Option<String>),
 }
 
 /// A proxy secret as planning found it.
@@ -1511,35 +1549,15 @@ impl Run<'_> {
                     .to_owned()
             }
         };
-        if let Err(e) = secrets
-            .move_stage(&proxy_id, Stage::Current, &token, &from)
-            .await
-        {
-            let SecretStoreError::Refused(reason) = e else {
-                return Err(e.into());
-            };
-            // Refused: someone moved AWSCURRENT since the plan, or our own move went through and
-            // its answer was lost. Look to tell.
-            let meta = secrets.describe(&proxy_id).await?;
-            match meta.version_with(Stage::Current) {
-                Some(v) if v == token => {}
-                Some(v) if v == from => {
-                    return Err(RotationError::StageMoveRefused {
-                        secret: proxy_id,
-                        reason,
-                    })
-                }
-                found => {
-                    return Err(RotationError::Inconsistent {
-                        secret: proxy_id,
-                        reason: format!(
-                            "its AWSCURRENT moved from version {from} to {} since the rotation began (another rotation of user {}, or a person); not overwriting it",
-                            found.unwrap_or("nothing"),
-                            pending.username
-                        ),
-                    })
-                }
-            }
+        if let Swap::Moved(found) = self.rotator.swap_current(&proxy_id, &token, &from).await? {
+            return Err(RotationError::Inconsistent {
+                secret: proxy_id,
+                reason: format!(
+                    "its AWSCURRENT moved from version {from} to {} since the rotation began (another rotation of user {}, or a person); not overwriting it",
+                    found.as_deref().unwrap_or("nothing"),
+                    pending.username
+                ),
+            });
         }
         failpoint::hit("inside:update_proxy").await;
         Ok(Step::Test)
@@ -1618,35 +1636,12 @@ impl Run<'_> {
                         found: pending_at.unwrap_or_else(|| "nothing".into()),
                     });
                 }
-                if let Err(e) = secrets
-                    .move_stage(&arn, Stage::Current, &id, &expected)
-                    .await
-                {
-                    // The CAS was refused. Either someone moved AWSCURRENT between our look and
-                    // our write, or an earlier attempt of ours succeeded but its answer was lost
-                    // (the SDK then retries and finds the label gone): look again to tell.
-                    let SecretStoreError::Refused(reason) = e else {
-                        return Err(e.into());
-                    };
-                    let now = secrets.describe(&arn).await?;
-                    match now.version_with(Stage::Current) {
-                        Some(v) if v == id => {}
-                        // Still where we expected: nobody raced us, so this refusal says nothing
-                        // about the protocol. Try again later.
-                        Some(v) if v == expected => {
-                            return Err(RotationError::StageMoveRefused {
-                                secret: arn,
-                                reason,
-                            })
-                        }
-                        found => {
-                            return Err(RotationError::CurrentMoved {
-                                secret: arn,
-                                expected,
-                                found: found.unwrap_or("nothing").to_owned(),
-                            })
-                        }
-                    }
+                if let Swap::Moved(found) = self.rotator.swap_current(&arn, &id, &expected).await? {
+                    return Err(RotationError::CurrentMoved {
+                        secret: arn,
+                        expected,
+                        found: found.unwrap_or_else(|| "nothing".into()),
+                    });
                 }
             }
             found => {

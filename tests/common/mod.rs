@@ -878,3 +878,22 @@ impl Pair {
         v
     }
 }
+
+/// Attaches Secrets Manager's own rotation to `id`, every 30 days, as the tool this replaces or
+/// AWS's rotation functions leave it. Returns the version RotateSecret labelled AWSPENDING.
+pub async fn attach_managed_rotation(sm: &Sm, id: &str) -> String {
+    sm.rotate_secret()
+        .secret_id(id)
+        .rotation_rules(
+            aws_sdk_secretsmanager::types::RotationRulesType::builder()
+                .automatically_after_days(30)
+                .build(),
+        )
+        .rotate_immediately(false)
+        .send()
+        .await
+        .expect("the stack answers RotateSecret with RotationRules")
+        .version_id()
+        .expect("RotateSecret names its version")
+        .to_owned()
+}
