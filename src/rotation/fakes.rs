@@ -53,6 +53,9 @@ pub struct State {
     pub in_use: HashMap<String, std::collections::BTreeSet<String>>,
     /// Secrets with Secrets Manager's own rotation attached.
     pub rotation_enabled: std::collections::HashSet<String>,
+    /// PutSecretValue stores the version, then answers ResourceExists (as AWS may to a retry
+    /// of a write whose first answer was lost).
+    pub puts_answer_exists: bool,
     /// Secrets whose writes (PutSecretValue) are denied, as by a key or resource policy.
     pub deny_puts: std::collections::HashSet<String>,
 }
@@ -241,6 +244,9 @@ impl SecretStore for World {
                 value: value.clone(),
                 stages: vec![label],
             });
+            if s.puts_answer_exists {
+                return Err(SecretStoreError::VersionExists(token.clone()));
+            }
             Ok(())
         })
         .map_err(SecretStoreError::Unavailable)?

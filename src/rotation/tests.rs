@@ -900,3 +900,17 @@ async fn secrets_manager_rotation_attached_is_refused_before_anything_changes() 
     );
     assert!(w.state().puts.is_empty());
 }
+
+#[tokio::test]
+async fn resource_exists_for_a_version_that_holds_our_value_is_taken_as_written() {
+    let w = world();
+    w.state().puts_answer_exists = true;
+    let done = rotate(&w).await.unwrap();
+    assert_eq!(done.current_user, "bob");
+    let current = w.labelled(APP, Stage::Current).unwrap();
+    assert_eq!(w.state().db["bob"], current["password"].as_str().unwrap());
+    assert_eq!(
+        w.labelled("proxy-bob", Stage::Current).unwrap()["password"],
+        current["password"]
+    );
+}
