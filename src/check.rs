@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::db::tls::TlsMode;
 use crate::rotation::ports::{At, DbError, SecretMeta, SecretStoreError, Stage};
+use crate::rotation::record::StepRecord;
 use crate::rotation::{left_by_us, RotationError, Rotator};
 use crate::secret::{AppSecret, Credentials, Endpoint, UserSecret};
 
@@ -195,8 +196,8 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
     if let Err(e) = rotator.settings.password.validate(app.engine) {
         report.push("password policy", Status::Fail, e.to_string());
     }
-    check_managed_rotation(&meta, &mut report);
-    check_record(rotator, &meta.arn, &meta, &mut report).await;
+    check_managed_rotation(&meta, &mut report, true);
+    let last_record = check_record(rotator, &meta.arn, &meta, &mut report).await;
 
     // Proxy secrets: exactly one per user, each for a user of the rotation.
     let mut proxy: BTreeMap<String, (String, Credentials)> = BTreeMap::new();
@@ -246,26 +247,11 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
             report.push("proxy secrets", Status::Fail, problems.join("; "));
         }
         // A rotation function on a proxy secret changes that user's password behind our back:
-        // on the user in use, an outage.
-        let mut managed = Vec::new();
+        // on the user in use, an outage. (Unreadable ones are reported above.)
         for id in &app.proxy_secret_ids {
             if let Ok(m) = secrets.describe(id).await {
-                if m.rotation_enabled {
-                    managed.push(format!(
-                        "{id} (turn it off: aws secretsmanager cancel-rotate-secret --secret-id {id})"
-                    ));
-                }
+                check_managed_rotation(&m, &mut report, false);
             }
-        }
-        if !managed.is_empty() {
-            report.push(
-                "managed rotation",
-                Status::Fail,
-                format!(
-                    "Secrets Manager's own rotation is enabled on proxy secret(s) {}",
-                    managed.join(", ")
-                ),
-            );
         }
     }
 
@@ -308,8 +294,6 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
         },
         None => None,
     };
-    // A failed or aborted rotation's pending version may be all that knows an idle password.
-    let last_record = rotator.records.load(&meta.arn).await.ok().flatten();
     let admin_at = app.admin_endpoint().clone();
     let mut working_login: Option<Credentials> = r.is_ok().then(|| current.clone());
     // Each user's own credentials that log in: MySQL lets a user read only its own grants.
@@ -330,6 +314,7 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
                 sources.push(("AWSPREVIOUS".into(), p.clone()));
             }
         }
+        // A failed or aborted rotation's pending version may be all that knows its password.
         for id in last_record
             .as_ref()
             .map(|r| r.unfinished_for(user))
@@ -427,15 +412,16 @@ async fn read_user_secret(rotator: &Rotator, id: &str) -> Result<UserSecret, Str
     }
 }
 
-/// Secrets Manager's own rotation attached to the secret: `rotate` refuses it.
-fn check_managed_rotation(meta: &SecretMeta, report: &mut CheckReport) {
+/// Secrets Manager's own rotation attached to the secret: `rotate` refuses it. `say_ok`: a line
+/// also when it is not.
+fn check_managed_rotation(meta: &SecretMeta, report: &mut CheckReport, say_ok: bool) {
     if meta.rotation_enabled {
         let e = RotationError::ManagedRotation {
             secret: meta.arn.clone(),
             lambda: meta.rotation_lambda.clone(),
         };
         report.push("managed rotation", Status::Fail, e.to_string());
-    } else {
+    } else if say_ok {
         report.push(
             "managed rotation",
             Status::Ok,
@@ -444,12 +430,18 @@ fn check_managed_rotation(meta: &SecretMeta, report: &mut CheckReport) {
     }
 }
 
-async fn check_record(rotator: &Rotator, arn: &str, meta: &SecretMeta, report: &mut CheckReport) {
+/// The step record's findings; returns the record for the checks that follow.
+async fn check_record(
+    rotator: &Rotator,
+    arn: &str,
+    meta: &SecretMeta,
+    report: &mut CheckReport,
+) -> Option<StepRecord> {
     let record = match rotator.records.load(arn).await {
         Ok(r) => r,
         Err(e) => {
             report.push("state table", Status::Fail, e.to_string());
-            return;
+            return None;
         }
     };
     // AWSPENDING where no rotation of ours put it: `rotate` refuses to begin.
@@ -468,7 +460,7 @@ async fn check_record(rotator: &Rotator, arn: &str, meta: &SecretMeta, report: &
             report.push("pending version", Status::Fail, e.to_string());
         }
     }
-    match record {
+    match &record {
         Some(r) if r.is_in_progress() => report.push(
             "rotation",
             Status::Warn,
@@ -494,6 +486,7 @@ async fn check_record(rotator: &Rotator, arn: &str, meta: &SecretMeta, report: &
         ),
         _ => {}
     }
+    record
 }
 
 fn check_tls(mode: TlsMode, seen: &TlsSeen, report: &mut CheckReport) {

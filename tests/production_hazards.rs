@@ -285,7 +285,7 @@ async fn awspending_taken_by_another_rotator_before_finish_stops_the_rotation() 
     let pair = Pair::new().await;
     let version = pair.version_with(&pair.app_secret, "AWSCURRENT").await;
     let value = pair.current().await;
-    let (mut child, lines) = rotate_pausing_at(&pair, "before:finish", 2000);
+    let (mut child, lines) = rotate_pausing_at(&pair, "before:finish", 4000);
     let mut other = value.clone();
     other["username"] = json!(pair.users[1]);
     other["password"] = json!("another-rotators-password");
@@ -313,7 +313,7 @@ async fn a_proxy_secret_changed_since_planning_is_not_overwritten() {
     let version = pair.version_with(&pair.app_secret, "AWSCURRENT").await;
     let value = pair.current().await;
     let idle_proxy = pair.proxy_secrets[1].clone();
-    let (mut child, lines) = rotate_pausing_at(&pair, "before:update_proxy", 2000);
+    let (mut child, lines) = rotate_pausing_at(&pair, "before:update_proxy", 4000);
     let theirs = json!({"username": pair.users[1], "password": "written-by-someone-else"});
     let their_version = pair
         .sm
@@ -334,6 +334,8 @@ async fn a_proxy_secret_changed_since_planning_is_not_overwritten() {
         Some(their_version)
     );
     assert_current_unchanged(&pair, &version, &value).await;
+    // The idle user's new password is still known: the failed rotation's pending version.
+    assert_eq!(pair.violations(false).await, Vec::<String>::new());
 }
 
 /// `UpdateSecretVersionStage` on the application secret answers `code` until lifted: the
@@ -389,7 +391,7 @@ async fn a_refused_cas_on_an_unmoved_awscurrent_is_retryable() {
 async fn a_version_under_our_token_with_another_value_stops_the_rotation() {
     let pair = Pair::new().await;
     let idle_proxy = pair.proxy_secrets[1].clone();
-    let (mut child, lines) = rotate_pausing_at(&pair, "before:update_proxy", 2000);
+    let (mut child, lines) = rotate_pausing_at(&pair, "before:update_proxy", 4000);
     let rotation_id = pair.status()["rotation_id"].as_str().unwrap().to_owned();
     let token = rds_rotator::rotation::proxy_token(&rotation_id);
     pair.sm
@@ -526,7 +528,7 @@ async fn two_secrets_naming_one_user_never_change_its_password_at_once() {
         .await
         .unwrap();
     // The first holds still after changing the idle user's password.
-    let (mut first, lines) = rotate_pausing_at(&pair, "before:update_proxy", 3000);
+    let (mut first, lines) = rotate_pausing_at(&pair, "before:update_proxy", 5000);
     let second = pair.run(&["rotate", &other, "--lease-wait", "0s"]);
     assert_eq!(second.status.code(), Some(75), "{}", text(&second));
     assert!(

@@ -179,10 +179,11 @@ async fn claim_user(
         }
         replacing = Some(holder);
     }
+    let last = replacing.expect("every pass that does not return finds a holder");
     Err(RotationError::UserBusy {
         user: user.to_owned(),
-        secret: replacing.map(|h| h.secret).unwrap_or_default(),
-        rotation_id: String::new(),
+        secret: last.secret,
+        rotation_id: last.rotation_id,
     })
 }
 

@@ -1393,40 +1393,11 @@ impl Run<'_> {
         current: &AppSecret,
     ) -> Result<Vec<(String, Option<Credentials>)>, RotationError> {
         let target = self.target_user().to_owned();
-        if let KnownSource::Unfinished = source {
-            let mut found = Vec::new();
-            for id in self.record.unfinished_versions.clone() {
-                let label = format!("pending version {id} of an unfinished rotation");
-                let read = self
-                    .rotator
-                    .secrets
-                    .get(self.arn(), At::Version(&id))
-                    .await?;
-                found.push(match read.map(|v| AppSecret::parse(&v.value)) {
-                    None => (format!("{label}: gone"), None),
-                    Some(Ok(p)) if p.credentials.username == target => (label, Some(p.credentials)),
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => (format!("{label}: unreadable ({e})"), None),
-                });
-            }
-            return Ok(found);
-        }
-        let (label, login) = self.known_one(source, current).await?;
-        Ok(label.map(|l| (l, login)).into_iter().collect())
-    }
-
-    /// One source's credentials: `(None, None)` when it does not apply, `(Some(label), None)`
-    /// when it holds nothing usable.
-    async fn known_one(
-        &mut self,
-        source: KnownSource,
-        current: &AppSecret,
-    ) -> Result<(Option<String>, Option<Credentials>), RotationError> {
-        let target = self.target_user().to_owned();
-        match source {
+        let one = |label: String, creds: Option<Credentials>| vec![(label, creds)];
+        Ok(match source {
             KnownSource::ProxySecret => {
                 let Some(id) = self.record.proxy_secret_id.clone() else {
-                    return Ok((Some("proxy secret: none configured".to_owned()), None));
+                    return Ok(one("proxy secret: none configured".to_owned(), None));
                 };
                 let secret = match &self.proxy {
                     Some(s) => Some(s.clone()),
@@ -1444,52 +1415,64 @@ impl Run<'_> {
                 } else {
                     format!("proxy secret {id}: not for {target}")
                 };
-                Ok((Some(label), creds))
+                one(label, creds)
             }
-            KnownSource::Unfinished => Ok((None, None)),
+            KnownSource::Unfinished => {
+                let mut found = Vec::new();
+                for id in self.record.unfinished_versions.clone() {
+                    let label = format!("pending version {id} of an unfinished rotation");
+                    let read = self
+                        .rotator
+                        .secrets
+                        .get(self.arn(), At::Version(&id))
+                        .await?;
+                    found.push(match read.map(|v| AppSecret::parse(&v.value)) {
+                        None => (format!("{label}: gone"), None),
+                        Some(Ok(p)) if p.credentials.username == target => {
+                            (label, Some(p.credentials))
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => (format!("{label}: unreadable ({e})"), None),
+                    });
+                }
+                found
+            }
             KnownSource::Previous => {
                 let previous = self
                     .rotator
                     .secrets
                     .get(self.arn(), At::Stage(Stage::Previous))
                     .await?;
-                Ok(match previous {
-                    None => (Some("AWSPREVIOUS: absent".to_owned()), None),
+                match previous {
+                    None => one("AWSPREVIOUS: absent".to_owned(), None),
                     Some(v) => match AppSecret::parse(&v.value) {
                         Ok(p) if p.credentials.username == target => {
-                            (Some("AWSPREVIOUS".to_owned()), Some(p.credentials))
+                            one("AWSPREVIOUS".to_owned(), Some(p.credentials))
                         }
-                        Ok(p) => (
-                            Some(format!(
-                                "AWSPREVIOUS: holds user {}",
-                                p.credentials.username
-                            )),
+                        Ok(p) => one(
+                            format!("AWSPREVIOUS: holds user {}", p.credentials.username),
                             None,
                         ),
-                        Err(e) => (Some(format!("AWSPREVIOUS: unreadable ({e})")), None),
+                        Err(e) => one(format!("AWSPREVIOUS: unreadable ({e})"), None),
                     },
-                })
+                }
             }
             // Single-user rotation: the user in use is the one that changes.
-            KnownSource::Current if current.credentials.username == target => Ok((
-                Some("AWSCURRENT".to_owned()),
-                Some(current.credentials.clone()),
-            )),
-            KnownSource::Current => Ok((None, None)),
+            KnownSource::Current if current.credentials.username == target => {
+                one("AWSCURRENT".to_owned(), Some(current.credentials.clone()))
+            }
+            KnownSource::Current => Vec::new(),
             KnownSource::Master => match &current.master_secret_id {
                 Some(id) => {
                     let s = self
                         .rotator
                         .read_user_secret(id, At::Stage(Stage::Current))
                         .await?;
-                    Ok((
-                        Some(format!("master secret {id}")),
-                        s.map(|s| s.credentials),
-                    ))
+                    one(format!("master secret {id}"), s.map(|s| s.credentials))
                 }
-                None => Ok((Some("master secret: not configured".to_owned()), None)),
+                None => one("master secret: not configured".to_owned(), None),
             },
-        }
+        })
     }
 
     /// The proxy secret's new version goes in under this tool's own label, then AWSCURRENT moves
@@ -1539,16 +1522,8 @@ impl Run<'_> {
                 .put_once(&proxy_id, &token, &value, Stage::Staged)
                 .await?;
         }
-        let from = match self.record.proxy_version.clone() {
-            Some(v) => v,
-            // A record from before the compare-and-swap: whatever is AWSCURRENT now.
-            None => {
-                let meta = secrets.describe(&proxy_id).await?;
-                meta.version_with(Stage::Current)
-                    .unwrap_or_default()
-                    .to_owned()
-            }
-        };
+        // Planning stores it with the proxy secret's id.
+        let from = self.record.proxy_version.clone().unwrap_or_default();
         if let Swap::Moved(found) = self.rotator.swap_current(&proxy_id, &token, &from).await? {
             return Err(RotationError::Inconsistent {
                 secret: proxy_id,

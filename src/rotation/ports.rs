@@ -55,7 +55,7 @@ impl SecretVersion {
 }
 
 /// A secret's identity, where its labels are, and whether Secrets Manager rotates it itself.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SecretMeta {
     pub arn: String,
     /// (version id, labels) of every labelled version.

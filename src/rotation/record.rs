@@ -175,7 +175,7 @@ pub struct StepRecord {
 }
 
 /// How many unfinished pending versions a record carries.
-pub const MAX_UNFINISHED: usize = 4;
+const MAX_UNFINISHED: usize = 4;
 
 /// What a rotation starts from, decided before anything is written.
 #[derive(Debug, Clone)]
@@ -243,10 +243,7 @@ impl StepRecord {
             proxy_version: None,
             // Nothing changed this time: what the earlier ones left is still to be known.
             unfinished_versions: previous
-                .map(|p| match p.target_user.as_deref() {
-                    Some(t) => p.unfinished_for(t),
-                    None => p.unfinished_versions.clone(),
-                })
+                .map(|p| p.unfinished_for(p.target_user.as_deref().unwrap_or_default()))
                 .unwrap_or_default(),
             request_id: None,
             reason: None,
