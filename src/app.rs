@@ -13,6 +13,7 @@ use crate::message::{RotateMessage, SelectMessage, TagSelector};
 use crate::metrics::Emf;
 use crate::password::PasswordPolicy;
 use crate::ratelimit::RateLimit;
+use crate::rotation::guard::InUseGuard;
 use crate::rotation::ports::{RecordStore, Reporter, Reporters, SecretStore};
 use crate::rotation::{
     LeaseWait, Outcome, Request, RetryPolicy, RotationError, Rotator, Settings, Shutdown,
@@ -60,6 +61,10 @@ pub fn settings(args: &GlobalArgs) -> Settings {
             exclude: args.exclude_characters.clone(),
         },
         retry: RetryPolicy::default(),
+        in_use: InUseGuard {
+            policy: args.in_use,
+            window: args.in_use_window,
+        },
     }
 }
 
@@ -181,45 +186,19 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Rotate {
             secret_id,
             json,
+            force,
+            ignore_in_use,
+            reason,
             lease_wait,
         } => {
-            let rotator = match rotator(args, &aws, false) {
-                Ok(r) => r,
-                Err(code) => return code,
+            let request = Request {
+                force,
+                ignore_in_use,
+                min_interval: Some(args.min_interval),
+                request_id: None,
+                reason,
             };
-            let started = std::time::Instant::now();
-            match rotator
-                .rotate(&secret_id, &Request::default(), LeaseWait::UpTo(lease_wait))
-                .await
-            {
-                Ok(Outcome::Rotated(done)) => {
-                    if json {
-                        print_json(&json!({
-                            "secret_id": done.secret_arn,
-                            "rotation_id": done.rotation_id,
-                            "previous_user": done.previous_user,
-                            "current_user": done.current_user,
-                            "resumed": done.resumed,
-                            "duration_ms": started.elapsed().as_millis() as u64,
-                        }));
-                    } else {
-                        println!(
-                            "rotated {}: {} -> {} (rotation {}{})",
-                            secret_id,
-                            done.previous_user,
-                            done.current_user,
-                            done.rotation_id,
-                            if done.resumed { ", resumed" } else { "" }
-                        );
-                    }
-                    ExitCode::SUCCESS
-                }
-                Ok(Outcome::Skipped { why, .. }) => fail(
-                    exit::FAILED,
-                    format!("rotation of {secret_id} skipped: {why}"),
-                ),
-                Err(e) => rotation_failed(&secret_id, &e),
-            }
+            rotate(args, &aws, &secret_id, &request, lease_wait, json).await
         }
         Command::Worker(w) => {
             let rotator = match rotator(args, &aws, true) {
@@ -237,7 +216,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 rotator,
                 settings: WorkerSettings {
                     concurrency: usize::from(w.concurrency),
-                    min_interval: w.min_interval,
+                    min_interval: args.min_interval,
                     visibility: w.visibility_timeout,
                     receive_wait: w.receive_wait,
                     retry_delay: w.retry_delay,
@@ -254,9 +233,17 @@ pub async fn run(cli: Cli) -> ExitCode {
             secret_ids,
             tag,
             force,
+            ignore_in_use,
             reason,
             json,
-        } => enqueue(&aws, &queue.queue_url, secret_ids, tag, force, reason, json).await,
+        } => {
+            let ask = Ask {
+                force,
+                ignore_in_use,
+                reason,
+            };
+            enqueue(&aws, &queue.queue_url, secret_ids, tag, ask, json).await
+        }
     }
 }
 
@@ -339,13 +326,19 @@ async fn status(
     }
 }
 
+/// What `enqueue` asks of each rotation.
+struct Ask {
+    force: bool,
+    ignore_in_use: bool,
+    reason: Option<String>,
+}
+
 async fn enqueue(
     aws: &aws_config::SdkConfig,
     queue_url: &str,
     secret_ids: Vec<String>,
     tag: Option<(String, String)>,
-    force: bool,
-    reason: Option<String>,
+    ask: Ask,
     json: bool,
 ) -> ExitCode {
     let queue = SqsQueue::sender(aws, queue_url);
@@ -362,8 +355,9 @@ async fn enqueue(
             .map(|secret_id| {
                 let body = RotateMessage {
                     secret_id: secret_id.clone(),
-                    force,
-                    reason: reason.clone(),
+                    force: ask.force,
+                    ignore_in_use: ask.ignore_in_use,
+                    reason: ask.reason.clone(),
                     // Copies of this request (SQS may deliver twice) share the id.
                     request_id: Some(uuid::Uuid::new_v4().to_string()),
                 };
@@ -390,6 +384,60 @@ async fn enqueue(
         print_json(&json!({"queue_url": queue_url, "messages": sent}));
     }
     ExitCode::SUCCESS
+}
+
+/// `rotate`: one rotation now, or the end of the one in progress. A request inside the minimum
+/// interval is answered without rotating, and that is not an error (exit 0, and says why).
+async fn rotate(
+    args: &GlobalArgs,
+    aws: &aws_config::SdkConfig,
+    secret_id: &str,
+    request: &Request,
+    lease_wait: std::time::Duration,
+    json: bool,
+) -> ExitCode {
+    let rotator = match rotator(args, aws, false) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let started = std::time::Instant::now();
+    match rotator
+        .rotate(secret_id, request, LeaseWait::UpTo(lease_wait))
+        .await
+    {
+        Ok(Outcome::Rotated(done)) => {
+            if json {
+                print_json(&json!({
+                    "secret_id": done.secret_arn,
+                    "rotated": true,
+                    "rotation_id": done.rotation_id,
+                    "previous_user": done.previous_user,
+                    "current_user": done.current_user,
+                    "resumed": done.resumed,
+                    "duration_ms": started.elapsed().as_millis() as u64,
+                }));
+            } else {
+                println!(
+                    "rotated {}: {} -> {} (rotation {}{})",
+                    secret_id,
+                    done.previous_user,
+                    done.current_user,
+                    done.rotation_id,
+                    if done.resumed { ", resumed" } else { "" }
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Skipped { secret_arn, why }) => {
+            if json {
+                print_json(&json!({"secret_id": secret_arn, "rotated": false, "skipped": why}));
+            } else {
+                println!("skipped {secret_id}: {why} (--force rotates anyway)");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => rotation_failed(secret_id, &e),
+    }
 }
 
 async fn abort(

@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::db::tls::TlsMode;
+use crate::rotation::guard::{verdict, InUsePolicy, Verdict};
 use crate::rotation::ports::{At, DbError, SecretMeta, SecretStoreError, Stage};
 use crate::rotation::record::StepRecord;
 use crate::rotation::{left_by_us, RotationError, Rotator};
@@ -298,6 +299,9 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
     let mut working_login: Option<Credentials> = r.is_ok().then(|| current.clone());
     // Each user's own credentials that log in: MySQL lets a user read only its own grants.
     let mut own: BTreeMap<String, Credentials> = BTreeMap::new();
+    // The login that would change the next user's password: the in-use guard looks with it.
+    let next_user = app.next_username().to_owned();
+    let mut next_login: Option<Credentials> = None;
     if r.is_ok() {
         own.insert(current.username.clone(), current.clone());
     }
@@ -342,6 +346,9 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
             match r {
                 Ok(()) => {
                     known = Some(label.clone());
+                    if *user == next_user {
+                        next_login = Some(creds.clone());
+                    }
                     if creds.username == *user {
                         own.insert(user.clone(), creds.clone());
                     }
@@ -387,6 +394,17 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
         }
     }
 
+    if app.is_multi_user() {
+        check_in_use(
+            rotator,
+            &app,
+            &admin_at,
+            &next_user,
+            next_login.as_ref(),
+            &mut report,
+        )
+        .await;
+    }
     check_tls(tls, &tls_seen, &mut report);
     if users.len() >= 2 {
         check_grants(
@@ -487,6 +505,67 @@ async fn check_record(
         _ => {}
     }
     record
+}
+
+/// The in-use guard, as the next rotation would run it: the next user's sessions that ran a
+/// statement within the window.
+async fn check_in_use(
+    rotator: &Rotator,
+    app: &AppSecret,
+    at: &Endpoint,
+    user: &str,
+    login: Option<&Credentials>,
+    report: &mut CheckReport,
+) {
+    let guard = &rotator.settings.in_use;
+    if guard.policy == InUsePolicy::Off {
+        report.push(
+            "in use",
+            Status::Warn,
+            format!("not looked at (ROTATOR_IN_USE=off): the next rotation changes the password of user {user} even if an application still uses it"),
+        );
+        return;
+    }
+    let Some(login) = login else {
+        report.push(
+            "in use",
+            Status::Warn,
+            format!("not looked at: no known credentials of user {user} log in"),
+        );
+        return;
+    };
+    let found = rotator
+        .db
+        .recent_sessions(app.engine, at, login, user, guard.window)
+        .await;
+    match found.map(|groups| verdict(guard.policy, user, guard.window, groups)) {
+        Ok(Verdict::Clear) => report.push(
+            "in use",
+            Status::Ok,
+            format!(
+                "no session of user {user} ran a statement within {}",
+                humantime::format_duration(guard.window)
+            ),
+        ),
+        Ok(Verdict::Wait(f)) => report.push(
+            "in use",
+            Status::Fail,
+            format!("{f}: the next rotation waits for them (ROTATOR_IN_USE=refuse)"),
+        ),
+        Ok(Verdict::GoOn(f)) => report.push(
+            "in use",
+            Status::Warn,
+            format!(
+                "{f}: the next rotation changes the password anyway (ROTATOR_IN_USE={}), and their next login fails",
+                guard.policy.as_str()
+            ),
+        ),
+        Err(e) => report.push(
+            "in use",
+            Status::Warn,
+            format!("could not look at the sessions of user {user}: {e}"),
+        ),
+    }
 }
 
 fn check_tls(mode: TlsMode, seen: &TlsSeen, report: &mut CheckReport) {

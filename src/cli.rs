@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::db::tls::TlsMode;
+use crate::rotation::guard::InUsePolicy;
 
 #[derive(Debug, Parser)]
 #[command(name = "rds-rotator", version = crate::VERSION, about = "Zero-downtime password rotation for RDS behind RDS Proxy")]
@@ -90,6 +91,24 @@ pub struct GlobalArgs {
     /// EventBridge bus (name or ARN) for RotationSucceeded / RotationFailed events; none if unset.
     #[arg(long, env = "ROTATOR_EVENT_BUS", global = true)]
     pub event_bus: Option<String>,
+    /// No rotation starts sooner than this after the last one finished, for `rotate` and the
+    /// worker alike (`--force` overrides it). It must exceed the longest time any client keeps
+    /// credentials: the default is twice the AWS caching libraries' hour.
+    #[arg(long, env = "ROTATOR_MIN_INTERVAL", default_value = "2h", value_parser = humantime::parse_duration, global = true)]
+    pub min_interval: Duration,
+    /// What to do when the idle user still has sessions that ran a statement recently (an
+    /// application holding credentials from two rotations ago): `refuse` waits and retries later.
+    #[arg(
+        long,
+        env = "ROTATOR_IN_USE",
+        value_enum,
+        default_value = "refuse",
+        global = true
+    )]
+    pub in_use: InUsePolicy,
+    /// A session of the idle user counts as in use when it ran a statement this recently.
+    #[arg(long, env = "ROTATOR_IN_USE_WINDOW", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
+    pub in_use_window: Duration,
     /// Characters never used in generated passwords (default: the engine's, as AWS's
     /// rotation functions: `:/@"'\` for PostgreSQL).
     #[arg(long, env = "ROTATOR_EXCLUDE_CHARACTERS", global = true)]
@@ -128,9 +147,6 @@ pub struct WorkerArgs {
     /// Rotations at once.
     #[arg(long, env = "ROTATOR_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub concurrency: u16,
-    /// Skip requests for secrets rotated more recently than this (unless forced).
-    #[arg(long, env = "ROTATOR_MIN_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub min_interval: Duration,
     /// How long a received message stays hidden; renewed every third of it while it runs.
     #[arg(long, env = "ROTATOR_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub visibility_timeout: Duration,
@@ -180,9 +196,12 @@ pub enum Command {
         /// Rotate every secret carrying this tag (KEY=VALUE); the worker lists and enqueues them.
         #[arg(long, value_parser = parse_tag)]
         tag: Option<(String, String)>,
-        /// Rotate even if the last rotation is younger than the worker's minimum interval.
+        /// Rotate even if the last rotation is younger than the minimum interval.
         #[arg(long)]
         force: bool,
+        /// Change the idle user's password even if it is in use (the guard only warns).
+        #[arg(long)]
+        ignore_in_use: bool,
         /// Free text kept in the step record.
         #[arg(long)]
         reason: Option<String>,
@@ -205,6 +224,17 @@ pub enum Command {
         /// Print the result as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Rotate even if the last rotation finished less than the minimum interval ago (clients
+        /// whose caches are older than that then fail their next login).
+        #[arg(long)]
+        force: bool,
+        /// Change the idle user's password even if it is in use (the guard only warns).
+        /// `--force` does not imply it.
+        #[arg(long)]
+        ignore_in_use: bool,
+        /// Free text kept in the step record.
+        #[arg(long)]
+        reason: Option<String>,
         /// How long to wait for another process's lease before giving up.
         #[arg(long, env = "ROTATOR_LEASE_WAIT", default_value = "5m", value_parser = humantime::parse_duration)]
         lease_wait: Duration,

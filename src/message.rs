@@ -1,6 +1,6 @@
 //! The queue's message formats.
 //!
-//! - `{"secret_id": "...", "force": false, "reason": "...", "request_id": "..."}`: rotate one
+//! - `{"secret_id": "...", "force": false, "ignore_in_use": false, "reason": "...", "request_id": "..."}`: rotate one
 //!   secret (only `secret_id` is required). This is also what an EventBridge Scheduler schedule
 //!   sends as its raw input.
 //! - `{"select": {"tag_key": "...", "tag_value": "..."}}`: fan-out, rotate every secret with that tag.
@@ -37,6 +37,9 @@ pub struct RotateMessage {
     pub secret_id: String,
     #[serde(default)]
     pub force: bool,
+    /// Change the idle user's password even if it is in use (the in-use guard only warns).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_in_use: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Copies of one request share it, so they rotate once. `enqueue` sets a fresh one.
@@ -150,6 +153,7 @@ mod tests {
         RotateMessage {
             secret_id: secret.into(),
             force: false,
+            ignore_in_use: false,
             reason: None,
             request_id: None,
         }
@@ -162,12 +166,13 @@ mod tests {
             Ok(Job::Rotate(rotate("app")))
         );
         let full =
-            parse(r#"{"secret_id":"app","force":true,"reason":"leak","request_id":"r1"}"#).unwrap();
+            parse(r#"{"secret_id":"app","force":true,"ignore_in_use":true,"reason":"leak","request_id":"r1"}"#).unwrap();
         assert_eq!(
             full,
             Job::Rotate(RotateMessage {
                 secret_id: "app".into(),
                 force: true,
+                ignore_in_use: true,
                 reason: Some("leak".into()),
                 request_id: Some("r1".into())
             })

@@ -105,6 +105,7 @@ pub fn lines(namespace: &str, r: &RotationReport, timestamp_ms: u64) -> Vec<Valu
                 ("Retries", "Count"),
                 ("AwsCalls", "Count"),
                 ("DbConnections", "Count"),
+                ("IdleUserSessions", "Count"),
             ],
         ),
     );
@@ -120,6 +121,16 @@ pub fn lines(namespace: &str, r: &RotationReport, timestamp_ms: u64) -> Vec<Valu
     main.insert("Retries".into(), json!(r.retries));
     main.insert("AwsCalls".into(), json!(aws_calls));
     main.insert("DbConnections".into(), json!(db_connections));
+    // Sessions of the idle user the in-use guard found: above 0, an application holds
+    // credentials from two rotations ago (the rotation waited, or went on under `warn`).
+    let in_use = r.in_use.as_ref();
+    main.insert(
+        "IdleUserSessions".into(),
+        json!(in_use.map_or(0, |f| f.sessions())),
+    );
+    if let Some(f) = in_use {
+        main.insert("in_use".into(), json!(f.to_string()));
+    }
     // Properties, not metrics: searchable in CloudWatch Logs Insights.
     main.insert("secret".into(), json!(r.secret));
     main.insert(
@@ -192,6 +203,7 @@ mod tests {
                 ("DynamoDB.UpdateItem".to_owned(), 5),
                 ("postgres.connect".to_owned(), 3),
             ]),
+            in_use: None,
         }
     }
 

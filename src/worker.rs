@@ -95,7 +95,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             concurrency: 4,
-            min_interval: Duration::from_secs(3600),
+            min_interval: crate::rotation::DEFAULT_MIN_INTERVAL,
             visibility: Duration::from_secs(60),
             receive_wait: Duration::from_secs(20),
             retry_delay: Duration::from_secs(10),
@@ -196,6 +196,7 @@ impl Worker {
     async fn rotate(&self, m: &Message, msg: RotateMessage) -> Result<Handled, RotationError> {
         let request = Request {
             force: msg.force,
+            ignore_in_use: msg.ignore_in_use,
             min_interval: Some(self.settings.min_interval),
             request_id: Some(msg.request_id.clone().unwrap_or_else(|| m.id.clone())),
             reason: msg.reason.clone(),
@@ -234,6 +235,7 @@ impl Worker {
             let body = serde_json::to_string(&RotateMessage {
                 secret_id: arn.clone(),
                 force: false,
+                ignore_in_use: false,
                 reason: Some(format!("tag {}={}", select.tag_key, select.tag_value)),
                 // Derived from the fan-out request: a redelivered fan-out does not rotate twice.
                 request_id: Some(format!("{request_id}/{arn}")),

@@ -27,7 +27,7 @@ use sha1::{Digest, Sha1};
 use tracing::debug;
 
 use super::tls::{DbTls, TlsMode};
-use crate::rotation::ports::{Database, DbError, DbSession};
+use crate::rotation::ports::{Database, DbError, DbSession, SessionGroup};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -249,6 +249,60 @@ impl DbSession for MySqlSession {
         }
         Ok(())
     }
+
+    /// From the process list, which shows a user its own threads (and everyone's with PROCESS):
+    /// every account of the user (`user@host`) at once. A `Sleep` thread's `TIME` is how long
+    /// ago its last statement ended. MySQL and MariaDB keep no application name there.
+    async fn recent_sessions(
+        &mut self,
+        user: &str,
+        within: Duration,
+    ) -> Result<Vec<SessionGroup>, DbError> {
+        let (at, login) = (&self.at, &self.login);
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(DbError::Refused("the session has ended".into()));
+        };
+        let rows: Vec<(Option<String>, Option<String>, Option<i64>)> = conn
+            .exec(
+                "SELECT HOST, COMMAND, TIME FROM information_schema.PROCESSLIST \
+                 WHERE USER = ? AND ID <> CONNECTION_ID()",
+                (user,),
+            )
+            .await
+            .map_err(|e| classify(at, &login.username, e, &[login.password.expose_secret()]))?;
+        Ok(group_threads(rows, within))
+    }
+}
+
+/// Threads that run a statement, or slept less than `within`, by client address.
+fn group_threads(
+    rows: Vec<(Option<String>, Option<String>, Option<i64>)>,
+    within: Duration,
+) -> Vec<SessionGroup> {
+    let mut by_client: std::collections::BTreeMap<String, u32> = Default::default();
+    for (host, command, time) in rows {
+        let idle_for = Duration::from_secs(time.unwrap_or(0).max(0) as u64);
+        if command.as_deref() == Some("Sleep") && idle_for >= within {
+            continue;
+        }
+        // `host:port` for TCP clients; the port says nothing about who it is.
+        let host = host.unwrap_or_else(|| "?".into());
+        let client = match host.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h.to_owned(),
+            _ => host,
+        };
+        *by_client.entry(client).or_default() += 1;
+    }
+    let mut groups: Vec<SessionGroup> = by_client
+        .into_iter()
+        .map(|(client, sessions)| SessionGroup {
+            client,
+            application: "-".into(),
+            sessions,
+        })
+        .collect();
+    groups.sort_by(|a, b| b.sessions.cmp(&a.sessions).then(a.client.cmp(&b.client)));
+    groups
 }
 
 /// `SHOW GRANTS` lines in a form two users can be compared in: the grantee becomes `<user>` and
@@ -377,6 +431,25 @@ mod tests {
         let b = normalise_grant("GRANT SELECT ON `shop`.* TO 'app_clone'@'%'", "app_clone");
         assert_eq!(a, "GRANT SELECT ON `shop`.* TO <user>");
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn threads_count_when_busy_or_recently_busy_and_group_by_client_address() {
+        let row = |h: &str, c: &str, t: i64| (Some(h.to_owned()), Some(c.to_owned()), Some(t));
+        let groups = group_threads(
+            vec![
+                row("10.0.0.5:40001", "Sleep", 3),
+                row("10.0.0.5:40002", "Query", 0),
+                row("10.0.0.6:40003", "Sleep", 3600),
+                row("localhost", "Sleep", 1),
+            ],
+            Duration::from_secs(900),
+        );
+        let seen: Vec<(&str, u32)> = groups
+            .iter()
+            .map(|g| (g.client.as_str(), g.sessions))
+            .collect();
+        assert_eq!(seen, [("10.0.0.5", 2), ("localhost", 1)]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::debug;
 
 use super::tls::DbTls;
-use crate::rotation::ports::{Database, DbError, DbSession};
+use crate::rotation::ports::{Database, DbError, DbSession, SessionGroup};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -194,7 +194,49 @@ impl DbSession for PgSession {
             .await
             .map_err(|e| classify(&self.at, &self.login_user, e))
     }
+
+    async fn recent_sessions(
+        &mut self,
+        user: &str,
+        within: Duration,
+    ) -> Result<Vec<SessionGroup>, DbError> {
+        let rows = self
+            .client
+            .query(RECENT_SESSIONS_SQL, &[&user, &within.as_secs_f64()])
+            .await
+            .map_err(|e| classify(&self.at, &self.login_user, e))?;
+        Ok(rows
+            .iter()
+            .map(|r| SessionGroup {
+                client: r.get(0),
+                application: r.get(1),
+                sessions: r.get::<_, i64>(2).try_into().unwrap_or(u32::MAX),
+            })
+            .collect())
+    }
 }
+
+/// The user's sessions that run a statement, or ran one within $2 seconds. `state` is NULL for
+/// sessions the login may not look into (another role's, without pg_read_all_stats): those
+/// count, since nothing says they are idle. The session user is what logged in with the
+/// password, whatever SET ROLE did since. This tool's own logins (`application_name`) and
+/// anything but client backends are left out.
+const RECENT_SESSIONS_SQL: &str = r#"
+SELECT CASE WHEN a.state IS NULL THEN 'not visible to ' || current_user
+            WHEN a.client_addr IS NULL THEN 'local socket'
+            ELSE host(a.client_addr) END,
+       coalesce(nullif(a.application_name, ''), '-'),
+       count(*)
+  FROM pg_stat_activity a
+ WHERE a.usename = $1::text::name
+   AND a.pid <> pg_backend_pid()
+   AND a.backend_type = 'client backend'
+   AND a.application_name IS DISTINCT FROM 'rds-rotator'
+   AND (a.state IS NULL OR a.state <> 'idle'
+        OR a.state_change > now() - make_interval(secs => $2::float8))
+ GROUP BY 1, 2
+ ORDER BY 3 DESC, 1, 2
+"#;
 
 /// Everything that makes two roles interchangeable for an application, from catalogs every role
 /// may read: memberships, attributes, per-role settings, ownership and grants on databases,

@@ -57,6 +57,7 @@ impl Rotator {
                         last_step: done.step.parse().ok(),
                         retries: 0,
                         calls: tally.snapshot(),
+                        in_use: None,
                     })
                     .await;
             }

@@ -58,6 +58,8 @@ pub struct State {
     pub puts_answer_exists: bool,
     /// Secrets whose writes (PutSecretValue) are denied, as by a key or resource policy.
     pub deny_puts: std::collections::HashSet<String>,
+    /// database user -> its sessions that ran a statement recently (what the guard sees)
+    pub sessions: HashMap<String, Vec<crate::rotation::ports::SessionGroup>>,
 }
 
 #[derive(Clone, Default)]
@@ -526,6 +528,20 @@ impl DbSession for FakeSession {
                 at: self.at.to_string(),
                 reason,
             })
+    }
+
+    async fn recent_sessions(
+        &mut self,
+        user: &str,
+        _within: std::time::Duration,
+    ) -> Result<Vec<crate::rotation::ports::SessionGroup>, DbError> {
+        Ok(self
+            .world
+            .state()
+            .sessions
+            .get(user)
+            .cloned()
+            .unwrap_or_default())
     }
 }
 

@@ -23,6 +23,7 @@
 //! Secrets Manager's own rotation attached, or an AWSPENDING that no rotation of ours made.
 
 pub mod abort;
+pub mod guard;
 pub mod lease;
 pub mod ports;
 pub mod record;
@@ -45,7 +46,7 @@ use crate::failpoint;
 use crate::password::{PasswordPolicy, PolicyError};
 use crate::secret::{AppSecret, Credentials, Endpoint, Engine, SecretError, UserSecret};
 use ports::{
-    At, Database, DbError, DbSession, Lease, RecordStore, RecordStoreError, ReportOutcome,
+    At, Database, DbError, DbSession, InUse, Lease, RecordStore, RecordStoreError, ReportOutcome,
     Reporter, RotationReport, SecretMeta, SecretStore, SecretStoreError, SecretVersion, Stage,
     UserClaim,
 };
@@ -97,6 +98,8 @@ pub struct Settings {
     pub lease_duration: Duration,
     pub password: PasswordPolicy,
     pub retry: RetryPolicy,
+    /// The look at the idle user's sessions before its password changes.
+    pub in_use: guard::InUseGuard,
 }
 
 impl Default for Settings {
@@ -106,6 +109,7 @@ impl Default for Settings {
             lease_duration: Duration::from_secs(30),
             password: PasswordPolicy::default(),
             retry: RetryPolicy::default(),
+            in_use: guard::InUseGuard::default(),
         }
     }
 }
@@ -153,6 +157,8 @@ pub enum RotationError {
     },
     #[error("database user {user} is AWSCURRENT of secret {secret}, which rotates it too: changing its password would break that secret's applications. Give each secret users of its own")]
     UserShared { user: String, secret: String },
+    #[error("{found}, so an application still logs in with credentials from two rotations ago; the rotation of {secret} waits before changing the password, and resumes once those sessions stop (`rotate --ignore-in-use` goes on anyway)")]
+    UserInUse { secret: String, found: InUse },
     #[error("cannot abort the rotation of {secret}: {why}")]
     NotAbortable { secret: String, why: String },
     #[error("Secrets Manager refused to move AWSCURRENT of {secret} although it is still on the expected version: {reason}")]
@@ -190,6 +196,7 @@ impl RotationError {
             Self::TestTimedOut { .. }
             | Self::StageMoveRefused { .. }
             | Self::UserBusy { .. }
+            | Self::UserInUse { .. }
             | Self::Busy { .. }
             | Self::LeaseLost(_)
             | Self::Interrupted(_) => true,
@@ -211,6 +218,11 @@ impl RotationError {
     }
 }
 
+/// The default minimum interval between two rotations of a secret: twice the longest refresh of
+/// AWS's own caching clients (an hour). Credentials read just before one rotation stay valid
+/// until the next, so the interval must exceed the time any client keeps them.
+pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(2 * 3600);
+
 /// Why a rotation was asked for, and what may be skipped.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
@@ -223,6 +235,9 @@ pub struct Request {
     pub request_id: Option<String>,
     /// Free text kept in the record, e.g. "scheduled" or an operator's note.
     pub reason: Option<String>,
+    /// Change the idle user's password even if it is in use (the guard only warns). Not implied
+    /// by `force`: the interval protects caches, the guard applications that outlived them.
+    pub ignore_in_use: bool,
 }
 
 /// What `rotate` did.
@@ -317,6 +332,7 @@ struct TraceData {
     steps: Vec<(Step, Duration)>,
     last_step: Option<Step>,
     retries: u32,
+    in_use: Option<InUse>,
 }
 
 impl Trace {
@@ -360,6 +376,7 @@ impl Trace {
             last_step: t.last_step,
             retries: t.retries,
             calls: tally.snapshot(),
+            in_use: t.in_use,
         }
     }
 }
@@ -597,6 +614,11 @@ impl Rotator {
             pending: None,
             unsaved: false,
             early,
+            in_use: self
+                .settings
+                .in_use
+                .policy
+                .for_request(request.ignore_in_use),
         };
         let mut attempt = 1;
         let mut delays = self.settings.retry.backoff().build();
@@ -621,6 +643,8 @@ impl Rotator {
                             RotationError::LeaseLost(_)
                                 | RotationError::Interrupted(_)
                                 | RotationError::Records(RecordStoreError::Fenced(_))
+                                // Sessions do not end in seconds: a later run looks again.
+                                | RotationError::UserInUse { .. }
                         ) =>
                 {
                     let delay = delays.next().unwrap_or(self.settings.retry.max_delay);
@@ -912,18 +936,20 @@ fn skip_reason(previous: &StepRecord, request: &Request, now: u64) -> Option<Str
             ));
         }
     }
-    if request.force {
-        return None;
-    }
     let (min, last) = (request.min_interval?, previous.last_success_at?);
     let age = Duration::from_millis(now.saturating_sub(last));
-    (age < min).then(|| {
+    let why = (age < min).then(|| {
         format!(
-            "the last rotation finished {} ago, less than the minimum interval of {}",
+            "the last rotation finished {} ago, less than the minimum interval of {}: credentials that clients read before it must keep working until their caches refresh",
             humantime::format_duration(Duration::from_secs(age.as_secs())),
             humantime::format_duration(min)
         )
-    })
+    })?;
+    if request.force {
+        warn!(secret = %previous.secret_id, %why, "forced: rotating inside the minimum interval");
+        return None;
+    }
+    Some(why)
 }
 
 /// Where the idle user's current password may be known, best first.
@@ -1052,6 +1078,8 @@ struct Run<'a> {
     unsaved: bool,
     /// A login with the idle user's proxy secret, opened before the first step (fresh runs).
     early: Option<EarlyLogin>,
+    /// The in-use guard's policy for this request.
+    in_use: guard::InUsePolicy,
 }
 
 /// A database login opened ahead of its use, on its own task so that it makes progress while
@@ -1358,6 +1386,7 @@ impl Run<'_> {
                 };
                 let changed = match session {
                     Ok(mut session) => {
+                        self.guard(session.as_mut(), &pending.username).await?;
                         session
                             .set_password(&pending.username, &pending.password)
                             .await
@@ -1383,6 +1412,41 @@ impl Run<'_> {
             user: pending.username,
             tried: tried.join("; "),
         })
+    }
+
+    /// The in-use guard (see `guard`), in the session that is about to change the password: an
+    /// application that still logs in as this user would fail its next login.
+    async fn guard(
+        &mut self,
+        session: &mut dyn DbSession,
+        user: &str,
+    ) -> Result<(), RotationError> {
+        if self.in_use == guard::InUsePolicy::Off {
+            return Ok(());
+        }
+        let window = self.rotator.settings.in_use.window;
+        let groups = session.recent_sessions(user, window).await?;
+        let verdict = guard::verdict(self.in_use, user, window, groups);
+        let found = match &verdict {
+            guard::Verdict::Clear => None,
+            guard::Verdict::GoOn(f) | guard::Verdict::Wait(f) => Some(f.clone()),
+        };
+        self.record.in_use = found
+            .as_ref()
+            .map(|f| format!("{}: {f}", record::rfc3339(now_ms())));
+        self.trace.with(|t| t.in_use.clone_from(&found));
+        match verdict {
+            guard::Verdict::Clear => Ok(()),
+            guard::Verdict::GoOn(found) => {
+                warn!(secret = %self.arn(), in_use = %found, policy = self.in_use.as_str(),
+                      "the idle user is in use; changing its password anyway");
+                Ok(())
+            }
+            guard::Verdict::Wait(found) => Err(RotationError::UserInUse {
+                secret: self.arn().to_owned(),
+                found,
+            }),
+        }
     }
 
     /// The idle user's last known credentials from one source, each with a label for messages:

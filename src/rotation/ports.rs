@@ -339,6 +339,20 @@ pub trait Database: Send + Sync {
         login: &Credentials,
         user: &str,
     ) -> Result<Vec<String>, DbError>;
+    /// Logs in as `login` and looks for `user`'s recent sessions (`DbSession::recent_sessions`).
+    async fn recent_sessions(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        login: &Credentials,
+        user: &str,
+        within: Duration,
+    ) -> Result<Vec<SessionGroup>, DbError> {
+        self.login(engine, at, login)
+            .await?
+            .recent_sessions(user, within)
+            .await
+    }
 }
 
 /// A database login that can change passwords. Dropping it closes the connection.
@@ -347,6 +361,62 @@ pub trait DbSession: Send {
     /// Sets `user`'s password. The plaintext never reaches the server where the engine allows
     /// (PostgreSQL: a SCRAM verifier is sent).
     async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<(), DbError>;
+    /// The sessions of `user` that ran a statement within `within` (or run one now), grouped by
+    /// client address and application; this session and this tool's own are left out. Idle
+    /// sessions do not count: a pool's connections (RDS Proxy's) stay open long after the last
+    /// application that used them moved on.
+    async fn recent_sessions(
+        &mut self,
+        user: &str,
+        within: Duration,
+    ) -> Result<Vec<SessionGroup>, DbError>;
+}
+
+/// Sessions of one database user from one place.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionGroup {
+    /// Client address as the database sees it (behind RDS Proxy: the proxy's).
+    pub client: String,
+    /// The application name the client gave, or `-`.
+    pub application: String,
+    pub sessions: u32,
+}
+
+/// The idle user is still in use: some application holds credentials from two rotations ago.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InUse {
+    pub user: String,
+    pub window: Duration,
+    pub groups: Vec<SessionGroup>,
+}
+
+impl InUse {
+    pub fn sessions(&self) -> u32 {
+        self.groups.iter().map(|g| g.sessions).sum()
+    }
+}
+
+impl std::fmt::Display for InUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let from: Vec<String> = self
+            .groups
+            .iter()
+            .map(|g| {
+                format!(
+                    "{} session(s) from {} ({})",
+                    g.sessions, g.client, g.application
+                )
+            })
+            .collect();
+        write!(
+            f,
+            "user {} has {} session(s) that ran a statement within {}: {}",
+            self.user,
+            self.sessions(),
+            humantime::format_duration(self.window),
+            from.join(", ")
+        )
+    }
 }
 
 /// What one `rotate` call came to. Holds no secret material: it goes to logs, metrics and events.
@@ -369,6 +439,8 @@ pub struct RotationReport {
     pub retries: u32,
     /// External calls this run made: `Service.Operation` for AWS, `<engine>.connect` for databases.
     pub calls: std::collections::BTreeMap<String, u64>,
+    /// What the in-use guard found, when it found sessions of the idle user.
+    pub in_use: Option<InUse>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -160,6 +160,9 @@ pub struct StepRecord {
     /// How many times a process has started or resumed this rotation.
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// What the in-use guard last found: sessions of the target user that ran statements, with
+    /// when it looked (`None` once it finds none).
+    pub in_use: Option<String>,
     #[serde(serialize_with = "ser_time")]
     pub started_at: Option<u64>,
     #[serde(serialize_with = "ser_time")]
@@ -216,6 +219,7 @@ impl StepRecord {
             reason: None,
             attempts: 1,
             last_error: None,
+            in_use: None,
             started_at: Some(now),
             updated_at: Some(now),
             finished_at: None,
@@ -251,6 +255,7 @@ impl StepRecord {
                 .filter(|p| p.state == State::Failed && p.rotation_id.is_none())
                 .map_or(1, |p| p.attempts + 1),
             last_error: Some(reason),
+            in_use: None,
             started_at: Some(now),
             updated_at: Some(now),
             finished_at: Some(now),

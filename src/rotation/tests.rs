@@ -62,6 +62,7 @@ fn rotator(w: &World) -> Rotator {
                 probe_max_delay: Duration::from_millis(20),
                 aws_max_attempts: 1,
             },
+            in_use: Default::default(),
         },
         owner: "test".into(),
         shutdown: Shutdown::default(),
@@ -913,4 +914,105 @@ async fn resource_exists_for_a_version_that_holds_our_value_is_taken_as_written(
         w.labelled("proxy-bob", Stage::Current).unwrap()["password"],
         current["password"]
     );
+}
+
+fn sessions_of(w: &World, user: &str, n: u32) {
+    w.state().sessions.insert(
+        user.into(),
+        vec![super::ports::SessionGroup {
+            client: "10.0.1.5".into(),
+            application: "orders-api".into(),
+            sessions: n,
+        }],
+    );
+}
+
+#[tokio::test]
+async fn an_idle_user_still_in_use_keeps_its_password_until_its_sessions_stop() {
+    let w = world();
+    sessions_of(&w, "bob", 2);
+    let err = rotate(&w).await.unwrap_err();
+    assert!(matches!(err, RotationError::UserInUse { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    let text = err.to_string();
+    assert!(
+        text.contains("10.0.1.5 (orders-api)") && text.contains("2 session(s)"),
+        "{text}"
+    );
+    assert_eq!(w.state().db["bob"], "bob-0", "bob's password is unchanged");
+    let record = w.record(&format!("arn:fake:{APP}")).unwrap();
+    assert_eq!(
+        (record.state, record.step),
+        (State::InProgress, Step::SetPassword)
+    );
+    assert!(record.last_error.as_deref().unwrap().contains("orders-api"));
+    assert!(record
+        .in_use
+        .as_deref()
+        .unwrap()
+        .contains("user bob has 2 session(s)"));
+    let report = w.state().reports.last().cloned().unwrap();
+    assert_eq!(report.in_use.map(|f| f.sessions()), Some(2));
+
+    w.state().sessions.clear();
+    rotate(&w).await.unwrap();
+    assert_rotated(&w, "alice", "bob", "alice-0");
+    let record = w.record(&format!("arn:fake:{APP}")).unwrap();
+    assert_eq!(
+        record.in_use, None,
+        "the finding is cleared once nobody uses the user"
+    );
+}
+
+#[tokio::test]
+async fn forcing_a_rotation_does_not_bypass_the_guard_but_ignoring_it_does() {
+    let w = world();
+    sessions_of(&w, "bob", 1);
+    let forced = rotator(&w)
+        .rotate(
+            APP,
+            &Request {
+                force: true,
+                ..Request::default()
+            },
+            LeaseWait::No,
+        )
+        .await;
+    assert!(
+        matches!(forced, Err(RotationError::UserInUse { .. })),
+        "{forced:?}"
+    );
+    let ignored = request(
+        &w,
+        Request {
+            ignore_in_use: true,
+            ..Request::default()
+        },
+    )
+    .await;
+    assert!(matches!(ignored, Outcome::Rotated(_)), "{ignored:?}");
+    assert_rotated(&w, "alice", "bob", "alice-0");
+    let record = w.record(&format!("arn:fake:{APP}")).unwrap();
+    assert!(
+        record.in_use.as_deref().unwrap().contains("orders-api"),
+        "what the guard saw stays in the record"
+    );
+}
+
+#[tokio::test]
+async fn under_warn_or_off_the_rotation_goes_on() {
+    for policy in [guard::InUsePolicy::Warn, guard::InUsePolicy::Off] {
+        let w = world();
+        sessions_of(&w, "bob", 1);
+        let mut r = rotator(&w);
+        r.settings.in_use.policy = policy;
+        let done = r.rotate(APP, &Request::default(), LeaseWait::No).await;
+        assert!(
+            matches!(done, Ok(Outcome::Rotated(_))),
+            "{policy:?}: {done:?}"
+        );
+        assert_rotated(&w, "alice", "bob", "alice-0");
+        let seen = w.state().reports.last().unwrap().in_use.is_some();
+        assert_eq!(seen, policy == guard::InUsePolicy::Warn, "{policy:?}");
+    }
 }
