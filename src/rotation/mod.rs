@@ -583,6 +583,11 @@ impl Rotator {
         };
         trace.record(&record, resumed);
         let fresh = planned.is_some();
+        if fresh && request.force {
+            if let Some(why) = too_soon(&record, request, now) {
+                warn!(secret = %meta.arn, %why, "forced: rotating inside the minimum interval");
+            }
+        }
         // set_password tries the idle user's proxy secret first, and planning read it: a new
         // rotation logs in with it now, while AWSPENDING is written. Only now, under the lease,
         // once this run begins a rotation: a copy of a request never logs in (a failed login
@@ -936,20 +941,23 @@ fn skip_reason(previous: &StepRecord, request: &Request, now: u64) -> Option<Str
             ));
         }
     }
-    let (min, last) = (request.min_interval?, previous.last_success_at?);
+    if request.force {
+        return None;
+    }
+    too_soon(previous, request, now)
+}
+
+/// Why the minimum interval has not passed since the last success `record` knows of, if not.
+fn too_soon(record: &StepRecord, request: &Request, now: u64) -> Option<String> {
+    let (min, last) = (request.min_interval?, record.last_success_at?);
     let age = Duration::from_millis(now.saturating_sub(last));
-    let why = (age < min).then(|| {
+    (age < min).then(|| {
         format!(
             "the last rotation finished {} ago, less than the minimum interval of {}: credentials that clients read before it must keep working until their caches refresh",
             humantime::format_duration(Duration::from_secs(age.as_secs())),
             humantime::format_duration(min)
         )
-    })?;
-    if request.force {
-        warn!(secret = %previous.secret_id, %why, "forced: rotating inside the minimum interval");
-        return None;
-    }
-    Some(why)
+    })
 }
 
 /// Where the idle user's current password may be known, best first.

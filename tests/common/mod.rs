@@ -290,6 +290,11 @@ pub trait Harness {
             .env("ROTATOR_TABLE", self.table_name())
             .env("ROTATOR_DB_TLS", "disable")
             .env("ROTATOR_TEST_DEADLINE", "20s")
+            // The protocol tests rotate back to back, with their own clients logging in as both
+            // users: the minimum interval would skip them, and the in-use guard would (rightly)
+            // wait. tests/client_caches.rs runs both as production has them.
+            .env("ROTATOR_MIN_INTERVAL", "0s")
+            .env("ROTATOR_IN_USE", "warn")
             .env_remove("ROTATOR_TEST_FAILPOINTS")
             .env_remove("RUST_LOG");
         cmd
