@@ -260,3 +260,66 @@ async fn check_reports_a_ready_mariadb_pair_and_warns_of_grant_drift() {
         "credentials in the report: {detail}"
     );
 }
+
+#[tokio::test]
+async fn a_held_session_of_the_idle_user_makes_rotate_wait_on_mariadb_until_it_ends() {
+    let pair = MariaPair::new().await;
+    let idle = pair.users[1].clone();
+    let mut held =
+        mysql_async::Conn::new(opts(&idle, &pair.initial_passwords[1], Some(&pair.dbname)))
+            .await
+            .unwrap();
+    held.query_drop("DO 1").await.unwrap();
+    let production = |args: &[&str]| {
+        pair.command(args)
+            .env("ROTATOR_IN_USE", "refuse")
+            .output()
+            .unwrap()
+    };
+
+    let check = production(&["check", &pair.app_secret]);
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert!(
+        said.lines().any(|l| l.contains("FAIL")
+            && l.contains("in use")
+            && l.contains(&format!("user {idle} has 1 session(s)"))),
+        "{said}"
+    );
+    let waited = production(&["rotate", &pair.app_secret]);
+    let why = String::from_utf8_lossy(&waited.stderr);
+    assert_eq!(waited.status.code(), Some(75), "{why}");
+    assert!(
+        why.contains(&format!("user {idle} has 1 session(s)")) && why.contains("from 127.0.0.1"),
+        "{why}"
+    );
+    assert_eq!(pair.status()["state"], "in_progress");
+    pair.login(&idle, &pair.initial_passwords[1])
+        .await
+        .expect("the idle user's password did not change");
+    held.query_drop("DO 1").await.expect("the session goes on");
+
+    held.disconnect().await.unwrap();
+    // The server ends the thread a moment after the client said goodbye.
+    let mut admin = my_admin().await;
+    for _ in 0..100 {
+        let n: Option<i64> = admin
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?",
+                (&idle,),
+            )
+            .await
+            .unwrap();
+        if n == Some(0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let done = production(&["rotate", &pair.app_secret]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    pair.assert_rotated_to(&idle).await;
+}

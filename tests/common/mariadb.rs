@@ -40,7 +40,7 @@ pub fn my_stack() -> &'static MyStack {
     })
 }
 
-fn opts(user: &str, password: &str, db: Option<&str>) -> mysql_async::Opts {
+pub fn opts(user: &str, password: &str, db: Option<&str>) -> mysql_async::Opts {
     let s = my_stack();
     mysql_async::OptsBuilder::default()
         .ip_or_hostname(s.host.clone())
