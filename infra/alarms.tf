@@ -47,6 +47,28 @@ resource "aws_cloudwatch_metric_alarm" "rotations_failed" {
   tags                = var.tags
 }
 
+# An application still logs in as the idle user with credentials from two rotations ago: the
+# in-use guard found its sessions (the rotation waits under ROTATOR_IN_USE=refuse, and goes on
+# under warn). Someone has to find that application; the metric's in_use property names it.
+resource "aws_cloudwatch_metric_alarm" "idle_user_in_use" {
+  count = var.create_alarms ? 1 : 0
+
+  alarm_name          = "${var.name}-idle-user-in-use"
+  alarm_description   = "rds-rotator: a rotation found sessions of the idle user (an application keeps credentials longer than min_interval). See the in_use property of the worker's metric lines in ${aws_cloudwatch_log_group.this.name}, or rds-rotator check."
+  namespace           = var.metrics_namespace
+  metric_name         = "IdleUserSessions"
+  dimensions          = var.rotation_failed_metric_dimensions
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.ok_actions
+  tags                = var.tags
+}
+
 # Requests nobody consumes: the worker is down, cannot reach AWS, or is saturated.
 resource "aws_cloudwatch_metric_alarm" "queue_stale" {
   count = var.create_alarms ? 1 : 0

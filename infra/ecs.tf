@@ -24,6 +24,8 @@ locals {
     ROTATOR_TABLE              = aws_dynamodb_table.this.name
     ROTATOR_CONCURRENCY        = tostring(var.concurrency)
     ROTATOR_MIN_INTERVAL       = var.min_interval
+    ROTATOR_IN_USE             = var.in_use
+    ROTATOR_IN_USE_WINDOW      = var.in_use_window
     ROTATOR_VISIBILITY_TIMEOUT = "${var.visibility_timeout_seconds}s"
     ROTATOR_LOG_FORMAT         = "json"
     ROTATOR_DB_TLS             = var.db_tls

@@ -99,5 +99,6 @@ output "alarm_arns" {
     dlq_not_empty    = aws_cloudwatch_metric_alarm.dlq_not_empty[0].arn
     rotations_failed = aws_cloudwatch_metric_alarm.rotations_failed[0].arn
     requests_stale   = aws_cloudwatch_metric_alarm.queue_stale[0].arn
+    idle_user_in_use = aws_cloudwatch_metric_alarm.idle_user_in_use[0].arn
   } : {}
 }

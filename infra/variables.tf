@@ -343,13 +343,35 @@ variable "concurrency" {
 }
 
 variable "min_interval" {
-  description = "ROTATOR_MIN_INTERVAL: requests for a secret rotated more recently are skipped unless force is true (humantime, e.g. 1h, 30m)."
+  description = "ROTATOR_MIN_INTERVAL: requests for a secret rotated more recently are skipped unless force is true (humantime, e.g. 2h, 1d). It must exceed the longest time any client keeps credentials; the default is twice the AWS caching libraries' hour."
   type        = string
-  default     = "1h"
+  default     = "2h"
 
   validation {
     condition     = can(regex("^[0-9]+(ms|s|m|h|d)$", var.min_interval))
     error_message = "min_interval must be a humantime duration such as 30s, 15m, 1h or 1d."
+  }
+}
+
+variable "in_use" {
+  description = "ROTATOR_IN_USE: what a rotation does when the idle user still has sessions that ran a statement within in_use_window (an application holding credentials from two rotations ago): refuse (wait and retry), warn (go on), or off."
+  type        = string
+  default     = "refuse"
+
+  validation {
+    condition     = contains(["refuse", "warn", "off"], var.in_use)
+    error_message = "in_use must be refuse, warn or off."
+  }
+}
+
+variable "in_use_window" {
+  description = "ROTATOR_IN_USE_WINDOW: a session of the idle user counts as in use when it ran a statement this recently (humantime). Keep it below min_interval minus the longest client cache."
+  type        = string
+  default     = "15m"
+
+  validation {
+    condition     = can(regex("^[0-9]+(ms|s|m|h|d)$", var.in_use_window))
+    error_message = "in_use_window must be a humantime duration such as 30s, 15m or 1h."
   }
 }
 
@@ -409,7 +431,7 @@ variable "extra_environment" {
       "ROTATOR_VISIBILITY_TIMEOUT", "ROTATOR_LOG_FORMAT", "ROTATOR_DB_TLS", "ROTATOR_DB_CA_BUNDLE",
       "ROTATOR_TEST_DEADLINE", "ROTATOR_SHUTDOWN_GRACE", "ROTATOR_HEALTH_FILE", "AWS_REGION", "RUST_LOG",
       "ROTATOR_TEST_FAILPOINTS", "ROTATOR_METRICS", "ROTATOR_METRICS_NAMESPACE", "ROTATOR_EVENT_BUS",
-      "ROTATOR_SM_WRITE_TPS",
+      "ROTATOR_SM_WRITE_TPS", "ROTATOR_IN_USE", "ROTATOR_IN_USE_WINDOW",
     ])) == 0
     error_message = "extra_environment may not set a variable the module manages (use its input instead) or ROTATOR_TEST_FAILPOINTS."
   }
@@ -495,7 +517,7 @@ variable "log_retention_days" {
 }
 
 variable "create_alarms" {
-  description = "Create the CloudWatch alarms: dead-letter queue not empty, rotations failed, oldest request too old."
+  description = "Create the CloudWatch alarms: dead-letter queue not empty, rotations failed, oldest request too old, idle user in use."
   type        = bool
   default     = true
 }

@@ -67,10 +67,12 @@ run "task_definition" {
       ROTATOR_DB_TLS             = "verify-full"
       ROTATOR_DLQ_URL            = "https://sqs.eu-west-1.amazonaws.com/123456789012/rds-rotator-dlq"
       ROTATOR_HEALTH_FILE        = "/tmp/rds-rotator.health"
+      ROTATOR_IN_USE             = "refuse"
+      ROTATOR_IN_USE_WINDOW      = "15m"
       ROTATOR_LOG_FORMAT         = "json"
       ROTATOR_METRICS            = "emf"
       ROTATOR_METRICS_NAMESPACE  = "RdsRotator"
-      ROTATOR_MIN_INTERVAL       = "1h"
+      ROTATOR_MIN_INTERVAL       = "2h"
       ROTATOR_QUEUE_URL          = "https://sqs.eu-west-1.amazonaws.com/123456789012/rds-rotator"
       ROTATOR_SHUTDOWN_GRACE     = "20s"
       ROTATOR_SM_WRITE_TPS       = "40"
@@ -154,7 +156,7 @@ run "service_and_network" {
   }
 
   assert {
-    condition     = length(output.alarm_arns) == 3 && aws_cloudwatch_metric_alarm.rotations_failed[0].namespace == "RdsRotator" && aws_cloudwatch_metric_alarm.rotations_failed[0].metric_name == "RotationsFailed"
+    condition     = length(output.alarm_arns) == 4 && aws_cloudwatch_metric_alarm.idle_user_in_use[0].metric_name == "IdleUserSessions" && aws_cloudwatch_metric_alarm.rotations_failed[0].namespace == "RdsRotator" && aws_cloudwatch_metric_alarm.rotations_failed[0].metric_name == "RotationsFailed"
     error_message = "The alarms are missing."
   }
 }
