@@ -171,7 +171,8 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            let report = crate::check::check(&rotator, args.db_tls, &secret_id).await;
+            let report =
+                crate::check::check(&rotator, args.db_tls, args.min_interval, &secret_id).await;
             if json {
                 print_json(&report.to_json());
             } else {

@@ -7,6 +7,7 @@
 //! rotation fail is `fail`; something a person should look at is `warn`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -14,8 +15,8 @@ use serde_json::json;
 
 use crate::db::tls::TlsMode;
 use crate::rotation::guard::{verdict, InUsePolicy, Verdict};
-use crate::rotation::ports::{At, DbError, SecretMeta, SecretStoreError, Stage};
-use crate::rotation::record::StepRecord;
+use crate::rotation::ports::{At, DbError, SecretMeta, SecretStoreError, SessionGroup, Stage};
+use crate::rotation::record::{now_ms, rfc3339, StepRecord};
 use crate::rotation::{left_by_us, RotationError, Rotator};
 use crate::secret::{AppSecret, Credentials, Endpoint, UserSecret};
 
@@ -131,7 +132,13 @@ impl TlsSeen {
 }
 
 /// Runs every check against `secret_id`. Never writes anything.
-pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckReport {
+/// `min_interval`: how soon after a rotation the next may run (the in-use line allows for it).
+pub async fn check(
+    rotator: &Rotator,
+    tls: TlsMode,
+    min_interval: Duration,
+    secret_id: &str,
+) -> CheckReport {
     let mut report = CheckReport {
         secret: secret_id.to_owned(),
         findings: Vec::new(),
@@ -299,9 +306,12 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
     let mut working_login: Option<Credentials> = r.is_ok().then(|| current.clone());
     // Each user's own credentials that log in: MySQL lets a user read only its own grants.
     let mut own: BTreeMap<String, Credentials> = BTreeMap::new();
-    // The login that would change the next user's password: the in-use guard looks with it.
+    // The in-use guard's look, as the next rotation takes it: in the session of the login that
+    // would change the next user's password (no other login of that user comes before it).
     let next_user = app.next_username().to_owned();
-    let mut next_login: Option<Credentials> = None;
+    let guard = &rotator.settings.in_use;
+    let guard_on = app.is_multi_user() && guard.policy != InUsePolicy::Off;
+    let mut looked: Option<Result<Vec<SessionGroup>, DbError>> = None;
     if r.is_ok() {
         own.insert(current.username.clone(), current.clone());
     }
@@ -341,14 +351,21 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
         let mut tried = Vec::new();
         let mut known = None;
         for (label, creds) in &sources {
-            let r = db.check_login(app.engine, &admin_at, creds).await;
+            let r = if guard_on && *user == next_user && looked.is_none() {
+                match db.login(app.engine, &admin_at, creds).await {
+                    Ok(mut session) => {
+                        looked = Some(session.recent_sessions(user, guard.window).await);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                db.check_login(app.engine, &admin_at, creds).await
+            };
             tls_seen.note(&admin_at, &r);
             match r {
                 Ok(()) => {
                     known = Some(label.clone());
-                    if *user == next_user {
-                        next_login = Some(creds.clone());
-                    }
                     if creds.username == *user {
                         own.insert(user.clone(), creds.clone());
                     }
@@ -380,8 +397,11 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
                 },
             ),
         }
-        // Through the proxy too: what applications will use after the rotation.
-        if let (Some((id, creds)), true) = (proxy.get(user), admin_at != app.endpoint) {
+        // Through the proxy too: what applications will use after the rotation. Not for the next
+        // user while the guard is on: RDS Proxy would keep that login's backend connection in
+        // its pool, fresh, and the next rotation would count it.
+        let probe = admin_at != app.endpoint && !(guard_on && *user == next_user);
+        if let (Some((id, creds)), true) = (proxy.get(user), probe) {
             let r = db.check_login(app.engine, &app.endpoint, creds).await;
             tls_seen.note(&app.endpoint, &r);
             if let Err(e) = r {
@@ -395,15 +415,8 @@ pub async fn check(rotator: &Rotator, tls: TlsMode, secret_id: &str) -> CheckRep
     }
 
     if app.is_multi_user() {
-        check_in_use(
-            rotator,
-            &app,
-            &admin_at,
-            &next_user,
-            next_login.as_ref(),
-            &mut report,
-        )
-        .await;
+        let last = last_record.as_ref();
+        check_in_use(rotator, &next_user, looked, last, min_interval, &mut report);
     }
     check_tls(tls, &tls_seen, &mut report);
     if users.len() >= 2 {
@@ -507,17 +520,20 @@ async fn check_record(
     record
 }
 
-/// The in-use guard, as the next rotation would run it: the next user's sessions that ran a
-/// statement within the window.
-async fn check_in_use(
+/// The in-use guard's verdict on what the look found (`None`: no known login of the next user
+/// worked). Right after a rotation, sessions of the user it left are expected: clients keep the
+/// old credentials until their caches refresh, and the next rotation waits for the minimum
+/// interval anyway.
+fn check_in_use(
     rotator: &Rotator,
-    app: &AppSecret,
-    at: &Endpoint,
     user: &str,
-    login: Option<&Credentials>,
+    looked: Option<Result<Vec<SessionGroup>, DbError>>,
+    record: Option<&StepRecord>,
+    min_interval: Duration,
     report: &mut CheckReport,
 ) {
     let guard = &rotator.settings.in_use;
+    let window = humantime::format_duration(guard.window);
     if guard.policy == InUsePolicy::Off {
         report.push(
             "in use",
@@ -526,7 +542,7 @@ async fn check_in_use(
         );
         return;
     }
-    let Some(login) = login else {
+    let Some(looked) = looked else {
         report.push(
             "in use",
             Status::Warn,
@@ -534,17 +550,22 @@ async fn check_in_use(
         );
         return;
     };
-    let found = rotator
-        .db
-        .recent_sessions(app.engine, at, login, user, guard.window)
-        .await;
-    match found.map(|groups| verdict(guard.policy, user, guard.window, groups)) {
+    let next_allowed = record
+        .and_then(|r| r.last_success_at)
+        .map(|last| last + min_interval.as_millis() as u64)
+        .filter(|at| *at > now_ms());
+    match looked.map(|groups| verdict(guard.policy, user, guard.window, groups)) {
         Ok(Verdict::Clear) => report.push(
             "in use",
             Status::Ok,
+            format!("no session of user {user} ran a statement within {window}"),
+        ),
+        Ok(Verdict::Wait(f) | Verdict::GoOn(f)) if next_allowed.is_some() => report.push(
+            "in use",
+            Status::Ok,
             format!(
-                "no session of user {user} ran a statement within {}",
-                humantime::format_duration(guard.window)
+                "{f}: expected so soon after a rotation, while clients' caches refresh; the next rotation is not before {} (the minimum interval) and looks again then",
+                rfc3339(next_allowed.unwrap_or_default())
             ),
         ),
         Ok(Verdict::Wait(f)) => report.push(

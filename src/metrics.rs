@@ -204,6 +204,7 @@ mod tests {
                 ("postgres.connect".to_owned(), 3),
             ]),
             in_use: None,
+            waits_for_sessions: false,
         }
     }
 

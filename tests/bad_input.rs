@@ -254,8 +254,13 @@ async fn every_malformed_secret_in_the_corpus_is_refused_recorded_and_changes_no
         .send()
         .await
         .unwrap();
-    let preflight =
-        rds_rotator::check::check(&rotator, rds_rotator::db::tls::TlsMode::Disable, &control).await;
+    let preflight = rds_rotator::check::check(
+        &rotator,
+        rds_rotator::db::tls::TlsMode::Disable,
+        rds_rotator::rotation::DEFAULT_MIN_INTERVAL,
+        &control,
+    )
+    .await;
     assert!(
         preflight.ready(),
         "the corpus template is not valid:\n{}",

@@ -270,6 +270,29 @@ async fn a_held_session_of_the_idle_user_makes_rotate_wait_on_mariadb_until_it_e
             .await
             .unwrap();
     held.query_drop("DO 1").await.unwrap();
+    // Only the held session: earlier logins of the test are gone (a thread ends a moment after
+    // its client said goodbye).
+    let sessions_of = |n: i64| {
+        let idle = idle.clone();
+        async move {
+            let mut admin = my_admin().await;
+            for _ in 0..100 {
+                let seen: Option<i64> = admin
+                    .exec_first(
+                        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?",
+                        (&idle,),
+                    )
+                    .await
+                    .unwrap();
+                if seen == Some(n) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("{idle} never had exactly {n} session(s)");
+        }
+    };
+    sessions_of(1).await;
     let production = |args: &[&str]| {
         pair.command(args)
             .env("ROTATOR_IN_USE", "refuse")
@@ -286,6 +309,7 @@ async fn a_held_session_of_the_idle_user_makes_rotate_wait_on_mariadb_until_it_e
             && l.contains(&format!("user {idle} has 1 session(s)"))),
         "{said}"
     );
+    sessions_of(1).await; // check's own logins are gone
     let waited = production(&["rotate", &pair.app_secret]);
     let why = String::from_utf8_lossy(&waited.stderr);
     assert_eq!(waited.status.code(), Some(75), "{why}");
@@ -300,21 +324,7 @@ async fn a_held_session_of_the_idle_user_makes_rotate_wait_on_mariadb_until_it_e
     held.query_drop("DO 1").await.expect("the session goes on");
 
     held.disconnect().await.unwrap();
-    // The server ends the thread a moment after the client said goodbye.
-    let mut admin = my_admin().await;
-    for _ in 0..100 {
-        let n: Option<i64> = admin
-            .exec_first(
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?",
-                (&idle,),
-            )
-            .await
-            .unwrap();
-        if n == Some(0) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    sessions_of(0).await;
     let done = production(&["rotate", &pair.app_secret]);
     assert!(
         done.status.success(),

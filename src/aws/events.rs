@@ -45,7 +45,7 @@ pub fn event(r: &RotationReport) -> Option<(&'static str, serde_json::Value)> {
         "resumed": r.resumed,
         "duration_ms": r.duration.as_millis() as u64,
     });
-    // The idle user's sessions, as the in-use guard found them: on a rotation that waited for
+    // The idle user's sessions, as the in-use guard found them: on a rotation that waits for
     // them (a RotationFailed that is retryable) or went on (`warn`).
     if let Some(f) = &r.in_use {
         detail["in_use"] = json!({
@@ -57,7 +57,7 @@ pub fn event(r: &RotationReport) -> Option<(&'static str, serde_json::Value)> {
     }
     match &r.outcome {
         ReportOutcome::Succeeded => Some(("RotationSucceeded", detail)),
-        ReportOutcome::Failed { reason, retryable } if !retryable || r.in_use.is_some() => {
+        ReportOutcome::Failed { reason, retryable } if !retryable || r.waits_for_sessions => {
             detail["reason"] = json!(reason);
             detail["retryable"] = json!(retryable);
             detail["step"] = json!(r.last_step.map(|s| s.as_str()));

@@ -282,8 +282,11 @@ fn group_threads(
     let mut by_client: std::collections::BTreeMap<String, u32> = Default::default();
     for (host, command, time) in rows {
         let idle_for = Duration::from_secs(time.unwrap_or(0).max(0) as u64);
-        if command.as_deref() == Some("Sleep") && idle_for >= within {
-            continue;
+        match command.as_deref() {
+            Some("Sleep") if idle_for >= within => continue,
+            // On its way out: a client that just said goodbye (or was killed).
+            Some("Quit" | "Killed") => continue,
+            _ => {}
         }
         // `host:port` for TCP clients; the port says nothing about who it is.
         let host = host.unwrap_or_else(|| "?".into());
@@ -442,6 +445,7 @@ mod tests {
                 row("10.0.0.5:40002", "Query", 0),
                 row("10.0.0.6:40003", "Sleep", 3600),
                 row("localhost", "Sleep", 1),
+                row("10.0.0.7:40004", "Quit", 0),
             ],
             Duration::from_secs(900),
         );

@@ -218,11 +218,13 @@ impl DbSession for PgSession {
 
 /// The user's sessions that run a statement, or ran one within $2 seconds. `state` is NULL for
 /// sessions the login may not look into (another role's, without pg_read_all_stats): those
-/// count, since nothing says they are idle. The session user is what logged in with the
+/// count, since nothing says they are idle (as do sessions of a server that does not track
+/// activity, `state = 'disabled'`). The session user is what logged in with the
 /// password, whatever SET ROLE did since. This tool's own logins (`application_name`) and
 /// anything but client backends are left out.
 const RECENT_SESSIONS_SQL: &str = r#"
 SELECT CASE WHEN a.state IS NULL THEN 'not visible to ' || current_user
+            WHEN a.state = 'disabled' THEN 'untracked (track_activities is off)'
             WHEN a.client_addr IS NULL THEN 'local socket'
             ELSE host(a.client_addr) END,
        coalesce(nullif(a.application_name, ''), '-'),
@@ -230,7 +232,8 @@ SELECT CASE WHEN a.state IS NULL THEN 'not visible to ' || current_user
   FROM pg_stat_activity a
  WHERE a.usename = $1::text::name
    AND a.pid <> pg_backend_pid()
-   AND a.backend_type = 'client backend'
+   -- NULL, like the state, on rows the login may not look into.
+   AND (a.backend_type = 'client backend' OR a.state IS NULL)
    AND a.application_name IS DISTINCT FROM 'rds-rotator'
    AND (a.state IS NULL OR a.state <> 'idle'
         OR a.state_change > now() - make_interval(secs => $2::float8))

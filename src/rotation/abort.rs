@@ -58,6 +58,7 @@ impl Rotator {
                         retries: 0,
                         calls: tally.snapshot(),
                         in_use: None,
+                        waits_for_sessions: false,
                     })
                     .await;
             }

@@ -377,6 +377,7 @@ impl Trace {
             retries: t.retries,
             calls: tally.snapshot(),
             in_use: t.in_use,
+            waits_for_sessions: matches!(result, Err(RotationError::UserInUse { .. })),
         }
     }
 }
@@ -1394,7 +1395,10 @@ impl Run<'_> {
                 };
                 let changed = match session {
                     Ok(mut session) => {
-                        self.guard(session.as_mut(), &pending.username).await?;
+                        // Single-user rotation changes the user in use by design (it warned).
+                        if current.is_multi_user() {
+                            self.guard(session.as_mut(), &pending.username).await?;
+                        }
                         session
                             .set_password(&pending.username, &pending.password)
                             .await

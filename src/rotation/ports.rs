@@ -441,6 +441,8 @@ pub struct RotationReport {
     pub calls: std::collections::BTreeMap<String, u64>,
     /// What the in-use guard found, when it found sessions of the idle user.
     pub in_use: Option<InUse>,
+    /// The run stopped because of them (the guard refused), not for another reason.
+    pub waits_for_sessions: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1016,3 +1016,18 @@ async fn under_warn_or_off_the_rotation_goes_on() {
         assert_eq!(seen, policy == guard::InUsePolicy::Warn, "{policy:?}");
     }
 }
+
+#[tokio::test]
+async fn a_single_user_rotation_is_not_held_back_by_its_own_applications() {
+    let w = world();
+    w.add_secret(
+        "solo",
+        json!({"engine": "postgres", "host": "db", "username": "alice", "password": "alice-0"}),
+    );
+    sessions_of(&w, "alice", 3);
+    let done = rotator(&w)
+        .rotate("solo", &Request::default(), LeaseWait::No)
+        .await;
+    assert!(matches!(done, Ok(Outcome::Rotated(_))), "{done:?}");
+    assert!(w.state().reports.last().unwrap().in_use.is_none());
+}
