@@ -66,9 +66,9 @@ resource "aws_cloudwatch_metric_alarm" "idle_user_in_use" {
   # Retries of a waiting rotation come up to 15 minutes apart: between them the alarm keeps its
   # state, and only a rotation that finds no session clears it.
   treat_missing_data = "ignore"
-  alarm_actions       = var.alarm_actions
-  ok_actions          = var.ok_actions
-  tags                = var.tags
+  alarm_actions      = var.alarm_actions
+  ok_actions         = var.ok_actions
+  tags               = var.tags
 }
 
 # Requests nobody consumes: the worker is down, cannot reach AWS, or is saturated.
