@@ -317,6 +317,9 @@ async fn status(
             if let Some(e) = &r.last_error {
                 println!("last error:  {e}");
             }
+            if let Some(found) = &r.in_use {
+                println!("in use:      {found}");
+            }
             ExitCode::SUCCESS
         }
         Ok(None) => fail(
