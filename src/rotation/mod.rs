@@ -9,7 +9,7 @@
 //! |----------------|-----------------------------------------------------|-------------------------------------------|
 //! | (begin)        | record: rotation id, current version, users (with the lease) | a record in progress exists: resume it |
 //! | create_pending | AWSPENDING version, ClientRequestToken = rotation id; beside it, the claim on the idle user | version `rotation id` exists |
-//! | set_password   | the idle user's password in the database            | the pending credentials log in            |
+//! | set_password   | the idle user's password in the database, unless it is still in use (`guard`) | the pending credentials log in |
 //! | update_proxy   | the idle user's RDS Proxy secret = new password (staged, then CAS on the planned version) | version `proxy_token(rotation id)` is AWSCURRENT |
 //! | test           | pending credentials log in along the app's path      | (read-only: always re-run)                |
 //! | finish         | AWSPENDING still ours? AWSCURRENT -> pending (CAS on the old version), drop AWSPENDING | AWSCURRENT is the rotation id |
