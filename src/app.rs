@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::aws::events::EventBus;
 use crate::aws::{self, dynamo::DynamoRecords, secrets::SecretsManager, sqs::SqsQueue};
-use crate::cli::{Cli, Command, GlobalArgs, Metrics};
+use crate::cli::{Cli, Command, GlobalArgs, Metrics, RequestArgs};
 use crate::db::{tls::DbTls, Databases};
 use crate::message::{RotateMessage, SelectMessage, TagSelector};
 use crate::metrics::Emf;
@@ -187,17 +187,15 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Rotate {
             secret_id,
             json,
-            force,
-            ignore_in_use,
-            reason,
+            ask,
             lease_wait,
         } => {
             let request = Request {
-                force,
-                ignore_in_use,
+                force: ask.force,
+                ignore_in_use: ask.ignore_in_use,
                 min_interval: Some(args.min_interval),
                 request_id: None,
-                reason,
+                reason: ask.reason,
             };
             rotate(args, &aws, &secret_id, &request, lease_wait, json).await
         }
@@ -233,18 +231,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             queue,
             secret_ids,
             tag,
-            force,
-            ignore_in_use,
-            reason,
+            ask,
             json,
-        } => {
-            let ask = Ask {
-                force,
-                ignore_in_use,
-                reason,
-            };
-            enqueue(&aws, &queue.queue_url, secret_ids, tag, ask, json).await
-        }
+        } => enqueue(&aws, &queue.queue_url, secret_ids, tag, ask, json).await,
     }
 }
 
@@ -330,19 +319,12 @@ async fn status(
     }
 }
 
-/// What `enqueue` asks of each rotation.
-struct Ask {
-    force: bool,
-    ignore_in_use: bool,
-    reason: Option<String>,
-}
-
 async fn enqueue(
     aws: &aws_config::SdkConfig,
     queue_url: &str,
     secret_ids: Vec<String>,
     tag: Option<(String, String)>,
-    ask: Ask,
+    ask: RequestArgs,
     json: bool,
 ) -> ExitCode {
     let queue = SqsQueue::sender(aws, queue_url);

@@ -167,6 +167,22 @@ pub struct WorkerArgs {
     pub health_file: PathBuf,
 }
 
+/// What a rotation request asks for, from `rotate` and `enqueue` alike.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Rotate even if the last rotation finished less than the minimum interval ago (clients
+    /// whose caches are older than that then fail their next login).
+    #[arg(long)]
+    pub force: bool,
+    /// Change the idle user's password even if it is in use (the guard only warns).
+    /// `--force` does not imply it.
+    #[arg(long)]
+    pub ignore_in_use: bool,
+    /// Free text kept in the step record.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
 pub const DEFAULT_HEALTH_FILE: &str = "/tmp/rds-rotator.health";
 
 #[derive(Debug, Subcommand)]
@@ -196,15 +212,8 @@ pub enum Command {
         /// Rotate every secret carrying this tag (KEY=VALUE); the worker lists and enqueues them.
         #[arg(long, value_parser = parse_tag)]
         tag: Option<(String, String)>,
-        /// Rotate even if the last rotation is younger than the minimum interval.
-        #[arg(long)]
-        force: bool,
-        /// Change the idle user's password even if it is in use (the guard only warns).
-        #[arg(long)]
-        ignore_in_use: bool,
-        /// Free text kept in the step record.
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        ask: RequestArgs,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -224,17 +233,8 @@ pub enum Command {
         /// Print the result as one JSON object.
         #[arg(long)]
         json: bool,
-        /// Rotate even if the last rotation finished less than the minimum interval ago (clients
-        /// whose caches are older than that then fail their next login).
-        #[arg(long)]
-        force: bool,
-        /// Change the idle user's password even if it is in use (the guard only warns).
-        /// `--force` does not imply it.
-        #[arg(long)]
-        ignore_in_use: bool,
-        /// Free text kept in the step record.
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        ask: RequestArgs,
         /// How long to wait for another process's lease before giving up.
         #[arg(long, env = "ROTATOR_LEASE_WAIT", default_value = "5m", value_parser = humantime::parse_duration)]
         lease_wait: Duration,

@@ -14,15 +14,6 @@ use common::*;
 use serde_json::Value;
 use tokio_postgres::NoTls;
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// `rds-rotator ARGS` with the production defaults of the interval and the guard, and `env`.
 fn production(pair: &Pair, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = pair.command(args);

@@ -54,15 +54,6 @@ async fn remove_pending(pair: &Pair, version: &str) {
         .unwrap();
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// `rotate` through the fault proxy.
 fn rotate_via(pair: &Pair, proxy: &aws_fault_proxy::FaultProxy) -> Output {
     tokio::task::block_in_place(|| {

@@ -758,6 +758,16 @@ impl Relay {
     }
 }
 
+/// A finished command's exit status and output, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Writes a report line for `make test` to print after the run (cargo test hides the output of
 /// passing tests), and prints it for `--nocapture` runs.
 pub fn report(name: &str, line: &str) {
