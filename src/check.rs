@@ -15,10 +15,12 @@ use serde_json::json;
 
 use crate::db::tls::TlsMode;
 use crate::rotation::guard::{verdict, InUsePolicy, Verdict};
-use crate::rotation::ports::{At, DbError, SecretMeta, SecretStoreError, SessionGroup, Stage};
+use crate::rotation::ports::{
+    At, DbError, PasswordRules, SecretMeta, SecretStoreError, SessionGroup, Stage,
+};
 use crate::rotation::record::{now_ms, rfc3339, StepRecord};
 use crate::rotation::{left_by_us, RotationError, Rotator};
-use crate::secret::{AppSecret, Credentials, Endpoint, UserSecret};
+use crate::secret::{AppSecret, Credentials, Endpoint, Engine, UserSecret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -312,6 +314,9 @@ pub async fn check(
     let guard = &rotator.settings.in_use;
     let guard_on = app.is_multi_user() && guard.policy != InUsePolicy::Off;
     let mut looked: Option<Result<Vec<SessionGroup>, DbError>> = None;
+    // What the server asks of a password change (a replica, a validation plugin), in the same
+    // session: the rotation reads it there before it makes the password.
+    let mut server: Option<Result<PasswordRules, DbError>> = None;
     if r.is_ok() {
         own.insert(current.username.clone(), current.clone());
     }
@@ -351,10 +356,13 @@ pub async fn check(
         let mut tried = Vec::new();
         let mut known = None;
         for (label, creds) in &sources {
-            let r = if guard_on && *user == next_user && looked.is_none() {
+            let r = if *user == next_user && server.is_none() {
                 match db.login(app.engine, &admin_at, creds).await {
                     Ok(mut session) => {
-                        looked = Some(session.recent_sessions(user, guard.window).await);
+                        if guard_on {
+                            looked = Some(session.recent_sessions(user, guard.window).await);
+                        }
+                        server = Some(session.preflight().await);
                         Ok(())
                     }
                     Err(e) => Err(e),
@@ -417,6 +425,11 @@ pub async fn check(
     if app.is_multi_user() {
         let last = last_record.as_ref();
         check_in_use(rotator, &next_user, looked, last, min_interval, &mut report);
+    }
+    check_server(&admin_at, server, &mut report);
+    if app.engine != Engine::Postgres {
+        let master = master.as_ref().map(|(_, c)| c);
+        check_accounts(rotator, &app, &admin_at, master, &own, &users, &mut report).await;
     }
     check_tls(tls, &tls_seen, &mut report);
     if users.len() >= 2 {
@@ -589,6 +602,100 @@ fn check_in_use(
     }
 }
 
+/// The server as the next rotation finds it before it makes a password.
+fn check_server(
+    at: &Endpoint,
+    server: Option<Result<PasswordRules, DbError>>,
+    report: &mut CheckReport,
+) {
+    match server {
+        None => report.push(
+            "server",
+            Status::Warn,
+            format!("not looked at: no known credentials of the next user log in at {at}"),
+        ),
+        Some(Ok(rules)) => report.push(
+            "server",
+            Status::Ok,
+            match &rules.source {
+                None => format!("{at} takes password changes"),
+                Some(source) => format!(
+                    "{at} takes password changes; {source} asks for at least {} characters, {} lower-case, {} upper-case, {} digits and {} others, and new passwords meet that",
+                    rules.min_length, rules.min_lower, rules.min_upper, rules.min_digits, rules.min_other
+                ),
+            },
+        ),
+        Some(Err(e @ (DbError::ReadOnly { .. } | DbError::PasswordRejected(_)))) => {
+            report.push("server", Status::Fail, format!("{e}; the rotation refuses before it writes AWSPENDING"))
+        }
+        Some(Err(e)) => report.push(
+            "server",
+            Status::Warn,
+            format!("could not read what {at} asks of a password change: {e}"),
+        ),
+    }
+}
+
+/// MySQL and MariaDB keep one account per host, each with its own password. A user changing its
+/// own password changes one; the master secret changes them all.
+async fn check_accounts(
+    rotator: &Rotator,
+    app: &AppSecret,
+    at: &Endpoint,
+    master: Option<&Credentials>,
+    own: &BTreeMap<String, Credentials>,
+    users: &[String],
+    report: &mut CheckReport,
+) {
+    let mut listed = Vec::new();
+    let mut problems = Vec::new();
+    for u in users {
+        let Some(reader) = master.or_else(|| own.get(u)) else {
+            listed.push(format!("{u}: not listed (no login)"));
+            continue;
+        };
+        match rotator.db.accounts(app.engine, at, reader, u).await {
+            Ok(Some(hosts)) => {
+                if hosts.len() > 1 && master.is_none() {
+                    problems.push(format!(
+                        "{u} has {} accounts, and without a master secret only the one it logs in as would change",
+                        hosts.len()
+                    ));
+                }
+                let hosts: Vec<String> = hosts.iter().map(|h| format!("{u}@{h}")).collect();
+                listed.push(hosts.join(", "));
+            }
+            Ok(None) => listed.push(format!(
+                "{u}: not listed ({} may not read mysql.user)",
+                reader.username
+            )),
+            Err(e) => listed.push(format!("{u}: not listed ({e})")),
+        }
+    }
+    if problems.is_empty() {
+        let unlisted = listed.iter().any(|l| l.contains("not listed"));
+        report.push(
+            "accounts",
+            if unlisted { Status::Warn } else { Status::Ok },
+            if unlisted {
+                format!("{}: an account on another host would keep its old password; a master secret lists and changes them all", listed.join("; "))
+            } else {
+                listed.join("; ")
+            },
+        );
+    } else {
+        report.push(
+            "accounts",
+            Status::Fail,
+            format!(
+                "{}; {}: the rotation refuses (configure master_secret_id, or drop the extra accounts)",
+                listed.join("; "),
+                problems.join("; ")
+            ),
+        );
+    }
+}
+
 fn check_tls(mode: TlsMode, seen: &TlsSeen, report: &mut CheckReport) {
     let failed: Vec<String> = seen
         .handshakes
@@ -655,6 +762,7 @@ async fn check_grants(
             }
         }
     }
+    check_valid_until(&sets, report);
     let (first, base) = &sets[0];
     let mut drift = Vec::new();
     for (u, p) in &sets[1..] {
@@ -692,6 +800,43 @@ async fn check_grants(
             format!(
                 "the users differ, so applications would gain or lose access when AWSCURRENT moves: {}",
                 drift.join("; ")
+            ),
+        );
+    }
+}
+
+/// A VALID UNTIL ends a password on a date, whatever the rotation does: past it, the user cannot
+/// log in (PostgreSQL says "password authentication failed", as for a wrong one).
+fn check_valid_until(sets: &[(String, Vec<String>)], report: &mut CheckReport) {
+    let mut expired = Vec::new();
+    let mut ending = Vec::new();
+    for (user, lines) in sets {
+        for line in lines {
+            let Some(until) = line.strip_prefix("valid until ") else {
+                continue;
+            };
+            match until.strip_suffix(" (expired)") {
+                Some(at) => expired.push(format!("{user} expired at {at}")),
+                None => ending.push(format!("{user} ends at {until}")),
+            }
+        }
+    }
+    if !expired.is_empty() {
+        report.push(
+            "valid until",
+            Status::Fail,
+            format!(
+                "the password of {}: it cannot log in. A rotation with the master secret clears VALID UNTIL when it sets the new password",
+                expired.join(", ")
+            ),
+        );
+    } else if !ending.is_empty() {
+        report.push(
+            "valid until",
+            Status::Warn,
+            format!(
+                "the password of {} (VALID UNTIL), whatever the rotation does, unless the master secret sets it (which clears VALID UNTIL)",
+                ending.join(", ")
             ),
         );
     }

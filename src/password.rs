@@ -4,6 +4,7 @@ use rand::rngs::OsRng;
 use rand::TryRngCore;
 use secrecy::SecretString;
 
+use crate::rotation::ports::PasswordRules;
 use crate::secret::Engine;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -12,6 +13,8 @@ pub enum PolicyError {
     Length(usize),
     #[error("the excluded characters leave no printable ASCII character to choose from")]
     EmptyAlphabet,
+    #[error("no password can meet the database's password rules: {0}")]
+    Unmet(String),
 }
 
 const MIN_LENGTH: usize = 16;
@@ -76,27 +79,69 @@ impl PasswordPolicy {
     }
 
     pub fn generate(&self, engine: Engine) -> Result<SecretString, PolicyError> {
+        self.generate_for(engine, &PasswordRules::default())
+    }
+
+    /// A password that also meets the server's own rules (MariaDB's `simple_password_check`,
+    /// MySQL's `validate_password`): longer if they ask for it, with as many characters of each
+    /// class as they ask for.
+    pub fn generate_for(
+        &self,
+        engine: Engine,
+        rules: &PasswordRules,
+    ) -> Result<SecretString, PolicyError> {
         self.validate(engine)?;
         let alphabet = self.alphabet(engine);
-        let classes: [fn(&u8) -> bool; 4] = [
-            u8::is_ascii_lowercase,
-            u8::is_ascii_uppercase,
-            u8::is_ascii_digit,
-            u8::is_ascii_punctuation,
+        let classes: [(Class, usize, &str); 4] = [
+            (
+                u8::is_ascii_lowercase,
+                rules.min_lower,
+                "lower-case letters",
+            ),
+            (
+                u8::is_ascii_uppercase,
+                rules.min_upper,
+                "upper-case letters",
+            ),
+            (u8::is_ascii_digit, rules.min_digits, "digits"),
+            (
+                u8::is_ascii_punctuation,
+                rules.min_other,
+                "other characters",
+            ),
         ];
-        // Only require the classes the alphabet still has after exclusions.
-        let required: Vec<_> = classes.iter().filter(|c| alphabet.iter().any(c)).collect();
-        loop {
-            let candidate: Vec<u8> = (0..self.length)
-                .map(|_| alphabet[uniform_index(alphabet.len())])
-                .collect();
-            if required.iter().all(|c| candidate.iter().any(c)) {
-                let s = String::from_utf8(candidate).expect("alphabet is ASCII");
-                return Ok(SecretString::from(s));
+        let mut picked: Vec<u8> = Vec::new();
+        for (class, wanted, name) in classes {
+            let members: Vec<u8> = alphabet.iter().copied().filter(class).collect();
+            // At least one of each class the alphabet still has after exclusions.
+            let wanted = if members.is_empty() { 0 } else { wanted.max(1) };
+            if wanted > 0 && members.is_empty() {
+                return Err(PolicyError::Unmet(format!(
+                    "the server wants {wanted} {name}, and the excluded characters leave none"
+                )));
             }
+            picked.extend((0..wanted).map(|_| members[uniform_index(members.len())]));
         }
+        let length = self.length.max(rules.min_length).max(picked.len());
+        if length > MAX_LENGTH {
+            return Err(PolicyError::Unmet(format!(
+                "the server's rules need {length} characters, more than {MAX_LENGTH}"
+            )));
+        }
+        while picked.len() < length {
+            picked.push(alphabet[uniform_index(alphabet.len())]);
+        }
+        // Fisher-Yates: the required characters end up anywhere.
+        for i in (1..picked.len()).rev() {
+            picked.swap(i, uniform_index(i + 1));
+        }
+        let s = String::from_utf8(picked).expect("alphabet is ASCII");
+        Ok(SecretString::from(s))
     }
 }
+
+/// A character class: lower-case letters, say.
+type Class = fn(&u8) -> bool;
 
 /// An unbiased index below `n` (rejection sampling over the OS RNG).
 fn uniform_index(n: usize) -> usize {
@@ -130,6 +175,39 @@ mod tests {
             assert!(p.chars().any(|c| c.is_ascii_digit()));
             assert!(p.chars().any(|c| c.is_ascii_punctuation()));
         }
+    }
+
+    #[test]
+    fn passwords_meet_the_servers_rules() {
+        let rules = PasswordRules {
+            min_length: 40,
+            min_lower: 3,
+            min_upper: 3,
+            min_digits: 6,
+            min_other: 4,
+            source: Some("simple_password_check".into()),
+        };
+        for _ in 0..200 {
+            let p = PasswordPolicy::default()
+                .generate_for(Engine::Mariadb, &rules)
+                .unwrap();
+            let p = p.expose_secret();
+            let count = |f: fn(&char) -> bool| p.chars().filter(f).count();
+            assert_eq!(p.len(), 40);
+            assert!(count(char::is_ascii_lowercase) >= 3);
+            assert!(count(char::is_ascii_uppercase) >= 3);
+            assert!(count(char::is_ascii_digit) >= 6);
+            assert!(count(char::is_ascii_punctuation) >= 4);
+            assert!(!p.chars().any(|c| "/@\"'\\".contains(c)));
+        }
+        let too_long = PasswordRules {
+            min_length: 500,
+            ..PasswordRules::default()
+        };
+        assert!(matches!(
+            PasswordPolicy::default().generate_for(Engine::Mariadb, &too_long),
+            Err(PolicyError::Unmet(_))
+        ));
     }
 
     #[test]

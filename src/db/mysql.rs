@@ -11,6 +11,12 @@
 //!   (`caching_sha2_password`) takes no precomputed hash that we could make without the server's
 //!   salt. MySQL rewrites the statement in its general, slow and binary logs (the password becomes
 //!   `<secret>`) unless the server runs with `--log-raw`: keep that off (see the README).
+//! - **MariaDB with a password validation plugin and `strict_password_validation`**: the server
+//!   refuses every hash, so the plaintext goes, but only over verified TLS (warned once);
+//!   otherwise the change is refused before a password is made (`preflight`).
+//!
+//! A user changing its own password changes one account, the one it logged in as: accounts of
+//! the same name on other hosts keep their passwords. The rotation looks at `accounts` first.
 //!
 //! Names are validated before they get here (letters, digits, `_ $ . -`) and are quoted anyway;
 //! passwords never contain `'`, `"` or `\` on these engines (the password policy excludes them),
@@ -24,10 +30,10 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, SslOpts};
 use secrecy::{ExposeSecret, SecretString};
 use sha1::{Digest, Sha1};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::tls::{DbTls, TlsMode};
-use crate::rotation::ports::{Database, DbError, DbSession, SessionGroup};
+use crate::rotation::ports::{Database, DbError, DbSession, PasswordRules, SessionGroup};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,10 +43,19 @@ const ER_ACCESS_DENIED_ERROR: u16 = 1045;
 const ER_DBACCESS_DENIED_ERROR: u16 = 1044;
 const ER_ACCOUNT_HAS_BEEN_LOCKED: u16 = 3118;
 const ER_MUST_CHANGE_PASSWORD_LOGIN: u16 = 1862;
-/// ... and ones that mean "try again later".
+/// ... "try again later" (the server is full, or going down) ...
 const ER_CON_COUNT_ERROR: u16 = 1040;
-const ER_TOO_MANY_USER_CONNECTIONS: u16 = 1203;
 const ER_SERVER_SHUTDOWN: u16 = 1053;
+/// ... the user's own limit (max_user_connections, globally or per account) ...
+const ER_TOO_MANY_USER_CONNECTIONS: u16 = 1203;
+const ER_USER_LIMIT_REACHED: u16 = 1226;
+/// ... logged in, but not allowed ...
+const ER_TABLEACCESS_DENIED_ERROR: u16 = 1142;
+const ER_SPECIFIC_ACCESS_DENIED_ERROR: u16 = 1227;
+const ER_PASSWORD_NOT_ALLOWED: u16 = 1132;
+/// ... `--read-only` (a replica), and a password validation plugin's refusal.
+const ER_OPTION_PREVENTS_STATEMENT: u16 = 1290;
+const ER_NOT_VALID_PASSWORD: u16 = 1819;
 
 pub struct MySql {
     tls: DbTls,
@@ -87,12 +102,29 @@ fn classify(at: &Endpoint, user: &str, e: mysql_async::Error, secrets: &[&str]) 
     };
     match e {
         Error::Server(s) => match s.code {
-            ER_ACCESS_DENIED_ERROR
-            | ER_DBACCESS_DENIED_ERROR
+            ER_ACCESS_DENIED_ERROR => DbError::LoginRejected(user.to_owned()),
+            ER_DBACCESS_DENIED_ERROR
             | ER_ACCOUNT_HAS_BEEN_LOCKED
-            | ER_MUST_CHANGE_PASSWORD_LOGIN => DbError::LoginRejected(user.to_owned()),
-            ER_CON_COUNT_ERROR | ER_TOO_MANY_USER_CONNECTIONS | ER_SERVER_SHUTDOWN => {
-                unreachable(scrub(&s.message, secrets))
+            | ER_MUST_CHANGE_PASSWORD_LOGIN => DbError::LoginForbidden {
+                user: user.to_owned(),
+                reason: format!("{} ({})", scrub(&s.message, secrets), s.code),
+            },
+            ER_TOO_MANY_USER_CONNECTIONS | ER_USER_LIMIT_REACHED => DbError::ConnectionLimit {
+                user: user.to_owned(),
+                reason: format!("{} ({})", scrub(&s.message, secrets), s.code),
+            },
+            ER_CON_COUNT_ERROR | ER_SERVER_SHUTDOWN => unreachable(scrub(&s.message, secrets)),
+            ER_TABLEACCESS_DENIED_ERROR
+            | ER_SPECIFIC_ACCESS_DENIED_ERROR
+            | ER_PASSWORD_NOT_ALLOWED => {
+                DbError::NotPermitted(format!("{} ({})", scrub(&s.message, secrets), s.code))
+            }
+            ER_OPTION_PREVENTS_STATEMENT if s.message.contains("read-only") => DbError::ReadOnly {
+                at: at.to_string(),
+                writer: None,
+            },
+            ER_NOT_VALID_PASSWORD => {
+                DbError::PasswordRejected(format!("{} ({})", scrub(&s.message, secrets), s.code))
             }
             code => DbError::Refused(format!(
                 "{} ({code}, SQLSTATE {})",
@@ -179,9 +211,76 @@ impl MySql {
     }
 }
 
-async fn is_mariadb(conn: &mut Conn) -> Result<bool, mysql_async::Error> {
-    let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
-    Ok(version.is_some_and(|v| v.contains("MariaDB")))
+/// What the server says about password changes, from one `SHOW VARIABLES`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct ServerFacts {
+    mariadb: bool,
+    /// `read_only` or `innodb_read_only` (an Aurora reader) is on.
+    read_only: bool,
+    rules: PasswordRules,
+    /// MariaDB refuses a change by hash: a validation plugin is loaded and
+    /// `strict_password_validation` is on, so only a plaintext change can pass.
+    hash_refused: bool,
+}
+
+const FACTS_SQL: &str = "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
+    ('version', 'read_only', 'innodb_read_only', 'strict_password_validation') \
+    OR Variable_name LIKE 'simple_password_check%' \
+    OR Variable_name LIKE 'cracklib_password_check%' \
+    OR Variable_name LIKE 'validate_password%'";
+
+impl ServerFacts {
+    fn from_variables(vars: &[(String, String)]) -> Self {
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        let on = |name: &str| get(name).is_some_and(|v| v.eq_ignore_ascii_case("ON") || v == "1");
+        let num = |name: &str| get(name).and_then(|v| v.parse().ok()).unwrap_or(0usize);
+        let mariadb = get("version").is_some_and(|v| v.contains("MariaDB"));
+        let simple = get("simple_password_check_minimal_length").is_some();
+        let cracklib = get("cracklib_password_check_dictionary").is_some()
+            || vars
+                .iter()
+                .any(|(k, _)| k.starts_with("cracklib_password_check"));
+        // MySQL 8's component (`validate_password.length`) or 5.7's plugin (`_length`).
+        let mysql_rules = |suffix: &str| {
+            num(&format!("validate_password.{suffix}"))
+                .max(num(&format!("validate_password_{suffix}")))
+        };
+        let validate = vars.iter().any(|(k, _)| k.starts_with("validate_password"));
+        let mut rules = PasswordRules::default();
+        let mut sources = Vec::new();
+        if simple {
+            let same_case = num("simple_password_check_letters_same_case");
+            rules.min_length = num("simple_password_check_minimal_length");
+            rules.min_lower = same_case;
+            rules.min_upper = same_case;
+            rules.min_digits = num("simple_password_check_digits");
+            rules.min_other = num("simple_password_check_other_characters");
+            sources.push("simple_password_check");
+        }
+        if cracklib {
+            sources.push("cracklib_password_check");
+        }
+        if validate {
+            let mixed = mysql_rules("mixed_case_count");
+            rules.min_length = rules.min_length.max(mysql_rules("length"));
+            rules.min_lower = rules.min_lower.max(mixed);
+            rules.min_upper = rules.min_upper.max(mixed);
+            rules.min_digits = rules.min_digits.max(mysql_rules("number_count"));
+            rules.min_other = rules.min_other.max(mysql_rules("special_char_count"));
+            sources.push("validate_password");
+        }
+        rules.source = (!sources.is_empty()).then(|| sources.join(", "));
+        Self {
+            mariadb,
+            read_only: on("read_only") || on("innodb_read_only"),
+            hash_refused: mariadb && (simple || cracklib) && on("strict_password_validation"),
+            rules,
+        }
+    }
 }
 
 struct MySqlSession {
@@ -189,34 +288,94 @@ struct MySqlSession {
     conn: Option<Conn>,
     at: Endpoint,
     login: Credentials,
+    /// The connection's TLS is verified (verify-full): a plaintext password may travel on it.
+    verified_tls: bool,
+    facts: Option<ServerFacts>,
+}
+
+/// Warned once per process: a plaintext password travels to the server (see the README).
+static PLAINTEXT_WARNED: std::sync::Once = std::sync::Once::new();
+
+impl MySqlSession {
+    fn conn(&mut self) -> Result<&mut Conn, DbError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| DbError::Refused("the session has ended".into()))
+    }
+
+    fn err(&self, e: mysql_async::Error, secrets: &[&str]) -> DbError {
+        let mut all = vec![self.login.password.expose_secret()];
+        all.extend_from_slice(secrets);
+        classify(&self.at, &self.login.username, e, &all)
+    }
+
+    async fn facts(&mut self) -> Result<ServerFacts, DbError> {
+        if let Some(f) = &self.facts {
+            return Ok(f.clone());
+        }
+        let vars: Result<Vec<(String, String)>, _> = self.conn()?.query(FACTS_SQL).await;
+        let facts = ServerFacts::from_variables(&vars.map_err(|e| self.err(e, &[]))?);
+        self.facts = Some(facts.clone());
+        Ok(facts)
+    }
+
+    /// `ReadOnly` on a replica; `PasswordRejected` when only a plaintext change could pass and
+    /// the connection is not verified. `Ok(true)`: send the plaintext.
+    async fn how_to_send(&mut self) -> Result<bool, DbError> {
+        let facts = self.facts().await?;
+        if facts.read_only {
+            return Err(DbError::ReadOnly {
+                at: self.at.to_string(),
+                writer: None,
+            });
+        }
+        if !facts.hash_refused {
+            return Ok(!facts.mariadb);
+        }
+        let plugins = facts
+            .rules
+            .source
+            .as_deref()
+            .unwrap_or("a validation plugin");
+        if !self.verified_tls {
+            return Err(DbError::PasswordRejected(format!(
+                "{plugins} is loaded with strict_password_validation on, so MariaDB takes only a plaintext password, and this connection's TLS is not verified (ROTATOR_DB_TLS=verify-full with ROTATOR_DB_CA_BUNDLE); refusing to send it. Use verify-full, or turn strict_password_validation off (passwords made here already meet the plugin's rules)"
+            )));
+        }
+        PLAINTEXT_WARNED.call_once(|| {
+            warn!(at = %self.at, %plugins, "MariaDB's strict_password_validation refuses password hashes: sending the plaintext password over verified TLS (it may reach the server's logs; see the README)");
+        });
+        Ok(true)
+    }
 }
 
 #[async_trait]
 impl DbSession for MySqlSession {
     async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<(), DbError> {
-        let (at, login) = (&self.at, &self.login);
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(DbError::Refused("the session has ended".into()));
-        };
-        let (pw, login_pw) = (password.expose_secret(), login.password.expose_secret());
+        let plaintext = self.how_to_send().await?;
+        let pw = password.expose_secret();
         let hash = native_password_hash(pw);
-        let secrets = [pw, login_pw, hash.as_str()];
-        let err = |e| classify(at, &login.username, e, &secrets);
-        let mariadb = is_mariadb(conn).await.map_err(err)?;
-        let accounts = if login.username == user {
+        let secrets = [pw, hash.as_str()];
+        let own = self.login.username == user;
+        let accounts = if own {
             // Changing one's own password needs no privilege on either server.
             vec![None]
         } else {
             // The master path: every account (user@host) of that user.
-            let hosts: Vec<String> = conn
-                .exec("SELECT Host FROM mysql.user WHERE User = ?", (user,))
-                .await
-                .map_err(err)?;
-            if hosts.is_empty() {
-                return Err(DbError::Refused(format!(
-                    "there is no account for user {user}"
-                )));
-            }
+            let hosts = match self.accounts(user).await? {
+                Some(hosts) if !hosts.is_empty() => hosts,
+                Some(_) => {
+                    return Err(DbError::Refused(format!(
+                        "there is no account for user {user}"
+                    )))
+                }
+                None => {
+                    return Err(DbError::NotPermitted(format!(
+                        "{} may not read mysql.user, so it cannot find every account of {user}",
+                        self.login.username
+                    )))
+                }
+            };
             hosts
                 .iter()
                 .map(|h| {
@@ -229,25 +388,47 @@ impl DbSession for MySqlSession {
                 .collect::<Result<_, DbError>>()?
         };
         for account in accounts {
-            let sql = match (mariadb, account) {
+            let sql = match (plaintext, account) {
                 // MariaDB takes the hash itself: the plaintext never leaves this process.
-                (true, None) => format!("SET PASSWORD = '{hash}'"),
-                (true, Some(a)) => format!("SET PASSWORD FOR {a} = '{hash}'"),
-                (false, None) => format!(
+                (false, None) => format!("SET PASSWORD = '{hash}'"),
+                (false, Some(a)) => format!("SET PASSWORD FOR {a} = '{hash}'"),
+                (true, None) => format!(
                     "ALTER USER CURRENT_USER() IDENTIFIED BY {}",
                     literal(pw, "new password")?
                 ),
-                (false, Some(a)) => format!(
+                (true, Some(a)) => format!(
                     "ALTER USER {a} IDENTIFIED BY {}",
                     literal(pw, "new password")?
                 ),
             };
-            conn.query_drop(sql).await.map_err(err)?;
+            let done = self.conn()?.query_drop(sql).await;
+            done.map_err(|e| self.err(e, &secrets))?;
         }
         if let Some(conn) = self.conn.take() {
             let _ = conn.disconnect().await;
         }
         Ok(())
+    }
+
+    async fn preflight(&mut self) -> Result<PasswordRules, DbError> {
+        self.how_to_send().await?;
+        Ok(self.facts().await?.rules)
+    }
+
+    /// From `mysql.user`, which only a login with rights on the mysql schema may read.
+    async fn accounts(&mut self, user: &str) -> Result<Option<Vec<String>>, DbError> {
+        let read: Result<Vec<String>, _> = self
+            .conn()?
+            .exec(
+                "SELECT Host FROM mysql.user WHERE User = ? ORDER BY Host",
+                (user,),
+            )
+            .await;
+        match read.map_err(|e| self.err(e, &[])) {
+            Ok(hosts) => Ok(Some(hosts)),
+            Err(DbError::NotPermitted(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// From the process list, which shows a user its own threads (and everyone's with PROCESS):
@@ -363,6 +544,8 @@ impl Database for MySql {
             conn: Some(conn),
             at: at.clone(),
             login: login.clone(),
+            verified_tls: self.tls.mode == TlsMode::VerifyFull,
+            facts: None,
         }))
     }
 

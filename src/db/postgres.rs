@@ -9,10 +9,10 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::tls::DbTls;
-use crate::rotation::ports::{Database, DbError, DbSession, SessionGroup};
+use crate::rotation::ports::{Database, DbError, DbSession, PasswordRules, SessionGroup};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,25 +35,44 @@ pub fn quote_literal(text: &str) -> String {
 
 fn classify(at: &Endpoint, user: &str, e: tokio_postgres::Error) -> DbError {
     if let Some(code) = e.code() {
-        if *code == SqlState::INVALID_PASSWORD
-            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-        {
-            return DbError::LoginRejected(user.to_owned());
-        }
-        if *code == SqlState::TOO_MANY_CONNECTIONS
-            || *code == SqlState::CANNOT_CONNECT_NOW
-            || *code == SqlState::ADMIN_SHUTDOWN
-        {
-            return DbError::Unreachable {
-                at: at.to_string(),
-                reason: e.to_string(),
-            };
-        }
-        let msg = e.as_db_error().map_or_else(
+        let message = e.as_db_error().map_or_else(
             || e.to_string(),
             |d| format!("{} ({})", d.message(), d.code().code()),
         );
-        return DbError::Refused(msg);
+        let user = user.to_owned();
+        return match code {
+            // A wrong password (or one past its VALID UNTIL: the server does not say which).
+            c if *c == SqlState::INVALID_PASSWORD => DbError::LoginRejected(user),
+            // pg_hba.conf's reject, NOLOGIN, RDS Proxy without a secret for the role: no
+            // password changes that.
+            c if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => DbError::LoginForbidden {
+                user,
+                reason: message,
+            },
+            // "too many connections for role": the user's own CONNECTION LIMIT. The server's
+            // max_connections ("sorry, too many clients already") passes; that one is retried.
+            c if *c == SqlState::TOO_MANY_CONNECTIONS && message.contains("for role") => {
+                DbError::ConnectionLimit {
+                    user,
+                    reason: message,
+                }
+            }
+            c if *c == SqlState::TOO_MANY_CONNECTIONS
+                || *c == SqlState::CANNOT_CONNECT_NOW
+                || *c == SqlState::ADMIN_SHUTDOWN =>
+            {
+                DbError::Unreachable {
+                    at: at.to_string(),
+                    reason: e.to_string(),
+                }
+            }
+            c if *c == SqlState::INSUFFICIENT_PRIVILEGE => DbError::NotPermitted(message),
+            c if *c == SqlState::READ_ONLY_SQL_TRANSACTION => DbError::ReadOnly {
+                at: at.to_string(),
+                writer: None,
+            },
+            _ => DbError::Refused(message),
+        };
     }
     let mut chain = String::new();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
@@ -173,26 +192,122 @@ struct PgSession {
     login_user: String,
 }
 
+/// What a password change must know about the role: read in the session that changes it.
+struct RoleFacts {
+    can_login: bool,
+    /// A finite VALID UNTIL (when the password stops working), as the server prints it.
+    valid_until: Option<String>,
+    /// `session_user` is this role: it changes its own password.
+    is_self: bool,
+    /// `password_encryption` as this session has it: `md5` or `scram-sha-256`.
+    encryption: String,
+}
+
+impl PgSession {
+    /// `ReadOnly` on a hot standby, naming its primary when this login may see it.
+    async fn refuse_replica(&self) -> Result<(), DbError> {
+        let err = |e| classify(&self.at, &self.login_user, e);
+        let row = self.client.query_one(REPLICA_SQL, &[]).await.map_err(err)?;
+        if row.get::<_, bool>(0) {
+            return Err(DbError::ReadOnly {
+                at: self.at.to_string(),
+                writer: row.get(1),
+            });
+        }
+        Ok(())
+    }
+
+    async fn role(&self, user: &str) -> Result<RoleFacts, DbError> {
+        let row = self
+            .client
+            .query_opt(ROLE_SQL, &[&user])
+            .await
+            .map_err(|e| classify(&self.at, &self.login_user, e))?
+            .ok_or_else(|| DbError::Refused(format!("there is no role {user}")))?;
+        Ok(RoleFacts {
+            can_login: row.get(0),
+            valid_until: row.get(1),
+            is_self: row.get(2),
+            encryption: row.get(3),
+        })
+    }
+}
+
+/// `pg_is_in_recovery()`, and the primary a standby streams from (NULL unless this login may
+/// read pg_stat_wal_receiver's connection details).
+const REPLICA_SQL: &str = r#"
+SELECT pg_is_in_recovery(),
+       (SELECT w.sender_host || ':' || w.sender_port FROM pg_stat_wal_receiver w LIMIT 1)
+"#;
+
+const ROLE_SQL: &str = r#"
+SELECT r.rolcanlogin,
+       CASE WHEN r.rolvaliduntil IS NULL OR r.rolvaliduntil = 'infinity' THEN NULL
+            ELSE r.rolvaliduntil::text END,
+       r.rolname = session_user,
+       current_setting('password_encryption')
+  FROM pg_roles r WHERE r.rolname = $1::text::name
+"#;
+
 #[async_trait]
 impl DbSession for PgSession {
     async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<(), DbError> {
-        // 4096 PBKDF2 rounds: off the async threads, which other rotations share.
+        let err = |e| classify(&self.at, &self.login_user, e);
+        // A role setting (`ALTER ROLE u SET role = 'owner'`, for shared ownership) makes the
+        // session act as another role, and ALTER ROLE checks current_user: a role may change its
+        // own password, not the owner's. Back to the login, and out of a read-only default. In a
+        // statement of their own: a transaction's read-only flag is fixed when it begins.
+        self.client
+            .batch_execute("SET ROLE NONE; SET default_transaction_read_only = off")
+            .await
+            .map_err(err)?;
+        let (replica, role) = tokio::join!(self.refuse_replica(), self.role(user));
+        replica?;
+        let role = role?;
+        if !role.can_login {
+            return Err(DbError::Refused(format!(
+                "role {user} has NOLOGIN: it could not log in with any password; grant it LOGIN first"
+            )));
+        }
+        // Follow the server: clients that only speak MD5 need an MD5 verifier (see the README).
         let plain = password.clone();
+        let (md5, name) = (role.encryption == "md5", user.to_owned());
+        // 4096 PBKDF2 rounds: off the async threads, which other rotations share.
         let verifier = tokio::task::spawn_blocking(move || {
-            postgres_protocol::password::scram_sha_256(plain.expose_secret().as_bytes())
+            let pw = plain.expose_secret().as_bytes();
+            if md5 {
+                postgres_protocol::password::md5(pw, &name)
+            } else {
+                postgres_protocol::password::scram_sha_256(pw)
+            }
         })
         .await
         .expect("the verifier task does not panic");
-        // ALTER ROLE takes no bind parameters: the name is quoted, the verifier is base64 and `$:`.
-        let sql = format!(
+        // ALTER ROLE takes no bind parameters: the name is quoted, the verifier is hex or base64.
+        let mut sql = format!(
             "ALTER ROLE {} WITH PASSWORD {}",
             quote_ident(user),
             quote_literal(&verifier)
         );
-        self.client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| classify(&self.at, &self.login_user, e))
+        // A rotated password ends when the next rotation replaces it, not on a date: past its
+        // VALID UNTIL, AWSCURRENT would stop logging in. Only a login with CREATEROLE may lift
+        // it; a role changing its own password leaves it (`check` warns).
+        if let (Some(until), false) = (&role.valid_until, role.is_self) {
+            warn!(%user, valid_until = %until, "clearing the role's VALID UNTIL: a rotated password must not expire on a date");
+            sql.push_str(" VALID UNTIL 'infinity'");
+        }
+        self.client.batch_execute(&sql).await.map_err(err)
+    }
+
+    async fn preflight(&mut self) -> Result<PasswordRules, DbError> {
+        self.refuse_replica().await?;
+        // A verifier is sent, so password checks on the server (passwordcheck) have nothing
+        // to check.
+        Ok(PasswordRules::default())
+    }
+
+    async fn accounts(&mut self, user: &str) -> Result<Option<Vec<String>>, DbError> {
+        Ok(Some(vec![user.to_owned()]))
     }
 
     async fn recent_sessions(
@@ -243,7 +358,8 @@ SELECT CASE WHEN a.state IS NULL THEN 'not visible to ' || current_user
 
 /// Everything that makes two roles interchangeable for an application, from catalogs every role
 /// may read: memberships, attributes, per-role settings, ownership and grants on databases,
-/// schemas, relations and functions of the connected database.
+/// schemas, relations and functions of the connected database, VALID UNTIL, the connection
+/// limit, row-level security policies, and the default privileges the role receives.
 const PRIVILEGES_SQL: &str = r#"
 WITH u AS (SELECT oid FROM pg_roles WHERE rolname = $1)
 SELECT 'member of ' || quote_ident(r.rolname)
@@ -277,6 +393,30 @@ SELECT 'owner of relation ' || quote_ident(n.nspname) || '.' || quote_ident(c.re
 UNION
 SELECT 'function ' || p.oid::regprocedure::text || ': ' || a.privilege_type
   FROM pg_proc p, LATERAL aclexplode(p.proacl) a, u WHERE a.grantee = u.oid
+UNION
+SELECT 'valid until ' || r.rolvaliduntil::text
+       || CASE WHEN r.rolvaliduntil < now() THEN ' (expired)' ELSE '' END
+  FROM pg_roles r, u
+ WHERE r.oid = u.oid AND r.rolvaliduntil IS NOT NULL AND r.rolvaliduntil <> 'infinity'
+UNION
+SELECT 'connection limit ' || r.rolconnlimit FROM pg_roles r, u
+ WHERE r.oid = u.oid AND r.rolconnlimit <> -1
+UNION
+SELECT 'policy ' || quote_ident(pol.polname) || ' on ' || quote_ident(n.nspname) || '.'
+       || quote_ident(c.relname)
+  FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid
+       JOIN pg_namespace n ON n.oid = c.relnamespace, u
+ WHERE u.oid = ANY (pol.polroles)
+UNION
+SELECT 'default privilege on new ' || CASE d.defaclobjtype WHEN 'r' THEN 'tables'
+         WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'functions' WHEN 'T' THEN 'types'
+         WHEN 'n' THEN 'schemas' ELSE d.defaclobjtype::text END
+       || ' of ' || quote_ident(o.rolname)
+       || coalesce(' in schema ' || quote_ident(n.nspname), '') || ': ' || a.privilege_type
+  FROM pg_default_acl d JOIN pg_roles o ON o.oid = d.defaclrole
+       LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace,
+       LATERAL aclexplode(d.defaclacl) a, u
+ WHERE a.grantee = u.oid
 ORDER BY 1
 "#;
 

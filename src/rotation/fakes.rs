@@ -60,6 +60,12 @@ pub struct State {
     pub deny_puts: std::collections::HashSet<String>,
     /// database user -> its sessions that ran a statement recently (what the guard sees)
     pub sessions: HashMap<String, Vec<crate::rotation::ports::SessionGroup>>,
+    /// database user -> the hosts of its accounts, when it has more than one
+    pub accounts: HashMap<String, Vec<String>>,
+    /// The database is a read replica.
+    pub read_only: bool,
+    /// What the database asks of a new password.
+    pub rules: crate::rotation::ports::PasswordRules,
 }
 
 #[derive(Clone, Default)]
@@ -516,7 +522,13 @@ struct FakeSession {
 impl DbSession for FakeSession {
     async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<(), DbError> {
         if self.login_user != user && self.login_user != "master" {
-            return Err(DbError::Refused("permission denied".into()));
+            return Err(DbError::NotPermitted("permission denied".into()));
+        }
+        if self.world.state().read_only {
+            return Err(DbError::ReadOnly {
+                at: self.at.to_string(),
+                writer: None,
+            });
         }
         let (user, password) = (user.to_owned(), password.expose_secret().to_owned());
         self.world
@@ -528,6 +540,28 @@ impl DbSession for FakeSession {
                 at: self.at.to_string(),
                 reason,
             })
+    }
+
+    async fn preflight(&mut self) -> Result<crate::rotation::ports::PasswordRules, DbError> {
+        let s = self.world.state();
+        if s.read_only {
+            return Err(DbError::ReadOnly {
+                at: self.at.to_string(),
+                writer: Some("writer:5432".into()),
+            });
+        }
+        Ok(s.rules.clone())
+    }
+
+    /// Anyone may list them here (as a login with rights on MySQL's `mysql.user`).
+    async fn accounts(&mut self, user: &str) -> Result<Option<Vec<String>>, DbError> {
+        let s = self.world.state();
+        Ok(Some(
+            s.accounts
+                .get(user)
+                .cloned()
+                .unwrap_or_else(|| vec!["%".into()]),
+        ))
     }
 
     async fn recent_sessions(

@@ -46,9 +46,9 @@ use crate::failpoint;
 use crate::password::{PasswordPolicy, PolicyError};
 use crate::secret::{AppSecret, Credentials, Endpoint, Engine, SecretError, UserSecret};
 use ports::{
-    At, Database, DbError, DbSession, InUse, Lease, RecordStore, RecordStoreError, ReportOutcome,
-    Reporter, RotationReport, SecretMeta, SecretStore, SecretStoreError, SecretVersion, Stage,
-    UserClaim,
+    At, Database, DbError, DbSession, InUse, Lease, PasswordRules, RecordStore, RecordStoreError,
+    ReportOutcome, Reporter, RotationReport, SecretMeta, SecretStore, SecretStoreError,
+    SecretVersion, Stage, UserClaim,
 };
 use record::{now_ms, BeginIf, Plan, Step, StepRecord};
 
@@ -620,6 +620,7 @@ impl Rotator {
             pending: None,
             unsaved: false,
             early,
+            opened: None,
             in_use: self
                 .settings
                 .in_use
@@ -661,6 +662,7 @@ impl Rotator {
                     run.fresh = false;
                     run.meta = None;
                     run.early = None;
+                    run.opened = None;
                     trace.with(|t| t.retries += 1);
                     tokio::time::sleep(delay).await;
                 }
@@ -881,6 +883,40 @@ fn same_json(a: &secrecy::SecretString, b: &secrecy::SecretString) -> bool {
     }
 }
 
+/// A login of the test step that failed, and where.
+struct Probe {
+    at: Endpoint,
+    error: DbError,
+}
+
+/// A user that changes its own password changes one account, the one it logged in as; MySQL
+/// keeps one per host, each with its own password, and RDS Proxy may match another. With more
+/// than one (or when they cannot be listed and a master secret could do it), the next source
+/// (the master secret) changes them all.
+async fn only_account(
+    session: &mut dyn DbSession,
+    user: &str,
+    master_later: bool,
+) -> Result<(), RotationError> {
+    match session.accounts(user).await? {
+        Some(accounts) if accounts.len() > 1 => Err(DbError::NotPermitted(format!(
+            "user {user} has {} accounts ({}), each with its own password, and a user changes only the one it logged in as; the master secret changes them all",
+            accounts.len(),
+            accounts.join(", ")
+        ))
+        .into()),
+        None if master_later => Err(DbError::NotPermitted(format!(
+            "user {user} may not list its accounts, so accounts on other hosts could keep the old password; the master secret changes every one"
+        ))
+        .into()),
+        None => {
+            warn!(%user, "cannot list the user's accounts (no master secret): an account of the same name on another host keeps its old password");
+            Ok(())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// How a compare-and-swap of AWSCURRENT ended.
 enum Swap {
     Done,
@@ -1087,6 +1123,9 @@ struct Run<'a> {
     unsaved: bool,
     /// A login with the idle user's proxy secret, opened before the first step (fresh runs).
     early: Option<EarlyLogin>,
+    /// That login once create_pending waited for it (to read the server's password rules):
+    /// set_password uses it.
+    opened: Option<Result<Box<dyn DbSession>, DbError>>,
     /// The in-use guard's policy for this request.
     in_use: guard::InUsePolicy,
 }
@@ -1347,7 +1386,12 @@ impl Run<'_> {
             // Only ever generated here, for a version that does not exist yet: a resumed run reads
             // the stored one, since AWS refuses a different value under the same token.
             let current = self.current().await?.clone();
-            let password = self.rotator.settings.password.generate(current.engine)?;
+            let rules = self.server_rules().await?;
+            let password = self
+                .rotator
+                .settings
+                .password
+                .generate_for(current.engine, &rules)?;
             let creds = Credentials::new(self.target_user(), password);
             let value = current.render_with(&creds);
             self.rotator
@@ -1372,12 +1416,15 @@ impl Run<'_> {
                     self.record.unfinished_versions.clear();
                     return Ok(Step::UpdateProxy);
                 }
-                Err(DbError::LoginRejected(_)) => {}
+                Err(e) if e.try_next_source() => {}
                 Err(e) => return Err(e.into()),
             }
         }
         let mut tried = Vec::new();
-        // Read one source at a time: the first usually works, and the others cost calls.
+        let master_later = current.master_secret_id.is_some();
+        // Read one source at a time: the first usually works, and the others cost calls. A
+        // source that logs in but may not make the change (a privilege, a pg_hba rule, a
+        // connection limit, an account on another host) hands over to the next one.
         for source in KnownSource::ALL {
             for (label, login) in self.known_credentials(source, &current).await? {
                 let Some(login) = login else {
@@ -1385,27 +1432,16 @@ impl Run<'_> {
                     continue;
                 };
                 // The proxy secret's login may be open already (see `run`).
-                let early = match source {
-                    KnownSource::ProxySecret => self.early.take(),
-                    _ => None,
+                let session = match (source, self.opened.take(), self.early.take()) {
+                    (KnownSource::ProxySecret, Some(opened), _) => opened,
+                    (KnownSource::ProxySecret, None, Some(early)) => early.session().await,
+                    _ => db.login(current.engine, at, &login).await,
                 };
-                let session = match early {
-                    Some(early) => early.session().await,
-                    None => db.login(current.engine, at, &login).await,
-                };
-                let changed = match session {
-                    Ok(mut session) => {
-                        // Single-user rotation changes the user in use by design (it warned).
-                        if current.is_multi_user() {
-                            self.guard(session.as_mut(), &pending.username).await?;
-                        }
-                        session
-                            .set_password(&pending.username, &pending.password)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                match changed {
+                let master_later = master_later && !matches!(source, KnownSource::Master);
+                match self
+                    .change_with(session, &login, &pending, master_later)
+                    .await
+                {
                     Ok(()) => {
                         info!(secret = %self.arn(), user = %pending.username, via = %label, "password set");
                         // The pending version knows the password now; older ones know nothing.
@@ -1413,10 +1449,10 @@ impl Run<'_> {
                         failpoint::hit("inside:set_password").await;
                         return Ok(Step::UpdateProxy);
                     }
-                    Err(DbError::LoginRejected(_)) => {
-                        tried.push(format!("{label}: login rejected"))
+                    Err(RotationError::Database(e)) if e.try_next_source() => {
+                        tried.push(format!("{label}: {e}"))
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -1424,6 +1460,53 @@ impl Run<'_> {
             user: pending.username,
             tried: tried.join("; "),
         })
+    }
+
+    /// Changes the idle user's password in `session`, logged in as `login`.
+    async fn change_with(
+        &mut self,
+        session: Result<Box<dyn DbSession>, DbError>,
+        login: &Credentials,
+        pending: &Credentials,
+        master_later: bool,
+    ) -> Result<(), RotationError> {
+        let mut session = session?;
+        // Single-user rotation changes the user in use by design (it warned).
+        if self.current().await?.is_multi_user() {
+            self.guard(session.as_mut(), &pending.username).await?;
+        }
+        if login.username == pending.username {
+            only_account(session.as_mut(), &pending.username, master_later).await?;
+        }
+        session
+            .set_password(&pending.username, &pending.password)
+            .await?;
+        Ok(())
+    }
+
+    /// The server's rules for a new password, read in the early login's session (which
+    /// set_password then uses). A replica, or a server that would refuse every change, stops the
+    /// rotation here, before AWSPENDING is written. Without that login (it failed, or this run
+    /// resumed) the rules are the defaults, and set_password's own session checks again.
+    async fn server_rules(&mut self) -> Result<PasswordRules, RotationError> {
+        let Some(early) = self.early.take() else {
+            return Ok(PasswordRules::default());
+        };
+        let mut session = match early.session().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.opened = Some(Err(e));
+                return Ok(PasswordRules::default());
+            }
+        };
+        let rules = session.preflight().await;
+        self.opened = Some(Ok(session));
+        match rules {
+            Ok(rules) => Ok(rules),
+            // This login may not look; set_password tries the next source anyway.
+            Err(e) if e.try_next_source() => Ok(PasswordRules::default()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The in-use guard (see `guard`), in the session that is about to change the password: an
@@ -1615,28 +1698,55 @@ impl Run<'_> {
     }
 
     /// Logs in with the pending credentials where the application does, until the deadline: the
-    /// proxy may take a while to read its changed secret.
+    /// proxy may take a while to read its changed secret. And, beside it, where passwords are
+    /// changed: RDS Proxy checks a client against its own copy of the secret and may hand it a
+    /// pooled connection opened with the old password, so only the database itself shows that
+    /// it took the new one.
     async fn test(&mut self) -> Result<Step, RotationError> {
         let pending = self.pending().await?;
         let current = self.current().await?.clone();
         let deadline = self.rotator.settings.test_deadline;
         let db = &self.rotator.db;
-        let attempt = || db.check_login(current.engine, &current.endpoint, &pending);
-        let waits = |e: &DbError| matches!(e, DbError::LoginRejected(_)) || e.is_retryable();
+        let (engine, app_path) = (current.engine, &current.endpoint);
+        let database = Some(current.admin_endpoint()).filter(|at| *at != app_path);
+        let creds = &pending;
+        let login = |at: &Endpoint| {
+            let at = at.clone();
+            async move {
+                db.check_login(engine, &at, creds)
+                    .await
+                    .map_err(|error| Probe { at, error })
+            }
+        };
+        let attempt = || async {
+            match database {
+                None => login(app_path).await,
+                Some(database) => {
+                    let (proxy, direct) = tokio::join!(login(app_path), login(database));
+                    proxy.and(direct)
+                }
+            }
+        };
+        let waits = |p: &Probe| {
+            matches!(
+                p.error,
+                DbError::LoginRejected(_) | DbError::LoginForbidden { .. }
+            ) || p.error.is_retryable()
+        };
         // Usually the first login passes. If not, the proxy may take minutes to read its secret:
         // the record says the rotation waits here (status shows it, and a crash while waiting
         // resumes here rather than before the proxy step).
         match attempt().await {
             Ok(()) => return Ok(Step::Finish),
-            Err(e) if waits(&e) => {
+            Err(p) if waits(&p) => {
                 self.trace.with(|t| t.retries += 1);
-                info!(user = %pending.username, error = %e, "new credentials not accepted yet");
+                info!(user = %pending.username, at = %p.at, error = %p.error, "new credentials not accepted yet");
                 if self.unsaved {
                     self.rotator.records.save(self.lease, &self.record).await?;
                     self.unsaved = false;
                 }
             }
-            Err(e) => return Err(e.into()),
+            Err(p) => return Err(p.error.into()),
         }
         let outcome = attempt
             .retry(
@@ -1649,22 +1759,24 @@ impl Run<'_> {
                     .with_total_delay(Some(deadline)),
             )
             .when(waits)
-            .notify(|e, delay| {
+            .notify(|p, delay| {
                 self.trace.with(|t| t.retries += 1);
-                info!(user = %pending.username, error = %e, retry_in = ?delay, "new credentials not accepted yet");
+                info!(user = %pending.username, at = %p.at, error = %p.error, retry_in = ?delay, "new credentials not accepted yet");
             })
             .await;
         match outcome {
             Ok(()) => Ok(Step::Finish),
-            Err(e @ (DbError::LoginRejected(_) | DbError::Unreachable { .. })) => {
-                Err(RotationError::TestTimedOut {
-                    user: pending.username,
-                    at: current.endpoint.to_string(),
-                    deadline: humantime::format_duration(deadline).to_string(),
-                    last: e.to_string(),
-                })
-            }
-            Err(e) => Err(e.into()),
+            Err(p) if waits(&p) => Err(RotationError::TestTimedOut {
+                user: pending.username,
+                at: if database == Some(&p.at) {
+                    format!("the database at {} (the proxy took them)", p.at)
+                } else {
+                    p.at.to_string()
+                },
+                deadline: humantime::format_duration(deadline).to_string(),
+                last: p.error.to_string(),
+            }),
+            Err(p) => Err(p.error.into()),
         }
     }
 

@@ -280,8 +280,27 @@ pub trait RecordStore: Send + Sync {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// The password is wrong, or the server no longer takes it. (PostgreSQL says the same for a
+    /// password past its VALID UNTIL, so as not to tell a client which.)
     #[error("login rejected for user {0}")]
     LoginRejected(String),
+    /// The server turns this user away whatever the password: a pg_hba.conf rule, NOLOGIN, a
+    /// locked account, or RDS Proxy without a secret for it.
+    #[error("user {user} may not log in: {reason}")]
+    LoginForbidden { user: String, reason: String },
+    /// The user's own connection limit is reached (PostgreSQL CONNECTION LIMIT, MySQL
+    /// max_user_connections). Not a full server: that is `Unreachable`, and passes.
+    #[error("user {user} is at its connection limit: {reason}")]
+    ConnectionLimit { user: String, reason: String },
+    /// Logged in, but this login may not do it.
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
+    /// The server is a read replica (or a reader of a cluster): passwords change on the writer.
+    #[error("{at} is a read replica{}: passwords change only on the writer; point the secret's direct_host (or host) at {}", writer.as_deref().map(|w| format!(" of {w}")).unwrap_or_default(), writer.as_deref().unwrap_or("the writer (the cluster endpoint, or the primary instance)"))]
+    ReadOnly { at: String, writer: Option<String> },
+    /// The server's password validation refuses the change (MariaDB's validation plugins).
+    #[error("the server's password validation refuses the change: {0}")]
+    PasswordRejected(String),
     #[error("database unreachable at {at}: {reason}")]
     Unreachable { at: String, reason: String },
     #[error("TLS failure at {at}: {reason}")]
@@ -296,6 +315,30 @@ impl DbError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unreachable { .. })
     }
+
+    /// This login cannot change the password, but another source of credentials may (the master
+    /// secret): set_password tries the next one.
+    pub fn try_next_source(&self) -> bool {
+        matches!(
+            self,
+            Self::LoginRejected(_)
+                | Self::LoginForbidden { .. }
+                | Self::ConnectionLimit { .. }
+                | Self::NotPermitted(_)
+        )
+    }
+}
+
+/// What the server asks of a new password, learnt before the password is made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PasswordRules {
+    pub min_length: usize,
+    pub min_lower: usize,
+    pub min_upper: usize,
+    pub min_digits: usize,
+    pub min_other: usize,
+    /// Where the rules come from, for messages (`simple_password_check`, `validate_password`).
+    pub source: Option<String>,
 }
 
 #[async_trait]
@@ -339,6 +382,16 @@ pub trait Database: Send + Sync {
         login: &Credentials,
         user: &str,
     ) -> Result<Vec<String>, DbError>;
+    /// Logs in as `login` and lists `user`'s accounts (`DbSession::accounts`).
+    async fn accounts(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        login: &Credentials,
+        user: &str,
+    ) -> Result<Option<Vec<String>>, DbError> {
+        self.login(engine, at, login).await?.accounts(user).await
+    }
     /// Logs in as `login` and looks for `user`'s recent sessions (`DbSession::recent_sessions`).
     async fn recent_sessions(
         &self,
@@ -370,6 +423,12 @@ pub trait DbSession: Send {
         user: &str,
         within: Duration,
     ) -> Result<Vec<SessionGroup>, DbError>;
+    /// Before a password is made: `ReadOnly` on a replica, `PasswordRejected` when the server
+    /// will refuse every change this adapter may send, else the rules a new password must meet.
+    async fn preflight(&mut self) -> Result<PasswordRules, DbError>;
+    /// The accounts of `user` (MySQL: one per host, each with its own password; PostgreSQL: the
+    /// role), or `None` when this login may not list them.
+    async fn accounts(&mut self, user: &str) -> Result<Option<Vec<String>>, DbError>;
 }
 
 /// Sessions of one database user from one place.
