@@ -175,6 +175,7 @@ impl Pair {
                 backend_port: s.pg_port,
                 secret_ids: proxy_arns.clone(),
                 refresh: options.proxy_refresh,
+                pool: false,
             },
             sm.clone(),
         )

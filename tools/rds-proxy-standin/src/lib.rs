@@ -9,14 +9,30 @@
 //! It re-reads its secrets only every `refresh` interval, to mimic a proxy that picks up a changed
 //! secret late (how late RDS Proxy is, is not documented).
 //!
-//! What it does not do: TLS, connection pooling and multiplexing, pinning, IAM authentication,
-//! cancel requests, MySQL. Every client connection gets its own backend connection.
+//! Connection pooling is opt-in ([`Config::pool`]). Without it, every client connection gets a
+//! backend connection of its own, logged in afresh with the secret's credentials. With it, as RDS
+//! Proxy does, a backend connection outlives its client: when the client says goodbye (Terminate),
+//! the backend connection is kept idle, keyed by (user, database), and the next client that logs
+//! in as that user to that database gets it without a new backend login. So a login through the
+//! proxy can succeed although the database no longer accepts (or never accepted) the password in
+//! the proxy's secret: the client is still checked against the secret, the database is not asked.
+//! Like RDS Proxy, the stand-in does not reset a pooled connection's session state (`SET`s,
+//! prepared statements, `LISTEN`s, temporary tables stay); it pools a connection only when it is
+//! idle (not in a transaction) with every query answered, and drops it otherwise. A pooled
+//! connection keeps the startup parameters (and so the `ParameterStatus` and `BackendKeyData`
+//! messages, replayed to each new client) of the client that opened it. Pooled connections are
+//! kept until they are reused or the server closes them; there is no limit and no idle timeout.
+//!
+//! What it does not do: TLS, multiplexing (transaction-level sharing of a backend connection by
+//! several clients), pinning, IAM authentication, cancel requests, MySQL.
 
 mod scram;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -43,6 +59,12 @@ pub struct Config {
     pub secret_ids: Vec<String>,
     /// How often secrets are re-read.
     pub refresh: Duration,
+    /// Pool backend connections as RDS Proxy does (see the crate docs): a client that logs in as a
+    /// user to a database with an idle backend connection gets that one, without a new backend
+    /// login. This is how a login through RDS Proxy can succeed with a password the database no
+    /// longer accepts; tests that must see that turn it on. Off, every client gets a fresh
+    /// backend login with the secret's credentials, which shows a wrong secret at once.
+    pub pool: bool,
 }
 
 /// A user's credentials as the proxy last read them, with its SCRAM keys derived once.
@@ -53,15 +75,78 @@ struct Entry {
 
 type Cache = Arc<RwLock<HashMap<String, Arc<Entry>>>>;
 
+/// A backend connection waiting for its next client, with what the backend sent after
+/// AuthenticationOk when it was opened (ParameterStatus, BackendKeyData, ..., ReadyForQuery),
+/// replayed to each client that gets it.
+struct Idle {
+    stream: TcpStream,
+    startup: Vec<u8>,
+}
+
+/// Idle backend connections by (user, database).
+#[derive(Default)]
+struct Pool(Mutex<HashMap<(String, String), Vec<Idle>>>);
+
+impl Pool {
+    fn put(&self, key: (String, String), idle: Idle) {
+        self.0.lock().unwrap().entry(key).or_default().push(idle);
+    }
+
+    /// An idle connection for `key` that the server has not closed, as far as a look at its
+    /// socket tells; those it has closed are dropped.
+    fn take(&self, key: &(String, String)) -> Option<Idle> {
+        loop {
+            let idle = self.0.lock().unwrap().get_mut(key)?.pop()?;
+            match still_open(idle.stream) {
+                Some(stream) => {
+                    return Some(Idle {
+                        stream,
+                        startup: idle.startup,
+                    })
+                }
+                None => debug!(
+                    user = %key.0,
+                    database = %key.1,
+                    "dropping a pooled backend connection that the server closed"
+                ),
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().values().map(Vec::len).sum()
+    }
+}
+
+/// Whether an idle backend connection is still usable: nothing to read on it (a server that
+/// ends a session sends a FATAL ErrorResponse, then closes). A non-blocking peek on the socket
+/// itself, not on tokio's cached readiness, which may not have caught up yet. Anything readable
+/// (even an asynchronous notice) disqualifies it. A server that closes the connection just after
+/// this look fails that client's session instead.
+fn still_open(stream: TcpStream) -> Option<TcpStream> {
+    let stream = stream.into_std().ok()?; // stays non-blocking
+    match stream.peek(&mut [0u8; 1]) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => TcpStream::from_std(stream).ok(),
+        _ => None,
+    }
+}
+
 /// A running stand-in.
 #[derive(Clone)]
 pub struct StandIn {
     pub addr: SocketAddr,
     refresh_now: Arc<Notify>,
     generation: watch::Receiver<u64>,
+    pool: Arc<Pool>,
 }
 
 impl StandIn {
+    /// How many backend connections wait idle in the pool (always 0 without [`Config::pool`]). A
+    /// connection goes back to the pool a moment after its client's Terminate, asynchronously.
+    pub fn pooled(&self) -> usize {
+        self.pool.len()
+    }
+
     /// Re-reads the secrets now and waits until that is done.
     pub async fn refresh_now(&self) {
         let mut generation = self.generation.clone();
@@ -162,6 +247,8 @@ pub async fn start(config: Config, sm: aws_sdk_secretsmanager::Client) -> Result
     });
 
     let backend = (config.backend_host.clone(), config.backend_port);
+    let pool = Arc::new(Pool::default());
+    let pooling = config.pool.then(|| pool.clone());
     tokio::spawn(async move {
         loop {
             let (client, peer) = match listener.accept().await {
@@ -172,19 +259,20 @@ pub async fn start(config: Config, sm: aws_sdk_secretsmanager::Client) -> Result
                     continue;
                 }
             };
-            let (cache, backend) = (cache.clone(), backend.clone());
+            let (cache, backend, pool) = (cache.clone(), backend.clone(), pooling.clone());
             tokio::spawn(async move {
-                if let Err(e) = serve(client, &cache, &backend).await {
+                if let Err(e) = serve(client, &cache, &backend, pool.as_deref()).await {
                     debug!(%peer, error = %format!("{e:#}"), "connection ended with an error");
                 }
             });
         }
     });
-    info!(%addr, "RDS Proxy stand-in listening");
+    info!(%addr, pool = config.pool, "RDS Proxy stand-in listening");
     Ok(StandIn {
         addr,
         refresh_now,
         generation,
+        pool,
     })
 }
 
@@ -268,7 +356,12 @@ async fn read_startup(s: &mut TcpStream) -> Result<Option<Vec<(String, String)>>
     }
 }
 
-async fn serve(mut client: TcpStream, cache: &Cache, backend: &(String, u16)) -> Result<()> {
+async fn serve(
+    mut client: TcpStream,
+    cache: &Cache,
+    backend: &(String, u16),
+    pool: Option<&Pool>,
+) -> Result<()> {
     let Some(params) = read_startup(&mut client).await? else {
         return Ok(()); // cancel requests are not supported
     };
@@ -294,26 +387,286 @@ async fn serve(mut client: TcpStream, cache: &Cache, backend: &(String, u16)) ->
         .await?;
         return Ok(());
     }
-    let mut server = match connect_backend(backend, &params, &user, &entry.password).await {
-        Ok(s) => s,
+    let Some(pool) = pool else {
+        let Some(mut server) =
+            open_backend(&mut client, backend, &params, &user, &entry.password).await?
+        else {
+            return Ok(());
+        };
+        auth_request(&mut client, 0, &[]).await?; // AuthenticationOk; the backend's own status follows
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        return Ok(());
+    };
+
+    // PostgreSQL's default database is the user's name.
+    let key = (
+        user.clone(),
+        param("database").unwrap_or_else(|| user.clone()),
+    );
+    let (mut server, startup) = match pool.take(&key) {
+        Some(idle) => {
+            debug!(%user, database = %key.1, "reusing a pooled backend connection");
+            (idle.stream, idle.startup)
+        }
+        None => {
+            let Some(mut server) =
+                open_backend(&mut client, backend, &params, &user, &entry.password).await?
+            else {
+                return Ok(());
+            };
+            let (startup, ready) = backend_startup(&mut server).await;
+            if let Err(e) = ready {
+                // Whatever the backend said (its ErrorResponse, say) goes on to the client, as
+                // without pooling; the connection is not pooled.
+                auth_request(&mut client, 0, &[]).await?;
+                client.write_all(&startup).await?;
+                return Err(e);
+            }
+            (server, startup)
+        }
+    };
+    auth_request(&mut client, 0, &[]).await?;
+    client.write_all(&startup).await?;
+    if relay_pooled(client, &mut server).await {
+        debug!(%user, database = %key.1, "backend connection back in the pool");
+        pool.put(
+            key,
+            Idle {
+                stream: server,
+                startup,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// A new backend connection logged in with the secret's credentials, right after
+/// AuthenticationOk; `None` when the client has been told why there is none.
+async fn open_backend(
+    client: &mut TcpStream,
+    backend: &(String, u16),
+    params: &[(String, String)],
+    user: &str,
+    password: &str,
+) -> Result<Option<TcpStream>> {
+    match connect_backend(backend, params, user, password).await {
+        Ok(s) => Ok(Some(s)),
         Err(Backend::Refused(error_body)) => {
             // The backend refused the proxy's own credentials: pass its error on, as RDS Proxy does.
-            write_message(&mut client, b'E', &error_body).await?;
-            return Ok(());
+            write_message(client, b'E', &error_body).await?;
+            Ok(None)
         }
         Err(Backend::Io(e)) => {
             fatal(
-                &mut client,
+                client,
                 "08006",
                 &format!("the proxy could not reach the database: {e:#}"),
             )
             .await?;
-            return Ok(());
+            Ok(None)
+        }
+    }
+}
+
+/// What the backend sends after AuthenticationOk, up to and including ReadyForQuery, raw; with
+/// an error when it ends otherwise (an ErrorResponse, which is then the last message kept).
+async fn backend_startup(server: &mut TcpStream) -> (Vec<u8>, Result<()>) {
+    let mut kept = Vec::new();
+    loop {
+        let (kind, body) = match read_message(server).await {
+            Ok(m) => m,
+            Err(e) => {
+                return (
+                    kept,
+                    Err(e.context("reading the backend's startup messages")),
+                )
+            }
+        };
+        kept.push(kind);
+        kept.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        kept.extend_from_slice(&body);
+        match kind {
+            b'Z' => return (kept, Ok(())),
+            b'E' => {
+                return (
+                    kept,
+                    Err(anyhow!("the backend failed the session's startup")),
+                )
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How long a backend connection whose client said goodbye with queries unanswered may take to
+/// answer them before it is dropped rather than pooled.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Relays one client session on a backend connection that may be pooled after it. Client to
+/// backend goes message by message, so that the client's Terminate is seen and kept from the
+/// backend; backend to client goes as it comes, watched for ReadyForQuery. True when the client
+/// said goodbye (Terminate) and the backend connection is fit for the next client: every query
+/// answered (waiting up to [`DRAIN`] for the answers), at a message boundary, not in a
+/// transaction. False when the session ended otherwise (client gone without Terminate, backend
+/// closed, any error): then the caller drops the backend connection.
+async fn relay_pooled(client: TcpStream, server: &mut TcpStream) -> bool {
+    let (client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.split();
+    // ReadyForQuery messages owed by the backend: one per Query, Sync and FunctionCall sent.
+    let mut asked: u64 = 0;
+    let mut seen = Frames::default();
+    let mut buf = vec![0u8; 16 * 1024];
+
+    let to_backend = async {
+        let mut from = tokio::io::BufReader::new(client_read);
+        loop {
+            let mut header = [0u8; 5];
+            from.read_exact(&mut header).await?;
+            let kind = header[0];
+            let len = i32::from_be_bytes(header[1..].try_into().expect("4 bytes"));
+            if len < 4 {
+                bail!("bad message length {len} from the client");
+            }
+            if kind == b'X' {
+                return Ok(());
+            }
+            if matches!(kind, b'Q' | b'S' | b'F') {
+                asked += 1;
+            }
+            let body = len as u64 - 4;
+            if body <= 64 * 1024 {
+                let mut message = header.to_vec();
+                message.resize(5 + body as usize, 0);
+                from.read_exact(&mut message[5..]).await?;
+                server_write.write_all(&message).await?;
+            } else {
+                server_write.write_all(&header).await?;
+                let copied =
+                    tokio::io::copy(&mut (&mut from).take(body), &mut server_write).await?;
+                if copied != body {
+                    bail!("the client went away in the middle of a message");
+                }
+            }
         }
     };
-    auth_request(&mut client, 0, &[]).await?; // AuthenticationOk; the backend's own status follows
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-    Ok(())
+    // Cancel-safe where it is cancelled (in `read`): every byte read from the backend has been
+    // through `seen` first.
+    let to_client = async {
+        loop {
+            let n = server_read.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            seen.feed(&buf[..n]);
+            client_write.write_all(&buf[..n]).await?;
+        }
+    };
+    let said_goodbye = tokio::select! {
+        r = to_backend => match r {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(error = %format!("{e:#}"), "client session ended without Terminate");
+                false
+            }
+        },
+        r = to_client => {
+            debug!(result = ?r, "the backend or the client connection ended");
+            false
+        }
+    };
+    if !said_goodbye {
+        return false;
+    }
+    drop(client_write);
+    let drained = tokio::time::timeout(DRAIN, async {
+        while seen.ready < asked || !seen.at_boundary() {
+            let n = server_read.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            seen.feed(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(true)
+    })
+    .await;
+    let fit = matches!(drained, Ok(Ok(true))) && !seen.broken && seen.status == b'I';
+    if !fit {
+        debug!(
+            drained = ?drained,
+            status = %(seen.status as char),
+            "not pooling a backend connection that is not idle"
+        );
+    }
+    fit
+}
+
+/// Follows the backend's message stream as it comes, in chunks of any size, without buffering it:
+/// counts ReadyForQuery messages and keeps the last one's transaction status.
+struct Frames {
+    header: [u8; 5],
+    /// Bytes of `header` read so far.
+    have: usize,
+    kind: u8,
+    body: usize,
+    /// Body bytes of the current message still to come.
+    left: usize,
+    ready: u64,
+    /// 'I' idle, 'T' in a transaction, 'E' in a failed transaction.
+    status: u8,
+    /// A message length that cannot be: the stream is not followed any further.
+    broken: bool,
+}
+
+impl Default for Frames {
+    fn default() -> Self {
+        Self {
+            header: [0; 5],
+            have: 0,
+            kind: 0,
+            body: 0,
+            left: 0,
+            ready: 0,
+            status: b'I', // the session starts idle: the startup's ReadyForQuery said so
+            broken: false,
+        }
+    }
+}
+
+impl Frames {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.broken {
+            if self.left == 0 {
+                let n = (5 - self.have).min(bytes.len());
+                self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+                self.have += n;
+                bytes = &bytes[n..];
+                if self.have < 5 {
+                    return;
+                }
+                self.have = 0;
+                let len = i32::from_be_bytes(self.header[1..].try_into().expect("4 bytes"));
+                if len < 4 {
+                    self.broken = true;
+                    return;
+                }
+                self.kind = self.header[0];
+                self.body = len as usize - 4;
+                self.left = self.body;
+            } else {
+                if self.kind == b'Z' && self.left == self.body {
+                    self.ready += 1;
+                    self.status = bytes[0];
+                }
+                let n = self.left.min(bytes.len());
+                self.left -= n;
+                bytes = &bytes[n..];
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.left == 0
+    }
 }
 
 enum Backend {

@@ -28,6 +28,11 @@ struct Args {
     /// How often the secrets are re-read: the lag before a changed secret is seen.
     #[arg(long, env = "STANDIN_REFRESH", default_value = "5s", value_parser = humantime::parse_duration)]
     refresh: Duration,
+    /// Pool backend connections as RDS Proxy does: a client's Terminate keeps its backend
+    /// connection for the next client of that user and database, who gets it without a new
+    /// backend login (so a login can succeed with a password the database no longer accepts).
+    #[arg(long, env = "STANDIN_POOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pool: bool,
 }
 
 #[tokio::main]
@@ -47,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
             backend_port: args.backend_port,
             secret_ids: args.secret_ids,
             refresh: args.refresh,
+            pool: args.pool,
         },
         aws_sdk_secretsmanager::Client::new(&aws),
     )
