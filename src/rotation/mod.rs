@@ -1766,16 +1766,23 @@ impl Run<'_> {
             .await;
         match outcome {
             Ok(()) => Ok(Step::Finish),
-            Err(p) if waits(&p) => Err(RotationError::TestTimedOut {
-                user: pending.username,
-                at: if database == Some(&p.at) {
-                    format!("the database at {} (the proxy took them)", p.at)
-                } else {
-                    p.at.to_string()
-                },
-                deadline: humantime::format_duration(deadline).to_string(),
-                last: p.error.to_string(),
-            }),
+            Err(p) if waits(&p) => {
+                if database == Some(&p.at) && matches!(p.error, DbError::LoginRejected(_)) {
+                    // The database does not take the password set_password set (someone changed
+                    // it since): the next attempt sets it again, rather than wait here for ever.
+                    self.record.step = Step::SetPassword;
+                }
+                Err(RotationError::TestTimedOut {
+                    user: pending.username,
+                    at: if database == Some(&p.at) {
+                        format!("the database at {} (the proxy took them)", p.at)
+                    } else {
+                        p.at.to_string()
+                    },
+                    deadline: humantime::format_duration(deadline).to_string(),
+                    last: p.error.to_string(),
+                })
+            }
             Err(p) => Err(p.error.into()),
         }
     }

@@ -106,6 +106,9 @@ pub struct Options {
     pub direct: bool,
     /// How often the proxy stand-in re-reads its secrets.
     pub proxy_refresh: Duration,
+    /// The proxy stand-in keeps backend connections and hands them to the next client of the
+    /// same user, as RDS Proxy does.
+    pub proxy_pool: bool,
 }
 
 impl Default for Options {
@@ -113,6 +116,7 @@ impl Default for Options {
         Self {
             direct: true,
             proxy_refresh: Duration::from_millis(250),
+            proxy_pool: false,
         }
     }
 }
@@ -175,7 +179,7 @@ impl Pair {
                 backend_port: s.pg_port,
                 secret_ids: proxy_arns.clone(),
                 refresh: options.proxy_refresh,
-                pool: false,
+                pool: options.proxy_pool,
             },
             sm.clone(),
         )
