@@ -1,0 +1,284 @@
+//! MariaDB as production configures it: accounts on several hosts, a password validation
+//! plugin, a read-only replica, per-account connection limits.
+//!
+//! Some of these change the server's global settings, so the tests of this file take turns
+//! (`SERVER`), and each puts the setting back even when it fails. No other test binary runs
+//! at the same time (`cargo test` runs them one after another).
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::mariadb::{my_admin, my_literal, my_stack, MariaPair};
+use common::{text, Harness};
+use mysql_async::prelude::Queryable;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+fn server() -> &'static Mutex<()> {
+    static SERVER: OnceLock<Mutex<()>> = OnceLock::new();
+    SERVER.get_or_init(|| Mutex::new(()))
+}
+
+async fn admin_sql(statements: &[String]) {
+    let mut admin = my_admin().await;
+    for s in statements {
+        admin
+            .query_drop(s)
+            .await
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
+}
+
+/// Runs `statements` as the admin when dropped: a test that changed a global setting puts it
+/// back, pass or fail.
+struct Restore(Vec<String>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let statements = std::mem::take(&mut self.0);
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(admin_sql(&statements))
+        })
+        .join()
+        .expect("the server's settings are restored");
+    }
+}
+
+async fn edit_app_secret(pair: &MariaPair, change: impl FnOnce(&mut Value)) {
+    let mut app = pair.current().await;
+    change(&mut app);
+    pair.sm
+        .put_secret_value()
+        .secret_id(&pair.app_secret)
+        .secret_string(app.to_string())
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The stack's admin account as the secret's master secret.
+async fn add_master(pair: &MariaPair) {
+    let s = my_stack();
+    let arn = pair
+        .sm
+        .create_secret()
+        .name(format!("rt-{}/master", pair.id))
+        .secret_string(json!({"username": s.admin_user, "password": s.admin_password}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    edit_app_secret(pair, |app| app["master_secret_id"] = json!(arn)).await;
+}
+
+/// A relay on 127.0.0.1 whose connections reach MariaDB from `source` (another loopback
+/// address), so that the server matches the account of that host.
+async fn from_address(source: &str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let source: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    let s = my_stack();
+    let server: std::net::SocketAddr = format!("{}:{}", s.host, s.port).parse().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(source).unwrap();
+                if let Ok(mut upstream) = socket.connect(server).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Logs in through `port` (a relay of `from_address`) and says which account the server matched.
+async fn account_via(port: u16, secret: &Value) -> Result<String, String> {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(secret["username"].as_str())
+        .pass(secret["password"].as_str())
+        .prefer_socket(false);
+    let mut conn = mysql_async::Conn::new(opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let account: Option<String> = conn
+        .query_first("SELECT CURRENT_USER()")
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = conn.disconnect().await;
+    Ok(account.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_user_with_accounts_on_two_hosts_gets_the_new_password_on_both() {
+    let _turn = server().lock().await;
+    let pair = MariaPair::new().await;
+    // The same users on 127.0.0.1 as well as on %: two accounts each, two passwords each.
+    let mut more = Vec::new();
+    for (user, pw) in pair.users.iter().zip(&pair.initial_passwords) {
+        more.push(format!(
+            "CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY {}",
+            my_literal(pw)
+        ));
+        more.push(format!(
+            "GRANT ALL ON `{}`.* TO '{user}'@'127.0.0.1'",
+            pair.dbname
+        ));
+    }
+    admin_sql(&more).await;
+    // Without a master secret, nobody can list them: check says so.
+    let out = pair.run(&["check", &pair.app_secret]);
+    assert!(
+        text(&out).contains("not listed") && text(&out).contains("may not read mysql.user"),
+        "{}",
+        text(&out)
+    );
+    add_master(&pair).await;
+    let out = pair.run(&["check", &pair.app_secret]);
+    let [a, b] = &pair.users;
+    assert!(
+        text(&out).contains(&format!("{a}@%, {a}@127.0.0.1; {b}@%, {b}@127.0.0.1")),
+        "{}",
+        text(&out)
+    );
+    let out = pair.rotate();
+    assert!(out.status.success(), "{}", text(&out));
+    pair.assert_rotated_to(b).await;
+    let current = pair.current().await;
+    let here = from_address("127.0.0.1").await;
+    let there = from_address("127.0.0.2").await;
+    assert_eq!(
+        account_via(here, &current).await,
+        Ok(format!("{b}@127.0.0.1"))
+    );
+    assert_eq!(
+        account_via(there, &current).await,
+        Ok(format!("{b}@%")),
+        "AWSCURRENT logs in from another host"
+    );
+}
+
+#[tokio::test]
+async fn with_a_validation_plugin_passwords_meet_its_rules_and_hashes_are_not_sent_where_refused() {
+    let _turn = server().lock().await;
+    // Made before the plugin is loaded: its initial passwords would not pass it.
+    let pair = MariaPair::new().await;
+    admin_sql(&[
+        "INSTALL SONAME 'simple_password_check'".into(),
+        "SET GLOBAL simple_password_check_minimal_length = 40".into(),
+        "SET GLOBAL simple_password_check_digits = 6".into(),
+        "SET GLOBAL strict_password_validation = ON".into(),
+    ])
+    .await;
+    let _restore = Restore(vec![
+        "SET GLOBAL strict_password_validation = ON".into(),
+        "UNINSTALL SONAME 'simple_password_check'".into(),
+    ]);
+    // Strict: MariaDB refuses a change by hash, and TLS here is not verified, so the plaintext
+    // may not go either. The rotation stops before it writes AWSPENDING, and check says why.
+    let out = pair.run(&["check", &pair.app_secret]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("strict_password_validation on"),
+        "{}",
+        text(&out)
+    );
+    let before = pair.snapshot().await;
+    let out = pair.rotate();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("refusing to send it"), "{}", text(&out));
+    assert_eq!(pair.snapshot().await, before, "nothing was written");
+    // Not strict: the hash goes, and the password meets the plugin's rules all the same.
+    admin_sql(&["SET GLOBAL strict_password_validation = OFF".into()]).await;
+    let out = pair.run(&["check", &pair.app_secret]);
+    assert!(
+        text(&out).contains("simple_password_check asks for at least 40 characters"),
+        "{}",
+        text(&out)
+    );
+    let out = pair.rotate();
+    assert!(out.status.success(), "{}", text(&out));
+    pair.assert_rotated_to(&pair.users[1]).await;
+    let password = pair.current().await["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(password.len() >= 40, "{} characters", password.len());
+    assert!(password.chars().filter(char::is_ascii_digit).count() >= 6);
+}
+
+#[tokio::test]
+async fn a_read_only_server_is_refused_before_anything_changes() {
+    let _turn = server().lock().await;
+    let pair = MariaPair::new().await;
+    admin_sql(&["SET GLOBAL read_only = ON".into()]).await;
+    let _restore = Restore(vec!["SET GLOBAL read_only = OFF".into()]);
+    let out = pair.run(&["check", &pair.app_secret]);
+    assert!(text(&out).contains("is a read replica"), "{}", text(&out));
+    let before = pair.snapshot().await;
+    let out = pair.rotate();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("is a read replica: passwords change only on the writer"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pair.snapshot().await, before, "nothing was written");
+    pair.login(&pair.users[1], &pair.initial_passwords[1])
+        .await
+        .expect("the idle user's password did not change");
+}
+
+#[tokio::test]
+async fn an_account_at_its_connection_limit_is_named_and_the_master_secret_changes_it() {
+    let _turn = server().lock().await;
+    let pair = MariaPair::new().await;
+    add_master(&pair).await;
+    let idle = pair.users[1].clone();
+    admin_sql(&[format!(
+        "ALTER USER '{idle}'@'%' WITH MAX_USER_CONNECTIONS 1"
+    )])
+    .await;
+    let held = mysql_async::Conn::new(common::mariadb::opts(
+        &idle,
+        &pair.initial_passwords[1],
+        Some(&pair.dbname),
+    ))
+    .await
+    .unwrap();
+    let out = pair
+        .command(&["rotate", &pair.app_secret])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.lines()
+            .any(|l| l.contains("password set") && l.contains("master secret")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("user {idle} is at its connection limit")),
+        "{said}"
+    );
+    drop(held);
+    let mut out = pair.rotate();
+    for _ in 0..20 {
+        if out.status.success() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        out = pair.rotate();
+    }
+    assert!(out.status.success(), "{}", text(&out));
+    pair.assert_rotated_to(&idle).await;
+}
