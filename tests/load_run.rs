@@ -123,6 +123,7 @@ async fn clients_see_no_failed_login_while_passwords_rotate() {
     let pair = Pair::with(Options {
         direct: true,
         proxy_refresh: lag,
+        ..Options::default()
     })
     .await;
     let rotator = pair
@@ -183,6 +184,7 @@ async fn a_proxy_slower_than_the_deadline_never_gets_awscurrent_moved_to_it() {
     let pair = Pair::with(Options {
         direct: true,
         proxy_refresh: Duration::from_secs(3600),
+        ..Options::default()
     })
     .await;
     let clients = Clients::start(&pair);

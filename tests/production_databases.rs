@@ -110,13 +110,7 @@ async fn an_expired_valid_until_fails_check_and_the_master_path_clears_it() {
         &format!("ALTER ROLE {idle} VALID UNTIL '2001-01-01'"),
     )
     .await;
-    let out = pair.run(&["check", &pair.app_secret]);
-    let said = text(&out);
-    assert!(!out.status.success(), "{said}");
-    assert!(
-        said.contains("valid until") && said.contains(&format!("{idle} expired at 2001-01-01")),
-        "{said}"
-    );
+    let checked = pair.run(&["check", &pair.app_secret]);
     // The idle user's own login fails (PostgreSQL says "password authentication failed"); the
     // master secret sets the password and lifts the date.
     let out = pair
@@ -141,6 +135,13 @@ async fn an_expired_valid_until_fails_check_and_the_master_path_clears_it() {
         .unwrap()
         .get(0);
     assert_eq!(until.as_deref(), Some("infinity"));
+    // Before the rotation, check said why the idle user could not log in.
+    let said = text(&checked);
+    assert!(!checked.status.success(), "{said}");
+    assert!(
+        said.contains("valid until") && said.contains(&format!("{idle} expired at 2001-01-01")),
+        "{said}"
+    );
 }
 
 #[tokio::test]
@@ -149,6 +150,13 @@ async fn a_role_refused_by_pg_hba_is_reported_as_such_not_as_a_wrong_password() 
     let idle = &pair.users[1];
     let reject = env("ROTATOR_TEST_PG_HBA_REJECT_ROLE");
     sql(&pair, &format!("GRANT {reject} TO {idle}")).await;
+    // No source may change it: a clear, fatal error that names the rule, before any change.
+    let before = pair.versions(&pair.proxy_secrets[1]).await;
+    let out = pair.rotate();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("pg_hba.conf rejects connection"), "{said}");
+    assert_eq!(pair.versions(&pair.proxy_secrets[1]).await, before);
     let out = pair.run(&["check", &pair.app_secret]);
     let said = text(&out);
     assert!(
@@ -161,13 +169,6 @@ async fn a_role_refused_by_pg_hba_is_reported_as_such_not_as_a_wrong_password() 
         !said.contains(&format!("login rejected for user {idle}")),
         "{said}"
     );
-    // No source may change it: a clear, fatal error that names the rule, before any change.
-    let before = pair.versions(&pair.proxy_secrets[1]).await;
-    let out = pair.rotate();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("pg_hba.conf rejects connection"), "{said}");
-    assert_eq!(pair.versions(&pair.proxy_secrets[1]).await, before);
     sql(&pair, &format!("REVOKE {reject} FROM {idle}")).await;
     pair.login(idle, &pair.initial_passwords[1])
         .await
@@ -322,10 +323,6 @@ async fn a_read_replica_is_refused_before_anything_changes() {
         },
     )
     .await;
-    let out = pair.run(&["check", &pair.app_secret]);
-    let said = text(&out);
-    assert!(!out.status.success(), "{said}");
-    assert!(said.contains("is a read replica"), "{said}");
     let before = (
         pair.versions(&pair.app_secret).await,
         pair.versions(&pair.proxy_secrets[1]).await,
@@ -347,6 +344,10 @@ async fn a_read_replica_is_refused_before_anything_changes() {
     pair.login(&pair.users[1], &pair.initial_passwords[1])
         .await
         .expect("the idle user's password did not change");
+    let out = pair.run(&["check", &pair.app_secret]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("is a read replica"), "{said}");
 }
 
 /// RDS Proxy checks a login against its copy of the secret and may serve it on a pooled backend

@@ -123,6 +123,9 @@ fn classify(at: &Endpoint, user: &str, e: mysql_async::Error, secrets: &[&str]) 
                 at: at.to_string(),
                 writer: None,
             },
+            ER_OPTION_PREVENTS_STATEMENT if s.message.contains("strict-password-validation") => {
+                DbError::PasswordRejected(format!("{} ({})", scrub(&s.message, secrets), s.code))
+            }
             ER_NOT_VALID_PASSWORD => {
                 DbError::PasswordRejected(format!("{} ({})", scrub(&s.message, secrets), s.code))
             }
