@@ -426,13 +426,28 @@ pub async fn check(
         let last = last_record.as_ref();
         check_in_use(rotator, &next_user, looked, last, min_interval, &mut report);
     }
+    // Single-user rotation: the user in use is the one whose password changes.
+    if server.is_none() && !app.is_multi_user() {
+        if let Some(login) = own.get(&current.username) {
+            server = Some(match db.login(app.engine, &admin_at, login).await {
+                Ok(mut session) => session.preflight().await,
+                Err(e) => Err(e),
+            });
+        }
+    }
     check_server(&admin_at, server, &mut report);
     if app.engine != Engine::Postgres {
         let master = master.as_ref().map(|(_, c)| c);
         check_accounts(rotator, &app, &admin_at, master, &own, &users, &mut report).await;
     }
     check_tls(tls, &tls_seen, &mut report);
-    if users.len() >= 2 {
+    if users.len() < 2 {
+        if let Some(login) = working_login.as_ref() {
+            if let Ok(p) = db.privileges(app.engine, &admin_at, login, &users[0]).await {
+                check_valid_until(&[(users[0].clone(), p)], &mut report);
+            }
+        }
+    } else {
         check_grants(
             rotator,
             &app,

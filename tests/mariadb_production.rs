@@ -3,7 +3,8 @@
 //!
 //! Some of these change the server's global settings, so the tests of this file take turns
 //! (`SERVER`), and each puts the setting back even when it fails. No other test binary runs
-//! at the same time (`cargo test` runs them one after another).
+//! at the same time (`cargo test` runs them one after another; a runner that runs binaries in
+//! parallel, such as nextest, would need this file run on its own).
 
 mod common;
 
@@ -172,17 +173,18 @@ async fn with_a_validation_plugin_passwords_meet_its_rules_and_hashes_are_not_se
     let _turn = server().lock().await;
     // Made before the plugin is loaded: its initial passwords would not pass it.
     let pair = MariaPair::new().await;
+    let _restore = Restore(vec![
+        "SET GLOBAL strict_password_validation = ON".into(),
+        "UNINSTALL SONAME IF EXISTS 'simple_password_check'".into(),
+    ]);
     admin_sql(&[
+        "UNINSTALL SONAME IF EXISTS 'simple_password_check'".into(),
         "INSTALL SONAME 'simple_password_check'".into(),
         "SET GLOBAL simple_password_check_minimal_length = 40".into(),
         "SET GLOBAL simple_password_check_digits = 6".into(),
         "SET GLOBAL strict_password_validation = ON".into(),
     ])
     .await;
-    let _restore = Restore(vec![
-        "SET GLOBAL strict_password_validation = ON".into(),
-        "UNINSTALL SONAME 'simple_password_check'".into(),
-    ]);
     // Strict: MariaDB refuses a change by hash, and TLS here is not verified, so the plaintext
     // may not go either. The rotation stops before it writes AWSPENDING, and check says why.
     let before = pair.snapshot().await;
@@ -220,8 +222,8 @@ async fn with_a_validation_plugin_passwords_meet_its_rules_and_hashes_are_not_se
 async fn a_read_only_server_is_refused_before_anything_changes() {
     let _turn = server().lock().await;
     let pair = MariaPair::new().await;
-    admin_sql(&["SET GLOBAL read_only = ON".into()]).await;
     let _restore = Restore(vec!["SET GLOBAL read_only = OFF".into()]);
+    admin_sql(&["SET GLOBAL read_only = ON".into()]).await;
     let before = pair.snapshot().await;
     let out = pair.rotate();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -53,6 +53,9 @@ const ER_USER_LIMIT_REACHED: u16 = 1226;
 const ER_TABLEACCESS_DENIED_ERROR: u16 = 1142;
 const ER_SPECIFIC_ACCESS_DENIED_ERROR: u16 = 1227;
 const ER_PASSWORD_NOT_ALLOWED: u16 = 1132;
+/// MySQL 8's `PASSWORD REQUIRE CURRENT`: a user changing its own password must name the old one.
+const ER_MISSING_CURRENT_PASSWORD: u16 = 3892;
+const ER_INCORRECT_CURRENT_PASSWORD: u16 = 3893;
 /// ... `--read-only` (a replica), and a password validation plugin's refusal.
 const ER_OPTION_PREVENTS_STATEMENT: u16 = 1290;
 const ER_NOT_VALID_PASSWORD: u16 = 1819;
@@ -109,6 +112,10 @@ fn classify(at: &Endpoint, user: &str, e: mysql_async::Error, secrets: &[&str]) 
                 user: user.to_owned(),
                 reason: format!("{} ({})", scrub(&s.message, secrets), s.code),
             },
+            // 1226 is also max_questions and max_updates: not a connection limit.
+            ER_USER_LIMIT_REACHED if !s.message.contains("max_user_connections") => {
+                DbError::NotPermitted(format!("{} ({})", scrub(&s.message, secrets), s.code))
+            }
             ER_TOO_MANY_USER_CONNECTIONS | ER_USER_LIMIT_REACHED => DbError::ConnectionLimit {
                 user: user.to_owned(),
                 reason: format!("{} ({})", scrub(&s.message, secrets), s.code),
@@ -116,7 +123,9 @@ fn classify(at: &Endpoint, user: &str, e: mysql_async::Error, secrets: &[&str]) 
             ER_CON_COUNT_ERROR | ER_SERVER_SHUTDOWN => unreachable(scrub(&s.message, secrets)),
             ER_TABLEACCESS_DENIED_ERROR
             | ER_SPECIFIC_ACCESS_DENIED_ERROR
-            | ER_PASSWORD_NOT_ALLOWED => {
+            | ER_PASSWORD_NOT_ALLOWED
+            | ER_MISSING_CURRENT_PASSWORD
+            | ER_INCORRECT_CURRENT_PASSWORD => {
                 DbError::NotPermitted(format!("{} ({})", scrub(&s.message, secrets), s.code))
             }
             ER_OPTION_PREVENTS_STATEMENT if s.message.contains("read-only") => DbError::ReadOnly {
@@ -230,6 +239,7 @@ const FACTS_SQL: &str = "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
     ('version', 'read_only', 'innodb_read_only', 'strict_password_validation') \
     OR Variable_name LIKE 'simple_password_check%' \
     OR Variable_name LIKE 'cracklib_password_check%' \
+    OR Variable_name LIKE 'password_reuse_check%' \
     OR Variable_name LIKE 'validate_password%'";
 
 impl ServerFacts {
@@ -243,10 +253,13 @@ impl ServerFacts {
         let num = |name: &str| get(name).and_then(|v| v.parse().ok()).unwrap_or(0usize);
         let mariadb = get("version").is_some_and(|v| v.contains("MariaDB"));
         let simple = get("simple_password_check_minimal_length").is_some();
-        let cracklib = get("cracklib_password_check_dictionary").is_some()
-            || vars
-                .iter()
-                .any(|(k, _)| k.starts_with("cracklib_password_check"));
+        let cracklib = vars
+            .iter()
+            .any(|(k, _)| k.starts_with("cracklib_password_check"));
+        // MariaDB 10.7+: refuses a password used before, so it too takes no hash.
+        let reuse = vars
+            .iter()
+            .any(|(k, _)| k.starts_with("password_reuse_check"));
         // MySQL 8's component (`validate_password.length`) or 5.7's plugin (`_length`).
         let mysql_rules = |suffix: &str| {
             num(&format!("validate_password.{suffix}"))
@@ -267,6 +280,9 @@ impl ServerFacts {
         if cracklib {
             sources.push("cracklib_password_check");
         }
+        if reuse {
+            sources.push("password_reuse_check");
+        }
         if validate {
             let mixed = mysql_rules("mixed_case_count");
             rules.min_length = rules.min_length.max(mysql_rules("length"));
@@ -280,7 +296,9 @@ impl ServerFacts {
         Self {
             mariadb,
             read_only: on("read_only") || on("innodb_read_only"),
-            hash_refused: mariadb && (simple || cracklib) && on("strict_password_validation"),
+            hash_refused: mariadb
+                && (simple || cracklib || reuse)
+                && on("strict_password_validation"),
             rules,
         }
     }
@@ -309,7 +327,12 @@ impl MySqlSession {
     fn err(&self, e: mysql_async::Error, secrets: &[&str]) -> DbError {
         let mut all = vec![self.login.password.expose_secret()];
         all.extend_from_slice(secrets);
-        classify(&self.at, &self.login.username, e, &all)
+        match classify(&self.at, &self.login.username, e, &all) {
+            // Logged in already: 1044 on a statement is a missing privilege (`SET PASSWORD FOR`
+            // without rights on the mysql schema).
+            DbError::LoginForbidden { reason, .. } => DbError::NotPermitted(reason),
+            other => other,
+        }
     }
 
     async fn facts(&mut self) -> Result<ServerFacts, DbError> {
@@ -640,6 +663,59 @@ mod tests {
             .map(|g| (g.client.as_str(), g.sessions))
             .collect();
         assert_eq!(seen, [("10.0.0.5", 2), ("localhost", 1)]);
+    }
+
+    #[test]
+    fn the_servers_variables_give_its_password_rules_and_whether_it_takes_hashes() {
+        let vars = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let strict = ServerFacts::from_variables(&vars(&[
+            ("version", "10.11.19-MariaDB-0+deb12u1-log"),
+            ("read_only", "OFF"),
+            ("strict_password_validation", "ON"),
+            ("simple_password_check_minimal_length", "12"),
+            ("simple_password_check_digits", "2"),
+            ("simple_password_check_letters_same_case", "3"),
+            ("simple_password_check_other_characters", "1"),
+        ]));
+        assert!(strict.mariadb && strict.hash_refused && !strict.read_only);
+        assert_eq!(
+            (
+                strict.rules.min_length,
+                strict.rules.min_digits,
+                strict.rules.min_upper
+            ),
+            (12, 2, 3)
+        );
+        let reuse = ServerFacts::from_variables(&vars(&[
+            ("version", "10.11.19-MariaDB"),
+            ("strict_password_validation", "ON"),
+            ("password_reuse_check_interval", "0"),
+        ]));
+        assert!(reuse.hash_refused);
+        let plain = ServerFacts::from_variables(&vars(&[
+            ("version", "10.11.19-MariaDB"),
+            ("strict_password_validation", "ON"),
+        ]));
+        assert!(!plain.hash_refused, "no plugin: the hash is taken");
+        let aurora_reader = ServerFacts::from_variables(&vars(&[
+            ("version", "8.0.32"),
+            ("read_only", "OFF"),
+            ("innodb_read_only", "ON"),
+            ("validate_password.length", "14"),
+            ("validate_password.mixed_case_count", "2"),
+        ]));
+        assert!(aurora_reader.read_only && !aurora_reader.mariadb);
+        assert_eq!(
+            (
+                aurora_reader.rules.min_length,
+                aurora_reader.rules.min_lower
+            ),
+            (14, 2)
+        );
     }
 
     #[test]

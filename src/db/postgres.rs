@@ -50,8 +50,12 @@ fn classify(at: &Endpoint, user: &str, e: tokio_postgres::Error) -> DbError {
                 reason: message,
             },
             // "too many connections for role": the user's own CONNECTION LIMIT. The server's
-            // max_connections ("sorry, too many clients already") passes; that one is retried.
-            c if *c == SqlState::TOO_MANY_CONNECTIONS && message.contains("for role") => {
+            // max_connections ("sorry, too many clients already", or slots reserved for
+            // superusers) passes; that one is retried. (A server whose lc_messages is not
+            // English says it in its own words: then the limit is retried too.)
+            c if *c == SqlState::TOO_MANY_CONNECTIONS
+                && message.contains("too many connections for role") =>
+            {
                 DbError::ConnectionLimit {
                     user,
                     reason: message,
@@ -163,6 +167,15 @@ impl Database for Postgres {
         login: &Credentials,
     ) -> Result<Box<dyn DbSession>, DbError> {
         let client = self.connect(at, login).await?;
+        // A role setting (`ALTER ROLE u SET role = 'owner'`, for shared ownership) makes the
+        // session act as another role: ALTER ROLE checks current_user (a role may change its own
+        // password, not the owner's), and pg_stat_activity shows the sessions of the roles whose
+        // privileges current_user has. Back to the login, for everything this session does; and
+        // out of a read-only default. (`RESET ROLE` would go back to the setting.)
+        client
+            .batch_execute("SET ROLE NONE; SET default_transaction_read_only = off")
+            .await
+            .map_err(|e| classify(at, &login.username, e))?;
         Ok(Box::new(PgSession {
             client,
             at: at.clone(),
@@ -191,6 +204,9 @@ struct PgSession {
     at: Endpoint,
     login_user: String,
 }
+
+/// Warned once per process (see `set_password`).
+static MD5_WARNED: std::sync::Once = std::sync::Once::new();
 
 /// What a password change must know about the role: read in the session that changes it.
 struct RoleFacts {
@@ -253,14 +269,7 @@ SELECT r.rolcanlogin,
 impl DbSession for PgSession {
     async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<(), DbError> {
         let err = |e| classify(&self.at, &self.login_user, e);
-        // A role setting (`ALTER ROLE u SET role = 'owner'`, for shared ownership) makes the
-        // session act as another role, and ALTER ROLE checks current_user: a role may change its
-        // own password, not the owner's. Back to the login, and out of a read-only default. In a
-        // statement of their own: a transaction's read-only flag is fixed when it begins.
-        self.client
-            .batch_execute("SET ROLE NONE; SET default_transaction_read_only = off")
-            .await
-            .map_err(err)?;
+        // (The session left any role setting when it logged in: see `login`.)
         let (replica, role) = tokio::join!(self.refuse_replica(), self.role(user));
         replica?;
         let role = role?;
@@ -270,6 +279,11 @@ impl DbSession for PgSession {
             )));
         }
         // Follow the server: clients that only speak MD5 need an MD5 verifier (see the README).
+        if role.encryption == "md5" {
+            MD5_WARNED.call_once(|| {
+                warn!(at = %self.at, "password_encryption is md5: setting MD5 verifiers, which log in by themselves under the md5 method; keep statement logging (log_statement = ddl or all, pgaudit) away from them");
+            });
+        }
         let plain = password.clone();
         let (md5, name) = (role.encryption == "md5", user.to_owned());
         // 4096 PBKDF2 rounds: off the async threads, which other rotations share.

@@ -62,6 +62,8 @@ pub struct State {
     pub sessions: HashMap<String, Vec<crate::rotation::ports::SessionGroup>>,
     /// database user -> the hosts of its accounts, when it has more than one
     pub accounts: HashMap<String, Vec<String>>,
+    /// Only "master" may list accounts (as on MySQL, where that takes rights on `mysql.user`).
+    pub accounts_hidden: bool,
     /// The database is a read replica.
     pub read_only: bool,
     /// What the database asks of a new password.
@@ -553,9 +555,12 @@ impl DbSession for FakeSession {
         Ok(s.rules.clone())
     }
 
-    /// Anyone may list them here (as a login with rights on MySQL's `mysql.user`).
+    /// Anyone may list them, unless `accounts_hidden`.
     async fn accounts(&mut self, user: &str) -> Result<Option<Vec<String>>, DbError> {
         let s = self.world.state();
+        if s.accounts_hidden && self.login_user != "master" {
+            return Ok(None);
+        }
         Ok(Some(
             s.accounts
                 .get(user)

@@ -621,6 +621,10 @@ impl Rotator {
             unsaved: false,
             early,
             opened: None,
+            db_login_seen: false,
+            guard_passed: false,
+            resets: 0,
+            unlisted_self: None,
             in_use: self
                 .settings
                 .in_use
@@ -883,6 +887,9 @@ fn same_json(a: &secrecy::SecretString, b: &secrecy::SecretString) -> bool {
     }
 }
 
+/// How `only_account` says that it could not see the accounts (not that there are several).
+const UNLISTED: &str = "may not list its accounts";
+
 /// A login of the test step that failed, and where.
 struct Probe {
     at: Endpoint,
@@ -906,7 +913,7 @@ async fn only_account(
         ))
         .into()),
         None if master_later => Err(DbError::NotPermitted(format!(
-            "user {user} may not list its accounts, so accounts on other hosts could keep the old password; the master secret changes every one"
+            "user {user} {UNLISTED}, so accounts on other hosts could keep the old password; the master secret changes every one"
         ))
         .into()),
         None => {
@@ -1126,6 +1133,18 @@ struct Run<'a> {
     /// That login once create_pending waited for it (to read the server's password rules):
     /// set_password uses it.
     opened: Option<Result<Box<dyn DbSession>, DbError>>,
+    /// The idle user logged in where passwords are changed, in this run: so the test step may
+    /// expect the new password to log in there too (some setups let the user in only from the
+    /// application's network).
+    db_login_seen: bool,
+    /// The in-use guard let this run change the password: setting it again (the test step found
+    /// the database refusing it) does not wait for the test's own pooled connection.
+    guard_passed: bool,
+    /// Times this run went back from the test step to set the password again.
+    resets: u32,
+    /// The idle user's own login, handed over to the master secret because its accounts could not
+    /// be listed: the last resort if the master secret does not work.
+    unlisted_self: Option<(String, Credentials)>,
     /// The in-use guard's policy for this request.
     in_use: guard::InUsePolicy,
 }
@@ -1409,10 +1428,15 @@ impl Run<'_> {
         let current = self.current().await?.clone();
         let at = current.admin_endpoint();
         let db = &self.rotator.db;
-        // Already set by an earlier attempt? A fresh run knows it is not.
-        if !self.fresh {
+        // Already set by an earlier attempt? A fresh run knows it is not. On MySQL an earlier
+        // attempt may have changed some of the user's accounts (one per host) and not all: with a
+        // master secret, which changes them all, set them again (it is the same password).
+        let may_be_partial =
+            current.engine != Engine::Postgres && current.master_secret_id.is_some();
+        if !self.fresh && !may_be_partial {
             match db.check_login(current.engine, at, &pending).await {
                 Ok(()) => {
+                    self.db_login_seen = true;
                     self.record.unfinished_versions.clear();
                     return Ok(Step::UpdateProxy);
                 }
@@ -1438,10 +1462,15 @@ impl Run<'_> {
                     _ => db.login(current.engine, at, &login).await,
                 };
                 let master_later = master_later && !matches!(source, KnownSource::Master);
-                match self
+                let changed = self
                     .change_with(session, &login, &pending, master_later)
-                    .await
+                    .await;
+                if master_later
+                    && matches!(&changed, Err(RotationError::Database(DbError::NotPermitted(m))) if m.contains(UNLISTED))
                 {
+                    self.unlisted_self = Some((label.clone(), login.clone()));
+                }
+                match changed {
                     Ok(()) => {
                         info!(secret = %self.arn(), user = %pending.username, via = %label, "password set");
                         // The pending version knows the password now; older ones know nothing.
@@ -1454,6 +1483,23 @@ impl Run<'_> {
                     }
                     Err(e) => return Err(e),
                 }
+            }
+        }
+        // The master secret did not work either: the user's own login, whose other accounts (if
+        // any) could not be seen, is better than nothing (only_account warns).
+        if let Some((label, login)) = self.unlisted_self.take() {
+            let session = db.login(current.engine, at, &login).await;
+            match self.change_with(session, &login, &pending, false).await {
+                Ok(()) => {
+                    info!(secret = %self.arn(), user = %pending.username, via = %label, "password set");
+                    self.record.unfinished_versions.clear();
+                    failpoint::hit("inside:set_password").await;
+                    return Ok(Step::UpdateProxy);
+                }
+                Err(RotationError::Database(e)) if e.try_next_source() => {
+                    tried.push(format!("{label}, again: {e}"))
+                }
+                Err(e) => return Err(e),
             }
         }
         Err(RotationError::NoKnownCredentials {
@@ -1471,9 +1517,13 @@ impl Run<'_> {
         master_later: bool,
     ) -> Result<(), RotationError> {
         let mut session = session?;
+        if login.username == pending.username {
+            self.db_login_seen = true;
+        }
         // Single-user rotation changes the user in use by design (it warned).
-        if self.current().await?.is_multi_user() {
+        if self.current().await?.is_multi_user() && !self.guard_passed {
             self.guard(session.as_mut(), &pending.username).await?;
+            self.guard_passed = true;
         }
         if login.username == pending.username {
             only_account(session.as_mut(), &pending.username, master_later).await?;
@@ -1489,24 +1539,44 @@ impl Run<'_> {
     /// rotation here, before AWSPENDING is written. Without that login (it failed, or this run
     /// resumed) the rules are the defaults, and set_password's own session checks again.
     async fn server_rules(&mut self) -> Result<PasswordRules, RotationError> {
-        let Some(early) = self.early.take() else {
-            return Ok(PasswordRules::default());
-        };
-        let mut session = match early.session().await {
-            Ok(s) => s,
-            Err(e) => {
-                self.opened = Some(Err(e));
-                return Ok(PasswordRules::default());
+        if let Some(early) = self.early.take() {
+            match early.session().await {
+                Ok(mut session) => {
+                    let rules = session.preflight().await;
+                    self.opened = Some(Ok(session));
+                    match rules {
+                        Ok(rules) => return Ok(rules),
+                        // This login may not look: another source may.
+                        Err(e) if e.try_next_source() => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => self.opened = Some(Err(e)),
             }
-        };
-        let rules = session.preflight().await;
-        self.opened = Some(Ok(session));
-        match rules {
-            Ok(rules) => Ok(rules),
-            // This login may not look; set_password tries the next source anyway.
-            Err(e) if e.try_next_source() => Ok(PasswordRules::default()),
-            Err(e) => Err(e.into()),
         }
+        // No early login (no proxy secret, a resumed or retried run), or it failed: the first
+        // other source that logs in looks, since a replica is better refused now than after
+        // AWSPENDING is written. set_password's session checks again in any case.
+        let current = self.current().await?.clone();
+        let at = current.admin_endpoint().clone();
+        for source in KnownSource::ALL {
+            if matches!(source, KnownSource::ProxySecret) && self.opened.is_some() {
+                continue;
+            }
+            for (_, login) in self.known_credentials(source, &current).await? {
+                let Some(login) = login else { continue };
+                let looked = match self.rotator.db.login(current.engine, &at, &login).await {
+                    Ok(mut session) => session.preflight().await,
+                    Err(e) => Err(e),
+                };
+                match looked {
+                    Ok(rules) => return Ok(rules),
+                    Err(e) if e.try_next_source() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(PasswordRules::default())
     }
 
     /// The in-use guard (see `guard`), in the session that is about to change the password: an
@@ -1708,7 +1778,10 @@ impl Run<'_> {
         let deadline = self.rotator.settings.test_deadline;
         let db = &self.rotator.db;
         let (engine, app_path) = (current.engine, &current.endpoint);
-        let database = Some(current.admin_endpoint()).filter(|at| *at != app_path);
+        // Only where this run saw the idle user log in: some setups let it in only from the
+        // application's network.
+        let database =
+            Some(current.admin_endpoint()).filter(|at| *at != app_path && self.db_login_seen);
         let creds = &pending;
         let login = |at: &Endpoint| {
             let at = at.clone();
@@ -1723,7 +1796,13 @@ impl Run<'_> {
                 None => login(app_path).await,
                 Some(database) => {
                     let (proxy, direct) = tokio::join!(login(app_path), login(database));
-                    proxy.and(direct)
+                    match (proxy, direct) {
+                        // Not a wrong password: this host may not log in there (pg_hba.conf).
+                        (Ok(()), Err(p)) if matches!(p.error, DbError::LoginForbidden { .. }) => {
+                            Ok(())
+                        }
+                        (proxy, direct) => proxy.and(direct),
+                    }
                 }
             }
         };
@@ -1767,9 +1846,13 @@ impl Run<'_> {
         match outcome {
             Ok(()) => Ok(Step::Finish),
             Err(p) if waits(&p) => {
-                if database == Some(&p.at) && matches!(p.error, DbError::LoginRejected(_)) {
+                if database == Some(&p.at)
+                    && matches!(p.error, DbError::LoginRejected(_))
+                    && self.resets == 0
+                {
                     // The database does not take the password set_password set (someone changed
-                    // it since): the next attempt sets it again, rather than wait here for ever.
+                    // it since): the next attempt sets it again, once, rather than wait here.
+                    self.resets += 1;
                     self.record.step = Step::SetPassword;
                 }
                 Err(RotationError::TestTimedOut {
@@ -1851,7 +1934,10 @@ impl Run<'_> {
             warn!(secret = %self.arn(), error = %e, "lease lost; leaving the record to its new owner");
             return;
         }
-        let reason = format!("{}: {e}", self.record.step);
+        // The step that failed (the test step may have sent the record back to set_password).
+        let mut step = self.record.step;
+        self.trace.with(|t| step = t.last_step.unwrap_or(step));
+        let reason = format!("{step}: {e}");
         self.record.note_error(reason, !e.is_retryable(), now_ms());
         self.record.calls = crate::calls::snapshot();
         if let Err(save) = self.rotator.records.save(self.lease, &self.record).await {

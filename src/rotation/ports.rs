@@ -296,7 +296,8 @@ pub enum DbError {
     #[error("not permitted: {0}")]
     NotPermitted(String),
     /// The server is a read replica (or a reader of a cluster): passwords change on the writer.
-    #[error("{at} is a read replica{}: passwords change only on the writer; point the secret's direct_host (or host) at {}", writer.as_deref().map(|w| format!(" of {w}")).unwrap_or_default(), writer.as_deref().unwrap_or("the writer (the cluster endpoint, or the primary instance)"))]
+    /// `writer`: where the replica streams from, when it says (on RDS an internal address).
+    #[error("{at} is a read replica{}: passwords change only on the writer; point the secret's direct_host (or host) at the writer's endpoint (the cluster endpoint, or the primary instance's)", writer.as_deref().map(|w| format!(" (it streams from {w})")).unwrap_or_default())]
     ReadOnly { at: String, writer: Option<String> },
     /// The server's password validation refuses the change (MariaDB's validation plugins).
     #[error("the server's password validation refuses the change: {0}")]

@@ -336,11 +336,39 @@ async fn a_read_replica_is_refused_before_awspending_is_written() {
     let err = rotate(&w).await.unwrap_err();
     assert!(!err.is_retryable());
     assert!(
-        err.to_string().contains("is a read replica of writer:5432"),
+        err.to_string()
+            .contains("is a read replica (it streams from writer:5432)"),
         "{err}"
     );
     assert!(w.labelled(APP, Stage::Pending).is_none());
     assert!(w.state().password_changes.is_empty());
+}
+
+#[tokio::test]
+async fn accounts_the_idle_user_may_not_list_are_left_to_the_master_secret_unless_it_fails() {
+    let w = world();
+    w.state().accounts_hidden = true;
+    with_master(&w);
+    rotate(&w).await.unwrap();
+    assert_rotated(&w, "alice", "bob", "alice-0");
+    // A master secret that no longer logs in: bob's own login goes ahead (with a warning).
+    let w = world();
+    w.state().accounts_hidden = true;
+    with_master(&w);
+    w.state().db.insert("master".into(), "changed".into());
+    rotate(&w).await.unwrap();
+    assert_rotated(&w, "alice", "bob", "alice-0");
+}
+
+#[tokio::test]
+async fn a_read_replica_is_refused_before_awspending_even_when_the_proxy_secret_is_stale() {
+    let w = world();
+    w.state().read_only = true;
+    w.state().db.insert("bob".into(), "lost".into());
+    with_master(&w);
+    let err = rotate(&w).await.unwrap_err();
+    assert!(err.to_string().contains("is a read replica"), "{err}");
+    assert!(w.labelled(APP, Stage::Pending).is_none());
 }
 
 #[tokio::test]
