@@ -355,6 +355,10 @@ pub async fn check(
         }
         let mut tried = Vec::new();
         let mut known = None;
+        // The user's own credentials turned away whatever the password (pg_hba.conf, NOLOGIN, a
+        // locked account): another source may change its password, but applications could not
+        // log in as it after a rotation.
+        let mut forbidden = None;
         for (label, creds) in &sources {
             let r = if *user == next_user && server.is_none() {
                 match db.login(app.engine, &admin_at, creds).await {
@@ -382,8 +386,20 @@ pub async fn check(
                     }
                     break;
                 }
-                Err(e) => tried.push(format!("{label}: {e}")),
+                Err(e) => {
+                    if creds.username == *user && matches!(e, DbError::LoginForbidden { .. }) {
+                        forbidden.get_or_insert_with(|| e.to_string());
+                    }
+                    tried.push(format!("{label}: {e}"))
+                }
             }
+        }
+        if let (Some(reason), Some(_)) = (&forbidden, &known) {
+            report.push(
+                format!("login {user}"),
+                Status::Fail,
+                format!("{reason}: after a rotation to it, applications could not log in"),
+            );
         }
         match known {
             Some(label) => report.push(

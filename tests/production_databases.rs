@@ -195,6 +195,39 @@ async fn a_role_refused_by_pg_hba_is_reported_as_such_not_as_a_wrong_password() 
 }
 
 #[tokio::test]
+async fn a_nologin_idle_user_is_named_as_such_and_the_master_path_does_not_touch_it() {
+    let pair = Pair::new().await;
+    add_master(&pair).await;
+    let idle = &pair.users[1];
+    sql(&pair, &format!("ALTER ROLE {idle} NOLOGIN")).await;
+    let stored = || async {
+        let row = admin("postgres")
+            .await
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[idle],
+            )
+            .await
+            .unwrap();
+        row.get::<_, String>(0)
+    };
+    let before = stored().await;
+    let out = pair.rotate();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(&format!("role {idle} has NOLOGIN")), "{said}");
+    assert_eq!(stored().await, before, "the password did not change");
+    let out = pair.run(&["check", &pair.app_secret]);
+    let said = text(&out);
+    assert!(
+        said.contains(&format!(
+            "user {idle} may not log in: role \"{idle}\" is not permitted to log in"
+        )),
+        "{said}"
+    );
+}
+
+#[tokio::test]
 async fn an_idle_user_at_its_connection_limit_is_changed_by_the_master_and_the_limit_is_named() {
     let pair = Pair::new().await;
     add_master(&pair).await;
