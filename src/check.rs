@@ -387,7 +387,12 @@ pub async fn check(
                     break;
                 }
                 Err(e) => {
-                    if creds.username == *user && matches!(e, DbError::LoginForbidden { .. }) {
+                    // Not an expired MySQL password (1862): a new one clears that.
+                    let expired = e.to_string().contains("(1862)");
+                    if creds.username == *user
+                        && matches!(e, DbError::LoginForbidden { .. })
+                        && !expired
+                    {
                         forbidden.get_or_insert_with(|| e.to_string());
                     }
                     tried.push(format!("{label}: {e}"))
@@ -395,10 +400,18 @@ pub async fn check(
             }
         }
         if let (Some(reason), Some(_)) = (&forbidden, &known) {
+            // NOLOGIN or a locked account turns applications away too; a pg_hba.conf rule may
+            // admit the user only from the application's network.
+            let everywhere =
+                reason.contains("not permitted to log in") || reason.contains("(3118)");
             report.push(
                 format!("login {user}"),
-                Status::Fail,
-                format!("{reason}: after a rotation to it, applications could not log in"),
+                if everywhere { Status::Fail } else { Status::Warn },
+                if everywhere {
+                    format!("{reason}: after a rotation to it, applications could not log in")
+                } else {
+                    format!("{reason} (here, at {admin_at}): applications must log in from where it is allowed")
+                },
             );
         }
         match known {
@@ -866,7 +879,7 @@ fn check_valid_until(sets: &[(String, Vec<String>)], report: &mut CheckReport) {
             "valid until",
             Status::Warn,
             format!(
-                "the password of {} (VALID UNTIL), whatever the rotation does, unless the master secret sets it (which clears VALID UNTIL)",
+                "the password of {} (VALID UNTIL), whatever the rotation does, unless the master secret sets it (which clears VALID UNTIL; a user changing its own password does not)",
                 ending.join(", ")
             ),
         );

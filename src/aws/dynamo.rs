@@ -115,6 +115,11 @@ fn record_from(item: &Item) -> Result<Option<StepRecord>, RecordStoreError> {
         attempts: get_n(m, "attempts").unwrap_or(0) as u32,
         last_error: get_s(m, "last_error"),
         in_use: get_s(m, "in_use"),
+        database_login_seen: m
+            .get("database_login_seen")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
         started_at: get_n(m, "started_at"),
         updated_at: get_n(m, "updated_at"),
         finished_at: get_n(m, "finished_at"),
@@ -154,6 +159,10 @@ fn record_map(r: &StepRecord) -> AttributeValue {
         ("attempts", Some(n(u64::from(r.attempts)))),
         ("last_error", opt_s(&r.last_error)),
         ("in_use", opt_s(&r.in_use)),
+        (
+            "database_login_seen",
+            r.database_login_seen.then_some(AttributeValue::Bool(true)),
+        ),
         ("started_at", r.started_at.map(n)),
         ("updated_at", r.updated_at.map(n)),
         ("finished_at", r.finished_at.map(n)),

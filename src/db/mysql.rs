@@ -113,7 +113,10 @@ fn classify(at: &Endpoint, user: &str, e: mysql_async::Error, secrets: &[&str]) 
                 reason: format!("{} ({})", scrub(&s.message, secrets), s.code),
             },
             // 1226 is also max_questions and max_updates: not a connection limit.
-            ER_USER_LIMIT_REACHED if !s.message.contains("max_user_connections") => {
+            ER_USER_LIMIT_REACHED
+                if !s.message.contains("max_user_connections")
+                    && !s.message.contains("max_connections_per_hour") =>
+            {
                 DbError::NotPermitted(format!("{} ({})", scrub(&s.message, secrets), s.code))
             }
             ER_TOO_MANY_USER_CONNECTIONS | ER_USER_LIMIT_REACHED => DbError::ConnectionLimit {
@@ -469,14 +472,18 @@ impl DbSession for MySqlSession {
         let Some(conn) = self.conn.as_mut() else {
             return Err(DbError::Refused("the session has ended".into()));
         };
-        let rows: Vec<(Option<String>, Option<String>, Option<i64>)> = conn
+        let rows: Result<Vec<(Option<String>, Option<String>, Option<i64>)>, DbError> = conn
             .exec(
                 "SELECT HOST, COMMAND, TIME FROM information_schema.PROCESSLIST \
                  WHERE USER = ? AND ID <> CONNECTION_ID()",
                 (user,),
             )
             .await
-            .map_err(|e| classify(at, &login.username, e, &[login.password.expose_secret()]))?;
+            .map_err(|e| classify(at, &login.username, e, &[login.password.expose_secret()]));
+        let rows = rows.map_err(|e| match e {
+            DbError::LoginForbidden { reason, .. } => DbError::NotPermitted(reason),
+            other => other,
+        })?;
         Ok(group_threads(rows, within))
     }
 }

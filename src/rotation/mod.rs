@@ -621,7 +621,6 @@ impl Rotator {
             unsaved: false,
             early,
             opened: None,
-            db_login_seen: false,
             guard_passed: false,
             resets: 0,
             unlisted_self: None,
@@ -1133,10 +1132,6 @@ struct Run<'a> {
     /// That login once create_pending waited for it (to read the server's password rules):
     /// set_password uses it.
     opened: Option<Result<Box<dyn DbSession>, DbError>>,
-    /// The idle user logged in where passwords are changed, in this run: so the test step may
-    /// expect the new password to log in there too (some setups let the user in only from the
-    /// application's network).
-    db_login_seen: bool,
     /// The in-use guard let this run change the password: setting it again (the test step found
     /// the database refusing it) does not wait for the test's own pooled connection.
     guard_passed: bool,
@@ -1217,6 +1212,8 @@ impl Run<'_> {
     /// "Beside" is at the same time: the step and the write run together, and the step's result
     /// counts only if the write succeeds.
     async fn drive(&mut self) -> Result<(), RotationError> {
+        // A failure before the first step is not the last attempt's step's.
+        self.trace.with(|t| t.last_step = None);
         self.check_current_label().await?;
         // The claims on the database users (see `lease::claim_users`) are taken beside the
         // first step of a new rotation (writing AWSPENDING changes no password), before any other.
@@ -1433,10 +1430,13 @@ impl Run<'_> {
         // master secret, which changes them all, set them again (it is the same password).
         let may_be_partial =
             current.engine != Engine::Postgres && current.master_secret_id.is_some();
-        if !self.fresh && !may_be_partial {
+        if !self.fresh {
             match db.check_login(current.engine, at, &pending).await {
                 Ok(()) => {
-                    self.db_login_seen = true;
+                    self.record.database_login_seen = true;
+                    if may_be_partial {
+                        self.again_with_master(&current, &pending).await?;
+                    }
                     self.record.unfinished_versions.clear();
                     return Ok(Step::UpdateProxy);
                 }
@@ -1445,6 +1445,7 @@ impl Run<'_> {
             }
         }
         let mut tried = Vec::new();
+        self.unlisted_self = None;
         let master_later = current.master_secret_id.is_some();
         // Read one source at a time: the first usually works, and the others cost calls. A
         // source that logs in but may not make the change (a privilege, a pg_hba rule, a
@@ -1518,7 +1519,7 @@ impl Run<'_> {
     ) -> Result<(), RotationError> {
         let mut session = session?;
         if login.username == pending.username {
-            self.db_login_seen = true;
+            self.record.database_login_seen = true;
         }
         // Single-user rotation changes the user in use by design (it warned).
         if self.current().await?.is_multi_user() && !self.guard_passed {
@@ -1531,6 +1532,33 @@ impl Run<'_> {
         session
             .set_password(&pending.username, &pending.password)
             .await?;
+        Ok(())
+    }
+
+    /// The pending password logs in, but an earlier attempt may have changed only some of the
+    /// user's accounts (MySQL): the master secret sets it on every one again. If it cannot, the
+    /// rotation goes on (the test step shows whether the application's path works).
+    async fn again_with_master(
+        &mut self,
+        current: &AppSecret,
+        pending: &Credentials,
+    ) -> Result<(), RotationError> {
+        let at = current.admin_endpoint();
+        for (label, login) in self.known_credentials(KnownSource::Master, current).await? {
+            let Some(login) = login else { continue };
+            let session = self.rotator.db.login(current.engine, at, &login).await;
+            match self.change_with(session, &login, pending, false).await {
+                Ok(()) => {
+                    info!(secret = %self.arn(), user = %pending.username, via = %label, "password set again on every account");
+                    return Ok(());
+                }
+                Err(e) if e.is_retryable() => return Err(e),
+                Err(e) => {
+                    warn!(secret = %self.arn(), user = %pending.username, via = %label, error = %e,
+                          "could not set the password again on every account; going on with the accounts that have it");
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1780,8 +1808,8 @@ impl Run<'_> {
         let (engine, app_path) = (current.engine, &current.endpoint);
         // Only where this run saw the idle user log in: some setups let it in only from the
         // application's network.
-        let database =
-            Some(current.admin_endpoint()).filter(|at| *at != app_path && self.db_login_seen);
+        let database = Some(current.admin_endpoint())
+            .filter(|at| *at != app_path && self.record.database_login_seen);
         let creds = &pending;
         let login = |at: &Endpoint| {
             let at = at.clone();
@@ -1796,13 +1824,7 @@ impl Run<'_> {
                 None => login(app_path).await,
                 Some(database) => {
                     let (proxy, direct) = tokio::join!(login(app_path), login(database));
-                    match (proxy, direct) {
-                        // Not a wrong password: this host may not log in there (pg_hba.conf).
-                        (Ok(()), Err(p)) if matches!(p.error, DbError::LoginForbidden { .. }) => {
-                            Ok(())
-                        }
-                        (proxy, direct) => proxy.and(direct),
-                    }
+                    proxy.and(direct)
                 }
             }
         };
@@ -1854,6 +1876,7 @@ impl Run<'_> {
                     // it since): the next attempt sets it again, once, rather than wait here.
                     self.resets += 1;
                     self.record.step = Step::SetPassword;
+                    self.unsaved = true;
                 }
                 Err(RotationError::TestTimedOut {
                     user: pending.username,

@@ -163,6 +163,10 @@ pub struct StepRecord {
     /// What the in-use guard last found: sessions of the target user that ran statements, with
     /// when it looked (`None` once it finds none).
     pub in_use: Option<String>,
+    /// The target user logged in where passwords are changed, during this rotation: so the test
+    /// step also logs in there (some setups let it in only from the application's network).
+    #[serde(default)]
+    pub database_login_seen: bool,
     #[serde(serialize_with = "ser_time")]
     pub started_at: Option<u64>,
     #[serde(serialize_with = "ser_time")]
@@ -220,6 +224,7 @@ impl StepRecord {
             attempts: 1,
             last_error: None,
             in_use: None,
+            database_login_seen: false,
             started_at: Some(now),
             updated_at: Some(now),
             finished_at: None,
@@ -256,6 +261,7 @@ impl StepRecord {
                 .map_or(1, |p| p.attempts + 1),
             last_error: Some(reason),
             in_use: None,
+            database_login_seen: false,
             started_at: Some(now),
             updated_at: Some(now),
             finished_at: Some(now),
