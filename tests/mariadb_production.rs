@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::mariadb::{my_admin, my_literal, my_stack, MariaPair};
 use common::{text, Harness};
 use mysql_async::prelude::Queryable;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::Mutex;
 
 fn server() -> &'static Mutex<()> {
@@ -49,32 +49,10 @@ impl Drop for Restore {
     }
 }
 
-async fn edit_app_secret(pair: &MariaPair, change: impl FnOnce(&mut Value)) {
-    let mut app = pair.current().await;
-    change(&mut app);
-    pair.sm
-        .put_secret_value()
-        .secret_id(&pair.app_secret)
-        .secret_string(app.to_string())
-        .send()
-        .await
-        .unwrap();
-}
-
 /// The stack's admin account as the secret's master secret.
 async fn add_master(pair: &MariaPair) {
     let s = my_stack();
-    let arn = pair
-        .sm
-        .create_secret()
-        .name(format!("rt-{}/master", pair.id))
-        .secret_string(json!({"username": s.admin_user, "password": s.admin_password}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
-    edit_app_secret(pair, |app| app["master_secret_id"] = json!(arn)).await;
+    pair.add_master(&s.admin_user, &s.admin_password).await;
 }
 
 /// A relay on 127.0.0.1 whose connections reach MariaDB from `source` (another loopback

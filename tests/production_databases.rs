@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{admin, eventually, stack, text, Harness, Options, Pair};
@@ -17,33 +15,10 @@ fn env(name: &str) -> String {
     })
 }
 
-/// Writes a new AWSCURRENT of the application secret with `change` applied.
-async fn edit_app_secret(pair: &Pair, change: impl FnOnce(&mut Value)) {
-    let mut app = pair.current().await;
-    change(&mut app);
-    pair.sm
-        .put_secret_value()
-        .secret_id(&pair.app_secret)
-        .secret_string(app.to_string())
-        .send()
-        .await
-        .unwrap();
-}
-
 /// A master secret holding the stack's superuser, named by the application secret.
 async fn add_master(pair: &Pair) {
     let s = stack();
-    let arn = pair
-        .sm
-        .create_secret()
-        .name(format!("rt-{}/master", pair.id))
-        .secret_string(json!({"username": s.admin_user, "password": s.admin_password}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
-    edit_app_secret(pair, |app| app["master_secret_id"] = json!(arn)).await;
+    pair.add_master(&s.admin_user, &s.admin_password).await;
 }
 
 async fn sql(pair: &Pair, statements: &str) {
@@ -349,7 +324,7 @@ async fn check_compares_valid_until_connection_limits_policies_and_default_privi
 async fn a_read_replica_is_refused_before_anything_changes() {
     let pair = Pair::new().await;
     let replica_port: u16 = env("ROTATOR_TEST_PG_REPLICA_PORT").parse().unwrap();
-    edit_app_secret(&pair, |app| {
+    pair.edit_app_secret(|app| {
         app["direct_host"] = json!(env("ROTATOR_TEST_PG_REPLICA_HOST"));
         app["direct_port"] = json!(replica_port);
     })
@@ -428,30 +403,11 @@ async fn the_test_step_does_not_take_a_pooled_proxy_login_as_proof_that_the_data
     .await;
     // Between the password change and the test, someone else (the tool this one replaces, a
     // DBA's script) sets the idle user's password to something else.
-    let mut child = pair
-        .command(&["rotate", &pair.app_secret])
-        .env("ROTATOR_TEST_FAILPOINTS", "before:test=sleep(5000)")
+    let mut rotate = pair.command(&["rotate", &pair.app_secret]);
+    rotate
         .env("ROTATOR_TEST_DEADLINE", "4s")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("failpoint before:test reached") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("the rotation reaches its test step");
+        .env("RUST_LOG", "info");
+    let (mut child, reader) = common::pausing_at(rotate, "before:test", 5000);
     let verifier = postgres_protocol::password::scram_sha_256(b"set-by-someone-else");
     sql(&pair, &format!("ALTER ROLE {idle} PASSWORD '{verifier}'")).await;
     pair.proxy.refresh_now().await;

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::Duration;
 
 use common::*;
@@ -70,32 +69,7 @@ fn rotate_pausing_at(
     failpoint: &str,
     ms: u64,
 ) -> (Child, std::thread::JoinHandle<String>) {
-    let mut child = pair
-        .command(&["rotate", &pair.app_secret])
-        .env(
-            "ROTATOR_TEST_FAILPOINTS",
-            format!("{failpoint}=sleep({ms})"),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let lines = std::thread::spawn(move || {
-        let mut seen = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("reached") {
-                let _ = tx.send(());
-            }
-            seen.push_str(&line);
-            seen.push('\n');
-        }
-        seen
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("rotate never reached {failpoint}"));
-    (child, lines)
+    common::pausing_at(pair.command(&["rotate", &pair.app_secret]), failpoint, ms)
 }
 
 /// The state of the pair that a failed rotation must not change: AWSCURRENT's version and value,

@@ -1472,13 +1472,7 @@ impl Run<'_> {
                     self.unlisted_self = Some((label.clone(), login.clone()));
                 }
                 match changed {
-                    Ok(()) => {
-                        info!(secret = %self.arn(), user = %pending.username, via = %label, "password set");
-                        // The pending version knows the password now; older ones know nothing.
-                        self.record.unfinished_versions.clear();
-                        failpoint::hit("inside:set_password").await;
-                        return Ok(Step::UpdateProxy);
-                    }
+                    Ok(()) => return Ok(self.password_set(&pending.username, &label).await),
                     Err(RotationError::Database(e)) if e.try_next_source() => {
                         tried.push(format!("{label}: {e}"))
                     }
@@ -1491,12 +1485,7 @@ impl Run<'_> {
         if let Some((label, login)) = self.unlisted_self.take() {
             let session = db.login(current.engine, at, &login).await;
             match self.change_with(session, &login, &pending, false).await {
-                Ok(()) => {
-                    info!(secret = %self.arn(), user = %pending.username, via = %label, "password set");
-                    self.record.unfinished_versions.clear();
-                    failpoint::hit("inside:set_password").await;
-                    return Ok(Step::UpdateProxy);
-                }
+                Ok(()) => return Ok(self.password_set(&pending.username, &label).await),
                 Err(RotationError::Database(e)) if e.try_next_source() => {
                     tried.push(format!("{label}, again: {e}"))
                 }
@@ -1507,6 +1496,15 @@ impl Run<'_> {
             user: pending.username,
             tried: tried.join("; "),
         })
+    }
+
+    /// set_password's end, whichever source did it.
+    async fn password_set(&mut self, user: &str, via: &str) -> Step {
+        info!(secret = %self.arn(), %user, %via, "password set");
+        // The pending version knows the password now; older ones know nothing.
+        self.record.unfinished_versions.clear();
+        failpoint::hit("inside:set_password").await;
+        Step::UpdateProxy
     }
 
     /// Changes the idle user's password in `session`, logged in as `login`.

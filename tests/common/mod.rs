@@ -377,6 +377,35 @@ pub trait Harness {
         }
     }
 
+    /// Writes a new AWSCURRENT of the application secret with `change` applied.
+    async fn edit_app_secret(&self, change: impl FnOnce(&mut Value) + Send) {
+        let mut app = self.current().await;
+        change(&mut app);
+        self.sm()
+            .put_secret_value()
+            .secret_id(self.app_secret_id())
+            .secret_string(app.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// A master secret with these credentials, named by the application secret.
+    async fn add_master(&self, username: &str, password: &str) {
+        let arn = self
+            .sm()
+            .create_secret()
+            .name(format!("{}/master", self.app_secret_id()))
+            .secret_string(json!({"username": username, "password": password}).to_string())
+            .send()
+            .await
+            .unwrap()
+            .arn
+            .unwrap();
+        self.edit_app_secret(|app| app["master_secret_id"] = json!(arn))
+            .await;
+    }
+
     async fn current(&self) -> Value {
         self.secret_at(self.app_secret_id(), "AWSCURRENT")
             .await
@@ -771,6 +800,40 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Starts `cmd` (a `rotate`) with `failpoint=sleep(ms)` and returns once it is there, still
+/// running, with a thread that collects its stderr.
+pub fn pausing_at(
+    mut cmd: Command,
+    failpoint: &str,
+    ms: u64,
+) -> (Child, std::thread::JoinHandle<String>) {
+    let mut child = cmd
+        .env(
+            "ROTATOR_TEST_FAILPOINTS",
+            format!("{failpoint}=sleep({ms})"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lines = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("reached") {
+                let _ = tx.send(());
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("rotate never reached {failpoint}"));
+    (child, lines)
 }
 
 /// Writes a report line for `make test` to print after the run (cargo test hides the output of
