@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::adopt::{AdoptError, AdoptRequest, Adopter, DbCloner};
 use crate::aws::events::EventBus;
+use crate::aws::rds::RdsProxies;
 use crate::aws::{self, dynamo::DynamoRecords, secrets::SecretsManager, sqs::SqsQueue};
 use crate::cli::{Cli, Command, GlobalArgs, Metrics, RequestArgs};
 use crate::db::{tls::DbTls, Databases};
@@ -160,19 +162,49 @@ pub async fn run(cli: Cli) -> ExitCode {
             json,
         } => setup(args, &aws, queue_name.as_deref(), max_receive_count, json).await,
         Command::Status { secret_id, json } => status(args, &aws, &secret_id, json).await,
+        Command::Adopt {
+            secret_id,
+            master_secret,
+            clone_suffix,
+            proxy,
+            dry_run,
+            lease_wait,
+            json,
+        } => {
+            let request = AdoptRequest {
+                secret_id,
+                master_secret_id: master_secret,
+                clone_suffix,
+                proxy,
+                dry_run,
+            };
+            adopt(args, &aws, &request, lease_wait, json).await
+        }
         Command::Abort {
             secret_id,
             reason,
             lease_wait,
             json,
         } => abort(args, &aws, &secret_id, &reason, lease_wait, json).await,
-        Command::Check { secret_id, json } => {
+        Command::Check {
+            secret_id,
+            proxy,
+            json,
+        } => {
             let rotator = match rotator(args, &aws, false) {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            let report =
-                crate::check::check(&rotator, args.db_tls, args.min_interval, &secret_id).await;
+            let proxies = RdsProxies::new(&aws);
+            let report = crate::check::check(
+                &rotator,
+                &proxies,
+                proxy.as_deref(),
+                args.db_tls,
+                args.min_interval,
+                &secret_id,
+            )
+            .await;
             if json {
                 print_json(&report.to_json());
             } else {
@@ -468,6 +500,55 @@ async fn abort(
             format!("abort of {secret_id} did not complete ({e}); run it again"),
         ),
         Err(e) => fail(exit::FAILED, format!("abort of {secret_id} failed: {e}")),
+    }
+}
+
+/// `adopt`: waits out a running rotation's lease, then makes the secret rotation-ready.
+async fn adopt(
+    args: &GlobalArgs,
+    aws: &aws_config::SdkConfig,
+    request: &AdoptRequest,
+    lease_wait: std::time::Duration,
+    json: bool,
+) -> ExitCode {
+    let rotator = match rotator(args, aws, false) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let tls = match DbTls::new(args.db_tls, args.db_ca_bundle.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return fail(exit::FAILED, e),
+    };
+    let adopter = Adopter {
+        rotator,
+        catalog: Arc::new(SecretsManager::new(aws)),
+        proxies: Arc::new(RdsProxies::new(aws)),
+        cloner: Arc::new(DbCloner::new(tls)),
+    };
+    let give_up = std::time::Instant::now() + lease_wait;
+    let result = loop {
+        match adopter.adopt(request).await {
+            Err(AdoptError::Busy(..)) if std::time::Instant::now() < give_up => {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await
+            }
+            other => break other,
+        }
+    };
+    let id = &request.secret_id;
+    match result {
+        Ok(done) => {
+            if json {
+                print_json(&done.to_json());
+            } else {
+                print!("{}", done.to_text());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.is_retryable() => fail(
+            exit::TEMPORARY,
+            format!("adoption of {id} did not complete ({e}); run it again to finish"),
+        ),
+        Err(e) => fail(exit::FAILED, format!("adoption of {id} failed: {e}")),
     }
 }
 

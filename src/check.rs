@@ -13,6 +13,7 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::adopt::ports::{ProxyDirectory, ProxyError};
 use crate::db::tls::TlsMode;
 use crate::rotation::guard::{verdict, InUsePolicy, Verdict};
 use crate::rotation::ports::{
@@ -137,6 +138,8 @@ impl TlsSeen {
 /// `min_interval`: how soon after a rotation the next may run (the in-use line allows for it).
 pub async fn check(
     rotator: &Rotator,
+    proxies: &dyn ProxyDirectory,
+    proxy_name: Option<&str>,
     tls: TlsMode,
     min_interval: Duration,
     secret_id: &str,
@@ -211,6 +214,8 @@ pub async fn check(
 
     // Proxy secrets: exactly one per user, each for a user of the rotation.
     let mut proxy: BTreeMap<String, (String, Credentials)> = BTreeMap::new();
+    // user -> the ARN of its proxy secret, for RDS Proxy's Auth list.
+    let mut proxy_arns: BTreeMap<String, String> = BTreeMap::new();
     if app.proxy_secret_ids.is_empty() {
         report.push(
             "proxy secrets",
@@ -222,11 +227,12 @@ pub async fn check(
         for id in &app.proxy_secret_ids {
             match read_user_secret(rotator, id).await {
                 Err(e) => problems.push(format!("{id}: {e}")),
-                Ok(s) if !users.iter().any(|u| u == s.username()) => problems.push(format!(
+                Ok((_, s)) if !users.iter().any(|u| u == s.username()) => problems.push(format!(
                     "{id} is for user {}, who is not in the rotation",
                     s.username()
                 )),
-                Ok(s) => {
+                Ok((arn, s)) => {
+                    proxy_arns.entry(s.username().to_owned()).or_insert(arn);
                     if let Some((other, _)) = proxy.get(s.username()) {
                         problems.push(format!(
                             "{id} and {other} are both for user {}",
@@ -265,6 +271,10 @@ pub async fn check(
         }
     }
 
+    if let Some(name) = proxy_name.or(app.proxy_name.as_deref()) {
+        check_proxy_auth(proxies, name, &users, &proxy_arns, &meta.arn, &mut report).await;
+    }
+
     // The application's login, as the application makes it.
     let mut tls_seen = TlsSeen::default();
     let db = &rotator.db;
@@ -296,7 +306,7 @@ pub async fn check(
     };
     let master = match &app.master_secret_id {
         Some(id) => match read_user_secret(rotator, id).await {
-            Ok(s) => Some((id.clone(), s.credentials)),
+            Ok((_, s)) => Some((id.clone(), s.credentials)),
             Err(e) => {
                 report.push("master secret", Status::Warn, format!("{id}: {e}"));
                 None
@@ -491,9 +501,73 @@ pub async fn check(
     report
 }
 
-async fn read_user_secret(rotator: &Rotator, id: &str) -> Result<UserSecret, String> {
+/// RDS Proxy turns away a user it has no secret for ("no credentials for the role"): after a
+/// rotation to that user, every application login.
+async fn check_proxy_auth(
+    proxies: &dyn ProxyDirectory,
+    name: &str,
+    users: &[String],
+    proxy_arns: &BTreeMap<String, String>,
+    app_arn: &str,
+    report: &mut CheckReport,
+) {
+    let auth = match proxies.auth(name).await {
+        Ok(a) => a,
+        Err(e @ ProxyError::NotFound(_)) => {
+            report.push("rds proxy", Status::Fail, e.to_string());
+            return;
+        }
+        Err(e) => {
+            report.push(
+                "rds proxy",
+                Status::Warn,
+                format!("{name} not checked: {e}"),
+            );
+            return;
+        }
+    };
+    let listed = |arn: &str| auth.iter().any(|a| a.secret_arn == arn);
+    let missing: Vec<String> = users
+        .iter()
+        .filter(|u| !proxy_arns.get(*u).is_some_and(|arn| listed(arn)))
+        .map(|u| match proxy_arns.get(u) {
+            Some(arn) => format!("{u} ({arn})"),
+            None => u.clone(),
+        })
+        .collect();
+    if !missing.is_empty() {
+        report.push(
+            "rds proxy",
+            Status::Fail,
+            format!(
+                "{name} has no secret for {} in its Auth list: after a rotation to that user, RDS Proxy refuses every application login; attach the proxy secrets (`rds-rotator adopt --dry-run` prints the call)",
+                missing.join(", ")
+            ),
+        );
+    } else if listed(app_arn) && users.len() > 1 {
+        report.push(
+            "rds proxy",
+            Status::Warn,
+            format!("{name} also authenticates with the application secret itself, whose user changes with every rotation; detach it"),
+        );
+    } else {
+        report.push(
+            "rds proxy",
+            Status::Ok,
+            format!(
+                "{name} has a secret for each user ({} in its Auth list)",
+                auth.len()
+            ),
+        );
+    }
+}
+
+/// The secret's ARN and its credentials.
+async fn read_user_secret(rotator: &Rotator, id: &str) -> Result<(String, UserSecret), String> {
     match rotator.secrets.get(id, At::Stage(Stage::Current)).await {
-        Ok(Some(v)) => UserSecret::parse(&v.value).map_err(|e| e.to_string()),
+        Ok(Some(v)) => UserSecret::parse(&v.value)
+            .map(|s| (v.arn, s))
+            .map_err(|e| e.to_string()),
         Ok(None) => Err("it has no AWSCURRENT version".into()),
         Err(SecretStoreError::NotFound(_)) => Err("it does not exist".into()),
         Err(e) => Err(e.to_string()),

@@ -244,6 +244,36 @@ pub enum Command {
     Check {
         /// Secret name or ARN.
         secret_id: String,
+        /// The RDS Proxy in front of the database (default: the secret's `proxy_name`): FAIL
+        /// when its Auth list lacks a secret for a user of the rotation.
+        #[arg(long)]
+        proxy: Option<String>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a single-user secret rotation-ready: create the second user with the same rights,
+    /// a proxy secret per user, and a new AWSCURRENT listing both users (its username and
+    /// password unchanged). Safe to run again; `--dry-run` prints the plan and changes nothing.
+    Adopt {
+        /// The application's secret (name or ARN), single-user, AWS-standard or seed format.
+        secret_id: String,
+        /// A secret whose user may create users (the RDS master user's).
+        #[arg(long)]
+        master_secret: String,
+        /// The second user's name is the first's with this suffix.
+        #[arg(long, default_value = "_clone")]
+        clone_suffix: String,
+        /// The RDS Proxy in front of the database: its secrets are reused when they log in, and
+        /// the attach command covers its whole Auth list.
+        #[arg(long)]
+        proxy: Option<String>,
+        /// Print the plan (SQL without passwords, the secrets to create or change); change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for the lease if a rotation of the secret is running.
+        #[arg(long, env = "ROTATOR_LEASE_WAIT", default_value = "5m", value_parser = humantime::parse_duration)]
+        lease_wait: Duration,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,

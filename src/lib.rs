@@ -1,5 +1,6 @@
 //! Zero-downtime password rotation for RDS behind RDS Proxy. See the README for the protocol.
 
+pub mod adopt;
 pub mod app;
 pub mod aws;
 pub mod calls;

@@ -336,6 +336,8 @@ pub struct AppSecret {
     pub rotation_usernames: Vec<String>,
     pub proxy_secret_ids: Vec<String>,
     pub master_secret_id: Option<String>,
+    /// The RDS Proxy in front of the database (`proxy_name`): `check` reads its Auth list.
+    pub proxy_name: Option<String>,
     fields: Fields,
 }
 
@@ -422,6 +424,10 @@ impl AppSecret {
             .alias_str("master_secret_id", "masterarn")?
             .filter(|s| !s.trim().is_empty())
             .map(str::to_owned);
+        let proxy_name = fields
+            .str("proxy_name")?
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_owned);
 
         Ok(Self {
             engine,
@@ -431,6 +437,7 @@ impl AppSecret {
             rotation_usernames,
             proxy_secret_ids,
             master_secret_id,
+            proxy_name,
             fields,
         })
     }
@@ -456,6 +463,36 @@ impl AppSecret {
     /// Where passwords are changed: the database itself when known, else the application's path.
     pub fn admin_endpoint(&self) -> &Endpoint {
         self.direct.as_ref().unwrap_or(&self.endpoint)
+    }
+
+    /// The same secret, credentials and every other key unchanged, with the users that take
+    /// turns and their proxy secrets (adoption). `master` and `proxy` are added as
+    /// `master_secret_id` and `proxy_name` when given.
+    pub fn render_adopted(
+        &self,
+        users: &[String],
+        proxy_secret_ids: &[String],
+        master: Option<&str>,
+        proxy: Option<&str>,
+    ) -> SecretString {
+        let mut fields = self.fields.clone();
+        let list =
+            |items: &[String]| Value::Array(items.iter().cloned().map(Value::String).collect());
+        fields.0.insert("rotation_usernames".into(), list(users));
+        fields
+            .0
+            .insert("proxy_secret_ids".into(), list(proxy_secret_ids));
+        if let Some(m) = master {
+            fields
+                .0
+                .insert("master_secret_id".into(), Value::String(m.to_owned()));
+        }
+        if let Some(p) = proxy {
+            fields
+                .0
+                .insert("proxy_name".into(), Value::String(p.to_owned()));
+        }
+        fields.render(&self.credentials)
     }
 
     /// The same secret, every other key unchanged, with other credentials.
@@ -557,6 +594,30 @@ mod tests {
         expected["username"] = json!("app_clone");
         expected["password"] = json!("new");
         assert_eq!(v, expected);
+    }
+
+    #[test]
+    fn adoption_adds_the_rotation_keys_and_keeps_the_credentials_and_the_rest() {
+        let v = json!({"engine": "postgres", "host": "db", "port": 5432, "dbname": "d",
+            "username": "u", "password": "p'w", "team": "x"});
+        let s = parse(v.clone()).unwrap();
+        let out = s.render_adopted(
+            &["u".into(), "u_clone".into()],
+            &["arn:a".into(), "arn:b".into()],
+            Some("arn:m"),
+            Some("proxy1"),
+        );
+        let got: Value = serde_json::from_str(out.expose_secret()).unwrap();
+        let mut want = v;
+        want["rotation_usernames"] = json!(["u", "u_clone"]);
+        want["proxy_secret_ids"] = json!(["arn:a", "arn:b"]);
+        want["master_secret_id"] = json!("arn:m");
+        want["proxy_name"] = json!("proxy1");
+        assert_eq!(got, want);
+        let adopted = AppSecret::parse(&out).unwrap();
+        assert!(adopted.is_multi_user());
+        assert_eq!(adopted.proxy_name.as_deref(), Some("proxy1"));
+        assert_eq!(adopted.next_username(), "u_clone");
     }
 
     #[test]

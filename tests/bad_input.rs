@@ -254,8 +254,11 @@ async fn every_malformed_secret_in_the_corpus_is_refused_recorded_and_changes_no
         .send()
         .await
         .unwrap();
+    let proxies = rds_rotator::aws::rds::RdsProxies::new(&aws().await);
     let preflight = rds_rotator::check::check(
         &rotator,
+        &proxies,
+        None,
         rds_rotator::db::tls::TlsMode::Disable,
         rds_rotator::rotation::DEFAULT_MIN_INTERVAL,
         &control,

@@ -3,6 +3,7 @@
 
 pub mod dynamo;
 pub mod events;
+pub mod rds;
 pub mod secrets;
 pub mod sqs;
 

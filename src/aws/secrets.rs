@@ -208,12 +208,66 @@ impl crate::worker::SecretDirectory for SecretsManager {
                     .tags()
                     .iter()
                     .any(|t| t.key() == Some(key) && t.value() == Some(value));
-                if let (true, Some(arn)) = (tagged, s.arn()) {
+                // A proxy secret made by adopt carries its application secret's tags; it is
+                // rotated with that secret, never by itself.
+                let proxy_secret = s
+                    .tags()
+                    .iter()
+                    .any(|t| t.key() == Some(crate::adopt::PROXY_SECRET_TAG));
+                if let (true, false, Some(arn)) = (tagged, proxy_secret, s.arn()) {
                     arns.push(arn.to_owned());
                 }
             }
         }
         arns.sort();
         Ok(arns)
+    }
+}
+
+#[async_trait]
+impl crate::adopt::ports::SecretCatalog for SecretsManager {
+    async fn origin(
+        &self,
+        secret_id: &str,
+    ) -> Result<crate::adopt::ports::SecretOrigin, SecretStoreError> {
+        let out = self
+            .client
+            .describe_secret()
+            .secret_id(secret_id)
+            .send()
+            .await
+            .map_err(|e| map_err(secret_id, e))?;
+        Ok(crate::adopt::ports::SecretOrigin {
+            arn: out.arn().unwrap_or(secret_id).to_owned(),
+            name: out.name().unwrap_or(secret_id).to_owned(),
+            kms_key_id: out.kms_key_id().map(str::to_owned),
+            tags: out
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
+                .collect(),
+        })
+    }
+
+    async fn create(
+        &self,
+        secret: &crate::adopt::ports::NewSecret<'_>,
+    ) -> Result<String, SecretStoreError> {
+        use aws_sdk_secretsmanager::types::Tag;
+        self.write_permit().await;
+        let mut req = self
+            .client
+            .create_secret()
+            .name(secret.name)
+            .description(secret.description)
+            .secret_string(secret.value.expose_secret());
+        if let Some(key) = secret.kms_key_id {
+            req = req.kms_key_id(key);
+        }
+        for (k, v) in secret.tags {
+            req = req.tags(Tag::builder().key(k).value(v).build());
+        }
+        let out = req.send().await.map_err(|e| map_err(secret.name, e))?;
+        Ok(out.arn.unwrap_or_else(|| secret.name.to_owned()))
     }
 }

@@ -70,7 +70,7 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 /// `'text'` for text that needs no escaping; anything else is refused (see the module docs).
-fn literal(text: &str, what: &str) -> Result<String, DbError> {
+pub(crate) fn literal(text: &str, what: &str) -> Result<String, DbError> {
     if text
         .chars()
         .any(|c| matches!(c, '\'' | '"' | '\\') || c.is_control())
@@ -97,7 +97,12 @@ fn scrub(message: &str, secrets: &[&str]) -> String {
         .fold(message.to_owned(), |m, s| m.replace(s, "[redacted]"))
 }
 
-fn classify(at: &Endpoint, user: &str, e: mysql_async::Error, secrets: &[&str]) -> DbError {
+pub(crate) fn classify(
+    at: &Endpoint,
+    user: &str,
+    e: mysql_async::Error,
+    secrets: &[&str],
+) -> DbError {
     use mysql_async::{DriverError, Error, IoError};
     let unreachable = |reason: String| DbError::Unreachable {
         at: at.to_string(),
@@ -201,7 +206,11 @@ impl MySql {
         }
     }
 
-    async fn connect(&self, at: &Endpoint, creds: &Credentials) -> Result<Conn, DbError> {
+    pub(crate) async fn connect(
+        &self,
+        at: &Endpoint,
+        creds: &Credentials,
+    ) -> Result<Conn, DbError> {
         crate::calls::record("mysql.connect");
         let opts = OptsBuilder::default()
             .ip_or_hostname(at.host.clone())
@@ -524,7 +533,7 @@ fn group_threads(
 
 /// `SHOW GRANTS` lines in a form two users can be compared in: the grantee becomes `<user>` and
 /// credentials (`IDENTIFIED BY PASSWORD '*…'`, `IDENTIFIED VIA …`) are cut off.
-fn normalise_grant(line: &str, user: &str) -> String {
+pub(crate) fn normalise_grant(line: &str, user: &str) -> String {
     let mut s = line.to_owned();
     for cut in [
         " IDENTIFIED BY PASSWORD",

@@ -33,7 +33,7 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-fn classify(at: &Endpoint, user: &str, e: tokio_postgres::Error) -> DbError {
+pub(crate) fn classify(at: &Endpoint, user: &str, e: tokio_postgres::Error) -> DbError {
     if let Some(code) = e.code() {
         let message = e.as_db_error().map_or_else(
             || e.to_string(),
@@ -111,7 +111,11 @@ impl Postgres {
         Self { tls }
     }
 
-    async fn connect(&self, at: &Endpoint, creds: &Credentials) -> Result<Client, DbError> {
+    pub(crate) async fn connect(
+        &self,
+        at: &Endpoint,
+        creds: &Credentials,
+    ) -> Result<Client, DbError> {
         crate::calls::record("postgres.connect");
         let mut cfg = tokio_postgres::Config::new();
         cfg.host(&at.host)
@@ -265,6 +269,24 @@ SELECT r.rolcanlogin,
   FROM pg_roles r WHERE r.rolname = $1::text::name
 "#;
 
+/// The verifier PostgreSQL stores for `password`: SCRAM-SHA-256, or MD5 when the server's
+/// `password_encryption` says so. 4096 PBKDF2 rounds: off the async threads, which other
+/// rotations share.
+pub(crate) async fn verifier(user: &str, password: &SecretString, encryption: &str) -> String {
+    let plain = password.clone();
+    let (md5, name) = (encryption == "md5", user.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let pw = plain.expose_secret().as_bytes();
+        if md5 {
+            postgres_protocol::password::md5(pw, &name)
+        } else {
+            postgres_protocol::password::scram_sha_256(pw)
+        }
+    })
+    .await
+    .expect("the verifier task does not panic")
+}
+
 #[async_trait]
 impl DbSession for PgSession {
     async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<(), DbError> {
@@ -284,19 +306,7 @@ impl DbSession for PgSession {
                 warn!(at = %self.at, "password_encryption is md5: setting MD5 verifiers, which log in by themselves under the md5 method; keep statement logging (log_statement = ddl or all, pgaudit) away from them");
             });
         }
-        let plain = password.clone();
-        let (md5, name) = (role.encryption == "md5", user.to_owned());
-        // 4096 PBKDF2 rounds: off the async threads, which other rotations share.
-        let verifier = tokio::task::spawn_blocking(move || {
-            let pw = plain.expose_secret().as_bytes();
-            if md5 {
-                postgres_protocol::password::md5(pw, &name)
-            } else {
-                postgres_protocol::password::scram_sha_256(pw)
-            }
-        })
-        .await
-        .expect("the verifier task does not panic");
+        let verifier = verifier(user, password, &role.encryption).await;
         // ALTER ROLE takes no bind parameters: the name is quoted, the verifier is hex or base64.
         let mut sql = format!(
             "ALTER ROLE {} WITH PASSWORD {}",

@@ -1,0 +1,743 @@
+//! `rds-rotator adopt`: makes a single-user secret rotation-ready in one command.
+//!
+//! Everything is read and checked first (the inspection): nothing is written unless every step
+//! can run. Then each step asks whether its effect is already there, so a rerun after a crash
+//! finishes the job and a run on an adopted secret changes nothing.
+//!
+//! | step | effect | already done when |
+//! |---|---|---|
+//! | clone_secret | the clone's proxy secret `<app>/proxy/<clone>`, with a new password: written first, so the password is never only in the database | that secret exists for the clone (its password is the one used) |
+//! | clone_user | the clone, with the original's rights, and that password | the clone has those rights and the password logs in |
+//! | user_secret | the original user's proxy secret, with the application's password | a secret of the proxy's, or `<app>/proxy/<user>`, logs in as the user |
+//! | app_secret | a new AWSCURRENT with `rotation_usernames` and `proxy_secret_ids` (compare-and-swap); `username` and `password` unchanged | AWSCURRENT lists both users |
+//!
+//! The DynamoDB lease on the application secret is held throughout, so no rotation of it runs
+//! meanwhile. RDS Proxy is not changed: the command prints the call that attaches the secrets.
+
+pub mod mysql;
+pub mod ports;
+pub mod postgres;
+pub mod report;
+
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use tracing::warn;
+
+use crate::db::tls::DbTls;
+use crate::failpoint;
+use crate::rotation::ports::{
+    Acquired, At, DbError, Lease, RecordStoreError, SecretStoreError, Stage,
+};
+use crate::rotation::Rotator;
+use crate::secret::{
+    validate_username, AppSecret, Credentials, Endpoint, Engine, SecretError, UserSecret,
+};
+use ports::{
+    CloneSession, CloneState, NewSecret, ProxyAuth, ProxyDirectory, ProxyError, SecretCatalog,
+};
+pub use report::{Action, Adoption, StepReport};
+
+/// Marks a proxy secret made by adopt, with the application secret's ARN: the tag fan-out
+/// leaves such secrets out, although they carry the application secret's tags.
+pub const PROXY_SECRET_TAG: &str = "rds-rotator:proxy-secret-for";
+
+/// Tokens of the application secret's new version: the same inputs give the same token, so a
+/// rerun's PutSecretValue is idempotent.
+const TOKEN_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6b1f_0c2e_8a4d_4e0b_9c51_2d7a_0f3e_11a4);
+
+#[derive(Debug, Clone)]
+pub struct AdoptRequest {
+    pub secret_id: String,
+    pub master_secret_id: String,
+    pub clone_suffix: String,
+    pub proxy: Option<String>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// Bad input or a state adopt must not touch: nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the application secret is unusable: {0}")]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Store(#[from] SecretStoreError),
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Records(#[from] RecordStoreError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error("{0} is held by a running rotation (lease of {1}); run adopt again when it ends")]
+    Busy(String, String),
+}
+
+impl AdoptError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Store(e) => e.is_retryable(),
+            Self::Db(e) => e.is_retryable(),
+            Self::Records(e) => e.is_retryable(),
+            Self::Proxy(e) => matches!(e, ProxyError::Unavailable(_)),
+            Self::Busy(..) => true,
+            Self::Invalid(_) | Self::Secret(_) => false,
+        }
+    }
+}
+
+/// Opens a session that can clone users, for the secret's engine.
+#[async_trait::async_trait]
+pub trait Cloner: Send + Sync {
+    async fn open(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        login: &Credentials,
+    ) -> Result<Box<dyn CloneSession>, DbError>;
+}
+
+/// The real databases.
+pub struct DbCloner {
+    pg: crate::db::postgres::Postgres,
+    my: crate::db::mysql::MySql,
+}
+
+impl DbCloner {
+    pub fn new(tls: DbTls) -> Self {
+        Self {
+            pg: crate::db::postgres::Postgres::new(tls.clone()),
+            my: crate::db::mysql::MySql::new(tls),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Cloner for DbCloner {
+    async fn open(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        login: &Credentials,
+    ) -> Result<Box<dyn CloneSession>, DbError> {
+        Ok(match engine {
+            Engine::Postgres => {
+                Box::new(postgres::PgCloneSession::open(&self.pg, at, login).await?)
+            }
+            Engine::Mysql | Engine::Mariadb => {
+                Box::new(mysql::MyCloneSession::open(&self.my, at, login).await?)
+            }
+        })
+    }
+}
+
+pub struct Adopter {
+    pub rotator: Rotator,
+    pub catalog: Arc<dyn SecretCatalog>,
+    pub proxies: Arc<dyn ProxyDirectory>,
+    pub cloner: Arc<dyn Cloner>,
+}
+
+/// `<application secret name>/proxy/<user>`: predictable, so a rerun finds what a crashed run
+/// made, and Terraform can name it before it exists.
+pub fn proxy_secret_name(app_secret_name: &str, user: &str) -> String {
+    format!("{app_secret_name}/proxy/{user}")
+}
+
+/// A proxy secret as found.
+struct Found {
+    arn: String,
+    secret: UserSecret,
+}
+
+/// What the inspection decided for the original user's proxy secret.
+enum UserSecretPlan {
+    Reuse(String),
+    /// `<app>/proxy/<user>` exists with another password: a new version gets the application's.
+    Update(String),
+    Create,
+}
+
+impl Adopter {
+    pub async fn adopt(&self, req: &AdoptRequest) -> Result<Adoption, AdoptError> {
+        let secrets = &self.rotator.secrets;
+        let meta = secrets.describe(&req.secret_id).await?;
+        let arn = meta.arn.clone();
+        let current_version = meta
+            .version_with(Stage::Current)
+            .ok_or_else(|| AdoptError::Invalid(format!("{arn} has no AWSCURRENT version")))?
+            .to_owned();
+        let current = secrets
+            .get(&arn, At::Version(&current_version))
+            .await?
+            .ok_or_else(|| {
+                AdoptError::Invalid(format!("the AWSCURRENT version of {arn} is gone"))
+            })?;
+        let app = AppSecret::parse(&current.value)?;
+        let user = app.credentials.username.clone();
+        let proxy = req.proxy.clone().or_else(|| app.proxy_name.clone());
+        let mut out = Adoption::new(&arn, app.engine, &user, req.dry_run, proxy.clone());
+
+        if app.is_multi_user() {
+            return self.already_adopted(req, &app, &meta, out).await;
+        }
+        let clone = format!("{user}{}", req.clone_suffix);
+        if req.clone_suffix.is_empty() {
+            return Err(AdoptError::Invalid(
+                "--clone-suffix must not be empty".into(),
+            ));
+        }
+        validate_username(&clone, app.engine).map_err(|e| {
+            AdoptError::Invalid(format!(
+                "the clone's name {clone} (user {user} with suffix {}) cannot be used: {e}; choose a shorter --clone-suffix",
+                req.clone_suffix
+            ))
+        })?;
+        out.clone = clone.clone();
+        let origin = self.catalog.origin(&arn).await?;
+        let master = self
+            .read_user_secret(&req.master_secret_id)
+            .await?
+            .ok_or_else(|| {
+                AdoptError::Invalid(format!(
+                    "the master secret {} does not exist or has no AWSCURRENT",
+                    req.master_secret_id
+                ))
+            })?;
+        let at = app.admin_endpoint().clone();
+        let lease = if req.dry_run {
+            None
+        } else {
+            Some(self.take_lease(&arn).await?)
+        };
+        let result = self
+            .inspect_and_run(
+                req,
+                &app,
+                &current_version,
+                &origin,
+                &master,
+                &at,
+                &clone,
+                &mut out,
+            )
+            .await;
+        if let Some(lease) = &lease {
+            if let Err(e) = self.rotator.records.release(lease).await {
+                warn!(error = %e, "could not release the lease; it runs out by itself");
+            }
+        }
+        result.map(|()| out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn inspect_and_run(
+        &self,
+        req: &AdoptRequest,
+        app: &AppSecret,
+        current_version: &str,
+        origin: &ports::SecretOrigin,
+        master: &Found,
+        at: &Endpoint,
+        clone: &str,
+        out: &mut Adoption,
+    ) -> Result<(), AdoptError> {
+        let db = &self.rotator.db;
+        let user = app.credentials.username.as_str();
+        let engine = app.engine;
+
+        // --- Inspection: read everything, decide every step, change nothing. ---
+        let mut session = self
+            .cloner
+            .open(engine, at, &master.secret.credentials)
+            .await
+            .map_err(|e| master_refused(&req.master_secret_id, e))?;
+        let plan = session.plan(user, clone).await?;
+        session
+            .rehearse(&plan)
+            .await
+            .map_err(|e| master_refused(&req.master_secret_id, e))?;
+        // The server's password rules (MariaDB's validation plugins), read as the rotation does.
+        let rules = db
+            .login(engine, at, &master.secret.credentials)
+            .await?
+            .preflight()
+            .await?;
+        out.notes.extend(plan.notes.iter().cloned());
+
+        let clone_secret_name = proxy_secret_name(&origin.name, clone);
+        let clone_secret = self.find_for(&clone_secret_name, clone).await?;
+        match (&plan.state, &clone_secret) {
+            (CloneState::Different { differences }, _) => {
+                return Err(AdoptError::Invalid(format!(
+                    "user {clone} exists with other rights than {user} ({}); drop it, or choose another --clone-suffix",
+                    differences.join("; ")
+                )))
+            }
+            (CloneState::Partial { missing }, None) => {
+                return Err(AdoptError::Invalid(format!(
+                    "user {clone} exists with only part of {user}'s rights (missing {}), and no secret {clone_secret_name} says adopt made it; complete or drop it by hand",
+                    missing.join(", ")
+                )))
+            }
+            (CloneState::Same, None) => {
+                // A twin made by hand whose password nobody gave us: setting one must not cut
+                // off whoever uses it.
+                let window = self.rotator.settings.in_use.window;
+                let sessions = db
+                    .recent_sessions(engine, at, &master.secret.credentials, clone, window)
+                    .await?;
+                if !sessions.is_empty() {
+                    return Err(AdoptError::Invalid(format!(
+                        "user {clone} exists with the right rights but its password is unknown, and it is in use ({} session(s) within {}); put its credentials in a secret named {clone_secret_name}, then run adopt again",
+                        sessions.iter().map(|g| g.sessions).sum::<u32>(),
+                        humantime::format_duration(window)
+                    )));
+                }
+                out.notes.push(format!("user {clone} exists with {user}'s rights and no known password; it gets a new one"));
+            }
+            _ => {}
+        }
+
+        let auth = match &out.proxy {
+            Some(name) => Some(self.proxies.auth(name).await?),
+            None => None,
+        };
+        let user_secret_name = proxy_secret_name(&origin.name, user);
+        let user_plan = self
+            .plan_user_secret(app, at, &user_secret_name, auth.as_deref(), out)
+            .await?;
+
+        let sql: Vec<String> = plan.statements.clone();
+        let clone_action = match (&plan.state, &clone_secret) {
+            (CloneState::Absent, _) => Action::Create,
+            (CloneState::Partial { .. }, _) => Action::Complete,
+            _ => Action::Nothing,
+        };
+        out.step(
+            "clone_secret",
+            if clone_secret.is_some() {
+                Action::Nothing
+            } else {
+                Action::Create
+            },
+            format!(
+                "proxy secret {clone_secret_name} for {clone}, KMS key {}, {} tag(s)",
+                origin
+                    .kms_key_id
+                    .as_deref()
+                    .unwrap_or("aws/secretsmanager (default)"),
+                origin.tags.len()
+            ),
+            Vec::new(),
+        );
+        out.step(
+            "clone_user",
+            clone_action,
+            format!("user {clone}, with the rights of {user}"),
+            if clone_action == Action::Nothing {
+                Vec::new()
+            } else {
+                sql
+            },
+        );
+        out.step(
+            "user_secret",
+            match &user_plan {
+                UserSecretPlan::Reuse(_) => Action::Reuse,
+                UserSecretPlan::Update(_) => Action::Update,
+                UserSecretPlan::Create => Action::Create,
+            },
+            match &user_plan {
+                UserSecretPlan::Reuse(id) => format!("proxy secret {id} for {user}: it logs in"),
+                UserSecretPlan::Update(id) => format!(
+                    "proxy secret {id} for {user}: a new version with the application's password"
+                ),
+                UserSecretPlan::Create => format!(
+                    "proxy secret {user_secret_name} for {user}, with the application's password"
+                ),
+            },
+            Vec::new(),
+        );
+        out.step(
+            "app_secret",
+            Action::Update,
+            format!("a new AWSCURRENT of {} with rotation_usernames [{user}, {clone}] and proxy_secret_ids; username and password unchanged", out.secret),
+            Vec::new(),
+        );
+        if req.dry_run {
+            out.attach = report::attach(
+                out.proxy.as_deref(),
+                auth.as_deref(),
+                &[
+                    (
+                        user.to_owned(),
+                        match &user_plan {
+                            UserSecretPlan::Reuse(a) | UserSecretPlan::Update(a) => a.clone(),
+                            UserSecretPlan::Create => format!("<ARN of {user_secret_name}>"),
+                        },
+                    ),
+                    (
+                        clone.to_owned(),
+                        clone_secret
+                            .as_ref()
+                            .map(|f| f.arn.clone())
+                            .unwrap_or_else(|| format!("<ARN of {clone_secret_name}>")),
+                    ),
+                ],
+                engine,
+                &out.secret,
+            );
+            return Ok(());
+        }
+
+        // --- The steps. ---
+        let clone_creds = match clone_secret {
+            Some(found) => found.secret.credentials,
+            None => {
+                let password = self
+                    .rotator
+                    .settings
+                    .password
+                    .generate_for(engine, &rules)
+                    .map_err(|e| AdoptError::Invalid(e.to_string()))?;
+                let creds = Credentials::new(clone, password);
+                self.create_proxy_secret(&clone_secret_name, &creds, origin)
+                    .await?;
+                out.changed = true;
+                creds
+            }
+        };
+        let clone_arn = self
+            .find_for(&clone_secret_name, clone)
+            .await?
+            .map(|f| f.arn)
+            .ok_or_else(|| {
+                AdoptError::Invalid(format!("{clone_secret_name} vanished after it was created"))
+            })?;
+        failpoint::hit("after:adopt.clone_secret").await;
+
+        if matches!(plan.state, CloneState::Absent | CloneState::Partial { .. }) {
+            session.apply(&plan, &clone_creds.password).await?;
+            out.changed = true;
+        }
+        drop(session);
+        match db.check_login(engine, at, &clone_creds).await {
+            Ok(()) => {}
+            Err(DbError::LoginRejected(_)) => {
+                // A clone that existed (made by hand, or a crashed run's MySQL accounts, which
+                // `IF NOT EXISTS` left alone): it takes the secret's password, on every account.
+                db.set_password(
+                    engine,
+                    at,
+                    &master.secret.credentials,
+                    clone,
+                    &clone_creds.password,
+                )
+                .await?;
+                db.check_login(engine, at, &clone_creds).await?;
+                out.changed = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        failpoint::hit("after:adopt.clone_user").await;
+
+        let user_arn = match user_plan {
+            UserSecretPlan::Reuse(arn) => arn,
+            UserSecretPlan::Update(arn) => {
+                let s = self.read_user_secret(&arn).await?.ok_or_else(|| {
+                    AdoptError::Invalid(format!("{arn} vanished during adoption"))
+                })?;
+                let value = s.secret.render_with_password(&app.credentials.password);
+                let token = token(&[&arn, current_version, "user_secret"]);
+                self.rotator
+                    .secrets
+                    .put(&arn, &token, &value, Stage::Current)
+                    .await?;
+                out.changed = true;
+                arn
+            }
+            UserSecretPlan::Create => {
+                self.create_proxy_secret(&user_secret_name, &app.credentials, origin)
+                    .await?;
+                out.changed = true;
+                self.find_for(&user_secret_name, user)
+                    .await?
+                    .map(|f| f.arn)
+                    .ok_or_else(|| {
+                        AdoptError::Invalid(format!(
+                            "{user_secret_name} vanished after it was created"
+                        ))
+                    })?
+            }
+        };
+        failpoint::hit("after:adopt.user_secret").await;
+
+        let users = [user.to_owned(), clone.to_owned()];
+        let ids = [user_arn.clone(), clone_arn.clone()];
+        let master_key = app
+            .master_secret_id
+            .is_none()
+            .then_some(master.arn.as_str());
+        let proxy_key = out.proxy.as_deref().filter(|_| app.proxy_name.is_none());
+        let value = app.render_adopted(&users, &ids, master_key, proxy_key);
+        let token = token(&[
+            &out.secret,
+            current_version,
+            &users.join(","),
+            &ids.join(","),
+            master_key.unwrap_or(""),
+            proxy_key.unwrap_or(""),
+        ]);
+        self.write_app_secret(&out.secret, current_version, &token, &value)
+            .await?;
+        out.changed = true;
+        failpoint::hit("after:adopt.app_secret").await;
+
+        out.attach = report::attach(
+            out.proxy.as_deref(),
+            auth.as_deref(),
+            &[(user.to_owned(), user_arn), (clone.to_owned(), clone_arn)],
+            engine,
+            &out.secret,
+        );
+        Ok(())
+    }
+
+    /// The new version becomes AWSCURRENT only if AWSCURRENT is still the version adoption
+    /// read (RemoveFromVersionId): an edit made meanwhile is not overwritten.
+    async fn write_app_secret(
+        &self,
+        arn: &str,
+        from: &str,
+        token: &str,
+        value: &SecretString,
+    ) -> Result<(), AdoptError> {
+        let secrets = &self.rotator.secrets;
+        secrets.put(arn, token, value, Stage::Staged).await?;
+        if let Err(e) = secrets.move_stage(arn, Stage::Current, token, from).await {
+            let meta = secrets.describe(arn).await?;
+            if meta.version_with(Stage::Current) != Some(token) {
+                return Err(match e {
+                    SecretStoreError::Refused(_) => AdoptError::Invalid(format!(
+                        "AWSCURRENT of {arn} changed during adoption; run adopt again"
+                    )),
+                    e => e.into(),
+                });
+            }
+        }
+        secrets.remove_stage(arn, Stage::Staged, token).await?;
+        Ok(())
+    }
+
+    async fn take_lease(&self, arn: &str) -> Result<Lease, AdoptError> {
+        let owner = format!("{}#adopt", self.rotator.owner);
+        let ttl = self
+            .rotator
+            .settings
+            .lease_duration
+            .max(std::time::Duration::from_secs(120));
+        match self.rotator.records.acquire(arn, &owner, ttl).await? {
+            Acquired::Granted { lease, record } => {
+                if let Some(r) = record.filter(|r| r.is_in_progress()) {
+                    let _ = self.rotator.records.release(&lease).await;
+                    return Err(AdoptError::Invalid(format!(
+                        "a rotation of {arn} is in progress (rotation {}, step {}): finish it with `rotate` or end it with `abort`, then adopt",
+                        r.rotation_id.as_deref().unwrap_or("-"),
+                        r.step
+                    )));
+                }
+                Ok(lease)
+            }
+            Acquired::Held { owner, .. } => Err(AdoptError::Busy(arn.to_owned(), owner)),
+            Acquired::Begun { lease, .. } => Ok(lease),
+            Acquired::NotBegun { .. } => Err(AdoptError::Busy(arn.to_owned(), "?".into())),
+        }
+    }
+
+    async fn read_user_secret(&self, id: &str) -> Result<Option<Found>, AdoptError> {
+        match self
+            .rotator
+            .secrets
+            .get(id, At::Stage(Stage::Current))
+            .await
+        {
+            Ok(Some(v)) => Ok(Some(Found {
+                arn: v.arn,
+                secret: UserSecret::parse(&v.value).map_err(|e| {
+                    AdoptError::Invalid(format!(
+                        "secret {id} is not a {{\"username\",\"password\"}} secret: {e}"
+                    ))
+                })?,
+            })),
+            Ok(None) | Err(SecretStoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The secret named `name`, which must be for `user`.
+    async fn find_for(&self, name: &str, user: &str) -> Result<Option<Found>, AdoptError> {
+        match self.read_user_secret(name).await? {
+            Some(f) if f.secret.username() != user => Err(AdoptError::Invalid(format!(
+                "secret {name} exists for user {}, not {user}; rename or delete it",
+                f.secret.username()
+            ))),
+            found => Ok(found),
+        }
+    }
+
+    async fn plan_user_secret(
+        &self,
+        app: &AppSecret,
+        at: &Endpoint,
+        name: &str,
+        auth: Option<&[ProxyAuth]>,
+        out: &mut Adoption,
+    ) -> Result<UserSecretPlan, AdoptError> {
+        let user = &app.credentials.username;
+        // The proxy's own secret for the user first: it is already attached.
+        for entry in auth.unwrap_or_default() {
+            if entry.secret_arn == out.secret {
+                out.notes.push(format!("RDS Proxy authenticates {user} with the application secret itself: after the first rotation it holds {}; detach it once the proxy secrets are attached", out.clone));
+                continue;
+            }
+            match self.read_user_secret(&entry.secret_arn).await {
+                Ok(Some(f)) if f.secret.username() == user => {
+                    if self
+                        .rotator
+                        .db
+                        .check_login(app.engine, at, &f.secret.credentials)
+                        .await
+                        .is_ok()
+                    {
+                        return Ok(UserSecretPlan::Reuse(f.arn));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => out
+                    .notes
+                    .push(format!("proxy secret {} not read: {e}", entry.secret_arn)),
+            }
+        }
+        match self.find_for(name, user).await? {
+            Some(f) => {
+                let same = f.secret.credentials.password.expose_secret()
+                    == app.credentials.password.expose_secret();
+                let logs_in = self
+                    .rotator
+                    .db
+                    .check_login(app.engine, at, &f.secret.credentials)
+                    .await
+                    .is_ok();
+                Ok(if same || logs_in {
+                    UserSecretPlan::Reuse(f.arn)
+                } else {
+                    UserSecretPlan::Update(f.arn)
+                })
+            }
+            None => Ok(UserSecretPlan::Create),
+        }
+    }
+
+    async fn create_proxy_secret(
+        &self,
+        name: &str,
+        creds: &Credentials,
+        origin: &ports::SecretOrigin,
+    ) -> Result<(), AdoptError> {
+        let value = SecretString::from(
+            json!({"username": creds.username, "password": creds.password.expose_secret()})
+                .to_string(),
+        );
+        let mut tags = origin.tags.clone();
+        tags.retain(|(k, _)| k != PROXY_SECRET_TAG);
+        tags.push((PROXY_SECRET_TAG.to_owned(), origin.arn.clone()));
+        let description = format!(
+            "RDS Proxy credentials of {}, kept in step with {} by rds-rotator",
+            creds.username, origin.name
+        );
+        match self
+            .catalog
+            .create(&NewSecret {
+                name,
+                description: &description,
+                value: &value,
+                kms_key_id: origin.kms_key_id.as_deref(),
+                tags: &tags,
+            })
+            .await
+        {
+            // Made a moment ago by a run whose answer was lost: the caller reads it back.
+            Ok(_) | Err(SecretStoreError::VersionExists(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A second run: the secret lists two users. Adopted by this suffix, nothing to do.
+    async fn already_adopted(
+        &self,
+        req: &AdoptRequest,
+        app: &AppSecret,
+        meta: &crate::rotation::ports::SecretMeta,
+        mut out: Adoption,
+    ) -> Result<Adoption, AdoptError> {
+        let names = &app.rotation_usernames;
+        let ours = names.len() == 2
+            && (names[1] == format!("{}{}", names[0], req.clone_suffix)
+                || names[0] == format!("{}{}", names[1], req.clone_suffix));
+        if !ours {
+            return Err(AdoptError::Invalid(format!(
+                "{} already rotates users {}: it is not a single-user secret, and not one adopt made with suffix {}",
+                meta.arn,
+                names.join(", "),
+                req.clone_suffix
+            )));
+        }
+        out.user = names[0].clone();
+        out.clone = names[1].clone();
+        out.already = true;
+        // A run that stopped between moving AWSCURRENT and dropping its own label.
+        if let Some(staged) = meta.version_with(Stage::Staged) {
+            if !req.dry_run {
+                self.rotator
+                    .secrets
+                    .remove_stage(&meta.arn, Stage::Staged, staged)
+                    .await?;
+            }
+        }
+        if let Some(name) = &out.proxy {
+            let auth = self.proxies.auth(name).await?;
+            let mut ids = Vec::new();
+            for (u, id) in names.iter().zip(&app.proxy_secret_ids) {
+                let arn = self
+                    .read_user_secret(id)
+                    .await?
+                    .map(|f| f.arn)
+                    .unwrap_or_else(|| id.clone());
+                ids.push((u.clone(), arn));
+            }
+            out.attach = report::attach(Some(name), Some(&auth), &ids, app.engine, &out.secret);
+        }
+        Ok(out)
+    }
+}
+
+fn token(parts: &[&str]) -> String {
+    uuid::Uuid::new_v5(&TOKEN_NAMESPACE, parts.join("\n").as_bytes()).to_string()
+}
+
+/// The master secret's login could not do it: say which secret, and that nothing changed.
+fn master_refused(id: &str, e: DbError) -> AdoptError {
+    match e {
+        DbError::NotPermitted(why) => AdoptError::Invalid(format!(
+            "the master secret {id} may not create the clone: {why}; nothing was changed"
+        )),
+        DbError::LoginRejected(u) => AdoptError::Invalid(format!(
+            "the master secret {id} does not log in (user {u}); nothing was changed"
+        )),
+        e => e.into(),
+    }
+}

@@ -1,0 +1,407 @@
+//! Cloning a MySQL or MariaDB user: every account (`user@host`) of it, each with the original
+//! account's options (`REQUIRE`, resource limits, password expiry, lock), auth plugin and
+//! grants, role grants and default role included.
+//!
+//! MySQL and MariaDB have no object owners (views and routines run as their DEFINER), so grants
+//! are the whole arrangement: both users get the same ones.
+//!
+//! Account statements are not transactional. A crash part way leaves some accounts or grants
+//! in place; every statement is idempotent (`CREATE USER IF NOT EXISTS`, `GRANT`), so running
+//! the plan again completes it. The password reaches the server as on the rotation's path: the
+//! `mysql_native_password` hash on MariaDB, the plaintext with the plugin's name on MySQL.
+
+use async_trait::async_trait;
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::ports::{ClonePlan, CloneSession, CloneState, PASSWORD_SLOT};
+use crate::db::mysql::{classify, literal, native_password_hash, normalise_grant, MySql};
+use crate::rotation::ports::{DbError, PasswordRules};
+use crate::secret::{Credentials, Endpoint};
+
+/// Where the account options of a `SHOW CREATE USER` statement start, after its auth clause.
+const OPTION_KEYWORDS: &[&str] = &[
+    " REQUIRE ",
+    " WITH ",
+    " PASSWORD EXPIRE",
+    " PASSWORD HISTORY",
+    " PASSWORD REUSE",
+    " PASSWORD REQUIRE",
+    " ACCOUNT ",
+    " DEFAULT ROLE ",
+    " COMMENT ",
+    " ATTRIBUTE ",
+    " FAILED_LOGIN_ATTEMPTS",
+    " PASSWORD_LOCK_TIME",
+];
+
+/// One account of the original user, as the server shows it.
+#[derive(Debug, Clone)]
+struct Account {
+    host: String,
+    plugin: String,
+    /// `SHOW CREATE USER`'s options after the auth clause (`REQUIRE SSL WITH ...`).
+    options: String,
+    grants: Vec<String>,
+}
+
+pub struct MyCloneSession {
+    conn: Conn,
+    at: Endpoint,
+    login: Credentials,
+    mariadb: bool,
+}
+
+/// `` `user`@`host` `` as SHOW GRANTS writes it (and MySQL 5.7's `'user'@'host'`).
+fn quoted_accounts(user: &str, host: &str) -> [String; 2] {
+    [format!("`{user}`@`{host}`"), format!("'{user}'@'{host}'")]
+}
+
+/// Splits a `SHOW CREATE USER` statement of `user@host` into its auth clause and its options.
+fn account_options(statement: &str, user: &str, host: &str) -> Option<String> {
+    let rest = quoted_accounts(user, host)
+        .iter()
+        .find_map(|a| statement.strip_prefix(&format!("CREATE USER {a}")))?;
+    // The auth clause ends at the first option keyword outside a quoted string (hashes are
+    // quoted, and may hold anything).
+    // (MySQL's own `IDENTIFIED WITH` is not the `WITH` of resource limits.)
+    let start = if rest.starts_with(" IDENTIFIED WITH ") {
+        " IDENTIFIED WITH ".len()
+    } else {
+        0
+    };
+    let mut quote: Option<char> = None;
+    for (i, c) in rest.char_indices().skip_while(|(i, _)| *i < start) {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if OPTION_KEYWORDS.iter().any(|k| rest[i..].starts_with(k)) => {
+                return Some(rest[i..].trim().to_owned());
+            }
+            None => {}
+        }
+    }
+    Some(String::new())
+}
+
+/// A grant of `user@host` rewritten for `clone@host`, without credentials. `None` for the
+/// `USAGE` line, which says nothing the account options do not (unless it carries GRANT OPTION).
+fn clone_grant(line: &str, user: &str, clone: &str, host: &str) -> Option<String> {
+    let mut s = line.to_owned();
+    for cut in [
+        " IDENTIFIED BY PASSWORD",
+        " IDENTIFIED VIA",
+        " IDENTIFIED WITH",
+    ] {
+        if let Some(i) = s.find(cut) {
+            // Keep what follows the credentials (WITH GRANT OPTION), drop the rest of the clause.
+            let tail = s[i..]
+                .find(" WITH GRANT OPTION")
+                .map(|j| s[i + j..].to_owned())
+                .unwrap_or_default();
+            s.truncate(i);
+            s.push_str(&tail);
+        }
+    }
+    if s.starts_with("GRANT USAGE ON *.* TO ") && !s.contains("GRANT OPTION") {
+        return None;
+    }
+    for (from, to) in quoted_accounts(user, host)
+        .iter()
+        .zip(quoted_accounts(clone, host).iter())
+    {
+        s = s.replace(from, to);
+    }
+    Some(s)
+}
+
+impl MyCloneSession {
+    pub async fn open(my: &MySql, at: &Endpoint, login: &Credentials) -> Result<Self, DbError> {
+        let mut conn = my.connect(at, login).await?;
+        let version: Option<String> = conn
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(|e| classify(at, &login.username, e, &[login.password.expose_secret()]))?;
+        Ok(Self {
+            conn,
+            at: at.clone(),
+            login: login.clone(),
+            mariadb: version.unwrap_or_default().contains("MariaDB"),
+        })
+    }
+
+    fn err(&self, e: mysql_async::Error, secrets: &[&str]) -> DbError {
+        let mut all = vec![self.login.password.expose_secret()];
+        all.extend_from_slice(secrets);
+        match classify(&self.at, &self.login.username, e, &all) {
+            DbError::LoginForbidden { reason, .. } => DbError::NotPermitted(reason),
+            other => other,
+        }
+    }
+
+    async fn accounts(&mut self, user: &str) -> Result<Vec<Account>, DbError> {
+        let rows: Result<Vec<(String, String)>, _> = self
+            .conn
+            .exec(
+                "SELECT Host, plugin FROM mysql.user WHERE User = ? ORDER BY Host",
+                (user,),
+            )
+            .await;
+        let rows = rows.map_err(|e| self.err(e, &[]))?;
+        let mut out = Vec::new();
+        for (host, plugin) in rows {
+            let account = format!(
+                "{}@{}",
+                literal(user, "user name")?,
+                literal(&host, "account host")?
+            );
+            let create: Result<Option<String>, _> = self
+                .conn
+                .query_first(format!("SHOW CREATE USER {account}"))
+                .await;
+            let create = create.map_err(|e| self.err(e, &[]))?.unwrap_or_default();
+            let options = account_options(&create, user, &host).ok_or_else(|| {
+                DbError::Refused(format!("cannot read SHOW CREATE USER of {user}@{host}"))
+            })?;
+            let grants: Result<Vec<String>, _> =
+                self.conn.query(format!("SHOW GRANTS FOR {account}")).await;
+            let grants = grants.map_err(|e| self.err(e, &[]))?;
+            out.push(Account {
+                host,
+                plugin,
+                options,
+                grants,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The auth clause for the clone's account.
+    fn auth_clause(&self, plugin: &str, user: &str, host: &str) -> Result<String, DbError> {
+        match (self.mariadb, plugin) {
+            (true, "mysql_native_password") => {
+                Ok(format!("IDENTIFIED BY PASSWORD '{PASSWORD_SLOT}'"))
+            }
+            (false, "mysql_native_password" | "caching_sha2_password" | "sha256_password") => {
+                Ok(format!("IDENTIFIED WITH {plugin} BY '{PASSWORD_SLOT}'"))
+            }
+            _ => Err(DbError::Refused(format!(
+                "{user}@{host} authenticates with {plugin}, which adopt cannot give a password (it handles mysql_native_password{})",
+                if self.mariadb { "" } else { ", caching_sha2_password and sha256_password" }
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl CloneSession for MyCloneSession {
+    async fn plan(&mut self, user: &str, clone: &str) -> Result<ClonePlan, DbError> {
+        let read_only: Option<(i64, i64)> = self
+            .conn
+            .query_first("SELECT @@global.read_only, @@global.innodb_read_only")
+            .await
+            .map_err(|e| self.err(e, &[]))?;
+        if read_only.is_some_and(|(a, b)| a != 0 || b != 0) {
+            return Err(DbError::ReadOnly {
+                at: self.at.to_string(),
+                writer: None,
+            });
+        }
+        let original = self.accounts(user).await?;
+        if original.is_empty() {
+            return Err(DbError::Refused(format!(
+                "there is no account for user {user}"
+            )));
+        }
+        let existing = self.accounts(clone).await?;
+        let mut statements = Vec::new();
+        let (mut missing, mut differences) = (Vec::new(), Vec::new());
+        for a in &original {
+            let account = format!(
+                "{}@{}",
+                literal(clone, "user name")?,
+                literal(&a.host, "account host")?
+            );
+            let options = if a.options.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", a.options)
+            };
+            statements.push(format!(
+                "CREATE USER IF NOT EXISTS {account} {}{options}",
+                self.auth_clause(&a.plugin, user, &a.host)?
+            ));
+            let grants: Vec<String> = a
+                .grants
+                .iter()
+                .filter_map(|g| clone_grant(g, user, clone, &a.host))
+                .collect();
+            statements.extend(grants);
+            match existing.iter().find(|e| e.host == a.host) {
+                None => missing.push(format!("account {clone}@{}", a.host)),
+                Some(e) => {
+                    if e.plugin != a.plugin || e.options != a.options {
+                        differences.push(format!(
+                            "{clone}@{} has plugin {} and options {:?}, not {} and {:?}",
+                            a.host, e.plugin, e.options, a.plugin, a.options
+                        ));
+                    }
+                    let want: Vec<String> =
+                        a.grants.iter().map(|g| normalise_grant(g, user)).collect();
+                    let have: Vec<String> =
+                        e.grants.iter().map(|g| normalise_grant(g, clone)).collect();
+                    differences.extend(
+                        have.iter()
+                            .filter(|g| !want.contains(g))
+                            .map(|g| format!("{clone}@{} has {g}", a.host)),
+                    );
+                    missing.extend(
+                        want.iter()
+                            .filter(|g| !have.contains(g))
+                            .map(|g| format!("{clone}@{}: {g}", a.host)),
+                    );
+                }
+            }
+        }
+        for e in existing
+            .iter()
+            .filter(|e| !original.iter().any(|a| a.host == e.host))
+        {
+            differences.push(format!(
+                "account {clone}@{}, which {user} does not have",
+                e.host
+            ));
+        }
+        let state = if existing.is_empty() {
+            CloneState::Absent
+        } else if !differences.is_empty() {
+            CloneState::Different { differences }
+        } else if !missing.is_empty() {
+            CloneState::Partial { missing }
+        } else {
+            CloneState::Same
+        };
+        let hosts: Vec<&str> = original.iter().map(|a| a.host.as_str()).collect();
+        Ok(ClonePlan {
+            user: user.to_owned(),
+            clone: clone.to_owned(),
+            state,
+            statements,
+            rules: PasswordRules::default(),
+            notes: vec![format!(
+                "{clone} gets an account on each host of {user} ({}), with the same grants",
+                hosts.join(", ")
+            )],
+        })
+    }
+
+    /// CREATE USER and GRANT OPTION on `*.*` (RDS's master user has both). Statements are not
+    /// transactional here, so they are not tried.
+    async fn rehearse(&mut self, plan: &ClonePlan) -> Result<(), DbError> {
+        let grants: Result<Vec<String>, _> = self.conn.query("SHOW GRANTS").await;
+        let grants = grants.map_err(|e| self.err(e, &[]))?;
+        let global = grants.iter().find(|g| g.contains(" ON *.* TO "));
+        let may_create = global.is_some_and(|g| {
+            g.starts_with("GRANT ALL PRIVILEGES ON *.*") || g.contains("CREATE USER")
+        });
+        let may_grant = global.is_some_and(|g| g.contains("WITH GRANT OPTION"));
+        if !(may_create && may_grant) {
+            return Err(DbError::NotPermitted(format!(
+                "{} lacks {} on *.*, so it cannot create {} with the grants of {}",
+                self.login.username,
+                match (may_create, may_grant) {
+                    (false, false) => "CREATE USER and GRANT OPTION",
+                    (false, true) => "CREATE USER",
+                    _ => "GRANT OPTION",
+                },
+                plan.clone,
+                plan.user
+            )));
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, plan: &ClonePlan, password: &SecretString) -> Result<(), DbError> {
+        let pw = password.expose_secret();
+        let hash = native_password_hash(pw);
+        let secret = if self.mariadb {
+            hash.clone()
+        } else {
+            literal(pw, "new password")?.trim_matches('\'').to_owned()
+        };
+        for sql in &plan.statements {
+            let sql = sql.replace(PASSWORD_SLOT, &secret);
+            let done = self.conn.query_drop(sql).await;
+            done.map_err(|e| self.err(e, &[pw, hash.as_str()]))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_options_follow_the_auth_clause_whatever_the_hash_holds() {
+        assert_eq!(
+            account_options(
+                "CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*0D3C' WITH MAX_USER_CONNECTIONS 3",
+                "u",
+                "%"
+            )
+            .unwrap(),
+            "WITH MAX_USER_CONNECTIONS 3"
+        );
+        assert_eq!(
+            account_options(
+                "CREATE USER `u`@`h` IDENTIFIED WITH 'caching_sha2_password' AS '$A$005$ WITH x' REQUIRE NONE PASSWORD EXPIRE DEFAULT ACCOUNT UNLOCK",
+                "u",
+                "h"
+            )
+            .unwrap(),
+            "REQUIRE NONE PASSWORD EXPIRE DEFAULT ACCOUNT UNLOCK"
+        );
+        assert_eq!(
+            account_options("CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*0D'", "u", "%").unwrap(),
+            ""
+        );
+        assert!(account_options("CREATE USER `v`@`%`", "u", "%").is_none());
+    }
+
+    #[test]
+    fn grants_are_rewritten_for_the_clone_without_credentials() {
+        let (u, c, h) = ("app", "app_clone", "%");
+        assert_eq!(
+            clone_grant("GRANT SELECT, INSERT ON `shop`.* TO `app`@`%`", u, c, h).unwrap(),
+            "GRANT SELECT, INSERT ON `shop`.* TO `app_clone`@`%`"
+        );
+        assert_eq!(
+            clone_grant("GRANT `r` TO `app`@`%`", u, c, h).unwrap(),
+            "GRANT `r` TO `app_clone`@`%`"
+        );
+        assert_eq!(
+            clone_grant("SET DEFAULT ROLE `r` FOR `app`@`%`", u, c, h).unwrap(),
+            "SET DEFAULT ROLE `r` FOR `app_clone`@`%`"
+        );
+        assert!(clone_grant(
+            "GRANT USAGE ON *.* TO `app`@`%` IDENTIFIED BY PASSWORD '*AB' WITH MAX_USER_CONNECTIONS 3",
+            u,
+            c,
+            h
+        )
+        .is_none());
+        assert_eq!(
+            clone_grant(
+                "GRANT ALL PRIVILEGES ON *.* TO `app`@`%` IDENTIFIED BY PASSWORD '*AB' WITH GRANT OPTION",
+                u,
+                c,
+                h
+            )
+            .unwrap(),
+            "GRANT ALL PRIVILEGES ON *.* TO `app_clone`@`%` WITH GRANT OPTION"
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! What adoption needs beyond the rotation's ports: a secret's copyable settings and new secrets,
+//! RDS Proxy's list of secrets, and a database session that can clone a user.
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use crate::rotation::ports::{DbError, PasswordRules, SecretStoreError};
+
+/// What a new secret copies from the application secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretOrigin {
+    pub arn: String,
+    pub name: String,
+    /// `None`: the account's default key (`aws/secretsmanager`).
+    pub kms_key_id: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+/// A secret to create.
+#[derive(Debug)]
+pub struct NewSecret<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub value: &'a SecretString,
+    pub kms_key_id: Option<&'a str>,
+    pub tags: &'a [(String, String)],
+}
+
+#[async_trait]
+pub trait SecretCatalog: Send + Sync {
+    async fn origin(&self, secret_id: &str) -> Result<SecretOrigin, SecretStoreError>;
+    /// CreateSecret; returns the ARN. `VersionExists` when a secret of that name exists.
+    async fn create(&self, secret: &NewSecret<'_>) -> Result<String, SecretStoreError>;
+}
+
+/// One entry of an RDS Proxy's `Auth` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyAuth {
+    pub secret_arn: String,
+    pub iam_auth: Option<String>,
+    pub client_password_auth_type: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("RDS Proxy {0} does not exist in this region")]
+    NotFound(String),
+    #[error("access denied by RDS: {0}")]
+    Denied(String),
+    #[error("RDS is unavailable: {0}")]
+    Unavailable(String),
+    #[error("RDS refused the request: {0}")]
+    Refused(String),
+}
+
+#[async_trait]
+pub trait ProxyDirectory: Send + Sync {
+    /// The proxy's `Auth` list (DescribeDBProxies).
+    async fn auth(&self, proxy: &str) -> Result<Vec<ProxyAuth>, ProxyError>;
+}
+
+/// Whether a user that should be a clone is there, and how it differs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloneState {
+    Absent,
+    /// It has exactly the rights the clone must have.
+    Same,
+    /// It has some of them and nothing else: a crashed adoption's (MySQL's statements are not
+    /// transactional), to be completed only when that adoption's secret says it is ours.
+    Partial {
+        missing: Vec<String>,
+    },
+    /// It has rights or settings the original user does not: someone else's user.
+    Different {
+        differences: Vec<String>,
+    },
+}
+
+/// How to make `clone` a twin of `user`, as one database says.
+#[derive(Debug, Clone)]
+pub struct ClonePlan {
+    pub user: String,
+    pub clone: String,
+    pub state: CloneState,
+    /// The statements that create (or complete) the clone, in order; the password appears as
+    /// [`PASSWORD_SLOT`], replaced by a verifier (or hash) when they run.
+    pub statements: Vec<String>,
+    /// What the server asks of a new password (validation plugins).
+    pub rules: PasswordRules,
+    /// Worth saying before anything changes: settings not copied, and why.
+    pub notes: Vec<String>,
+}
+
+/// Where a clone statement's password goes; printed as is by `--dry-run`.
+pub const PASSWORD_SLOT: &str = "<verifier of the new password>";
+
+/// A login with the right to create users (the master secret's).
+#[async_trait]
+pub trait CloneSession: Send {
+    /// Reads `user`, and `clone` if it exists, and plans the clone. `Refused` when `user` does
+    /// not exist; `ReadOnly` on a replica.
+    async fn plan(&mut self, user: &str, clone: &str) -> Result<ClonePlan, DbError>;
+    /// Shows that `apply` would be allowed, without changing anything (PostgreSQL runs the
+    /// statements in a transaction it rolls back). `NotPermitted` says which right is missing.
+    async fn rehearse(&mut self, plan: &ClonePlan) -> Result<(), DbError>;
+    /// Runs the plan's statements with `password`.
+    async fn apply(&mut self, plan: &ClonePlan, password: &SecretString) -> Result<(), DbError>;
+}
