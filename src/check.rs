@@ -883,17 +883,39 @@ async fn check_grants(
     check_valid_until(&sets, report);
     let (first, base) = &sets[0];
     let mut drift = Vec::new();
+    let mut shared = Vec::new();
     for (u, p) in &sets[1..] {
-        let only_first: Vec<&str> = base
-            .iter()
-            .filter(|x| !p.contains(x))
-            .map(String::as_str)
-            .collect();
-        let only_other: Vec<&str> = p
-            .iter()
-            .filter(|x| !base.contains(x))
-            .map(String::as_str)
-            .collect();
+        // adopt's PostgreSQL clone acts as the original: it holds every privilege of it by
+        // membership, so only what it has besides counts.
+        let arrangement = |lines: &[String], of: &str| {
+            let member = [format!("member of {of}"), format!("member of \"{of}\"")];
+            let acts = app.engine == Engine::Postgres
+                && lines.iter().any(|l| member.contains(l))
+                && lines.contains(&format!("setting role={of}"));
+            acts.then(|| {
+                let mut own: Vec<String> = member.to_vec();
+                own.push(format!("setting role={of}"));
+                own
+            })
+        };
+        // Lines one user has and the other lacks; the one that acts as the other lacks nothing.
+        let extra = |have: &[String], other: &[String], own: &[String]| -> Vec<String> {
+            have.iter()
+                .filter(|x| !other.contains(x) && !own.contains(x))
+                .cloned()
+                .collect()
+        };
+        let (only_first, only_other) = match (arrangement(p, first), arrangement(base, u)) {
+            (Some(own), _) => {
+                shared.push(format!("{u} acts as {first}"));
+                (Vec::new(), extra(p, base, &own))
+            }
+            (None, Some(own)) => {
+                shared.push(format!("{first} acts as {u}"));
+                (extra(base, p, &own), Vec::new())
+            }
+            (None, None) => (extra(base, p, &[]), extra(p, base, &[])),
+        };
         if !only_first.is_empty() {
             drift.push(format!("only {first}: {}", only_first.join(", ")));
         }
@@ -905,11 +927,19 @@ async fn check_grants(
         report.push(
             "grants",
             Status::Ok,
-            format!(
-                "{} have the same role memberships and privileges ({} entries)",
-                users.join(" and "),
-                base.len()
-            ),
+            if shared.is_empty() {
+                format!(
+                    "{} have the same role memberships and privileges ({} entries)",
+                    users.join(" and "),
+                    base.len()
+                )
+            } else {
+                format!(
+                    "{} have the same privileges: {} (a member of it, with the role setting role={first}), so what either creates is owned by {first} and usable by both",
+                    users.join(" and "),
+                    shared.join(", ")
+                )
+            },
         );
     } else {
         report.push(

@@ -222,6 +222,7 @@ impl Adopter {
                 &master,
                 &at,
                 &clone,
+                lease.as_ref(),
                 &mut out,
             )
             .await;
@@ -243,6 +244,7 @@ impl Adopter {
         master: &Found,
         at: &Endpoint,
         clone: &str,
+        lease: Option<&Lease>,
         out: &mut Adoption,
     ) -> Result<(), AdoptError> {
         let db = &self.rotator.db;
@@ -395,6 +397,7 @@ impl Adopter {
         }
 
         // --- The steps. ---
+        self.keep(lease).await?;
         let clone_creds = match clone_secret {
             Some(found) => found.secret.credentials,
             None => {
@@ -419,6 +422,7 @@ impl Adopter {
                 AdoptError::Invalid(format!("{clone_secret_name} vanished after it was created"))
             })?;
         failpoint::hit("after:adopt.clone_secret").await;
+        self.keep(lease).await?;
 
         if matches!(plan.state, CloneState::Absent | CloneState::Partial { .. }) {
             session.apply(&plan, &clone_creds.password).await?;
@@ -444,6 +448,7 @@ impl Adopter {
             Err(e) => return Err(e.into()),
         }
         failpoint::hit("after:adopt.clone_user").await;
+        self.keep(lease).await?;
 
         let user_arn = match user_plan {
             UserSecretPlan::Reuse(arn) => arn,
@@ -475,6 +480,7 @@ impl Adopter {
             }
         };
         failpoint::hit("after:adopt.user_secret").await;
+        self.keep(lease).await?;
 
         let users = [user.to_owned(), clone.to_owned()];
         let ids = [user_arn.clone(), clone_arn.clone()];
@@ -535,11 +541,7 @@ impl Adopter {
 
     async fn take_lease(&self, arn: &str) -> Result<Lease, AdoptError> {
         let owner = format!("{}#adopt", self.rotator.owner);
-        let ttl = self
-            .rotator
-            .settings
-            .lease_duration
-            .max(std::time::Duration::from_secs(120));
+        let ttl = self.rotator.settings.lease_duration;
         match self.rotator.records.acquire(arn, &owner, ttl).await? {
             Acquired::Granted { lease, record } => {
                 if let Some(r) = record.filter(|r| r.is_in_progress()) {
@@ -556,6 +558,17 @@ impl Adopter {
             Acquired::Begun { lease, .. } => Ok(lease),
             Acquired::NotBegun { .. } => Err(AdoptError::Busy(arn.to_owned(), "?".into())),
         }
+    }
+
+    /// Renews the lease between steps; a lease someone else holds now stops the run.
+    async fn keep(&self, lease: Option<&Lease>) -> Result<(), AdoptError> {
+        if let Some(lease) = lease {
+            self.rotator
+                .records
+                .renew(lease, self.rotator.settings.lease_duration)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn read_user_secret(&self, id: &str) -> Result<Option<Found>, AdoptError> {

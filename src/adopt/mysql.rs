@@ -331,10 +331,13 @@ impl CloneSession for MyCloneSession {
         } else {
             literal(pw, "new password")?.trim_matches('\'').to_owned()
         };
-        for sql in &plan.statements {
+        for (i, sql) in plan.statements.iter().enumerate() {
             let sql = sql.replace(PASSWORD_SLOT, &secret);
             let done = self.conn.query_drop(sql).await;
             done.map_err(|e| self.err(e, &[pw, hash.as_str()]))?;
+            if i == 0 {
+                crate::failpoint::hit("inside:adopt.clone_user").await;
+            }
         }
         Ok(())
     }

@@ -354,13 +354,16 @@ impl PgCloneSession {
             .batch_execute("BEGIN")
             .await
             .map_err(|e| self.err(e))?;
-        for sql in &plan.statements {
+        for (i, sql) in plan.statements.iter().enumerate() {
             // The verifier is base64 and `$:`; the slot sits inside a literal already.
             let sql = sql.replace(PASSWORD_SLOT, verifier);
             self.client
                 .batch_execute(&sql)
                 .await
                 .map_err(|e| self.err(e))?;
+            if i == 0 {
+                crate::failpoint::hit("inside:adopt.clone_user").await;
+            }
         }
         Ok(())
     }

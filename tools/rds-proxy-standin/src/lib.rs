@@ -135,6 +135,8 @@ fn still_open(stream: TcpStream) -> Option<TcpStream> {
 #[derive(Clone)]
 pub struct StandIn {
     pub addr: SocketAddr,
+    /// The Auth list: what `attach` changes.
+    secret_ids: Arc<std::sync::RwLock<Vec<String>>>,
     refresh_now: Arc<Notify>,
     generation: watch::Receiver<u64>,
     pool: Arc<Pool>,
@@ -145,6 +147,18 @@ impl StandIn {
     /// connection goes back to the pool a moment after its client's Terminate, asynchronously.
     pub fn pooled(&self) -> usize {
         self.pool.len()
+    }
+
+    /// Adds a secret to the proxy's Auth list, as `aws rds modify-db-proxy --auth` does, and
+    /// reads it.
+    pub async fn attach(&self, secret_id: &str) {
+        {
+            let mut ids = self.secret_ids.write().unwrap();
+            if !ids.iter().any(|i| i == secret_id) {
+                ids.push(secret_id.to_owned());
+            }
+        }
+        self.refresh_now().await;
     }
 
     /// Re-reads the secrets now and waits until that is done.
@@ -224,8 +238,9 @@ pub async fn start(config: Config, sm: aws_sdk_secretsmanager::Client) -> Result
     let refresh_now = Arc::new(Notify::new());
     let (gen_tx, generation) = watch::channel(0u64);
 
+    let secret_ids = Arc::new(std::sync::RwLock::new(config.secret_ids.clone()));
     let (ids, refresh, notify, refresh_cache) = (
-        config.secret_ids.clone(),
+        secret_ids.clone(),
         config.refresh,
         refresh_now.clone(),
         cache.clone(),
@@ -236,7 +251,8 @@ pub async fn start(config: Config, sm: aws_sdk_secretsmanager::Client) -> Result
                 _ = tokio::time::sleep(refresh) => {}
                 _ = notify.notified() => {}
             }
-            match load(&sm, &ids, &refresh_cache).await {
+            let now: Vec<String> = ids.read().unwrap().clone();
+            match load(&sm, &now, &refresh_cache).await {
                 Ok(()) => debug!("secrets refreshed"),
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), "secret refresh failed; keeping the old ones")
@@ -270,6 +286,7 @@ pub async fn start(config: Config, sm: aws_sdk_secretsmanager::Client) -> Result
     info!(%addr, pool = config.pool, "RDS Proxy stand-in listening");
     Ok(StandIn {
         addr,
+        secret_ids,
         refresh_now,
         generation,
         pool,
