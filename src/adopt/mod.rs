@@ -258,10 +258,6 @@ impl Adopter {
             .await
             .map_err(|e| master_refused(&req.master_secret_id, e))?;
         let plan = session.plan(user, clone).await?;
-        session
-            .rehearse(&plan)
-            .await
-            .map_err(|e| master_refused(&req.master_secret_id, e))?;
         // The server's password rules (MariaDB's validation plugins), read as the rotation does.
         let rules = db
             .login(engine, at, &master.secret.credentials)
@@ -302,6 +298,12 @@ impl Adopter {
                 out.notes.push(format!("user {clone} exists with {user}'s rights and no known password; it gets a new one"));
             }
             _ => {}
+        }
+        if plan.state != CloneState::Same {
+            session
+                .rehearse(&plan)
+                .await
+                .map_err(|e| master_refused(&req.master_secret_id, e))?;
         }
 
         let auth = match &out.proxy {
@@ -750,6 +752,9 @@ fn master_refused(id: &str, e: DbError) -> AdoptError {
         )),
         DbError::LoginRejected(u) => AdoptError::Invalid(format!(
             "the master secret {id} does not log in (user {u}); nothing was changed"
+        )),
+        DbError::LoginForbidden { user, reason } => AdoptError::Invalid(format!(
+            "the master secret {id} (user {user}) may not log in: {reason}; nothing was changed"
         )),
         e => e.into(),
     }
