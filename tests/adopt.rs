@@ -879,3 +879,38 @@ async fn bad_input_is_refused_with_a_clear_error_and_nothing_changed() {
         .unwrap();
     refused(&single, &[], "lacks CREATE USER and GRANT OPTION").await;
 }
+
+#[tokio::test]
+async fn the_tag_fan_out_leaves_out_the_proxy_secrets_adopt_made() {
+    use rds_rotator::worker::SecretDirectory;
+    let single = Single::postgres(None).await;
+    let key = format!("fanout-{}", single.id);
+    single
+        .sm
+        .tag_resource()
+        .secret_id(&single.app_secret)
+        .tags(
+            aws_sdk_secretsmanager::types::Tag::builder()
+                .key(&key)
+                .value("yes")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let out = single.adopt(&[]);
+    assert!(out.status.success(), "adopt: {}", text(&out));
+    let app = single
+        .sm
+        .describe_secret()
+        .secret_id(&single.app_secret)
+        .send()
+        .await
+        .unwrap();
+    // The proxy secrets copied the tag; only the application secret is rotated by it.
+    let found = rds_rotator::aws::secrets::SecretsManager::new(&aws().await)
+        .with_tag(&key, "yes")
+        .await
+        .unwrap();
+    assert_eq!(found, vec![app.arn().unwrap().to_owned()]);
+}

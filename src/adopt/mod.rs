@@ -181,6 +181,12 @@ impl Adopter {
         let proxy = req.proxy.clone().or_else(|| app.proxy_name.clone());
         let mut out = Adoption::new(&arn, app.engine, &user, req.dry_run, proxy.clone());
 
+        if meta.rotation_enabled {
+            out.notes.push(format!(
+                "Secrets Manager's own rotation is enabled on this secret ({}): rotate refuses while it is; turn it off (aws secretsmanager cancel-rotate-secret)",
+                meta.rotation_lambda.as_deref().unwrap_or("no function named")
+            ));
+        }
         if app.is_multi_user() {
             return self.already_adopted(req, &app, &meta, out).await;
         }
@@ -393,7 +399,6 @@ impl Adopter {
                     ),
                 ],
                 engine,
-                &out.secret,
             );
             return Ok(());
         }
@@ -510,7 +515,6 @@ impl Adopter {
             auth.as_deref(),
             &[(user.to_owned(), user_arn), (clone.to_owned(), clone_arn)],
             engine,
-            &out.secret,
         );
         Ok(())
     }
@@ -613,13 +617,19 @@ impl Adopter {
         out: &mut Adoption,
     ) -> Result<UserSecretPlan, AdoptError> {
         let user = &app.credentials.username;
-        // The proxy's own secret for the user first: it is already attached.
+        // The proxy's own secret for the user first (it is attached already), then one the
+        // secret names.
+        let mut candidates: Vec<&str> = Vec::new();
         for entry in auth.unwrap_or_default() {
             if entry.secret_arn == out.secret {
                 out.notes.push(format!("RDS Proxy authenticates {user} with the application secret itself: after the first rotation it holds {}; detach it once the proxy secrets are attached", out.clone));
-                continue;
+            } else {
+                candidates.push(&entry.secret_arn);
             }
-            match self.read_user_secret(&entry.secret_arn).await {
+        }
+        candidates.extend(app.proxy_secret_ids.iter().map(String::as_str));
+        for id in candidates {
+            match self.read_user_secret(id).await {
                 Ok(Some(f)) if f.secret.username() == user => {
                     if self
                         .rotator
@@ -632,9 +642,7 @@ impl Adopter {
                     }
                 }
                 Ok(_) => {}
-                Err(e) => out
-                    .notes
-                    .push(format!("proxy secret {} not read: {e}", entry.secret_arn)),
+                Err(e) => out.notes.push(format!("proxy secret {id} not read: {e}")),
             }
         }
         match self.find_for(name, user).await? {
@@ -734,7 +742,7 @@ impl Adopter {
                     .unwrap_or_else(|| id.clone());
                 ids.push((u.clone(), arn));
             }
-            out.attach = report::attach(Some(name), Some(&auth), &ids, app.engine, &out.secret);
+            out.attach = report::attach(Some(name), Some(&auth), &ids, app.engine);
         }
         Ok(out)
     }

@@ -184,7 +184,6 @@ pub fn attach(
     auth: Option<&[ProxyAuth]>,
     users: &[(String, String)],
     engine: Engine,
-    app_secret: &str,
 ) -> Attach {
     let listed = |arn: &str| auth.is_some_and(|a| a.iter().any(|e| e.secret_arn == arn));
     let missing: Vec<&(String, String)> = users.iter().filter(|(_, arn)| !listed(arn)).collect();
@@ -241,7 +240,6 @@ pub fn attach(
         }
         tf.push_str(&format!("    secret_arn  = \"{}\"\n  }}\n", e.secret_arn));
     }
-    let _ = app_secret;
     Attach {
         missing: missing.iter().map(|(u, _)| u.clone()).collect(),
         cli: Some(cli),
@@ -269,7 +267,6 @@ mod tests {
                 ("app_clone".into(), "arn:new".into()),
             ],
             Engine::Postgres,
-            "arn:app",
         );
         assert_eq!(a.missing, vec!["app_clone".to_owned()]);
         let cli = a.cli.unwrap();
@@ -307,7 +304,6 @@ mod tests {
             Some(&auth),
             &[("u".into(), "a".into()), ("c".into(), "b".into())],
             Engine::Mysql,
-            "x",
         );
         assert!(a.missing.is_empty() && a.cli.is_none());
     }
