@@ -28,7 +28,7 @@ use tracing::warn;
 use crate::db::tls::DbTls;
 use crate::failpoint;
 use crate::rotation::ports::{
-    Acquired, At, DbError, Lease, RecordStoreError, SecretStoreError, Stage,
+    Acquired, At, DbError, Lease, RecordStoreError, SecretMeta, SecretStoreError, Stage,
 };
 use crate::rotation::Rotator;
 use crate::secret::{
@@ -203,7 +203,6 @@ impl Adopter {
             ))
         })?;
         out.clone = clone.clone();
-        let origin = self.catalog.origin(&arn).await?;
         let master = self
             .read_user_secret(&req.master_secret_id)
             .await?
@@ -224,7 +223,7 @@ impl Adopter {
                 req,
                 &app,
                 &current_version,
-                &origin,
+                &meta,
                 &master,
                 &at,
                 &clone,
@@ -246,7 +245,7 @@ impl Adopter {
         req: &AdoptRequest,
         app: &AppSecret,
         current_version: &str,
-        origin: &ports::SecretOrigin,
+        origin: &SecretMeta,
         master: &Found,
         at: &Endpoint,
         clone: &str,
@@ -669,7 +668,7 @@ impl Adopter {
         &self,
         name: &str,
         creds: &Credentials,
-        origin: &ports::SecretOrigin,
+        origin: &SecretMeta,
     ) -> Result<(), AdoptError> {
         let value = SecretString::from(
             json!({"username": creds.username, "password": creds.password.expose_secret()})

@@ -16,7 +16,9 @@ use mysql_async::Conn;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::ports::{ClonePlan, CloneSession, CloneState, PASSWORD_SLOT};
-use crate::db::mysql::{classify, literal, native_password_hash, normalise_grant, MySql};
+use crate::db::mysql::{
+    classify, literal, native_password_hash, normalise_grant, without_credentials, MySql,
+};
 use crate::rotation::ports::{DbError, PasswordRules};
 use crate::secret::{Credentials, Endpoint};
 
@@ -89,22 +91,7 @@ fn account_options(statement: &str, user: &str, host: &str) -> Option<String> {
 /// A grant of `user@host` rewritten for `clone@host`, without credentials. `None` for the
 /// `USAGE` line, which says nothing the account options do not (unless it carries GRANT OPTION).
 fn clone_grant(line: &str, user: &str, clone: &str, host: &str) -> Option<String> {
-    let mut s = line.to_owned();
-    for cut in [
-        " IDENTIFIED BY PASSWORD",
-        " IDENTIFIED VIA",
-        " IDENTIFIED WITH",
-    ] {
-        if let Some(i) = s.find(cut) {
-            // Keep what follows the credentials (WITH GRANT OPTION), drop the rest of the clause.
-            let tail = s[i..]
-                .find(" WITH GRANT OPTION")
-                .map(|j| s[i + j..].to_owned())
-                .unwrap_or_default();
-            s.truncate(i);
-            s.push_str(&tail);
-        }
-    }
+    let mut s = without_credentials(line);
     if s.starts_with("GRANT USAGE ON *.* TO ") && !s.contains("GRANT OPTION") {
         return None;
     }

@@ -1,20 +1,10 @@
-//! What adoption needs beyond the rotation's ports: a secret's copyable settings and new secrets,
+//! What adoption needs beyond the rotation's ports: new secrets,
 //! RDS Proxy's list of secrets, and a database session that can clone a user.
 
 use async_trait::async_trait;
 use secrecy::SecretString;
 
 use crate::rotation::ports::{DbError, PasswordRules, SecretStoreError};
-
-/// What a new secret copies from the application secret.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SecretOrigin {
-    pub arn: String,
-    pub name: String,
-    /// `None`: the account's default key (`aws/secretsmanager`).
-    pub kms_key_id: Option<String>,
-    pub tags: Vec<(String, String)>,
-}
 
 /// A secret to create.
 #[derive(Debug)]
@@ -28,7 +18,6 @@ pub struct NewSecret<'a> {
 
 #[async_trait]
 pub trait SecretCatalog: Send + Sync {
-    async fn origin(&self, secret_id: &str) -> Result<SecretOrigin, SecretStoreError>;
     /// CreateSecret; returns the ARN. `VersionExists` when a secret of that name exists.
     async fn create(&self, secret: &NewSecret<'_>) -> Result<String, SecretStoreError>;
 }

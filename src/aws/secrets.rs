@@ -90,6 +90,13 @@ impl SecretStore for SecretsManager {
             versions,
             rotation_enabled: out.rotation_enabled().unwrap_or(false),
             rotation_lambda: out.rotation_lambda_arn().map(str::to_owned),
+            name: out.name().unwrap_or(secret_id).to_owned(),
+            kms_key_id: out.kms_key_id().map(str::to_owned),
+            tags: out
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
+                .collect(),
         })
     }
 
@@ -226,29 +233,6 @@ impl crate::worker::SecretDirectory for SecretsManager {
 
 #[async_trait]
 impl crate::adopt::ports::SecretCatalog for SecretsManager {
-    async fn origin(
-        &self,
-        secret_id: &str,
-    ) -> Result<crate::adopt::ports::SecretOrigin, SecretStoreError> {
-        let out = self
-            .client
-            .describe_secret()
-            .secret_id(secret_id)
-            .send()
-            .await
-            .map_err(|e| map_err(secret_id, e))?;
-        Ok(crate::adopt::ports::SecretOrigin {
-            arn: out.arn().unwrap_or(secret_id).to_owned(),
-            name: out.name().unwrap_or(secret_id).to_owned(),
-            kms_key_id: out.kms_key_id().map(str::to_owned),
-            tags: out
-                .tags()
-                .iter()
-                .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
-                .collect(),
-        })
-    }
-
     async fn create(
         &self,
         secret: &crate::adopt::ports::NewSecret<'_>,

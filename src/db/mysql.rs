@@ -531,19 +531,23 @@ fn group_threads(
     groups
 }
 
+/// A `SHOW GRANTS` line without MariaDB's credentials clause (`IDENTIFIED BY PASSWORD '*…'`,
+/// `IDENTIFIED VIA …`), keeping what follows it (`WITH GRANT OPTION`, resource limits).
+pub(crate) fn without_credentials(line: &str) -> String {
+    let Some(i) = line.find(" IDENTIFIED ") else {
+        return line.to_owned();
+    };
+    // The clause's quoted hash holds no ` WITH `; MariaDB prints the options after it.
+    match line[i..].find(" WITH ") {
+        Some(j) => format!("{}{}", &line[..i], &line[i + j..]),
+        None => line[..i].to_owned(),
+    }
+}
+
 /// `SHOW GRANTS` lines in a form two users can be compared in: the grantee becomes `<user>` and
 /// credentials (`IDENTIFIED BY PASSWORD '*…'`, `IDENTIFIED VIA …`) are cut off.
 pub(crate) fn normalise_grant(line: &str, user: &str) -> String {
-    let mut s = line.to_owned();
-    for cut in [
-        " IDENTIFIED BY PASSWORD",
-        " IDENTIFIED VIA",
-        " IDENTIFIED WITH",
-    ] {
-        if let Some(i) = s.find(cut) {
-            s.truncate(i);
-        }
-    }
+    let mut s = without_credentials(line);
     for quoted in [format!("`{user}`@"), format!("'{user}'@")] {
         if let Some(i) = s.find(&quoted) {
             let rest = &s[i + quoted.len()..];
@@ -659,6 +663,13 @@ mod tests {
         let b = normalise_grant("GRANT SELECT ON `shop`.* TO 'app_clone'@'%'", "app_clone");
         assert_eq!(a, "GRANT SELECT ON `shop`.* TO <user>");
         assert_eq!(a, b);
+        assert_eq!(
+            normalise_grant(
+                "GRANT ALL PRIVILEGES ON *.* TO `app`@`%` IDENTIFIED BY PASSWORD '*24' WITH GRANT OPTION",
+                "app"
+            ),
+            "GRANT ALL PRIVILEGES ON *.* TO <user> WITH GRANT OPTION"
+        );
     }
 
     #[test]

@@ -183,6 +183,9 @@ impl SecretStore for World {
                 .collect(),
             rotation_enabled: s.rotation_enabled.contains(name),
             rotation_lambda: None,
+            name: name.to_owned(),
+            kms_key_id: None,
+            tags: Vec::new(),
         })
     }
 

@@ -65,6 +65,11 @@ pub struct SecretMeta {
     pub rotation_enabled: bool,
     /// The function of that rotation, if it names one.
     pub rotation_lambda: Option<String>,
+    /// What a new secret made beside this one copies (adopt): its name, KMS key (`None`: the
+    /// account's default key) and tags.
+    pub name: String,
+    pub kms_key_id: Option<String>,
+    pub tags: Vec<(String, String)>,
 }
 
 impl SecretMeta {
