@@ -527,9 +527,12 @@ async fn check_proxy_auth(
         }
     };
     let listed = |arn: &str| auth.iter().any(|a| a.secret_arn == arn);
+    // Single-user, before adoption: the proxy commonly authenticates with the application
+    // secret itself, whose user does not change.
+    let single = users.len() < 2 && listed(app_arn);
     let missing: Vec<String> = users
         .iter()
-        .filter(|u| !proxy_arns.get(*u).is_some_and(|arn| listed(arn)))
+        .filter(|u| !single && !proxy_arns.get(*u).is_some_and(|arn| listed(arn)))
         .map(|u| match proxy_arns.get(u) {
             Some(arn) => format!("{u} ({arn})"),
             None => u.clone(),

@@ -877,7 +877,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_nothing_changed() {
         .send()
         .await
         .unwrap();
-    refused(&single, &[], "lacks CREATE USER and GRANT OPTION").await;
+    refused(&single, &[], "may not create the clone").await;
 }
 
 #[tokio::test]

@@ -27,10 +27,11 @@ use tracing::warn;
 
 use crate::db::tls::DbTls;
 use crate::failpoint;
+use crate::rotation::lease::{claim_existing_user, heartbeat, Flags};
 use crate::rotation::ports::{
     Acquired, At, DbError, Lease, RecordStoreError, SecretMeta, SecretStoreError, Stage,
 };
-use crate::rotation::Rotator;
+use crate::rotation::{RotationError, Rotator};
 use crate::secret::{
     validate_username, AppSecret, Credentials, Endpoint, Engine, SecretError, UserSecret,
 };
@@ -74,6 +75,11 @@ pub enum AdoptError {
     Proxy(#[from] ProxyError),
     #[error("{0} is held by a running rotation (lease of {1}); run adopt again when it ends")]
     Busy(String, String),
+    #[error("the lease on the secret may have been taken over; stopped between steps")]
+    LeaseLost,
+    /// The clone exists and is claimed, or used, by another secret's rotation.
+    #[error(transparent)]
+    Claimed(RotationError),
 }
 
 impl AdoptError {
@@ -83,7 +89,8 @@ impl AdoptError {
             Self::Db(e) => e.is_retryable(),
             Self::Records(e) => e.is_retryable(),
             Self::Proxy(e) => matches!(e, ProxyError::Unavailable(_)),
-            Self::Busy(..) => true,
+            Self::Busy(..) | Self::LeaseLost => true,
+            Self::Claimed(e) => e.is_retryable(),
             Self::Invalid(_) | Self::Secret(_) => false,
         }
     }
@@ -181,14 +188,16 @@ impl Adopter {
         let proxy = req.proxy.clone().or_else(|| app.proxy_name.clone());
         let mut out = Adoption::new(&arn, app.engine, &user, req.dry_run, proxy.clone());
 
-        if meta.rotation_enabled {
-            out.notes.push(format!(
-                "Secrets Manager's own rotation is enabled on this secret ({}): rotate refuses while it is; turn it off (aws secretsmanager cancel-rotate-secret)",
-                meta.rotation_lambda.as_deref().unwrap_or("no function named")
-            ));
-        }
         if app.is_multi_user() {
             return self.already_adopted(req, &app, &meta, out).await;
+        }
+        // Its function would change the user's password behind the proxy secrets' back, and
+        // could move AWSCURRENT onto a version without the users: as `rotate`, refuse.
+        if meta.rotation_enabled {
+            return Err(AdoptError::Invalid(format!(
+                "Secrets Manager's own rotation is enabled on {arn} ({}); turn it off first (aws secretsmanager cancel-rotate-secret --secret-id {arn}); nothing was changed",
+                meta.rotation_lambda.as_deref().unwrap_or("no function named")
+            )));
         }
         let clone = format!("{user}{}", req.clone_suffix);
         if req.clone_suffix.is_empty() {
@@ -213,13 +222,8 @@ impl Adopter {
                 ))
             })?;
         let at = app.admin_endpoint().clone();
-        let lease = if req.dry_run {
-            None
-        } else {
-            Some(self.take_lease(&arn).await?)
-        };
-        let result = self
-            .inspect_and_run(
+        if req.dry_run {
+            self.inspect_and_run(
                 req,
                 &app,
                 &current_version,
@@ -227,14 +231,29 @@ impl Adopter {
                 &master,
                 &at,
                 &clone,
-                lease.as_ref(),
+                None,
                 &mut out,
             )
-            .await;
-        if let Some(lease) = &lease {
-            if let Err(e) = self.rotator.records.release(lease).await {
-                warn!(error = %e, "could not release the lease; it runs out by itself");
-            }
+            .await?;
+            return Ok(out);
+        }
+        let lease = self.take_lease(&arn).await?;
+        // Renewed while adoption runs; each step first looks whether it may be lost.
+        let flags = Flags::new(&lease);
+        let run = self.inspect_and_run(
+            req,
+            &app,
+            &current_version,
+            &meta,
+            &master,
+            &at,
+            &clone,
+            Some(&flags),
+            &mut out,
+        );
+        let result = heartbeat(&self.rotator, &lease, &flags, run).await;
+        if let Err(e) = self.rotator.records.release(&lease).await {
+            warn!(error = %e, "could not release the lease; it runs out by itself");
         }
         result.map(|()| out)
     }
@@ -249,7 +268,7 @@ impl Adopter {
         master: &Found,
         at: &Endpoint,
         clone: &str,
-        lease: Option<&Lease>,
+        lease: Option<&Flags>,
         out: &mut Adoption,
     ) -> Result<(), AdoptError> {
         let db = &self.rotator.db;
@@ -262,7 +281,10 @@ impl Adopter {
             .open(engine, at, &master.secret.credentials)
             .await
             .map_err(|e| master_refused(&req.master_secret_id, e))?;
-        let plan = session.plan(user, clone).await?;
+        let plan = session
+            .plan(user, clone)
+            .await
+            .map_err(|e| master_refused(&req.master_secret_id, e))?;
         // The server's password rules (MariaDB's validation plugins), read as the rotation does.
         let rules = db
             .login(engine, at, &master.secret.credentials)
@@ -271,6 +293,7 @@ impl Adopter {
             .await?;
         out.notes.extend(plan.notes.iter().cloned());
 
+        let tags = copied_tags(origin)?.len();
         let clone_secret_name = proxy_secret_name(&origin.name, clone);
         let clone_secret = self.find_for(&clone_secret_name, clone).await?;
         match (&plan.state, &clone_secret) {
@@ -303,6 +326,17 @@ impl Adopter {
                 out.notes.push(format!("user {clone} exists with {user}'s rights and no known password; it gets a new one"));
             }
             _ => {}
+        }
+        if matches!(plan.state, CloneState::Same | CloneState::Partial { .. }) {
+            // It existed before: another secret may use it, as a rotation would find.
+            claim_existing_user(&self.rotator, engine, at, clone, &out.secret)
+                .await
+                .map_err(|e| match e {
+                    RotationError::UserShared { .. } => AdoptError::Invalid(format!(
+                        "{e}; choose another --clone-suffix; nothing was changed"
+                    )),
+                    e => AdoptError::Claimed(e),
+                })?;
         }
         if plan.state != CloneState::Same {
             session
@@ -339,7 +373,7 @@ impl Adopter {
                     .kms_key_id
                     .as_deref()
                     .unwrap_or("aws/secretsmanager (default)"),
-                origin.tags.len()
+                tags
             ),
             Vec::new(),
         );
@@ -398,14 +432,15 @@ impl Adopter {
                     ),
                 ],
                 engine,
+                &out.secret,
             );
             return Ok(());
         }
 
         // --- The steps. ---
-        self.keep(lease).await?;
-        let clone_creds = match clone_secret {
-            Some(found) => found.secret.credentials,
+        self.keep(lease)?;
+        let (clone_arn, clone_creds) = match clone_secret {
+            Some(found) => (found.arn, found.secret.credentials),
             None => {
                 let password = self
                     .rotator
@@ -417,18 +452,20 @@ impl Adopter {
                 self.create_proxy_secret(&clone_secret_name, &creds, origin)
                     .await?;
                 out.changed = true;
-                creds
+                // Read back: if another run created it a moment before, its password is the one.
+                let stored = self
+                    .find_for(&clone_secret_name, clone)
+                    .await?
+                    .ok_or_else(|| {
+                        AdoptError::Invalid(format!(
+                            "{clone_secret_name} vanished after it was created"
+                        ))
+                    })?;
+                (stored.arn, stored.secret.credentials)
             }
         };
-        let clone_arn = self
-            .find_for(&clone_secret_name, clone)
-            .await?
-            .map(|f| f.arn)
-            .ok_or_else(|| {
-                AdoptError::Invalid(format!("{clone_secret_name} vanished after it was created"))
-            })?;
         failpoint::hit("after:adopt.clone_secret").await;
-        self.keep(lease).await?;
+        self.keep(lease)?;
 
         if matches!(plan.state, CloneState::Absent | CloneState::Partial { .. }) {
             session.apply(&plan, &clone_creds.password).await?;
@@ -454,7 +491,7 @@ impl Adopter {
             Err(e) => return Err(e.into()),
         }
         failpoint::hit("after:adopt.clone_user").await;
-        self.keep(lease).await?;
+        self.keep(lease)?;
 
         let user_arn = match user_plan {
             UserSecretPlan::Reuse(arn) => arn,
@@ -486,7 +523,7 @@ impl Adopter {
             }
         };
         failpoint::hit("after:adopt.user_secret").await;
-        self.keep(lease).await?;
+        self.keep(lease)?;
 
         let users = [user.to_owned(), clone.to_owned()];
         let ids = [user_arn.clone(), clone_arn.clone()];
@@ -514,6 +551,7 @@ impl Adopter {
             auth.as_deref(),
             &[(user.to_owned(), user_arn), (clone.to_owned(), clone_arn)],
             engine,
+            &out.secret,
         );
         Ok(())
     }
@@ -565,15 +603,12 @@ impl Adopter {
         }
     }
 
-    /// Renews the lease between steps; a lease someone else holds now stops the run.
-    async fn keep(&self, lease: Option<&Lease>) -> Result<(), AdoptError> {
-        if let Some(lease) = lease {
-            self.rotator
-                .records
-                .renew(lease, self.rotator.settings.lease_duration)
-                .await?;
+    /// Between steps: a lease that may be someone else's now stops the run (a rerun goes on).
+    fn keep(&self, lease: Option<&Flags>) -> Result<(), AdoptError> {
+        match lease {
+            Some(flags) if flags.may_be_lost() => Err(AdoptError::LeaseLost),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     async fn read_user_secret(&self, id: &str) -> Result<Option<Found>, AdoptError> {
@@ -592,6 +627,10 @@ impl Adopter {
                 })?,
             })),
             Ok(None) | Err(SecretStoreError::NotFound(_)) => Ok(None),
+            // Scheduled for deletion: its name is taken until then.
+            Err(SecretStoreError::InvalidRequest(why)) => Err(AdoptError::Invalid(format!(
+                "secret {id} cannot be read ({why}); if it is scheduled for deletion, restore it (aws secretsmanager restore-secret --secret-id {id}) or delete it for good, or choose another --clone-suffix"
+            ))),
             Err(e) => Err(e.into()),
         }
     }
@@ -674,9 +713,7 @@ impl Adopter {
             json!({"username": creds.username, "password": creds.password.expose_secret()})
                 .to_string(),
         );
-        let mut tags = origin.tags.clone();
-        tags.retain(|(k, _)| k != PROXY_SECRET_TAG);
-        tags.push((PROXY_SECRET_TAG.to_owned(), origin.arn.clone()));
+        let tags = copied_tags(origin)?;
         let description = format!(
             "RDS Proxy credentials of {}, kept in step with {} by rds-rotator",
             creds.username, origin.name
@@ -741,10 +778,31 @@ impl Adopter {
                     .unwrap_or_else(|| id.clone());
                 ids.push((u.clone(), arn));
             }
-            out.attach = report::attach(Some(name), Some(&auth), &ids, app.engine);
+            out.attach = report::attach(Some(name), Some(&auth), &ids, app.engine, &out.secret);
         }
         Ok(out)
     }
+}
+
+/// The tags a proxy secret gets: the application secret's own (not AWS's `aws:` ones, which
+/// CreateSecret refuses), and the mark of adopt. Secrets Manager allows 50.
+fn copied_tags(origin: &SecretMeta) -> Result<Vec<(String, String)>, AdoptError> {
+    let mut tags: Vec<(String, String)> = origin
+        .tags
+        .iter()
+        .filter(|(k, _)| !k.to_ascii_lowercase().starts_with("aws:") && k != PROXY_SECRET_TAG)
+        .cloned()
+        .collect();
+    tags.push((PROXY_SECRET_TAG.to_owned(), origin.arn.clone()));
+    if tags.len() > 50 {
+        return Err(AdoptError::Invalid(format!(
+            "{} has {} tags; with adopt's own the proxy secrets would have {}, over Secrets Manager's 50; remove one; nothing was changed",
+            origin.arn,
+            tags.len() - 1,
+            tags.len()
+        )));
+    }
+    Ok(tags)
 }
 
 fn token(parts: &[&str]) -> String {

@@ -74,8 +74,19 @@ fn account_options(statement: &str, user: &str, host: &str) -> Option<String> {
         0
     };
     let mut quote: Option<char> = None;
-    for (i, c) in rest.char_indices().skip_while(|(i, _)| *i < start) {
+    let mut escaped = false;
+    let mut chars = rest
+        .char_indices()
+        .skip_while(|(i, _)| *i < start)
+        .peekable();
+    while let Some((i, c)) = chars.next() {
         match quote {
+            // `\'` and `''` inside a string (MySQL 8 prints a binary hash as an escaped string).
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
+            Some(q) if c == q && chars.peek().is_some_and(|(_, n)| *n == q) => {
+                chars.next();
+            }
             Some(q) if c == q => quote = None,
             Some(_) => {}
             None if c == '\'' || c == '"' => quote = Some(c),
@@ -104,18 +115,39 @@ fn clone_grant(line: &str, user: &str, clone: &str, host: &str) -> Option<String
     Some(s)
 }
 
+/// The names of rehearsal accounts (`rehearse`).
+const PROBE_PREFIX: &str = "rdsrot_probe_";
+
 impl MyCloneSession {
+    async fn drop_user(&mut self, user: &str, host: &str) -> Result<(), DbError> {
+        let sql = format!(
+            "DROP USER IF EXISTS {}@{}",
+            literal(user, "user name")?,
+            literal(host, "account host")?
+        );
+        let done = self.conn.query_drop(sql).await;
+        done.map_err(|e| self.err(e, &[]))
+    }
+
     pub async fn open(my: &MySql, at: &Endpoint, login: &Credentials) -> Result<Self, DbError> {
         let mut conn = my.connect(at, login).await?;
         let version: Option<String> = conn
             .query_first("SELECT VERSION()")
             .await
             .map_err(|e| classify(at, &login.username, e, &[login.password.expose_secret()]))?;
+        let mariadb = version.unwrap_or_default().contains("MariaDB");
+        if !mariadb {
+            // MySQL 8.0.17+: SHOW CREATE USER prints hashes in hex, unquoted (older servers
+            // refuse the variable: the scanner copes with the quoted form).
+            let _ = conn
+                .query_drop("SET SESSION print_identified_with_as_hex = ON")
+                .await;
+        }
         Ok(Self {
             conn,
             at: at.clone(),
             login: login.clone(),
-            mariadb: version.unwrap_or_default().contains("MariaDB"),
+            mariadb,
         })
     }
 
@@ -284,30 +316,59 @@ impl CloneSession for MyCloneSession {
         })
     }
 
-    /// CREATE USER and GRANT OPTION on `*.*` (RDS's master user has both). Statements are not
-    /// transactional here, so they are not tried.
+    /// The plan's statements for a throwaway, locked account instead of the clone, then DROP
+    /// USER: the server's own permission checks (a grant the master may not give, a role without
+    /// ADMIN OPTION), without a clone left half made. Probes a crashed run left are dropped first.
     async fn rehearse(&mut self, plan: &ClonePlan) -> Result<(), DbError> {
-        let grants: Result<Vec<String>, _> = self.conn.query("SHOW GRANTS").await;
-        let grants = grants.map_err(|e| self.err(e, &[]))?;
-        let global = grants.iter().find(|g| g.contains(" ON *.* TO "));
-        let may_create = global.is_some_and(|g| {
-            g.starts_with("GRANT ALL PRIVILEGES ON *.*") || g.contains("CREATE USER")
-        });
-        let may_grant = global.is_some_and(|g| g.contains("WITH GRANT OPTION"));
-        if !(may_create && may_grant) {
-            return Err(DbError::NotPermitted(format!(
-                "{} lacks {} on *.*, so it cannot create {} with the grants of {}",
-                self.login.username,
-                match (may_create, may_grant) {
-                    (false, false) => "CREATE USER and GRANT OPTION",
-                    (false, true) => "CREATE USER",
-                    _ => "GRANT OPTION",
-                },
-                plan.clone,
-                plan.user
-            )));
+        let left: Result<Vec<(String, String)>, _> = self
+            .conn
+            .exec(
+                "SELECT User, Host FROM mysql.user WHERE User LIKE ?",
+                (format!("{PROBE_PREFIX}%"),),
+            )
+            .await;
+        for (u, h) in left.map_err(|e| self.err(e, &[]))? {
+            self.drop_user(&u, &h).await?;
         }
-        Ok(())
+        let probe = format!(
+            "{PROBE_PREFIX}{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let hash = native_password_hash(&uuid::Uuid::new_v4().to_string());
+        let mut made: Vec<String> = Vec::new();
+        let mut result = Ok(());
+        for sql in &plan.statements {
+            let mut sql = sql.replace(PASSWORD_SLOT, &hash);
+            for (from, to) in [
+                (format!("'{}'@'", plan.clone), format!("'{probe}'@'")),
+                (format!("`{}`@`", plan.clone), format!("`{probe}`@`")),
+            ] {
+                sql = sql.replace(&from, &to);
+            }
+            if sql.starts_with("CREATE USER") {
+                // Never a login: locked from the start.
+                if sql.contains(" ACCOUNT UNLOCK") {
+                    sql = sql.replace(" ACCOUNT UNLOCK", " ACCOUNT LOCK");
+                } else if !sql.contains(" ACCOUNT LOCK") {
+                    sql.push_str(" ACCOUNT LOCK");
+                }
+                if let Some(host) = sql
+                    .split(&format!("'{probe}'@'"))
+                    .nth(1)
+                    .and_then(|r| r.split('\'').next())
+                {
+                    made.push(host.to_owned());
+                }
+            }
+            if let Err(e) = self.conn.query_drop(&sql).await {
+                result = Err(self.err(e, &[hash.as_str()]));
+                break;
+            }
+        }
+        for host in made {
+            self.drop_user(&probe, &host).await?;
+        }
+        result
     }
 
     async fn apply(&mut self, plan: &ClonePlan, password: &SecretString) -> Result<(), DbError> {

@@ -35,12 +35,31 @@ SELECT r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin,
   FROM pg_roles r WHERE r.rolname = $1::text::name
 "#;
 
+/// (Before PostgreSQL 16 a membership has no INHERIT or SET option of its own: NULL.)
 const MEMBERSHIPS_SQL: &str = r#"
-SELECT g.rolname::text, bool_or(m.admin_option)
+SELECT g.rolname::text, bool_or(m.admin_option), NULL::bool, NULL::bool
   FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
  WHERE u.rolname = $1::text::name
  GROUP BY 1 ORDER BY 1
 "#;
+
+/// PostgreSQL 16 and later: one grant per grantor, each with its options; the clone gets what
+/// any of them gives.
+const MEMBERSHIPS_16_SQL: &str = r#"
+SELECT g.rolname::text, bool_or(m.admin_option), bool_or(m.inherit_option), bool_or(m.set_option)
+  FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+ WHERE u.rolname = $1::text::name
+ GROUP BY 1 ORDER BY 1
+"#;
+
+/// A role membership and its options (INHERIT and SET: PostgreSQL 16 and later).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Membership {
+    role: String,
+    admin: bool,
+    inherit: Option<bool>,
+    set: Option<bool>,
+}
 
 const SETTINGS_SQL: &str = r#"
 SELECT coalesce(d.datname::text, ''), c
@@ -56,8 +75,7 @@ struct Shape {
     /// `LOGIN NOSUPERUSER INHERIT ...`, in CREATE ROLE's words.
     attributes: Vec<&'static str>,
     connection_limit: i32,
-    /// (role, with ADMIN OPTION)
-    memberships: Vec<(String, bool)>,
+    memberships: Vec<Membership>,
     /// (database or "", `name=value`)
     settings: Vec<(String, String)>,
 }
@@ -66,13 +84,11 @@ impl Shape {
     fn lines(&self) -> Vec<String> {
         let mut out: Vec<String> = self.attributes.iter().map(|a| a.to_string()).collect();
         out.push(format!("CONNECTION LIMIT {}", self.connection_limit));
-        out.extend(self.memberships.iter().map(|(r, admin)| {
-            format!(
-                "member of {}{}",
-                quote_ident(r),
-                if *admin { " WITH ADMIN OPTION" } else { "" }
-            )
-        }));
+        out.extend(
+            self.memberships
+                .iter()
+                .map(|m| format!("member of {}{}", quote_ident(&m.role), options(m))),
+        );
         out.extend(self.settings.iter().map(|(db, s)| {
             if db.is_empty() {
                 format!("setting {s}")
@@ -84,10 +100,24 @@ impl Shape {
     }
 }
 
+/// A membership's options as GRANT writes them: `WITH ADMIN TRUE, INHERIT FALSE, SET TRUE` on
+/// PostgreSQL 16 and later, `WITH ADMIN OPTION` (or nothing) before.
+fn options(m: &Membership) -> String {
+    match (m.inherit, m.set) {
+        (Some(inherit), Some(set)) => {
+            format!(" WITH ADMIN {}, INHERIT {inherit}, SET {set}", m.admin).to_uppercase()
+        }
+        _ if m.admin => " WITH ADMIN OPTION".to_owned(),
+        _ => String::new(),
+    }
+}
+
 pub struct PgCloneSession {
     client: Client,
     at: Endpoint,
     login: String,
+    /// server_version_num
+    version: i32,
 }
 
 impl PgCloneSession {
@@ -98,10 +128,16 @@ impl PgCloneSession {
             .batch_execute("SET ROLE NONE; SET default_transaction_read_only = off")
             .await
             .map_err(|e| classify(at, &login.username, e))?;
+        let version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(|e| classify(at, &login.username, e))?
+            .get(0);
         Ok(Self {
             client,
             at: at.clone(),
             login: login.username.clone(),
+            version,
         })
     }
 
@@ -134,13 +170,23 @@ impl PgCloneSession {
             flag(5, "REPLICATION", "NOREPLICATION"),
             flag(6, "BYPASSRLS", "NOBYPASSRLS"),
         ];
+        let sql = if self.version >= 160_000 {
+            MEMBERSHIPS_16_SQL
+        } else {
+            MEMBERSHIPS_SQL
+        };
         let memberships = self
             .client
-            .query(MEMBERSHIPS_SQL, &[&user])
+            .query(sql, &[&user])
             .await
             .map_err(|e| self.err(e))?
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .map(|r| Membership {
+                role: r.get(0),
+                admin: r.get(1),
+                inherit: r.get(2),
+                set: r.get(3),
+            })
             .collect();
         let settings = self
             .client
@@ -159,12 +205,19 @@ impl PgCloneSession {
     }
 }
 
-/// The shape the clone of `user` must have.
-fn clone_shape(user: &str, original: &Shape) -> Shape {
+/// The shape the clone of `user` must have. `v16`: memberships carry INHERIT and SET.
+fn clone_shape(user: &str, original: &Shape, v16: bool) -> Shape {
     let mut shape = original.clone();
     shape.attributes[0] = "LOGIN";
-    if !shape.memberships.iter().any(|(r, _)| r == user) {
-        shape.memberships.push((user.to_owned(), false));
+    if !shape.memberships.iter().any(|m| m.role == user) {
+        // SET: the role setting makes each session SET ROLE to it; INHERIT: its privileges
+        // hold before that too (a role setting applies after login).
+        shape.memberships.push(Membership {
+            role: user.to_owned(),
+            admin: false,
+            inherit: v16.then_some(true),
+            set: v16.then_some(true),
+        });
         shape.memberships.sort();
     }
     let acts_as_another = original
@@ -222,12 +275,12 @@ fn statements(clone: &str, shape: &Shape) -> Result<Vec<String>, DbError> {
         shape.attributes.join(" "),
         shape.connection_limit
     )];
-    for (role, admin) in &shape.memberships {
+    for m in &shape.memberships {
         out.push(format!(
             "GRANT {} TO {}{}",
-            quote_ident(role),
+            quote_ident(&m.role),
             quote_ident(clone),
-            if *admin { " WITH ADMIN OPTION" } else { "" }
+            options(m)
         ));
     }
     for (db, s) in &shape.settings {
@@ -274,10 +327,16 @@ impl CloneSession for PgCloneSession {
             .shape(user)
             .await?
             .ok_or_else(|| DbError::Refused(format!("there is no role {user}")))?;
-        let want = clone_shape(user, &original);
+        let want = clone_shape(user, &original, self.version >= 160_000);
         let state = match self.shape(clone).await? {
             None => CloneState::Absent,
             Some(have) => compare(&want, &have),
+        };
+        // Only a clone to be made needs statements; a setting that cannot be copied does not
+        // stop a rerun that finds the clone made.
+        let statements = match &state {
+            CloneState::Absent => statements(clone, &want)?,
+            _ => statements(clone, &want).unwrap_or_default(),
         };
         let mut notes = Vec::new();
         if original
@@ -293,7 +352,7 @@ impl CloneSession for PgCloneSession {
             user: user.to_owned(),
             clone: clone.to_owned(),
             state,
-            statements: statements(clone, &want)?,
+            statements,
             rules: PasswordRules::default(),
             notes,
         })
@@ -315,6 +374,40 @@ impl CloneSession for PgCloneSession {
                 self.login, plan.clone
             )));
         }
+        if self.version >= 160_000 {
+            // PostgreSQL 16: CREATEROLE grants only roles held WITH ADMIN OPTION (a role's
+            // creator holds it; a role made by another admin or before an upgrade may not).
+            let roles: Vec<String> = plan
+                .statements
+                .iter()
+                .filter_map(|s| s.strip_prefix("GRANT "))
+                .filter_map(|s| s.split(" TO ").next())
+                .map(|r| r.trim_matches('"').replace("\"\"", "\""))
+                .collect();
+            let lacking: Vec<String> = self
+                .client
+                .query(
+                    "SELECT r FROM unnest($1::text[]) AS r
+                      WHERE NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user)
+                        AND NOT pg_has_role(session_user, r::name, 'MEMBER WITH ADMIN OPTION')",
+                    &[&roles],
+                )
+                .await
+                .map_err(|e| self.err(e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if !lacking.is_empty() {
+                return Err(DbError::NotPermitted(format!(
+                    "{} lacks ADMIN OPTION on {}, which PostgreSQL 16 and later require to grant them to {}; an administrator can run GRANT {} TO {} WITH ADMIN OPTION",
+                    self.login,
+                    lacking.join(", "),
+                    plan.clone,
+                    lacking.iter().map(|r| quote_ident(r)).collect::<Vec<_>>().join(", "),
+                    quote_ident(&self.login)
+                )));
+            }
+        }
         // The real statements, rolled back: the server's own permission checks, nothing kept.
         let dummy = verifier(
             &plan.clone,
@@ -334,6 +427,9 @@ impl CloneSession for PgCloneSession {
             .await
             .map_err(|e| self.err(e))?
             .get(0);
+        if encryption == "md5" {
+            tracing::warn!(at = %self.at, "password_encryption is md5: the clone gets an MD5 verifier, which logs in by itself; keep statement logging (log_statement = ddl or all) away from it");
+        }
         let v = verifier(&plan.clone, password, &encryption).await;
         if let Err(e) = self.run(plan, &v).await {
             let _ = self.client.batch_execute("ROLLBACK").await;
@@ -385,7 +481,12 @@ mod tests {
                 "NOBYPASSRLS",
             ],
             connection_limit: 20,
-            memberships: vec![("readers".into(), false)],
+            memberships: vec![Membership {
+                role: "readers".into(),
+                admin: false,
+                inherit: None,
+                set: None,
+            }],
             settings: vec![
                 (String::new(), "search_path=\"$user\", public".into()),
                 ("shop".into(), "statement_timeout=5s".into()),
@@ -395,7 +496,7 @@ mod tests {
 
     #[test]
     fn the_clone_is_a_member_of_the_original_and_acts_as_it() {
-        let want = clone_shape("app", &original());
+        let want = clone_shape("app", &original(), false);
         let sql = statements("app_clone", &want).unwrap();
         assert_eq!(
             sql,
@@ -414,24 +515,57 @@ mod tests {
     fn an_original_acting_as_an_owner_role_passes_its_setting_on() {
         let mut o = original();
         o.settings.push((String::new(), "role=owner".into()));
-        o.memberships.push(("owner".into(), false));
-        let want = clone_shape("app", &o);
+        o.memberships.push(Membership {
+            role: "owner".into(),
+            admin: false,
+            inherit: None,
+            set: None,
+        });
+        let want = clone_shape("app", &o, false);
         let settings: Vec<&str> = want.settings.iter().map(|(_, s)| s.as_str()).collect();
         assert!(settings.contains(&"role=owner") && !settings.contains(&"role=app"));
     }
 
     #[test]
     fn a_clone_with_other_rights_is_told_apart() {
-        let want = clone_shape("app", &original());
+        let want = clone_shape("app", &original(), false);
         assert_eq!(compare(&want, &want), CloneState::Same);
         let mut have = want.clone();
-        have.memberships.push(("admins".into(), true));
+        have.memberships.push(Membership {
+            role: "admins".into(),
+            admin: true,
+            inherit: None,
+            set: None,
+        });
         have.attributes[4] = "NOCREATEDB";
         let CloneState::Different { differences } = compare(&want, &have) else {
             panic!("not different");
         };
         assert!(differences.contains(&"has member of \"admins\" WITH ADMIN OPTION".to_owned()));
         assert!(differences.contains(&"lacks CREATEDB".to_owned()));
+    }
+
+    #[test]
+    fn on_postgresql_16_memberships_keep_their_inherit_and_set_options() {
+        let mut o = original();
+        o.memberships[0].inherit = Some(false);
+        o.memberships[0].set = Some(true);
+        let want = clone_shape("app", &o, true);
+        let sql = statements("app_clone", &want).unwrap();
+        assert!(
+            sql.contains(
+                &"GRANT \"app\" TO \"app_clone\" WITH ADMIN FALSE, INHERIT TRUE, SET TRUE"
+                    .to_owned()
+            ),
+            "{sql:?}"
+        );
+        assert!(
+            sql.contains(
+                &"GRANT \"readers\" TO \"app_clone\" WITH ADMIN FALSE, INHERIT FALSE, SET TRUE"
+                    .to_owned()
+            ),
+            "{sql:?}"
+        );
     }
 
     #[test]

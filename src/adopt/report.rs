@@ -184,21 +184,32 @@ pub fn attach(
     auth: Option<&[ProxyAuth]>,
     users: &[(String, String)],
     engine: Engine,
+    app_secret: &str,
 ) -> Attach {
     let listed = |arn: &str| auth.is_some_and(|a| a.iter().any(|e| e.secret_arn == arn));
     let missing: Vec<&(String, String)> = users.iter().filter(|(_, arn)| !listed(arn)).collect();
     if missing.is_empty() {
         return Attach::default();
     }
-    // New entries follow the proxy's own client authentication, when it has entries.
+    // New entries follow the proxy's own entries' authentication, when it has some.
     let client_auth = auth
         .and_then(|a| a.iter().find_map(|e| e.client_password_auth_type.clone()))
         .or_else(|| (engine == Engine::Postgres).then(|| "POSTGRES_SCRAM_SHA_256".to_owned()));
-    let mut entries: Vec<ProxyAuth> = auth.unwrap_or_default().to_vec();
+    let iam_auth = auth
+        .and_then(|a| a.iter().find_map(|e| e.iam_auth.clone()))
+        .unwrap_or_else(|| "DISABLED".into());
+    // The application secret's own entry goes: its user changes with every rotation, and the
+    // list would name one user twice.
+    let mut entries: Vec<ProxyAuth> = auth
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e.secret_arn != app_secret)
+        .cloned()
+        .collect();
     for (user, arn) in &missing {
         entries.push(ProxyAuth {
             secret_arn: arn.clone(),
-            iam_auth: Some("DISABLED".into()),
+            iam_auth: Some(iam_auth.clone()),
             client_password_auth_type: client_auth.clone(),
             description: Some(format!("{user}, rotated by rds-rotator")),
         });
@@ -218,13 +229,17 @@ pub fn attach(
         })
         .collect();
     let name = proxy.unwrap_or("<your proxy>");
+    // Single-quoted for the shell: a description may hold anything.
+    let quoted = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let mut cli = format!(
-        "aws rds modify-db-proxy --db-proxy-name {name} --auth '{}'",
-        Value::Array(cli_entries)
+        "aws rds modify-db-proxy --db-proxy-name {} --auth {}",
+        quoted(name),
+        quoted(&Value::Array(cli_entries).to_string())
     );
     if auth.is_none() {
         cli.push_str("\n  (--auth replaces the proxy's whole list: add its other entries, or pass --proxy to adopt and it does)");
     }
+    cli.push_str("\n  (the proxy's IAM role needs secretsmanager:GetSecretValue, and kms:Decrypt on their key, for the new secrets)");
     let mut tf = String::new();
     for e in &entries {
         tf.push_str("  auth {\n    auth_scheme = \"SECRETS\"\n");
@@ -267,11 +282,12 @@ mod tests {
                 ("app_clone".into(), "arn:new".into()),
             ],
             Engine::Postgres,
+            "arn:app",
         );
         assert_eq!(a.missing, vec!["app_clone".to_owned()]);
         let cli = a.cli.unwrap();
         assert!(
-            cli.starts_with("aws rds modify-db-proxy --db-proxy-name p --auth '["),
+            cli.starts_with("aws rds modify-db-proxy --db-proxy-name 'p' --auth '["),
             "{cli}"
         );
         assert!(
@@ -283,9 +299,40 @@ mod tests {
                 && cli.contains(r#""ClientPasswordAuthType":"POSTGRES_MD5""#),
             "{cli}"
         );
+        assert!(cli.contains("GetSecretValue"), "{cli}");
         let tf = a.terraform.unwrap();
         assert_eq!(tf.matches("auth {").count(), 2, "{tf}");
         assert!(tf.contains("secret_arn  = \"arn:new\""), "{tf}");
+    }
+
+    #[test]
+    fn the_application_secrets_own_entry_is_left_out_and_quotes_survive_the_shell() {
+        let auth = vec![ProxyAuth {
+            secret_arn: "arn:app".into(),
+            iam_auth: None,
+            client_password_auth_type: None,
+            description: Some("it's the app's".into()),
+        }];
+        let a = attach(
+            Some("p"),
+            Some(&auth),
+            &[("u".into(), "arn:u".into()), ("c".into(), "arn:c".into())],
+            Engine::Mysql,
+            "arn:app",
+        );
+        let cli = a.cli.unwrap();
+        assert!(!cli.contains("arn:app"), "{cli}");
+        let auth_arg = cli
+            .lines()
+            .next()
+            .unwrap()
+            .split(" --auth ")
+            .nth(1)
+            .unwrap();
+        assert!(
+            auth_arg.starts_with('\'') && auth_arg.ends_with('\''),
+            "{auth_arg}"
+        );
     }
 
     #[test]
@@ -304,6 +351,7 @@ mod tests {
             Some(&auth),
             &[("u".into(), "a".into()), ("c".into(), "b".into())],
             Engine::Mysql,
+            "x",
         );
         assert!(a.missing.is_empty() && a.cli.is_none());
     }

@@ -35,9 +35,13 @@ pub fn quote_literal(text: &str) -> String {
 
 pub(crate) fn classify(at: &Endpoint, user: &str, e: tokio_postgres::Error) -> DbError {
     if let Some(code) = e.code() {
+        // The detail says which rule refused ("Only roles with the ADMIN option ...").
         let message = e.as_db_error().map_or_else(
             || e.to_string(),
-            |d| format!("{} ({})", d.message(), d.code().code()),
+            |d| match d.detail() {
+                Some(detail) => format!("{} ({}): {detail}", d.message(), d.code().code()),
+                None => format!("{} ({})", d.message(), d.code().code()),
+            },
         );
         let user = user.to_owned();
         return match code {

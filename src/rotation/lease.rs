@@ -124,6 +124,22 @@ pub(super) async fn claim_users(rotator: &Rotator, c: &UserClaims) -> Result<(),
     claimed
 }
 
+/// adopt, before it sets the password of a user that existed already: the check a rotation
+/// makes, so that a user another secret uses keeps its password.
+pub(crate) async fn claim_existing_user(
+    rotator: &Rotator,
+    engine: crate::secret::Engine,
+    at: &crate::secret::Endpoint,
+    user: &str,
+    secret: &str,
+) -> Result<(), RotationError> {
+    let claim = UserClaim {
+        secret: secret.to_owned(),
+        rotation_id: "adopt".to_owned(),
+    };
+    claim_user(rotator, &super::user_key(engine, at, user), user, &claim).await
+}
+
 /// Claims the database user that `claim`'s rotation changes, so that no other secret naming the
 /// same user changes its password meanwhile; and refuses to change a user that another secret
 /// has in AWSCURRENT (it marked it, or its claim says it rotated to it).
@@ -204,7 +220,7 @@ async fn is_current_user_of(
 
 /// What the work under a lease and its heartbeat tell each other.
 #[derive(Debug)]
-pub(super) struct Flags {
+pub(crate) struct Flags {
     /// A renewal found someone else holding the lease: the work stops at its next step.
     pub lost: AtomicBool,
     /// The work gave the lease back with its last write: nothing is left to renew or release.
@@ -232,7 +248,7 @@ impl Flags {
 /// Runs `work` while renewing the lease every third of its duration. When a renewal finds that
 /// someone else took the lease, `lost` is set, so the work stops at its next step; its record
 /// writes would be refused by the fence anyway.
-pub(super) async fn heartbeat<T>(
+pub(crate) async fn heartbeat<T>(
     rotator: &Rotator,
     lease: &Lease,
     flags: &Flags,
