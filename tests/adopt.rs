@@ -232,6 +232,18 @@ impl Single {
         single
     }
 
+    /// Logs in at the database itself with a `{"username","password"}` value.
+    async fn login_as(&self, creds: &Value) -> Result<(), String> {
+        let (user, pw) = (
+            creds["username"].as_str().unwrap(),
+            creds["password"].as_str().unwrap(),
+        );
+        pg_connect(&self.dbname, user, pw)
+            .await
+            .map(|_| ())
+            .map_err(|e| pg_error(&e))
+    }
+
     fn clone_name(&self) -> String {
         format!("{}_clone", self.user)
     }
@@ -913,4 +925,68 @@ async fn the_tag_fan_out_leaves_out_the_proxy_secrets_adopt_made() {
         .await
         .unwrap();
     assert_eq!(found, vec![app.arn().unwrap().to_owned()]);
+}
+
+/// Clone users set up by hand: one with the original's rights is taken over (it gets a new
+/// password, in its proxy secret), unless something is logged in as it.
+#[tokio::test]
+async fn a_clone_made_by_hand_is_taken_over_unless_it_is_in_use() {
+    let single = Single::postgres(None).await;
+    let out = single.adopt(&["--dry-run", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_hand = "made-by-hand-1";
+    let verifier = postgres_protocol::password::scram_sha_256(by_hand.as_bytes());
+    let admin_db = admin(&single.dbname).await;
+    for step in plan["steps"].as_array().unwrap() {
+        for sql in step["sql"].as_array().unwrap() {
+            let sql = sql
+                .as_str()
+                .unwrap()
+                .replace("<verifier of the new password>", &verifier);
+            admin_db.batch_execute(&sql).await.unwrap();
+        }
+    }
+    let clone = single.clone_name();
+    let held = pg_connect(&single.dbname, &clone, by_hand).await.unwrap();
+    held.simple_query("SELECT 1").await.unwrap();
+    refused(&single, &[], "its password is unknown, and it is in use").await;
+
+    drop(held);
+    eventually(
+        "the held session to end",
+        Duration::from_secs(10),
+        || async {
+            admin("postgres")
+                .await
+                .query(
+                    "SELECT 1 FROM pg_stat_activity WHERE usename = $1::text::name",
+                    &[&clone],
+                )
+                .await
+                .unwrap()
+                .is_empty()
+        },
+    )
+    .await;
+    let out = single.adopt(&[]);
+    assert!(out.status.success(), "adopt: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no known password"),
+        "{}",
+        text(&out)
+    );
+    let ids = single.current().await["proxy_secret_ids"].clone();
+    let secret = single
+        .secret_at(ids[1].as_str().unwrap(), "AWSCURRENT")
+        .await
+        .unwrap();
+    single
+        .login_as(&secret)
+        .await
+        .expect("the clone's proxy secret logs in");
+    assert!(
+        pg_connect(&single.dbname, &clone, by_hand).await.is_err(),
+        "the password set by hand still works"
+    );
 }

@@ -824,3 +824,52 @@ fn master_refused(id: &str, e: DbError) -> AdoptError {
         e => e.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(tags: &[(&str, &str)]) -> SecretMeta {
+        SecretMeta {
+            arn: "arn:app".into(),
+            versions: Vec::new(),
+            rotation_enabled: false,
+            rotation_lambda: None,
+            name: "app".into(),
+            kms_key_id: None,
+            tags: tags
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn proxy_secrets_get_the_users_tags_not_awss_and_the_mark() {
+        let tags = copied_tags(&meta(&[
+            ("team", "payments"),
+            ("aws:cloudformation:stack-name", "shop"),
+            ("AWS:rds:x", "y"),
+            (PROXY_SECRET_TAG, "arn:other"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            tags,
+            vec![
+                ("team".to_owned(), "payments".to_owned()),
+                (PROXY_SECRET_TAG.to_owned(), "arn:app".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn fifty_tags_of_its_own_leave_no_room_for_the_mark() {
+        let many: Vec<(String, String)> = (0..50).map(|i| (format!("k{i}"), "v".into())).collect();
+        let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert!(matches!(
+            copied_tags(&meta(&refs)),
+            Err(AdoptError::Invalid(_))
+        ));
+        assert_eq!(copied_tags(&meta(&refs[..49])).unwrap().len(), 50);
+    }
+}
