@@ -890,6 +890,37 @@ async fn bad_input_is_refused_with_a_clear_error_and_nothing_changed() {
         .await
         .unwrap();
     refused(&single, &[], "may not create the clone").await;
+
+    // MariaDB: a master that may create users but not give the original's grants. The
+    // rehearsal account finds it, and is gone again.
+    let single = Single::mariadb().await;
+    let half = format!("half_{}", single.id);
+    let mut a = my_admin().await;
+    a.query_drop(format!("CREATE USER '{half}'@'%' IDENTIFIED BY 'half-pw'"))
+        .await
+        .unwrap();
+    a.query_drop(format!("GRANT CREATE USER ON *.* TO '{half}'@'%'"))
+        .await
+        .unwrap();
+    for grant in ["mysql.*".to_owned(), format!("`{}`.*", single.dbname)] {
+        a.query_drop(format!("GRANT SELECT ON {grant} TO '{half}'@'%'"))
+            .await
+            .unwrap();
+    }
+    single
+        .sm
+        .put_secret_value()
+        .secret_id(&single.master_secret)
+        .secret_string(json!({"username": half, "password": "half-pw"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    refused(&single, &[], "may not create the clone").await;
+    let probes: Vec<String> = a
+        .query("SELECT User FROM mysql.user WHERE User LIKE 'rdsrot\\_probe\\_%'")
+        .await
+        .unwrap();
+    assert!(probes.is_empty(), "rehearsal accounts left: {probes:?}");
 }
 
 #[tokio::test]

@@ -327,20 +327,22 @@ impl Adopter {
             }
             _ => {}
         }
-        if matches!(plan.state, CloneState::Same | CloneState::Partial { .. }) {
-            // It existed before: another secret may use it, as a rotation would find.
-            claim_existing_user(&self.rotator, engine, at, clone, &out.secret)
-                .await
-                .map_err(|e| match e {
-                    RotationError::UserShared { .. } => AdoptError::Invalid(format!(
-                        "{e}; choose another --clone-suffix; nothing was changed"
-                    )),
-                    e => AdoptError::Claimed(e),
-                })?;
+        // A clone that existed before: another secret may use it, as a rotation would find (a
+        // claim is a write: not in a dry run).
+        let existed = matches!(plan.state, CloneState::Same | CloneState::Partial { .. });
+        if existed && !req.dry_run {
+            self.claim(engine, at, clone, &out.secret).await?;
         }
-        if plan.state != CloneState::Same {
+        // MySQL rehearses on an account of its own: a dry run leaves the server alone.
+        if plan.state != CloneState::Same && !(req.dry_run && engine != Engine::Postgres) {
+            let password = self
+                .rotator
+                .settings
+                .password
+                .generate_for(engine, &rules)
+                .map_err(|e| AdoptError::Invalid(e.to_string()))?;
             session
-                .rehearse(&plan)
+                .rehearse(&plan, &password)
                 .await
                 .map_err(|e| master_refused(&req.master_secret_id, e))?;
         }
@@ -477,6 +479,8 @@ impl Adopter {
             Err(DbError::LoginRejected(_)) => {
                 // A clone that existed (made by hand, or a crashed run's MySQL accounts, which
                 // `IF NOT EXISTS` left alone): it takes the secret's password, on every account.
+                // Claimed again just before: a rotation of another secret may have come since.
+                self.claim(engine, at, clone, &out.secret).await?;
                 db.set_password(
                     engine,
                     at,
@@ -603,6 +607,24 @@ impl Adopter {
         }
     }
 
+    /// Claims a clone that existed already, as a rotation claims the user it changes.
+    async fn claim(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        clone: &str,
+        secret: &str,
+    ) -> Result<(), AdoptError> {
+        claim_existing_user(&self.rotator, engine, at, clone, secret)
+            .await
+            .map_err(|e| match e {
+                RotationError::UserShared { .. } => AdoptError::Invalid(format!(
+                    "{e}; choose another --clone-suffix; nothing was changed"
+                )),
+                e => AdoptError::Claimed(e),
+            })
+    }
+
     /// Between steps: a lease that may be someone else's now stops the run (a rerun goes on).
     fn keep(&self, lease: Option<&Flags>) -> Result<(), AdoptError> {
         match lease {
@@ -660,7 +682,7 @@ impl Adopter {
         let mut candidates: Vec<&str> = Vec::new();
         for entry in auth.unwrap_or_default() {
             if entry.secret_arn == out.secret {
-                out.notes.push(format!("RDS Proxy authenticates {user} with the application secret itself: after the first rotation it holds {}; detach it once the proxy secrets are attached", out.clone));
+                out.notes.push(format!("RDS Proxy authenticates {user} with the application secret itself: after the first rotation it holds {}; the attach call below leaves that entry out", out.clone));
             } else {
                 candidates.push(&entry.secret_arn);
             }

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use secrecy::{ExposeSecret, SecretString};
+use sha1::{Digest, Sha1};
 
 use super::ports::{ClonePlan, CloneSession, CloneState, PASSWORD_SLOT};
 use crate::db::mysql::{
@@ -155,7 +156,12 @@ impl MyCloneSession {
         let mut all = vec![self.login.password.expose_secret()];
         all.extend_from_slice(secrets);
         match classify(&self.at, &self.login.username, e, &all) {
+            // Logged in already: 1044 or 1045 on a statement is a right the login lacks (MySQL
+            // answers a GRANT the grantor may not give with 1045).
             DbError::LoginForbidden { reason, .. } => DbError::NotPermitted(reason),
+            DbError::LoginRejected(user) => {
+                DbError::NotPermitted(format!("{user} may not run this statement (access denied)"))
+            }
             other => other,
         }
     }
@@ -319,26 +325,35 @@ impl CloneSession for MyCloneSession {
     /// The plan's statements for a throwaway, locked account instead of the clone, then DROP
     /// USER: the server's own permission checks (a grant the master may not give, a role without
     /// ADMIN OPTION), without a clone left half made. Probes a crashed run left are dropped first.
-    async fn rehearse(&mut self, plan: &ClonePlan) -> Result<(), DbError> {
-        let left: Result<Vec<(String, String)>, _> = self
-            .conn
-            .exec(
-                "SELECT User, Host FROM mysql.user WHERE User LIKE ?",
-                (format!("{PROBE_PREFIX}%"),),
-            )
-            .await;
-        for (u, h) in left.map_err(|e| self.err(e, &[]))? {
-            self.drop_user(&u, &h).await?;
-        }
+    async fn rehearse(&mut self, plan: &ClonePlan, password: &SecretString) -> Result<(), DbError> {
+        // Named after the clone: a crashed rehearsal's account is this one, found and dropped
+        // the next time; another adoption's is left alone.
+        let digest = Sha1::digest(plan.clone.as_bytes());
         let probe = format!(
             "{PROBE_PREFIX}{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
+            digest[..4]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         );
-        let hash = native_password_hash(&uuid::Uuid::new_v4().to_string());
+        let left: Result<Vec<String>, _> = self
+            .conn
+            .exec("SELECT Host FROM mysql.user WHERE User = ?", (&probe,))
+            .await;
+        for host in left.map_err(|e| self.err(e, &[]))? {
+            self.drop_user(&probe, &host).await?;
+        }
+        let pw = password.expose_secret();
+        let hash = native_password_hash(pw);
+        let secret = if self.mariadb {
+            hash.clone()
+        } else {
+            literal(pw, "new password")?.trim_matches('\'').to_owned()
+        };
         let mut made: Vec<String> = Vec::new();
         let mut result = Ok(());
         for sql in &plan.statements {
-            let mut sql = sql.replace(PASSWORD_SLOT, &hash);
+            let mut sql = sql.replace(PASSWORD_SLOT, &secret);
             for (from, to) in [
                 (format!("'{}'@'", plan.clone), format!("'{probe}'@'")),
                 (format!("`{}`@`", plan.clone), format!("`{probe}`@`")),
@@ -361,12 +376,16 @@ impl CloneSession for MyCloneSession {
                 }
             }
             if let Err(e) = self.conn.query_drop(&sql).await {
-                result = Err(self.err(e, &[hash.as_str()]));
+                result = Err(self.err(e, &[pw, hash.as_str()]));
                 break;
             }
         }
         for host in made {
-            self.drop_user(&probe, &host).await?;
+            let dropped = self.drop_user(&probe, &host).await;
+            // The rehearsal's own error says more than a failed clean-up.
+            if result.is_ok() {
+                dropped?;
+            }
         }
         result
     }

@@ -90,9 +90,10 @@ pub trait CloneSession: Send {
     /// Reads `user`, and `clone` if it exists, and plans the clone. `Refused` when `user` does
     /// not exist; `ReadOnly` on a replica.
     async fn plan(&mut self, user: &str, clone: &str) -> Result<ClonePlan, DbError>;
-    /// Shows that `apply` would be allowed, without changing anything (PostgreSQL runs the
-    /// statements in a transaction it rolls back). `NotPermitted` says which right is missing.
-    async fn rehearse(&mut self, plan: &ClonePlan) -> Result<(), DbError>;
+    /// Shows that `apply` would be allowed, leaving nothing behind (PostgreSQL runs the
+    /// statements in a transaction it rolls back; MySQL for a throwaway account, with
+    /// `password`, one the server's rules accept). `NotPermitted` says which right is missing.
+    async fn rehearse(&mut self, plan: &ClonePlan, password: &SecretString) -> Result<(), DbError>;
     /// Runs the plan's statements with `password`.
     async fn apply(&mut self, plan: &ClonePlan, password: &SecretString) -> Result<(), DbError>;
 }

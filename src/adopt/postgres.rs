@@ -118,6 +118,8 @@ pub struct PgCloneSession {
     login: String,
     /// server_version_num
     version: i32,
+    /// The clone's shape, as the last plan made it.
+    want: Option<Shape>,
 }
 
 impl PgCloneSession {
@@ -138,6 +140,7 @@ impl PgCloneSession {
             at: at.clone(),
             login: login.username.clone(),
             version,
+            want: None,
         })
     }
 
@@ -338,6 +341,7 @@ impl CloneSession for PgCloneSession {
             CloneState::Absent => statements(clone, &want)?,
             _ => statements(clone, &want).unwrap_or_default(),
         };
+        self.want = Some(want);
         let mut notes = Vec::new();
         if original
             .settings
@@ -358,7 +362,11 @@ impl CloneSession for PgCloneSession {
         })
     }
 
-    async fn rehearse(&mut self, plan: &ClonePlan) -> Result<(), DbError> {
+    async fn rehearse(
+        &mut self,
+        plan: &ClonePlan,
+        _password: &SecretString,
+    ) -> Result<(), DbError> {
         let may: bool = self
             .client
             .query_one(
@@ -377,12 +385,10 @@ impl CloneSession for PgCloneSession {
         if self.version >= 160_000 {
             // PostgreSQL 16: CREATEROLE grants only roles held WITH ADMIN OPTION (a role's
             // creator holds it; a role made by another admin or before an upgrade may not).
-            let roles: Vec<String> = plan
-                .statements
+            let roles: Vec<String> = self
+                .want
                 .iter()
-                .filter_map(|s| s.strip_prefix("GRANT "))
-                .filter_map(|s| s.split(" TO ").next())
-                .map(|r| r.trim_matches('"').replace("\"\"", "\""))
+                .flat_map(|w| w.memberships.iter().map(|m| m.role.clone()))
                 .collect();
             let lacking: Vec<String> = self
                 .client
