@@ -869,58 +869,55 @@ async fn bad_input_is_refused_with_a_clear_error_and_nothing_changed() {
         .await;
     refused(&single, &[], "already rotates users").await;
 
-    // MariaDB: a master without CREATE USER.
-    let single = Single::mariadb().await;
-    let weak = format!("weak_{}", single.id);
-    let mut a = my_admin().await;
-    a.query_drop(format!("CREATE USER '{weak}'@'%' IDENTIFIED BY 'weak-pw'"))
-        .await
-        .unwrap();
-    for grant in ["mysql.*".to_owned(), format!("`{}`.*", single.dbname)] {
-        a.query_drop(format!("GRANT SELECT ON {grant} TO '{weak}'@'%'"))
+    // MariaDB: a master without CREATE USER, and one that may create users but not give the
+    // original's grants (the rehearsal account finds it, and is gone again).
+    let mut clones = Vec::new();
+    for (who, grants) in [("weak", &[][..]), ("half", &["CREATE USER ON *.*"][..])] {
+        let single = Single::mariadb().await;
+        clones.push(single.clone_name());
+        let name = format!("{who}_{}", single.id);
+        let mut a = my_admin().await;
+        a.query_drop(format!("CREATE USER '{name}'@'%' IDENTIFIED BY 'pw-{who}'"))
             .await
             .unwrap();
-    }
-    single
-        .sm
-        .put_secret_value()
-        .secret_id(&single.master_secret)
-        .secret_string(json!({"username": weak, "password": "weak-pw"}).to_string())
-        .send()
-        .await
-        .unwrap();
-    refused(&single, &[], "may not create the clone").await;
-
-    // MariaDB: a master that may create users but not give the original's grants. The
-    // rehearsal account finds it, and is gone again.
-    let single = Single::mariadb().await;
-    let half = format!("half_{}", single.id);
-    let mut a = my_admin().await;
-    a.query_drop(format!("CREATE USER '{half}'@'%' IDENTIFIED BY 'half-pw'"))
-        .await
-        .unwrap();
-    a.query_drop(format!("GRANT CREATE USER ON *.* TO '{half}'@'%'"))
-        .await
-        .unwrap();
-    for grant in ["mysql.*".to_owned(), format!("`{}`.*", single.dbname)] {
-        a.query_drop(format!("GRANT SELECT ON {grant} TO '{half}'@'%'"))
+        let reads = [
+            "SELECT ON mysql.*".to_owned(),
+            format!("SELECT ON `{}`.*", single.dbname),
+        ];
+        for grant in grants.iter().map(|g| g.to_string()).chain(reads) {
+            a.query_drop(format!("GRANT {grant} TO '{name}'@'%'"))
+                .await
+                .unwrap();
+        }
+        single
+            .sm
+            .put_secret_value()
+            .secret_id(&single.master_secret)
+            .secret_string(json!({"username": name, "password": format!("pw-{who}")}).to_string())
+            .send()
             .await
             .unwrap();
+        refused(&single, &[], "may not create the clone").await;
     }
-    single
-        .sm
-        .put_secret_value()
-        .secret_id(&single.master_secret)
-        .secret_string(json!({"username": half, "password": "half-pw"}).to_string())
-        .send()
-        .await
-        .unwrap();
-    refused(&single, &[], "may not create the clone").await;
-    let probes: Vec<String> = a
-        .query("SELECT User FROM mysql.user WHERE User LIKE 'rdsrot\\_probe\\_%'")
-        .await
-        .unwrap();
-    assert!(probes.is_empty(), "rehearsal accounts left: {probes:?}");
+    // Each rehearsal account is named after its clone (other tests rehearse meanwhile).
+    let mut a = my_admin().await;
+    for clone in clones {
+        use sha1::{Digest, Sha1};
+        let digest = Sha1::digest(clone.as_bytes());
+        let probe: String = "rdsrot_probe_".to_owned()
+            + &digest[..4]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>();
+        let left: Vec<String> = a
+            .exec("SELECT Host FROM mysql.user WHERE User = ?", (&probe,))
+            .await
+            .unwrap();
+        assert!(
+            left.is_empty(),
+            "rehearsal account {probe} left on {left:?}"
+        );
+    }
 }
 
 #[tokio::test]

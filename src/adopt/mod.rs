@@ -29,14 +29,16 @@ use crate::db::tls::DbTls;
 use crate::failpoint;
 use crate::rotation::lease::{claim_existing_user, heartbeat, Flags};
 use crate::rotation::ports::{
-    Acquired, At, DbError, Lease, RecordStoreError, SecretMeta, SecretStoreError, Stage,
+    Acquired, At, DbError, Lease, PasswordRules, RecordStoreError, SecretMeta, SecretStoreError,
+    Stage,
 };
 use crate::rotation::{RotationError, Rotator};
 use crate::secret::{
     validate_username, AppSecret, Credentials, Endpoint, Engine, SecretError, UserSecret,
 };
 use ports::{
-    CloneSession, CloneState, NewSecret, ProxyAuth, ProxyDirectory, ProxyError, SecretCatalog,
+    ClonePlan, CloneSession, CloneState, NewSecret, ProxyAuth, ProxyDirectory, ProxyError,
+    SecretCatalog,
 };
 pub use report::{Action, Adoption, StepReport};
 
@@ -168,6 +170,39 @@ enum UserSecretPlan {
     Create,
 }
 
+/// What adoption starts from: the application secret as it stands, and the master's login.
+struct Start<'a> {
+    req: &'a AdoptRequest,
+    meta: SecretMeta,
+    current_version: String,
+    app: AppSecret,
+    master: Found,
+    /// Where passwords change (the database itself when the secret says).
+    at: Endpoint,
+    clone: String,
+}
+
+impl Start<'_> {
+    fn user(&self) -> &str {
+        &self.app.credentials.username
+    }
+}
+
+/// Everything the inspection decided. The steps only carry it out.
+struct Inspection {
+    session: Box<dyn CloneSession>,
+    plan: ClonePlan,
+    /// The server's password rules, which the clone's password meets.
+    rules: PasswordRules,
+    clone_secret_name: String,
+    /// The clone's proxy secret, if a run made it already.
+    clone_secret: Option<Found>,
+    user_secret_name: String,
+    user_secret: UserSecretPlan,
+    /// RDS Proxy's Auth list, with `--proxy` (or the secret's `proxy_name`).
+    auth: Option<Vec<ProxyAuth>>,
+}
+
 impl Adopter {
     pub async fn adopt(&self, req: &AdoptRequest) -> Result<Adoption, AdoptError> {
         let secrets = &self.rotator.secrets;
@@ -184,10 +219,14 @@ impl Adopter {
                 AdoptError::Invalid(format!("the AWSCURRENT version of {arn} is gone"))
             })?;
         let app = AppSecret::parse(&current.value)?;
-        let user = app.credentials.username.clone();
         let proxy = req.proxy.clone().or_else(|| app.proxy_name.clone());
-        let mut out = Adoption::new(&arn, app.engine, &user, req.dry_run, proxy.clone());
-
+        let mut out = Adoption::new(
+            &arn,
+            app.engine,
+            &app.credentials.username,
+            req.dry_run,
+            proxy,
+        );
         if app.is_multi_user() {
             return self.already_adopted(req, &app, &meta, out).await;
         }
@@ -199,12 +238,13 @@ impl Adopter {
                 meta.rotation_lambda.as_deref().unwrap_or("no function named")
             )));
         }
-        let clone = format!("{user}{}", req.clone_suffix);
+        let user = &app.credentials.username;
         if req.clone_suffix.is_empty() {
             return Err(AdoptError::Invalid(
                 "--clone-suffix must not be empty".into(),
             ));
         }
+        let clone = format!("{user}{}", req.clone_suffix);
         validate_username(&clone, app.engine).map_err(|e| {
             AdoptError::Invalid(format!(
                 "the clone's name {clone} (user {user} with suffix {}) cannot be used: {e}; choose a shorter --clone-suffix",
@@ -221,80 +261,56 @@ impl Adopter {
                     req.master_secret_id
                 ))
             })?;
-        let at = app.admin_endpoint().clone();
+        let start = Start {
+            req,
+            at: app.admin_endpoint().clone(),
+            meta,
+            current_version,
+            app,
+            master,
+            clone,
+        };
         if req.dry_run {
-            self.inspect_and_run(
-                req,
-                &app,
-                &current_version,
-                &meta,
-                &master,
-                &at,
-                &clone,
-                None,
-                &mut out,
-            )
-            .await?;
+            let inspection = self.inspect(&start, &mut out).await?;
+            out.attach = attach_plan(&start, &inspection, &out);
             return Ok(out);
         }
         let lease = self.take_lease(&arn).await?;
         // Renewed while adoption runs; each step first looks whether it may be lost.
         let flags = Flags::new(&lease);
-        let run = self.inspect_and_run(
-            req,
-            &app,
-            &current_version,
-            &meta,
-            &master,
-            &at,
-            &clone,
-            Some(&flags),
-            &mut out,
-        );
-        let result = heartbeat(&self.rotator, &lease, &flags, run).await;
+        let work = async {
+            let inspection = self.inspect(&start, &mut out).await?;
+            self.run(&start, inspection, &flags, &mut out).await
+        };
+        let result = heartbeat(&self.rotator, &lease, &flags, work).await;
         if let Err(e) = self.rotator.records.release(&lease).await {
             warn!(error = %e, "could not release the lease; it runs out by itself");
         }
         result.map(|()| out)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn inspect_and_run(
-        &self,
-        req: &AdoptRequest,
-        app: &AppSecret,
-        current_version: &str,
-        origin: &SecretMeta,
-        master: &Found,
-        at: &Endpoint,
-        clone: &str,
-        lease: Option<&Flags>,
-        out: &mut Adoption,
-    ) -> Result<(), AdoptError> {
-        let db = &self.rotator.db;
-        let user = app.credentials.username.as_str();
-        let engine = app.engine;
-
-        // --- Inspection: read everything, decide every step, change nothing. ---
+    /// Reads everything and decides every step; changes nothing a user could see (PostgreSQL
+    /// tries the statements in a transaction it rolls back; a real run claims a clone that
+    /// existed, and MySQL rehearses on a throwaway account). Bad input ends here.
+    async fn inspect(&self, s: &Start<'_>, out: &mut Adoption) -> Result<Inspection, AdoptError> {
+        let (db, engine, user, clone) = (&self.rotator.db, s.app.engine, s.user(), &s.clone);
+        let master_id = &s.req.master_secret_id;
+        let login = &s.master.secret.credentials;
         let mut session = self
             .cloner
-            .open(engine, at, &master.secret.credentials)
+            .open(engine, &s.at, login)
             .await
-            .map_err(|e| master_refused(&req.master_secret_id, e))?;
+            .map_err(|e| master_refused(master_id, e))?;
         let plan = session
             .plan(user, clone)
             .await
-            .map_err(|e| master_refused(&req.master_secret_id, e))?;
+            .map_err(|e| master_refused(master_id, e))?;
         // The server's password rules (MariaDB's validation plugins), read as the rotation does.
-        let rules = db
-            .login(engine, at, &master.secret.credentials)
-            .await?
-            .preflight()
-            .await?;
+        let rules = db.login(engine, &s.at, login).await?.preflight().await?;
         out.notes.extend(plan.notes.iter().cloned());
+        let tags = copied_tags(&s.meta)?.len();
 
-        let tags = copied_tags(origin)?.len();
-        let clone_secret_name = proxy_secret_name(&origin.name, clone);
+        let clone_secret_name = proxy_secret_name(&s.meta.name, clone);
         let clone_secret = self.find_for(&clone_secret_name, clone).await?;
         match (&plan.state, &clone_secret) {
             (CloneState::Different { differences }, _) => {
@@ -314,7 +330,7 @@ impl Adopter {
                 // off whoever uses it.
                 let window = self.rotator.settings.in_use.window;
                 let sessions = db
-                    .recent_sessions(engine, at, &master.secret.credentials, clone, window)
+                    .recent_sessions(engine, &s.at, login, clone, window)
                     .await?;
                 if !sessions.is_empty() {
                     return Err(AdoptError::Invalid(format!(
@@ -330,38 +346,32 @@ impl Adopter {
         // A clone that existed before: another secret may use it, as a rotation would find (a
         // claim is a write: not in a dry run).
         let existed = matches!(plan.state, CloneState::Same | CloneState::Partial { .. });
-        if existed && !req.dry_run {
-            self.claim(engine, at, clone, &out.secret).await?;
+        if existed && !s.req.dry_run {
+            self.claim(s, clone).await?;
         }
         // MySQL rehearses on an account of its own: a dry run leaves the server alone.
-        if plan.state != CloneState::Same && !(req.dry_run && engine != Engine::Postgres) {
-            let password = self
-                .rotator
-                .settings
-                .password
-                .generate_for(engine, &rules)
-                .map_err(|e| AdoptError::Invalid(e.to_string()))?;
+        if plan.state != CloneState::Same && !(s.req.dry_run && engine != Engine::Postgres) {
+            let password = self.new_password(engine, &rules)?;
             session
                 .rehearse(&plan, &password)
                 .await
-                .map_err(|e| master_refused(&req.master_secret_id, e))?;
+                .map_err(|e| master_refused(master_id, e))?;
         }
 
         let auth = match &out.proxy {
             Some(name) => Some(self.proxies.auth(name).await?),
             None => None,
         };
-        let user_secret_name = proxy_secret_name(&origin.name, user);
-        let user_plan = self
-            .plan_user_secret(app, at, &user_secret_name, auth.as_deref(), out)
+        let user_secret_name = proxy_secret_name(&s.meta.name, user);
+        let user_secret = self
+            .plan_user_secret(&s.app, &s.at, &user_secret_name, auth.as_deref(), out)
             .await?;
 
-        let sql: Vec<String> = plan.statements.clone();
-        let clone_action = match (&plan.state, &clone_secret) {
-            (CloneState::Absent, _) => Action::Create,
-            (CloneState::Partial { .. }, _) => Action::Complete,
-            _ => Action::Nothing,
-        };
+        let kms = s
+            .meta
+            .kms_key_id
+            .as_deref()
+            .unwrap_or("aws/secretsmanager (default)");
         out.step(
             "clone_secret",
             if clone_secret.is_some() {
@@ -369,16 +379,14 @@ impl Adopter {
             } else {
                 Action::Create
             },
-            format!(
-                "proxy secret {clone_secret_name} for {clone}, KMS key {}, {} tag(s)",
-                origin
-                    .kms_key_id
-                    .as_deref()
-                    .unwrap_or("aws/secretsmanager (default)"),
-                tags
-            ),
+            format!("proxy secret {clone_secret_name} for {clone}, KMS key {kms}, {tags} tag(s)"),
             Vec::new(),
         );
+        let clone_action = match plan.state {
+            CloneState::Absent => Action::Create,
+            CloneState::Partial { .. } => Action::Complete,
+            _ => Action::Nothing,
+        };
         out.step(
             "clone_user",
             clone_action,
@@ -386,178 +394,216 @@ impl Adopter {
             if clone_action == Action::Nothing {
                 Vec::new()
             } else {
-                sql
+                plan.statements.clone()
             },
         );
-        out.step(
-            "user_secret",
-            match &user_plan {
-                UserSecretPlan::Reuse(_) => Action::Reuse,
-                UserSecretPlan::Update(_) => Action::Update,
-                UserSecretPlan::Create => Action::Create,
-            },
-            match &user_plan {
-                UserSecretPlan::Reuse(id) => format!("proxy secret {id} for {user}: it logs in"),
-                UserSecretPlan::Update(id) => format!(
+        let (action, detail) = match &user_secret {
+            UserSecretPlan::Reuse(id) => (
+                Action::Reuse,
+                format!("proxy secret {id} for {user}: it logs in"),
+            ),
+            UserSecretPlan::Update(id) => (
+                Action::Update,
+                format!(
                     "proxy secret {id} for {user}: a new version with the application's password"
                 ),
-                UserSecretPlan::Create => format!(
+            ),
+            UserSecretPlan::Create => (
+                Action::Create,
+                format!(
                     "proxy secret {user_secret_name} for {user}, with the application's password"
                 ),
-            },
-            Vec::new(),
-        );
+            ),
+        };
+        out.step("user_secret", action, detail, Vec::new());
         out.step(
             "app_secret",
             Action::Update,
             format!("a new AWSCURRENT of {} with rotation_usernames [{user}, {clone}] and proxy_secret_ids; username and password unchanged", out.secret),
             Vec::new(),
         );
-        if req.dry_run {
-            out.attach = report::attach(
-                out.proxy.as_deref(),
-                auth.as_deref(),
-                &[
-                    (
-                        user.to_owned(),
-                        match &user_plan {
-                            UserSecretPlan::Reuse(a) | UserSecretPlan::Update(a) => a.clone(),
-                            UserSecretPlan::Create => format!("<ARN of {user_secret_name}>"),
-                        },
-                    ),
-                    (
-                        clone.to_owned(),
-                        clone_secret
-                            .as_ref()
-                            .map(|f| f.arn.clone())
-                            .unwrap_or_else(|| format!("<ARN of {clone_secret_name}>")),
-                    ),
-                ],
-                engine,
-                &out.secret,
-            );
-            return Ok(());
-        }
+        Ok(Inspection {
+            session,
+            plan,
+            rules,
+            clone_secret_name,
+            clone_secret,
+            user_secret_name,
+            user_secret,
+            auth,
+        })
+    }
 
-        // --- The steps. ---
-        self.keep(lease)?;
-        let (clone_arn, clone_creds) = match clone_secret {
-            Some(found) => (found.arn, found.secret.credentials),
-            None => {
-                let password = self
-                    .rotator
-                    .settings
-                    .password
-                    .generate_for(engine, &rules)
-                    .map_err(|e| AdoptError::Invalid(e.to_string()))?;
-                let creds = Credentials::new(clone, password);
-                self.create_proxy_secret(&clone_secret_name, &creds, origin)
-                    .await?;
-                out.changed = true;
-                // Read back: if another run created it a moment before, its password is the one.
-                let stored = self
-                    .find_for(&clone_secret_name, clone)
-                    .await?
-                    .ok_or_else(|| {
-                        AdoptError::Invalid(format!(
-                            "{clone_secret_name} vanished after it was created"
-                        ))
-                    })?;
-                (stored.arn, stored.secret.credentials)
-            }
-        };
+    /// The steps of the table at the top, in order. Each is done, or finds itself done.
+    async fn run(
+        &self,
+        s: &Start<'_>,
+        mut i: Inspection,
+        lease: &Flags,
+        out: &mut Adoption,
+    ) -> Result<(), AdoptError> {
+        keep(lease)?;
+        let (clone_arn, clone_creds) = self.clone_secret(s, &i, out).await?;
         failpoint::hit("after:adopt.clone_secret").await;
-        self.keep(lease)?;
+        keep(lease)?;
+        self.clone_user(s, &mut i, &clone_creds, out).await?;
+        failpoint::hit("after:adopt.clone_user").await;
+        keep(lease)?;
+        let user_arn = self.user_secret(s, &i, out).await?;
+        failpoint::hit("after:adopt.user_secret").await;
+        keep(lease)?;
+        self.app_secret(s, &user_arn, &clone_arn, out).await?;
+        failpoint::hit("after:adopt.app_secret").await;
+        out.attach = attach(s, &i, out, user_arn, clone_arn);
+        Ok(())
+    }
 
-        if matches!(plan.state, CloneState::Absent | CloneState::Partial { .. }) {
-            session.apply(&plan, &clone_creds.password).await?;
+    /// Step 1: the clone's proxy secret holds its password before the database does, so the
+    /// password is never only in the database. Its ARN and the credentials it holds.
+    async fn clone_secret(
+        &self,
+        s: &Start<'_>,
+        i: &Inspection,
+        out: &mut Adoption,
+    ) -> Result<(String, Credentials), AdoptError> {
+        if let Some(found) = &i.clone_secret {
+            return Ok((found.arn.clone(), found.secret.credentials.clone()));
+        }
+        let password = self.new_password(s.app.engine, &i.rules)?;
+        let creds = Credentials::new(&s.clone, password);
+        self.create_proxy_secret(&i.clone_secret_name, &creds, &s.meta)
+            .await?;
+        out.changed = true;
+        // Read back: if another run created it a moment before, its password is the one.
+        let stored = self
+            .find_for(&i.clone_secret_name, &s.clone)
+            .await?
+            .ok_or_else(|| {
+                AdoptError::Invalid(format!(
+                    "{} vanished after it was created",
+                    i.clone_secret_name
+                ))
+            })?;
+        Ok((stored.arn, stored.secret.credentials))
+    }
+
+    /// Step 2: the clone with the original's rights, logging in with its secret's password.
+    async fn clone_user(
+        &self,
+        s: &Start<'_>,
+        i: &mut Inspection,
+        creds: &Credentials,
+        out: &mut Adoption,
+    ) -> Result<(), AdoptError> {
+        let (db, engine) = (&self.rotator.db, s.app.engine);
+        if matches!(
+            i.plan.state,
+            CloneState::Absent | CloneState::Partial { .. }
+        ) {
+            i.session.apply(&i.plan, &creds.password).await?;
             out.changed = true;
         }
-        drop(session);
-        match db.check_login(engine, at, &clone_creds).await {
-            Ok(()) => {}
+        match db.check_login(engine, &s.at, creds).await {
+            Ok(()) => Ok(()),
             Err(DbError::LoginRejected(_)) => {
                 // A clone that existed (made by hand, or a crashed run's MySQL accounts, which
                 // `IF NOT EXISTS` left alone): it takes the secret's password, on every account.
                 // Claimed again just before: a rotation of another secret may have come since.
-                self.claim(engine, at, clone, &out.secret).await?;
-                db.set_password(
-                    engine,
-                    at,
-                    &master.secret.credentials,
-                    clone,
-                    &clone_creds.password,
-                )
-                .await?;
-                db.check_login(engine, at, &clone_creds).await?;
+                self.claim(s, &s.clone).await?;
+                let master = &s.master.secret.credentials;
+                db.set_password(engine, &s.at, master, &s.clone, &creds.password)
+                    .await?;
+                db.check_login(engine, &s.at, creds).await?;
                 out.changed = true;
+                Ok(())
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => Err(e.into()),
         }
-        failpoint::hit("after:adopt.clone_user").await;
-        self.keep(lease)?;
+    }
 
-        let user_arn = match user_plan {
-            UserSecretPlan::Reuse(arn) => arn,
+    /// Step 3: the original user's proxy secret, with the application's password. Its ARN.
+    async fn user_secret(
+        &self,
+        s: &Start<'_>,
+        i: &Inspection,
+        out: &mut Adoption,
+    ) -> Result<String, AdoptError> {
+        match &i.user_secret {
+            UserSecretPlan::Reuse(arn) => Ok(arn.clone()),
             UserSecretPlan::Update(arn) => {
-                let s = self.read_user_secret(&arn).await?.ok_or_else(|| {
+                let found = self.read_user_secret(arn).await?.ok_or_else(|| {
                     AdoptError::Invalid(format!("{arn} vanished during adoption"))
                 })?;
-                let value = s.secret.render_with_password(&app.credentials.password);
-                let token = token(&[&arn, current_version, "user_secret"]);
+                let value = found
+                    .secret
+                    .render_with_password(&s.app.credentials.password);
+                let token = token(&[arn, &s.current_version, "user_secret"]);
                 self.rotator
                     .secrets
-                    .put(&arn, &token, &value, Stage::Current)
+                    .put(arn, &token, &value, Stage::Current)
                     .await?;
                 out.changed = true;
-                arn
+                Ok(arn.clone())
             }
             UserSecretPlan::Create => {
-                self.create_proxy_secret(&user_secret_name, &app.credentials, origin)
+                self.create_proxy_secret(&i.user_secret_name, &s.app.credentials, &s.meta)
                     .await?;
                 out.changed = true;
-                self.find_for(&user_secret_name, user)
+                self.find_for(&i.user_secret_name, s.user())
                     .await?
                     .map(|f| f.arn)
                     .ok_or_else(|| {
                         AdoptError::Invalid(format!(
-                            "{user_secret_name} vanished after it was created"
+                            "{} vanished after it was created",
+                            i.user_secret_name
                         ))
-                    })?
+                    })
             }
-        };
-        failpoint::hit("after:adopt.user_secret").await;
-        self.keep(lease)?;
+        }
+    }
 
-        let users = [user.to_owned(), clone.to_owned()];
-        let ids = [user_arn.clone(), clone_arn.clone()];
-        let master_key = app
+    /// Step 4: the application secret lists both users and their proxy secrets. Its token
+    /// follows from its inputs, so a rerun's PutSecretValue is the same request.
+    async fn app_secret(
+        &self,
+        s: &Start<'_>,
+        user_arn: &str,
+        clone_arn: &str,
+        out: &mut Adoption,
+    ) -> Result<(), AdoptError> {
+        let users = [s.user().to_owned(), s.clone.clone()];
+        let ids = [user_arn.to_owned(), clone_arn.to_owned()];
+        let master_key = s
+            .app
             .master_secret_id
             .is_none()
-            .then_some(master.arn.as_str());
-        let proxy_key = out.proxy.as_deref().filter(|_| app.proxy_name.is_none());
-        let value = app.render_adopted(&users, &ids, master_key, proxy_key);
+            .then_some(s.master.arn.as_str());
+        let proxy_key = out.proxy.as_deref().filter(|_| s.app.proxy_name.is_none());
+        let value = s.app.render_adopted(&users, &ids, master_key, proxy_key);
         let token = token(&[
             &out.secret,
-            current_version,
+            &s.current_version,
             &users.join(","),
             &ids.join(","),
             master_key.unwrap_or(""),
             proxy_key.unwrap_or(""),
         ]);
-        self.write_app_secret(&out.secret, current_version, &token, &value)
+        self.write_app_secret(&out.secret, &s.current_version, &token, &value)
             .await?;
         out.changed = true;
-        failpoint::hit("after:adopt.app_secret").await;
-
-        out.attach = report::attach(
-            out.proxy.as_deref(),
-            auth.as_deref(),
-            &[(user.to_owned(), user_arn), (clone.to_owned(), clone_arn)],
-            engine,
-            &out.secret,
-        );
         Ok(())
+    }
+
+    fn new_password(
+        &self,
+        engine: Engine,
+        rules: &PasswordRules,
+    ) -> Result<SecretString, AdoptError> {
+        self.rotator
+            .settings
+            .password
+            .generate_for(engine, rules)
+            .map_err(|e| AdoptError::Invalid(e.to_string()))
     }
 
     /// The new version becomes AWSCURRENT only if AWSCURRENT is still the version adoption
@@ -608,14 +654,8 @@ impl Adopter {
     }
 
     /// Claims a clone that existed already, as a rotation claims the user it changes.
-    async fn claim(
-        &self,
-        engine: Engine,
-        at: &Endpoint,
-        clone: &str,
-        secret: &str,
-    ) -> Result<(), AdoptError> {
-        claim_existing_user(&self.rotator, engine, at, clone, secret)
+    async fn claim(&self, s: &Start<'_>, clone: &str) -> Result<(), AdoptError> {
+        claim_existing_user(&self.rotator, s.app.engine, &s.at, clone, &s.meta.arn)
             .await
             .map_err(|e| match e {
                 RotationError::UserShared { .. } => AdoptError::Invalid(format!(
@@ -623,14 +663,6 @@ impl Adopter {
                 )),
                 e => AdoptError::Claimed(e),
             })
-    }
-
-    /// Between steps: a lease that may be someone else's now stops the run (a rerun goes on).
-    fn keep(&self, lease: Option<&Flags>) -> Result<(), AdoptError> {
-        match lease {
-            Some(flags) if flags.may_be_lost() => Err(AdoptError::LeaseLost),
-            _ => Ok(()),
-        }
     }
 
     async fn read_user_secret(&self, id: &str) -> Result<Option<Found>, AdoptError> {
@@ -825,6 +857,48 @@ fn copied_tags(origin: &SecretMeta) -> Result<Vec<(String, String)>, AdoptError>
         )));
     }
     Ok(tags)
+}
+
+/// Between steps: a lease that may be someone else's now stops the run (a rerun goes on).
+fn keep(lease: &Flags) -> Result<(), AdoptError> {
+    if lease.may_be_lost() {
+        return Err(AdoptError::LeaseLost);
+    }
+    Ok(())
+}
+
+/// A dry run's attach call: the secrets it would create are named, not yet ARNs.
+fn attach_plan(s: &Start<'_>, i: &Inspection, out: &Adoption) -> report::Attach {
+    let user_arn = match &i.user_secret {
+        UserSecretPlan::Reuse(a) | UserSecretPlan::Update(a) => a.clone(),
+        UserSecretPlan::Create => format!("<ARN of {}>", i.user_secret_name),
+    };
+    let clone_arn = i
+        .clone_secret
+        .as_ref()
+        .map(|f| f.arn.clone())
+        .unwrap_or_else(|| format!("<ARN of {}>", i.clone_secret_name));
+    attach(s, i, out, user_arn, clone_arn)
+}
+
+/// How to give RDS Proxy both proxy secrets.
+fn attach(
+    s: &Start<'_>,
+    i: &Inspection,
+    out: &Adoption,
+    user_arn: String,
+    clone_arn: String,
+) -> report::Attach {
+    report::attach(
+        out.proxy.as_deref(),
+        i.auth.as_deref(),
+        &[
+            (s.user().to_owned(), user_arn),
+            (s.clone.clone(), clone_arn),
+        ],
+        s.app.engine,
+        &out.secret,
+    )
 }
 
 fn token(parts: &[&str]) -> String {

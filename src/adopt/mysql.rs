@@ -203,6 +203,19 @@ impl MyCloneSession {
         Ok(out)
     }
 
+    /// What stands for the password in the statements (MariaDB: the hash; MySQL: the
+    /// plaintext, for the plugin to hash), and the hash, to scrub from messages.
+    fn on_the_wire(&self, pw: &str) -> Result<(String, String), DbError> {
+        let hash = native_password_hash(pw);
+        if self.mariadb {
+            return Ok((hash.clone(), hash));
+        }
+        Ok((
+            literal(pw, "new password")?.trim_matches('\'').to_owned(),
+            hash,
+        ))
+    }
+
     /// The auth clause for the clone's account.
     fn auth_clause(&self, plugin: &str, user: &str, host: &str) -> Result<String, DbError> {
         match (self.mariadb, plugin) {
@@ -344,12 +357,7 @@ impl CloneSession for MyCloneSession {
             self.drop_user(&probe, &host).await?;
         }
         let pw = password.expose_secret();
-        let hash = native_password_hash(pw);
-        let secret = if self.mariadb {
-            hash.clone()
-        } else {
-            literal(pw, "new password")?.trim_matches('\'').to_owned()
-        };
+        let (secret, hash) = self.on_the_wire(pw)?;
         let mut made: Vec<String> = Vec::new();
         let mut result = Ok(());
         for sql in &plan.statements {
@@ -392,12 +400,7 @@ impl CloneSession for MyCloneSession {
 
     async fn apply(&mut self, plan: &ClonePlan, password: &SecretString) -> Result<(), DbError> {
         let pw = password.expose_secret();
-        let hash = native_password_hash(pw);
-        let secret = if self.mariadb {
-            hash.clone()
-        } else {
-            literal(pw, "new password")?.trim_matches('\'').to_owned()
-        };
+        let (secret, hash) = self.on_the_wire(pw)?;
         for (i, sql) in plan.statements.iter().enumerate() {
             let sql = sql.replace(PASSWORD_SLOT, &secret);
             let done = self.conn.query_drop(sql).await;
