@@ -938,7 +938,7 @@ async fn check_grants(
                 )
             } else {
                 format!(
-                    "{} have the same privileges: {} (a member of it, with the role setting role={first}), so what either creates is owned by {first} and usable by both",
+                    "{} have the same privileges: {} (a member of it whose sessions start as it, by the role setting), so what either creates is owned by one role and usable by both",
                     users.join(" and "),
                     shared.join(", ")
                 )

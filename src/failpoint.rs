@@ -8,8 +8,8 @@
 //!
 //! Points: `before:<step>` and `after:<step>` (the step's effect is done, its record not yet
 //! written), `inside:set_password` (after ALTER ROLE), `inside:update_proxy` (after the proxy
-//! secret is written); for adopt, `after:adopt.<step>` and `inside:adopt.clone_user` (after
-//! the first statement).
+//! secret is written); for adopt, `before:adopt.lease`, `after:adopt.<step>` and
+//! `inside:adopt.clone_user` (after the first statement).
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -752,6 +752,16 @@ async fn killed_then_rerun(single: Single, failpoint: &str) {
         text(&out)
     );
     assert_eq!(out.status.code(), Some(86), "{failpoint}: {}", text(&out));
+    if failpoint == "inside:adopt.clone_user" {
+        // Killed inside the clone's statements: PostgreSQL's transaction left nothing, MariaDB
+        // kept the first account of two.
+        let (_, _, users) = single.snapshot().await;
+        if single.engine == "postgres" {
+            assert!(!users.contains(&single.clone_name()), "left: {users:?}");
+        } else {
+            assert_eq!(users.len(), 1, "one account of two: {users:?}");
+        }
+    }
     let current = single.current().await;
     assert_eq!(current["password"], single.password.as_str(), "{failpoint}");
     let out = single.adopt(&[]);
@@ -1017,4 +1027,90 @@ async fn a_clone_made_by_hand_is_taken_over_unless_it_is_in_use() {
         pg_connect(&single.dbname, &clone, by_hand).await.is_err(),
         "the password set by hand still works"
     );
+}
+
+/// Two adopts of one secret at once (in later rounds the second is slowed down before it takes
+/// the lease, so it comes in when the first has finished): one adoption, and both succeed.
+#[tokio::test]
+async fn two_adopts_at_once_make_one_adoption_and_both_succeed() {
+    for round in 0..3 {
+        let single = Single::postgres(None).await;
+        let spawn = |failpoints: &str| {
+            single
+                .command(&[
+                    "adopt",
+                    &single.app_secret,
+                    "--master-secret",
+                    &single.master_secret,
+                ])
+                .env("ROTATOR_LEASE_DURATION", "3s")
+                .env("ROTATOR_TEST_FAILPOINTS", failpoints)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let first = spawn("");
+        let second = spawn(if round == 0 {
+            ""
+        } else {
+            "before:adopt.lease=sleep(2500)"
+        });
+        let outs = [
+            first.wait_with_output().unwrap(),
+            second.wait_with_output().unwrap(),
+        ];
+        for out in &outs {
+            assert!(out.status.success(), "an adopt failed: {}", text(out));
+        }
+        let adopted = outs
+            .iter()
+            .filter(|o| String::from_utf8_lossy(&o.stdout).starts_with("adopted "))
+            .count();
+        assert_eq!(adopted, 1, "{}\n{}", text(&outs[0]), text(&outs[1]));
+        let versions = single.versions(&single.app_secret).await;
+        assert_eq!(versions.len(), 2, "one new version: {versions:?}");
+        assert!(
+            versions
+                .iter()
+                .all(|(_, l)| !l.iter().any(|l| l == "RDSROTATOR_STAGED")),
+            "a staged label is left: {versions:?}"
+        );
+        let ids = single.current().await["proxy_secret_ids"].clone();
+        let clone_secret = ids[1].as_str().unwrap().to_owned();
+        assert_eq!(single.versions(&clone_secret).await.len(), 1);
+        let creds = single.secret_at(&clone_secret, "AWSCURRENT").await.unwrap();
+        single
+            .login_as(&creds)
+            .await
+            .expect("the clone's secret logs in");
+    }
+}
+
+/// Before adoption RDS Proxy often authenticates the one user with the application secret
+/// itself: that counts as the user's entry. A proxy without it fails.
+#[tokio::test]
+async fn check_counts_the_application_secret_as_a_single_users_proxy_entry() {
+    let single = Single::postgres(None).await;
+    let app_arn = single
+        .sm
+        .describe_secret()
+        .secret_id(&single.app_secret)
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    let legacy = single.legacy_proxy_secret.clone().unwrap();
+    for (name, auth, status) in [
+        (format!("ad-{}-app", single.id), app_arn, "ok"),
+        (format!("ad-{}-other", single.id), legacy, "fail"),
+    ] {
+        moto_proxy(&name, "POSTGRESQL", &[auth], false);
+        let out = single.run(&["check", &single.app_secret, "--proxy", &name, "--json"]);
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("check --json: {}", text(&out)));
+        let line = finding(&report, "rds proxy").expect("an rds proxy line");
+        assert_eq!(line["status"], status, "{name}: {report}");
+    }
 }

@@ -40,7 +40,8 @@ use ports::{
     ClonePlan, CloneSession, CloneState, NewSecret, ProxyAuth, ProxyDirectory, ProxyError,
     SecretCatalog,
 };
-pub use report::{Action, Adoption, StepReport};
+use report::Action;
+pub use report::Adoption;
 
 /// Marks a proxy secret made by adopt, with the application secret's ARN: the tag fan-out
 /// leaves such secrets out, although they carry the application secret's tags.
@@ -166,7 +167,7 @@ struct Found {
 enum UserSecretPlan {
     Reuse(String),
     /// `<app>/proxy/<user>` exists with another password: a new version gets the application's.
-    Update(String),
+    Update(Found),
     Create,
 }
 
@@ -205,19 +206,38 @@ struct Inspection {
 
 impl Adopter {
     pub async fn adopt(&self, req: &AdoptRequest) -> Result<Adoption, AdoptError> {
-        let secrets = &self.rotator.secrets;
-        let meta = secrets.describe(&req.secret_id).await?;
+        let meta = self.rotator.secrets.describe(&req.secret_id).await?;
+        if req.dry_run {
+            return self.adopt_under(req, meta, None).await;
+        }
+        failpoint::hit("before:adopt.lease").await;
+        let lease = self.take_lease(&meta.arn).await?;
+        // Renewed while adoption runs; each step first looks whether it may be lost.
+        let flags = Flags::new(&lease);
+        let work = self.adopt_under(req, meta, Some(&flags));
+        let result = heartbeat(&self.rotator, &lease, &flags, work).await;
+        if let Err(e) = self.rotator.records.release(&lease).await {
+            warn!(error = %e, "could not release the lease; it runs out by itself");
+        }
+        result
+    }
+
+    /// Under the lease (none in a dry run): AWSCURRENT as it is now decides, so a second adopt
+    /// that waited for the first finds its work done.
+    async fn adopt_under(
+        &self,
+        req: &AdoptRequest,
+        meta: SecretMeta,
+        lease: Option<&Flags>,
+    ) -> Result<Adoption, AdoptError> {
         let arn = meta.arn.clone();
-        let current_version = meta
-            .version_with(Stage::Current)
-            .ok_or_else(|| AdoptError::Invalid(format!("{arn} has no AWSCURRENT version")))?
-            .to_owned();
-        let current = secrets
-            .get(&arn, At::Version(&current_version))
+        let current = self
+            .rotator
+            .secrets
+            .get(&arn, At::Stage(Stage::Current))
             .await?
-            .ok_or_else(|| {
-                AdoptError::Invalid(format!("the AWSCURRENT version of {arn} is gone"))
-            })?;
+            .ok_or_else(|| AdoptError::Invalid(format!("{arn} has no AWSCURRENT version")))?;
+        let current_version = current.version_id.clone();
         let app = AppSecret::parse(&current.value)?;
         let proxy = req.proxy.clone().or_else(|| app.proxy_name.clone());
         let mut out = Adoption::new(
@@ -270,23 +290,12 @@ impl Adopter {
             master,
             clone,
         };
-        if req.dry_run {
-            let inspection = self.inspect(&start, &mut out).await?;
-            out.attach = attach_plan(&start, &inspection, &out);
-            return Ok(out);
+        let inspection = self.inspect(&start, &mut out).await?;
+        match lease {
+            None => out.attach = attach_plan(&start, &inspection, &out),
+            Some(flags) => self.run(&start, inspection, flags, &mut out).await?,
         }
-        let lease = self.take_lease(&arn).await?;
-        // Renewed while adoption runs; each step first looks whether it may be lost.
-        let flags = Flags::new(&lease);
-        let work = async {
-            let inspection = self.inspect(&start, &mut out).await?;
-            self.run(&start, inspection, &flags, &mut out).await
-        };
-        let result = heartbeat(&self.rotator, &lease, &flags, work).await;
-        if let Err(e) = self.rotator.records.release(&lease).await {
-            warn!(error = %e, "could not release the lease; it runs out by itself");
-        }
-        result.map(|()| out)
+        Ok(out)
     }
 
     /// Reads everything and decides every step; changes nothing a user could see (PostgreSQL
@@ -296,6 +305,9 @@ impl Adopter {
         let (db, engine, user, clone) = (&self.rotator.db, s.app.engine, s.user(), &s.clone);
         let master_id = &s.req.master_secret_id;
         let login = &s.master.secret.credentials;
+        // As the rotation does, before anything else: a replica or a server whose validation
+        // refuses every change ends here; otherwise its password rules.
+        let rules = db.login(engine, &s.at, login).await?.preflight().await?;
         let mut session = self
             .cloner
             .open(engine, &s.at, login)
@@ -305,8 +317,6 @@ impl Adopter {
             .plan(user, clone)
             .await
             .map_err(|e| master_refused(master_id, e))?;
-        // The server's password rules (MariaDB's validation plugins), read as the rotation does.
-        let rules = db.login(engine, &s.at, login).await?.preflight().await?;
         out.notes.extend(plan.notes.iter().cloned());
         let tags = copied_tags(&s.meta)?.len();
 
@@ -402,7 +412,7 @@ impl Adopter {
                 Action::Reuse,
                 format!("proxy secret {id} for {user}: it logs in"),
             ),
-            UserSecretPlan::Update(id) => (
+            UserSecretPlan::Update(Found { arn: id, .. }) => (
                 Action::Update,
                 format!(
                     "proxy secret {id} for {user}: a new version with the application's password"
@@ -471,10 +481,14 @@ impl Adopter {
         }
         let password = self.new_password(s.app.engine, &i.rules)?;
         let creds = Credentials::new(&s.clone, password);
-        self.create_proxy_secret(&i.clone_secret_name, &creds, &s.meta)
+        let created = self
+            .create_proxy_secret(&i.clone_secret_name, &creds, &s.meta)
             .await?;
         out.changed = true;
-        // Read back: if another run created it a moment before, its password is the one.
+        if let Some(arn) = created {
+            return Ok((arn, creds));
+        }
+        // Another run created it a moment before: its password is the one.
         let stored = self
             .find_for(&i.clone_secret_name, &s.clone)
             .await?
@@ -530,10 +544,8 @@ impl Adopter {
     ) -> Result<String, AdoptError> {
         match &i.user_secret {
             UserSecretPlan::Reuse(arn) => Ok(arn.clone()),
-            UserSecretPlan::Update(arn) => {
-                let found = self.read_user_secret(arn).await?.ok_or_else(|| {
-                    AdoptError::Invalid(format!("{arn} vanished during adoption"))
-                })?;
+            UserSecretPlan::Update(found) => {
+                let arn = &found.arn;
                 let value = found
                     .secret
                     .render_with_password(&s.app.credentials.password);
@@ -546,9 +558,13 @@ impl Adopter {
                 Ok(arn.clone())
             }
             UserSecretPlan::Create => {
-                self.create_proxy_secret(&i.user_secret_name, &s.app.credentials, &s.meta)
+                let created = self
+                    .create_proxy_secret(&i.user_secret_name, &s.app.credentials, &s.meta)
                     .await?;
                 out.changed = true;
+                if let Some(arn) = created {
+                    return Ok(arn);
+                }
                 self.find_for(&i.user_secret_name, s.user())
                     .await?
                     .map(|f| f.arn)
@@ -741,28 +757,32 @@ impl Adopter {
             Some(f) => {
                 let same = f.secret.credentials.password.expose_secret()
                     == app.credentials.password.expose_secret();
-                let logs_in = self
-                    .rotator
-                    .db
-                    .check_login(app.engine, at, &f.secret.credentials)
-                    .await
-                    .is_ok();
-                Ok(if same || logs_in {
+                // Holding the application's password, it logs in as the application does.
+                let usable = same
+                    || self
+                        .rotator
+                        .db
+                        .check_login(app.engine, at, &f.secret.credentials)
+                        .await
+                        .is_ok();
+                Ok(if usable {
                     UserSecretPlan::Reuse(f.arn)
                 } else {
-                    UserSecretPlan::Update(f.arn)
+                    UserSecretPlan::Update(f)
                 })
             }
             None => Ok(UserSecretPlan::Create),
         }
     }
 
+    /// Its ARN, or `None` when a secret of that name exists already (made a moment ago by a run
+    /// whose answer was lost): the caller reads that one.
     async fn create_proxy_secret(
         &self,
         name: &str,
         creds: &Credentials,
         origin: &SecretMeta,
-    ) -> Result<(), AdoptError> {
+    ) -> Result<Option<String>, AdoptError> {
         let value = SecretString::from(
             json!({"username": creds.username, "password": creds.password.expose_secret()})
                 .to_string(),
@@ -783,8 +803,8 @@ impl Adopter {
             })
             .await
         {
-            // Made a moment ago by a run whose answer was lost: the caller reads it back.
-            Ok(_) | Err(SecretStoreError::VersionExists(_)) => Ok(()),
+            Ok(arn) => Ok(Some(arn)),
+            Err(SecretStoreError::VersionExists(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -794,7 +814,7 @@ impl Adopter {
         &self,
         req: &AdoptRequest,
         app: &AppSecret,
-        meta: &crate::rotation::ports::SecretMeta,
+        meta: &SecretMeta,
         mut out: Adoption,
     ) -> Result<Adoption, AdoptError> {
         let names = &app.rotation_usernames;
@@ -812,9 +832,11 @@ impl Adopter {
         out.user = names[0].clone();
         out.clone = names[1].clone();
         out.already = true;
-        // A run that stopped between moving AWSCURRENT and dropping its own label.
-        if let Some(staged) = meta.version_with(Stage::Staged) {
-            if !req.dry_run {
+        // A run that stopped between moving AWSCURRENT and dropping its own label. Read again
+        // under the lease: `meta` was read before it, perhaps while another adopt ran.
+        if !req.dry_run {
+            let now = self.rotator.secrets.describe(&meta.arn).await?;
+            if let Some(staged) = now.version_with(Stage::Staged) {
                 self.rotator
                     .secrets
                     .remove_stage(&meta.arn, Stage::Staged, staged)
@@ -870,7 +892,7 @@ fn keep(lease: &Flags) -> Result<(), AdoptError> {
 /// A dry run's attach call: the secrets it would create are named, not yet ARNs.
 fn attach_plan(s: &Start<'_>, i: &Inspection, out: &Adoption) -> report::Attach {
     let user_arn = match &i.user_secret {
-        UserSecretPlan::Reuse(a) | UserSecretPlan::Update(a) => a.clone(),
+        UserSecretPlan::Reuse(a) | UserSecretPlan::Update(Found { arn: a, .. }) => a.clone(),
         UserSecretPlan::Create => format!("<ARN of {}>", i.user_secret_name),
     };
     let clone_arn = i

@@ -20,7 +20,7 @@ use super::ports::{ClonePlan, CloneSession, CloneState, PASSWORD_SLOT};
 use crate::db::mysql::{
     classify, literal, native_password_hash, normalise_grant, without_credentials, MySql,
 };
-use crate::rotation::ports::{DbError, PasswordRules};
+use crate::rotation::ports::DbError;
 use crate::secret::{Credentials, Endpoint};
 
 /// Where the account options of a `SHOW CREATE USER` statement start, after its auth clause.
@@ -236,17 +236,6 @@ impl MyCloneSession {
 #[async_trait]
 impl CloneSession for MyCloneSession {
     async fn plan(&mut self, user: &str, clone: &str) -> Result<ClonePlan, DbError> {
-        let read_only: Option<(i64, i64)> = self
-            .conn
-            .query_first("SELECT @@global.read_only, @@global.innodb_read_only")
-            .await
-            .map_err(|e| self.err(e, &[]))?;
-        if read_only.is_some_and(|(a, b)| a != 0 || b != 0) {
-            return Err(DbError::ReadOnly {
-                at: self.at.to_string(),
-                writer: None,
-            });
-        }
         let original = self.accounts(user).await?;
         if original.is_empty() {
             return Err(DbError::Refused(format!(
@@ -327,7 +316,6 @@ impl CloneSession for MyCloneSession {
             clone: clone.to_owned(),
             state,
             statements,
-            rules: PasswordRules::default(),
             notes: vec![format!(
                 "{clone} gets an account on each host of {user} ({}), with the same grants",
                 hosts.join(", ")

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use secrecy::SecretString;
 
-use crate::rotation::ports::{DbError, PasswordRules, SecretStoreError};
+use crate::rotation::ports::{DbError, SecretStoreError};
 
 /// A secret to create.
 #[derive(Debug)]
@@ -75,8 +75,6 @@ pub struct ClonePlan {
     /// The statements that create (or complete) the clone, in order; the password appears as
     /// [`PASSWORD_SLOT`], replaced by a verifier (or hash) when they run.
     pub statements: Vec<String>,
-    /// What the server asks of a new password (validation plugins).
-    pub rules: PasswordRules,
     /// Worth saying before anything changes: settings not copied, and why.
     pub notes: Vec<String>,
 }
@@ -88,7 +86,7 @@ pub const PASSWORD_SLOT: &str = "<verifier of the new password>";
 #[async_trait]
 pub trait CloneSession: Send {
     /// Reads `user`, and `clone` if it exists, and plans the clone. `Refused` when `user` does
-    /// not exist; `ReadOnly` on a replica.
+    /// not exist. (The rotation's preflight, run first, refuses a replica.)
     async fn plan(&mut self, user: &str, clone: &str) -> Result<ClonePlan, DbError>;
     /// Shows that `apply` would be allowed, leaving nothing behind (PostgreSQL runs the
     /// statements in a transaction it rolls back; MySQL for a throwaway account, with

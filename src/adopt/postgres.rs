@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 
 use super::ports::{ClonePlan, CloneSession, CloneState, PASSWORD_SLOT};
 use crate::db::postgres::{classify, quote_ident, quote_literal, verifier, Postgres};
-use crate::rotation::ports::{DbError, PasswordRules};
+use crate::rotation::ports::DbError;
 use crate::secret::{Credentials, Endpoint};
 
 /// Settings whose stored form is a list PostgreSQL quotes itself (`"$user", public`): copied as
@@ -314,18 +314,6 @@ fn compare(want: &Shape, have: &Shape) -> CloneState {
 #[async_trait]
 impl CloneSession for PgCloneSession {
     async fn plan(&mut self, user: &str, clone: &str) -> Result<ClonePlan, DbError> {
-        let replica: bool = self
-            .client
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .map_err(|e| self.err(e))?
-            .get(0);
-        if replica {
-            return Err(DbError::ReadOnly {
-                at: self.at.to_string(),
-                writer: None,
-            });
-        }
         let original = self
             .shape(user)
             .await?
@@ -357,16 +345,11 @@ impl CloneSession for PgCloneSession {
             clone: clone.to_owned(),
             state,
             statements,
-            rules: PasswordRules::default(),
             notes,
         })
     }
 
-    async fn rehearse(
-        &mut self,
-        plan: &ClonePlan,
-        _password: &SecretString,
-    ) -> Result<(), DbError> {
+    async fn rehearse(&mut self, plan: &ClonePlan, password: &SecretString) -> Result<(), DbError> {
         let may: bool = self
             .client
             .query_one(
@@ -415,13 +398,8 @@ impl CloneSession for PgCloneSession {
             }
         }
         // The real statements, rolled back: the server's own permission checks, nothing kept.
-        let dummy = verifier(
-            &plan.clone,
-            &SecretString::from(uuid::Uuid::new_v4().to_string()),
-            "scram-sha-256",
-        )
-        .await;
-        let r = self.run(plan, &dummy).await;
+        let v = verifier(&plan.clone, password, "scram-sha-256").await;
+        let r = self.run(plan, &v, false).await;
         let _ = self.client.batch_execute("ROLLBACK").await;
         r
     }
@@ -437,7 +415,7 @@ impl CloneSession for PgCloneSession {
             tracing::warn!(at = %self.at, "password_encryption is md5: the clone gets an MD5 verifier, which logs in by itself; keep statement logging (log_statement = ddl or all) away from it");
         }
         let v = verifier(&plan.clone, password, &encryption).await;
-        if let Err(e) = self.run(plan, &v).await {
+        if let Err(e) = self.run(plan, &v, true).await {
             let _ = self.client.batch_execute("ROLLBACK").await;
             return Err(e);
         }
@@ -450,8 +428,8 @@ impl CloneSession for PgCloneSession {
 
 impl PgCloneSession {
     /// BEGIN and the statements, with `verifier` in the password's place; the caller ends the
-    /// transaction.
-    async fn run(&self, plan: &ClonePlan, verifier: &str) -> Result<(), DbError> {
+    /// transaction. `applying`: the real run, not the rehearsal (for the crash tests' failpoint).
+    async fn run(&self, plan: &ClonePlan, verifier: &str, applying: bool) -> Result<(), DbError> {
         self.client
             .batch_execute("BEGIN")
             .await
@@ -463,7 +441,7 @@ impl PgCloneSession {
                 .batch_execute(&sql)
                 .await
                 .map_err(|e| self.err(e))?;
-            if i == 0 {
+            if i == 0 && applying {
                 crate::failpoint::hit("inside:adopt.clone_user").await;
             }
         }

@@ -105,15 +105,10 @@ impl Adoption {
                 "dry run: adopting {} ({}) would make {} and {} take turns; nothing was changed\n",
                 self.secret, self.engine, self.user, self.clone
             )
-        } else if self.changed {
+        } else {
             format!(
                 "adopted {} ({}): {} and {} take turns\n",
                 self.secret, self.engine, self.user, self.clone
-            )
-        } else {
-            format!(
-                "{}: every step was already done; nothing changed\n",
-                self.secret
             )
         };
         s.push_str(&head);
