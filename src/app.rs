@@ -37,7 +37,7 @@ pub mod exit {
 /// does. RUST_LOG overrides both.
 pub fn default_log_level(command: &Command) -> &'static str {
     match command {
-        Command::Worker(_) => "info",
+        Command::Worker(_) | Command::Lambda { .. } => "info",
         _ => "warn",
     }
 }
@@ -67,6 +67,7 @@ pub fn settings(args: &GlobalArgs) -> Settings {
             policy: args.in_use,
             window: args.in_use_window,
         },
+        rotation_functions: args.rotation_functions.clone(),
     }
 }
 
@@ -228,6 +229,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 min_interval: Some(args.min_interval),
                 request_id: None,
                 reason: ask.reason,
+                invocation: None,
             };
             rotate(args, &aws, &secret_id, &request, lease_wait, json).await
         }
@@ -259,6 +261,10 @@ pub async fn run(cli: Cli) -> ExitCode {
             worker.run().await;
             ExitCode::SUCCESS
         }
+        Command::Lambda {
+            function_arn,
+            lease_wait,
+        } => lambda(args, &aws, function_arn, lease_wait).await,
         Command::Enqueue {
             queue,
             secret_ids,
@@ -454,6 +460,9 @@ async fn rotate(
             }
             ExitCode::SUCCESS
         }
+        Ok(Outcome::Advanced { .. } | Outcome::NotBegun { .. }) => {
+            unreachable!("only Secrets Manager's calls stop before the end")
+        }
         Err(e) => rotation_failed(secret_id, &e),
     }
 }
@@ -549,6 +558,31 @@ async fn adopt(
             format!("adoption of {id} did not complete ({e}); run it again to finish"),
         ),
         Err(e) => fail(exit::FAILED, format!("adoption of {id} failed: {e}")),
+    }
+}
+
+/// `lambda`: Secrets Manager's rotation function, until Lambda stops the process.
+async fn lambda(
+    args: &GlobalArgs,
+    aws: &aws_config::SdkConfig,
+    own_arn: Option<String>,
+    lease_wait: std::time::Duration,
+) -> ExitCode {
+    let rotator = match rotator(args, aws, true) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let function = crate::lambda::Function {
+        rotator,
+        proxies: Arc::new(RdsProxies::new(aws)),
+        tls: args.db_tls,
+        min_interval: args.min_interval,
+        own_arn,
+        lease_wait,
+    };
+    match crate::lambda::serve(function).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(exit::FAILED, e),
     }
 }
 

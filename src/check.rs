@@ -55,6 +55,15 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
+    /// What would make a rotation fail, one line each.
+    pub fn failures(&self) -> Vec<String> {
+        self.findings
+            .iter()
+            .filter(|f| f.status == Status::Fail)
+            .map(|f| format!("{}: {}", f.check, f.detail))
+            .collect()
+    }
+
     /// No problem that would make a rotation fail.
     pub fn ready(&self) -> bool {
         !self.findings.iter().any(|f| f.status == Status::Fail)
@@ -209,7 +218,10 @@ pub async fn check(
     if let Err(e) = rotator.settings.password.validate(app.engine) {
         report.push("password policy", Status::Fail, e.to_string());
     }
-    check_managed_rotation(&meta, &mut report, true);
+    let own = rotator
+        .settings
+        .is_own_function(meta.rotation_lambda.as_deref());
+    check_managed_rotation(&meta, &mut report, true, own);
     let last_record = check_record(rotator, &meta.arn, &meta, &mut report).await;
 
     // Proxy secrets: exactly one per user, each for a user of the rotation.
@@ -266,7 +278,7 @@ pub async fn check(
         // on the user in use, an outage. (Unreadable ones are reported above.)
         for id in &app.proxy_secret_ids {
             if let Ok(m) = secrets.describe(id).await {
-                check_managed_rotation(&m, &mut report, false);
+                check_managed_rotation(&m, &mut report, false, false);
             }
         }
     }
@@ -577,10 +589,19 @@ async fn read_user_secret(rotator: &Rotator, id: &str) -> Result<(String, UserSe
     }
 }
 
-/// Secrets Manager's own rotation attached to the secret: `rotate` refuses it. `say_ok`: a line
-/// also when it is not.
-fn check_managed_rotation(meta: &SecretMeta, report: &mut CheckReport, say_ok: bool) {
-    if meta.rotation_enabled {
+/// Secrets Manager's own rotation attached to the secret: `rotate` refuses it, unless its
+/// function is this tool (`own`). `say_ok`: a line also when it is not.
+fn check_managed_rotation(meta: &SecretMeta, report: &mut CheckReport, say_ok: bool, own: bool) {
+    if meta.rotation_enabled && own {
+        report.push(
+            "managed rotation",
+            Status::Ok,
+            format!(
+                "Secrets Manager rotates it with this tool's function {}",
+                meta.rotation_lambda.as_deref().unwrap_or_default()
+            ),
+        );
+    } else if meta.rotation_enabled {
         let e = RotationError::ManagedRotation {
             secret: meta.arn.clone(),
             lambda: meta.rotation_lambda.clone(),

@@ -113,6 +113,16 @@ pub struct GlobalArgs {
     /// rotation functions: `:/@"'\` for PostgreSQL).
     #[arg(long, env = "ROTATOR_EXCLUDE_CHARACTERS", global = true)]
     pub exclude_characters: Option<String>,
+    /// ARNs of Lambda functions that run this tool (`rds-rotator lambda`), comma-separated: a
+    /// secret whose Secrets Manager rotation is attached to one of them is rotated, not refused
+    /// as another rotator's. `lambda` adds its own ARN.
+    #[arg(
+        long = "rotation-function-arn",
+        env = "ROTATOR_ROTATION_FUNCTION_ARNS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub rotation_functions: Vec<String>,
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {
@@ -202,6 +212,17 @@ pub enum Command {
     },
     /// Serve rotation requests from SQS until SIGTERM or SIGINT.
     Worker(WorkerArgs),
+    /// Run as a Secrets Manager rotation function: serve the Lambda Runtime API named by
+    /// AWS_LAMBDA_RUNTIME_API (the `bootstrap` and the image's Lambda command run this).
+    Lambda {
+        /// This function's ARN, if not the one the invocation names (an alias, say).
+        #[arg(long, env = "ROTATOR_LAMBDA_ARN")]
+        function_arn: Option<String>,
+        /// How long a step waits for a lease that another process holds (a queue worker
+        /// rotating the same secret) before it fails and Secrets Manager retries it.
+        #[arg(long, env = "ROTATOR_LEASE_WAIT", default_value = "60s", value_parser = humantime::parse_duration)]
+        lease_wait: Duration,
+    },
     /// Put rotation requests on the queue: one per secret, or one tag fan-out.
     Enqueue {
         #[command(flatten)]

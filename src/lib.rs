@@ -8,6 +8,7 @@ pub mod check;
 pub mod cli;
 pub mod db;
 pub mod failpoint;
+pub mod lambda;
 pub mod message;
 pub mod metrics;
 pub mod password;

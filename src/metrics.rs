@@ -16,6 +16,26 @@ use crate::rotation::record::now_ms;
 
 pub const DEFAULT_NAMESPACE: &str = "RdsRotator";
 
+/// The metrics of the line per `rotate` call, with their units. infra/worker-metrics.json lists
+/// them for the Terraform dashboard (a test keeps the two equal).
+pub const METRICS: [(&str, &str); 11] = [
+    ("RotationsSucceeded", "Count"),
+    ("RotationsFailed", "Count"),
+    ("RotationsIncomplete", "Count"),
+    ("RotationsSkipped", "Count"),
+    ("RotationsAborted", "Count"),
+    ("RotationsDeferred", "Count"),
+    ("RotationDuration", "Milliseconds"),
+    ("Retries", "Count"),
+    ("AwsCalls", "Count"),
+    ("DbConnections", "Count"),
+    ("IdleUserSessions", "Count"),
+];
+
+/// The metric of the line per step run, and its dimension.
+pub const STEP_METRIC: &str = "StepLatency";
+pub const STEP_DIMENSION: &str = "Step";
+
 /// Writes EMF lines to stdout (or any writer, for tests).
 pub struct Emf {
     namespace: String,
@@ -74,8 +94,13 @@ pub fn lines(namespace: &str, r: &RotationReport, timestamp_ms: u64) -> Vec<Valu
         ReportOutcome::Succeeded => (true, false, false, false),
         ReportOutcome::Failed { retryable, .. } => (false, !retryable, *retryable, false),
         ReportOutcome::Skipped { .. } => (false, false, false, true),
-        ReportOutcome::Aborted { .. } => (false, false, false, false),
+        ReportOutcome::Aborted { .. } | ReportOutcome::Advanced { .. } => {
+            (false, false, false, false)
+        }
     };
+    // A call of Secrets Manager's that ran some steps is no rotation's duration: the call that
+    // finishes reports the whole one.
+    let advanced = matches!(r.outcome, ReportOutcome::Advanced { .. });
     let aws: std::collections::BTreeMap<_, _> = r
         .calls
         .iter()
@@ -95,18 +120,11 @@ pub fn lines(namespace: &str, r: &RotationReport, timestamp_ms: u64) -> Vec<Valu
             namespace,
             timestamp_ms,
             json!([[]]),
-            &[
-                ("RotationsSucceeded", "Count"),
-                ("RotationsFailed", "Count"),
-                ("RotationsIncomplete", "Count"),
-                ("RotationsSkipped", "Count"),
-                ("RotationsAborted", "Count"),
-                ("RotationDuration", "Milliseconds"),
-                ("Retries", "Count"),
-                ("AwsCalls", "Count"),
-                ("DbConnections", "Count"),
-                ("IdleUserSessions", "Count"),
-            ],
+            &METRICS
+                .iter()
+                .copied()
+                .filter(|(name, _)| !(advanced && *name == "RotationDuration"))
+                .collect::<Vec<_>>(),
         ),
     );
     main.insert("RotationsSucceeded".into(), json!(flag(succeeded)));
@@ -117,7 +135,14 @@ pub fn lines(namespace: &str, r: &RotationReport, timestamp_ms: u64) -> Vec<Valu
         "RotationsAborted".into(),
         json!(flag(matches!(r.outcome, ReportOutcome::Aborted { .. }))),
     );
-    main.insert("RotationDuration".into(), json!(millis(r.duration)));
+    if !advanced {
+        main.insert("RotationDuration".into(), json!(millis(r.duration)));
+    }
+    // The in-use guard stopped the rotation: it waits for the idle user's sessions to end.
+    main.insert(
+        "RotationsDeferred".into(),
+        json!(flag(r.waits_for_sessions)),
+    );
     main.insert("Retries".into(), json!(r.retries));
     main.insert("AwsCalls".into(), json!(aws_calls));
     main.insert("DbConnections".into(), json!(db_connections));
@@ -143,6 +168,7 @@ pub fn lines(namespace: &str, r: &RotationReport, timestamp_ms: u64) -> Vec<Valu
             ReportOutcome::Failed { .. } => "failed",
             ReportOutcome::Skipped { .. } => "skipped",
             ReportOutcome::Aborted { .. } => "aborted",
+            ReportOutcome::Advanced { .. } => "advanced",
         }),
     );
     match &r.outcome {
@@ -151,6 +177,9 @@ pub fn lines(namespace: &str, r: &RotationReport, timestamp_ms: u64) -> Vec<Valu
         }
         ReportOutcome::Skipped { why } | ReportOutcome::Aborted { reason: why } => {
             main.insert("reason".into(), json!(why));
+        }
+        ReportOutcome::Advanced { next } => {
+            main.insert("next_step".into(), json!(next.as_str()));
         }
         ReportOutcome::Succeeded => {}
     }
@@ -165,13 +194,21 @@ pub fn lines(namespace: &str, r: &RotationReport, timestamp_ms: u64) -> Vec<Valu
     );
     let mut out = vec![Value::Object(main)];
     for (step, took) in &r.steps {
-        out.push(json!({
-            "_aws": directive(namespace, timestamp_ms, json!([["Step"]]), &[("StepLatency", "Milliseconds")]),
-            "Step": step.as_str(),
-            "StepLatency": millis(*took),
-            "secret": r.secret,
-            "rotation_id": r.rotation_id,
-        }));
+        let mut line = Map::new();
+        line.insert(
+            "_aws".into(),
+            directive(
+                namespace,
+                timestamp_ms,
+                json!([[STEP_DIMENSION]]),
+                &[(STEP_METRIC, "Milliseconds")],
+            ),
+        );
+        line.insert(STEP_DIMENSION.into(), json!(step.as_str()));
+        line.insert(STEP_METRIC.into(), json!(millis(*took)));
+        line.insert("secret".into(), json!(r.secret));
+        line.insert("rotation_id".into(), json!(r.rotation_id));
+        out.push(Value::Object(line));
     }
     out
 }

@@ -200,6 +200,7 @@ impl Worker {
             min_interval: Some(self.settings.min_interval),
             request_id: Some(msg.request_id.clone().unwrap_or_else(|| m.id.clone())),
             reason: msg.reason.clone(),
+            invocation: None,
         };
         match self
             .rotator
@@ -216,6 +217,9 @@ impl Worker {
             Ok(Outcome::Skipped { secret_arn, why }) => {
                 info!(message_id = %m.id, secret = %secret_arn, %why, "request acknowledged without rotating");
                 Ok(Handled::Skipped { why })
+            }
+            Ok(Outcome::Advanced { .. } | Outcome::NotBegun { .. }) => {
+                unreachable!("only Secrets Manager's calls stop before the end")
             }
             Err(e) => Err(e),
         }

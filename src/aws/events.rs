@@ -68,7 +68,9 @@ pub fn event(r: &RotationReport) -> Option<(&'static str, serde_json::Value)> {
             detail["step"] = json!(r.last_step.map(|s| s.as_str()));
             Some(("RotationAborted", detail))
         }
-        ReportOutcome::Failed { .. } | ReportOutcome::Skipped { .. } => None,
+        ReportOutcome::Failed { .. }
+        | ReportOutcome::Skipped { .. }
+        | ReportOutcome::Advanced { .. } => None,
     }
 }
 

@@ -50,7 +50,7 @@ use ports::{
     ReportOutcome, Reporter, RotationReport, SecretMeta, SecretStore, SecretStoreError,
     SecretVersion, Stage, UserClaim,
 };
-use record::{now_ms, BeginIf, Plan, Step, StepRecord};
+use record::{now_ms, BeginIf, Plan, State, Step, StepRecord};
 
 /// Backoff for retryable errors. One value, documented defaults, used everywhere a step retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +100,9 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// The look at the idle user's sessions before its password changes.
     pub in_use: guard::InUseGuard,
+    /// Lambda functions that are this tool (`rds-rotator lambda`): Secrets Manager rotation
+    /// attached to one of them is not another rotator.
+    pub rotation_functions: Vec<String>,
 }
 
 impl Default for Settings {
@@ -110,7 +113,40 @@ impl Default for Settings {
             password: PasswordPolicy::default(),
             retry: RetryPolicy::default(),
             in_use: guard::InUseGuard::default(),
+            rotation_functions: Vec::new(),
         }
+    }
+}
+
+impl Settings {
+    /// Secrets Manager rotation attached to `meta` is refused unless its function is this tool.
+    fn refuse_managed_rotation(&self, meta: &SecretMeta) -> Result<(), RotationError> {
+        if !meta.rotation_enabled || self.is_own_function(meta.rotation_lambda.as_deref()) {
+            return Ok(());
+        }
+        Err(RotationError::ManagedRotation {
+            secret: meta.arn.clone(),
+            lambda: meta.rotation_lambda.clone(),
+        })
+    }
+
+    /// `arn` names one of `rotation_functions`. A version or alias qualifier does not matter:
+    /// it is the same code.
+    pub fn is_own_function(&self, arn: Option<&str>) -> bool {
+        arn.is_some_and(|arn| {
+            self.rotation_functions
+                .iter()
+                .any(|own| unqualified(own) == unqualified(arn))
+        })
+    }
+}
+
+/// A Lambda function ARN without its `:version` or `:alias`
+/// (`arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]`).
+fn unqualified(arn: &str) -> &str {
+    match arn.match_indices(':').nth(6) {
+        Some((i, _)) => &arn[..i],
+        None => arn,
     }
 }
 
@@ -136,7 +172,7 @@ pub enum RotationError {
     },
     #[error("{secret} is inconsistent: {reason}")]
     Inconsistent { secret: String, reason: String },
-    #[error("Secrets Manager's own rotation is enabled on {secret}{}: its function would change passwords behind this tool's back. Turn it off with `aws secretsmanager cancel-rotate-secret --secret-id {secret}`, then rotate again", lambda.as_deref().map(|l| format!(" (function {l})")).unwrap_or_default())]
+    #[error("Secrets Manager's own rotation is enabled on {secret}{}: its function would change passwords behind this tool's back. Turn it off with `aws secretsmanager cancel-rotate-secret --secret-id {secret}`, then rotate again (if the function is this tool's `rds-rotator lambda`, name it in ROTATOR_ROTATION_FUNCTION_ARNS instead)", lambda.as_deref().map(|l| format!(" (function {l})")).unwrap_or_default())]
     ManagedRotation {
         secret: String,
         lambda: Option<String>,
@@ -159,6 +195,22 @@ pub enum RotationError {
     UserShared { user: String, secret: String },
     #[error("{found}, so an application still logs in with credentials from two rotations ago; the rotation of {secret} waits before changing the password, and resumes once those sessions stop (`rotate --ignore-in-use` goes on anyway)")]
     UserInUse { secret: String, found: InUse },
+    #[error("the rotation {asked} of {secret} that Secrets Manager asks for cannot run: rotation {running} is in progress and finishes first (its own next attempt, or the queue's, resumes it)")]
+    OtherRotation {
+        secret: String,
+        asked: String,
+        running: String,
+    },
+    #[error("rotation {rotation_id} of {secret} was aborted (`rds-rotator abort`); Secrets Manager's next rotation starts a new one")]
+    WasAborted { secret: String, rotation_id: String },
+    #[error("Secrets Manager asks for rotation {token} of {secret}, but {why}: only a rotation that Secrets Manager started (RotateSecret, or its schedule) is begun by the rotation function")]
+    NotStartedBySecretsManager {
+        secret: String,
+        token: String,
+        why: String,
+    },
+    #[error("rotation of {secret} refused: {why}")]
+    TooSoon { secret: String, why: String },
     #[error("cannot abort the rotation of {secret}: {why}")]
     NotAbortable { secret: String, why: String },
     #[error("Secrets Manager refused to move AWSCURRENT of {secret} although it is still on the expected version: {reason}")]
@@ -198,6 +250,7 @@ impl RotationError {
             | Self::UserBusy { .. }
             | Self::UserInUse { .. }
             | Self::Busy { .. }
+            | Self::OtherRotation { .. }
             | Self::LeaseLost(_)
             | Self::Interrupted(_) => true,
             Self::Secrets(e) => e.is_retryable(),
@@ -212,6 +265,9 @@ impl RotationError {
             | Self::ForeignPending { .. }
             | Self::PendingMoved { .. }
             | Self::NotAbortable { .. }
+            | Self::WasAborted { .. }
+            | Self::NotStartedBySecretsManager { .. }
+            | Self::TooSoon { .. }
             | Self::UserShared { .. }
             | Self::Inconsistent { .. } => false,
         }
@@ -238,6 +294,25 @@ pub struct Request {
     /// Change the idle user's password even if it is in use (the guard only warns). Not implied
     /// by `force`: the interval protects caches, the guard applications that outlived them.
     pub ignore_in_use: bool,
+    /// A call of the Secrets Manager rotation function (`rds-rotator lambda`), for one step.
+    pub invocation: Option<Invocation>,
+}
+
+/// Secrets Manager calls a rotation function once per step, naming the rotation by the version
+/// it made for it (ClientRequestToken): that is the rotation id. createSecret may begin the
+/// rotation; every call runs the steps up to its own, so a call that finds its work done (by an
+/// earlier call, or by the queue's worker) succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub token: String,
+    /// The last step this call runs.
+    pub through: Step,
+}
+
+impl Invocation {
+    fn begins(&self) -> bool {
+        self.through == Step::CreatePending
+    }
 }
 
 /// What `rotate` did.
@@ -248,6 +323,18 @@ pub enum Outcome {
     Skipped {
         secret_arn: String,
         why: String,
+    },
+    /// An invocation's steps are done; the rotation goes on with `next` (a later invocation).
+    Advanced {
+        secret_arn: String,
+        rotation_id: String,
+        next: Step,
+    },
+    /// An invocation after createSecret, for a rotation that never began: Secrets Manager's
+    /// test of the configuration (RotateImmediately=false calls only testSecret).
+    NotBegun {
+        secret_arn: String,
+        rotation_id: String,
     },
 }
 
@@ -333,6 +420,8 @@ struct TraceData {
     last_step: Option<Step>,
     retries: u32,
     in_use: Option<InUse>,
+    /// A rotation split over Secrets Manager's calls: from its beginning to its end.
+    whole: Option<Duration>,
 }
 
 impl Trace {
@@ -362,6 +451,10 @@ impl Trace {
             outcome: match result {
                 Ok(Outcome::Rotated(_)) => ReportOutcome::Succeeded,
                 Ok(Outcome::Skipped { why, .. }) => ReportOutcome::Skipped { why: why.clone() },
+                Ok(Outcome::Advanced { next, .. }) => ReportOutcome::Advanced { next: *next },
+                Ok(Outcome::NotBegun { rotation_id, .. }) => ReportOutcome::Skipped {
+                    why: format!("no rotation {rotation_id} began"),
+                },
                 Err(e) => ReportOutcome::Failed {
                     reason: e.to_string(),
                     retryable: e.is_retryable(),
@@ -371,7 +464,7 @@ impl Trace {
             from_user: t.from_user,
             to_user: t.to_user,
             resumed: t.resumed,
-            duration,
+            duration: t.whole.unwrap_or(duration),
             steps: t.steps,
             last_step: t.last_step,
             retries: t.retries,
@@ -428,13 +521,14 @@ impl Rotator {
         // decides from the record as it stands.
         let planned = self.plan(&meta, current).await;
         // Not with AWSPENDING elsewhere: whether that is a rotation of ours that stopped, or
-        // someone else's, only the record tells (`run`).
+        // someone else's, only the record tells (`run`). Nor for Secrets Manager's calls, which
+        // name their rotation: the record tells whether it began.
         let new = planned
             .as_ref()
             .ok()
-            .filter(|(plan, _, _)| plan.pending_version.is_none())
+            .filter(|(plan, _, _)| plan.pending_version.is_none() && request.invocation.is_none())
             .map(|(plan, current, proxy)| NewRotation {
-                record: new_record(&meta.arn, plan.clone(), request, None, now),
+                record: new_record(&meta.arn, new_id(), plan.clone(), request, None, now),
                 cond: begin_if(plan, request, now),
                 current: current.clone(),
                 proxy: proxy.clone(),
@@ -530,56 +624,79 @@ impl Rotator {
                 announce(&record, &current);
                 (record, false, Some((current, proxy)))
             }
-            Start::Found { existing, plan } => match existing {
-                // A rotation in progress is always finished first, whatever was asked.
-                Some(mut r) if r.is_in_progress() => {
-                    r.resumed(now);
+            Start::Found { existing, plan } => match invoked(meta, existing, request)? {
+                Invoked::Answer(outcome) => return Ok(outcome),
+                Invoked::Retry(mut r) => {
+                    r.retried(now);
                     info!(secret = %meta.arn, rotation_id = r.rotation_id.as_deref().unwrap_or(""),
-                          step = %r.step, attempts = r.attempts, "resuming rotation");
+                          step = %r.step, "Secrets Manager retries this failed rotation");
                     (r, true, None)
                 }
-                Some(previous) if skip_reason(&previous, request, now).is_some() => {
-                    let why = skip_reason(&previous, request, now).unwrap_or_default();
-                    info!(secret = %meta.arn, %why, "rotation skipped");
-                    return Ok(Outcome::Skipped {
-                        secret_arn: meta.arn.clone(),
-                        why,
-                    });
-                }
-                previous => {
-                    let planned = match plan {
-                        Some(p) => p,
-                        None => self.plan(meta, None).await,
-                    };
-                    let planned = planned.and_then(|(plan, current, proxy)| {
-                        pending_is_ours(&meta.arn, &plan, previous.as_ref())?;
-                        Ok((plan, current, proxy))
-                    });
-                    match planned {
-                        Ok((plan, current, proxy)) => {
-                            let record =
-                                new_record(&meta.arn, plan, request, previous.as_ref(), now);
-                            announce(&record, &current);
-                            (record, false, Some((current, proxy)))
-                        }
-                        Err(e) => {
-                            if !e.is_retryable() {
-                                let mut failed = StepRecord::failed_to_begin(
+                Invoked::Record(existing) => match existing {
+                    // A rotation in progress is always finished first, whatever was asked.
+                    Some(mut r) if r.is_in_progress() => {
+                        r.resumed(now);
+                        info!(secret = %meta.arn, rotation_id = r.rotation_id.as_deref().unwrap_or(""),
+                          step = %r.step, attempts = r.attempts, "resuming rotation");
+                        (r, true, None)
+                    }
+                    Some(previous) if skip_reason(&previous, request, now).is_some() => {
+                        let why = skip_reason(&previous, request, now).unwrap_or_default();
+                        info!(secret = %meta.arn, %why, "rotation skipped");
+                        return Ok(Outcome::Skipped {
+                            secret_arn: meta.arn.clone(),
+                            why,
+                        });
+                    }
+                    previous => {
+                        let planned = match plan {
+                            Some(p) => p,
+                            None => self.plan(meta, None).await,
+                        };
+                        let planned = planned.and_then(|(plan, current, proxy)| {
+                            let id =
+                                rotation_id_for(meta, &plan, previous.as_ref(), request, self)?;
+                            Ok((id, plan, current, proxy))
+                        });
+                        match planned {
+                            Ok((id, plan, current, proxy)) => {
+                                let record = new_record(
                                     &meta.arn,
-                                    e.to_string(),
+                                    id,
+                                    plan,
+                                    request,
                                     previous.as_ref(),
                                     now,
                                 );
-                                failed.request_id = request.request_id.clone();
-                                failed.reason = request.reason.clone();
-                                if let Err(save) = self.records.save(lease, &failed).await {
-                                    warn!(secret = %meta.arn, error = %save, "could not record the failure");
-                                }
+                                announce(&record, &current);
+                                (record, false, Some((current, proxy)))
                             }
-                            return Err(e);
+                            Err(e) => {
+                                // Refusing a call of Secrets Manager's is not a failed rotation of
+                                // this secret: the record stays as it is.
+                                let refused_call = matches!(
+                                    e,
+                                    RotationError::TooSoon { .. }
+                                        | RotationError::NotStartedBySecretsManager { .. }
+                                );
+                                if !e.is_retryable() && !refused_call {
+                                    let mut failed = StepRecord::failed_to_begin(
+                                        &meta.arn,
+                                        e.to_string(),
+                                        previous.as_ref(),
+                                        now,
+                                    );
+                                    failed.request_id = request.request_id.clone();
+                                    failed.reason = request.reason.clone();
+                                    if let Err(save) = self.records.save(lease, &failed).await {
+                                        warn!(secret = %meta.arn, error = %save, "could not record the failure");
+                                    }
+                                }
+                                return Err(e);
+                            }
                         }
                     }
-                }
+                },
             },
         };
         trace.record(&record, resumed);
@@ -629,13 +746,28 @@ impl Rotator {
                 .in_use
                 .policy
                 .for_request(request.ignore_in_use),
+            through: request.invocation.as_ref().map(|c| c.through),
         };
         let mut attempt = 1;
         let mut delays = self.settings.retry.backoff().build();
         loop {
             match run.drive().await {
+                Ok(()) if run.record.step != Step::Done => {
+                    let r = &run.record;
+                    return Ok(Outcome::Advanced {
+                        secret_arn: r.secret_id.clone(),
+                        rotation_id: r.rotation_id.clone().unwrap_or_default(),
+                        next: r.step,
+                    });
+                }
                 Ok(()) => {
                     let r = &run.record;
+                    if request.invocation.is_some() {
+                        // Secrets Manager's calls split one rotation: it took this long.
+                        let began = r.started_at.unwrap_or_else(now_ms);
+                        let took = Duration::from_millis(now_ms().saturating_sub(began));
+                        trace.with(|t| t.whole = Some(took));
+                    }
                     return Ok(Outcome::Rotated(Completed {
                         secret_arn: r.secret_id.clone(),
                         rotation_id: r.rotation_id.clone().unwrap_or_default(),
@@ -693,12 +825,7 @@ impl Rotator {
             None => self.read_app_secret(arn, current_version).await?,
         };
         self.settings.password.validate(current.engine)?;
-        if meta.rotation_enabled {
-            return Err(RotationError::ManagedRotation {
-                secret: arn.clone(),
-                lambda: meta.rotation_lambda.clone(),
-            });
-        }
+        self.settings.refuse_managed_rotation(meta)?;
         let target = current.next_username().to_owned();
         let proxy = self.find_proxy_secret(&current, &target).await?;
         let pending_version = meta
@@ -937,24 +1064,114 @@ struct ProxySecret {
     secret: UserSecret,
 }
 
-/// AWSPENDING on a version other than AWSCURRENT's is refused, unless it is what a rotation of
-/// ours left when it failed or was aborted: then the new rotation takes the label over, and keeps
-/// that version's password known (`StepRecord::unfinished_versions`).
-fn pending_is_ours(
-    arn: &str,
+/// What a call of Secrets Manager's finds in the record, before `run`'s usual rules.
+enum Invoked {
+    /// Not a call, or one the usual rules serve: resume what is in progress, or begin.
+    Record(Option<StepRecord>),
+    /// The call's rotation failed: Secrets Manager asks again, so it resumes where it stopped.
+    Retry(StepRecord),
+    Answer(Outcome),
+}
+
+/// A call names its rotation (`Invocation`): it may only run that one. Its rotation finished:
+/// nothing to do. Failed: Secrets Manager retries it, so does this (every step checks what is
+/// done; a cause that needs a person fails it again). Not begun, after createSecret: Secrets
+/// Manager's configuration test.
+fn invoked(
+    meta: &SecretMeta,
+    existing: Option<StepRecord>,
+    request: &Request,
+) -> Result<Invoked, RotationError> {
+    let Some(call) = &request.invocation else {
+        return Ok(Invoked::Record(existing));
+    };
+    let token = &call.token;
+    let Some(r) = existing else {
+        return Ok(if call.begins() {
+            Invoked::Record(None)
+        } else {
+            Invoked::Answer(not_begun(meta, token))
+        });
+    };
+    let ours = r.rotation_id.as_deref() == Some(token);
+    match r.state {
+        State::InProgress if ours => Ok(Invoked::Record(Some(r))),
+        State::InProgress => Err(RotationError::OtherRotation {
+            secret: meta.arn.clone(),
+            asked: token.clone(),
+            running: r.rotation_id.unwrap_or_default(),
+        }),
+        State::Finished if ours => Ok(Invoked::Answer(Outcome::Skipped {
+            secret_arn: meta.arn.clone(),
+            why: format!("rotation {token} is complete"),
+        })),
+        State::Failed if ours => Ok(Invoked::Retry(r)),
+        State::Aborted if ours => Err(RotationError::WasAborted {
+            secret: meta.arn.clone(),
+            rotation_id: token.clone(),
+        }),
+        _ if call.begins() => Ok(Invoked::Record(Some(r))),
+        _ => Ok(Invoked::Answer(not_begun(meta, token))),
+    }
+}
+
+fn not_begun(meta: &SecretMeta, token: &str) -> Outcome {
+    Outcome::NotBegun {
+        secret_arn: meta.arn.clone(),
+        rotation_id: token.to_owned(),
+    }
+}
+
+/// The id of a new rotation, once AWSPENDING is known to be free for it:
+/// - Secrets Manager's call begins the rotation it made AWSPENDING for (its token), when the
+///   minimum interval has passed;
+/// - a version AWSPENDING that a rotation of ours left unfinished is taken over by a new id;
+/// - otherwise AWSPENDING elsewhere is another rotator's, unless Secrets Manager made it for
+///   this tool's own rotation function: then the queue's worker begins that rotation, and the
+///   function's calls find it done or in progress.
+fn rotation_id_for(
+    meta: &SecretMeta,
     plan: &Plan,
     previous: Option<&StepRecord>,
-) -> Result<(), RotationError> {
-    let Some(version) = &plan.pending_version else {
-        return Ok(());
-    };
-    if left_by_us(version, previous) {
-        return Ok(());
+    request: &Request,
+    rotator: &Rotator,
+) -> Result<String, RotationError> {
+    let pending = plan.pending_version.as_deref();
+    if let Some(call) = &request.invocation {
+        if pending != Some(call.token.as_str()) {
+            return Err(RotationError::NotStartedBySecretsManager {
+                secret: meta.arn.clone(),
+                token: call.token.clone(),
+                why: match pending {
+                    None => "that version is not AWSPENDING".to_owned(),
+                    Some(v) => format!("AWSPENDING is on version {v}"),
+                },
+            });
+        }
+        if let Some(why) = previous.and_then(|p| too_soon(p, request, now_ms())) {
+            return Err(RotationError::TooSoon {
+                secret: meta.arn.clone(),
+                why,
+            });
+        }
+        return Ok(call.token.clone());
     }
-    Err(RotationError::ForeignPending {
-        secret: arn.to_owned(),
-        version: version.clone(),
-    })
+    match pending {
+        None => Ok(new_id()),
+        Some(v) if left_by_us(v, previous) => Ok(new_id()),
+        Some(v)
+            if rotator
+                .settings
+                .is_own_function(meta.rotation_lambda.as_deref())
+                && meta.rotation_enabled =>
+        {
+            Ok(v.to_owned())
+        }
+        Some(v) => Err(RotationError::ForeignPending {
+            secret: meta.arn.clone(),
+            version: v.to_owned(),
+        }),
+    }
 }
 
 /// `version` is the pending version of a rotation of ours that failed or was aborted, as the
@@ -976,6 +1193,10 @@ fn parse_app_secret(arn: &str, v: &SecretVersion) -> Result<AppSecret, RotationE
 /// Why a request needs no new rotation, if it does not. Checked under the lease, so two workers
 /// holding copies of one request cannot both decide to rotate.
 fn skip_reason(previous: &StepRecord, request: &Request, now: u64) -> Option<String> {
+    // Secrets Manager's calls name their rotation; `run` decides (`invoked`).
+    if request.invocation.is_some() {
+        return None;
+    }
     if let (Some(asked), Some(done)) = (&request.request_id, &previous.request_id) {
         if asked == done {
             return Some(format!(
@@ -1062,15 +1283,20 @@ enum Start {
     },
 }
 
-/// A new rotation's record, with a new rotation id.
+fn new_id() -> String {
+    Uuid::new_v4().to_string()
+}
+
+/// A new rotation's record.
 fn new_record(
     arn: &str,
+    rotation_id: String,
     plan: Plan,
     request: &Request,
     previous: Option<&StepRecord>,
     now: u64,
 ) -> StepRecord {
-    let mut record = StepRecord::begin(arn, Uuid::new_v4().to_string(), plan, previous, now);
+    let mut record = StepRecord::begin(arn, rotation_id, plan, previous, now);
     record.request_id = request.request_id.clone();
     record.reason = request.reason.clone();
     record
@@ -1142,6 +1368,8 @@ struct Run<'a> {
     unlisted_self: Option<(String, Credentials)>,
     /// The in-use guard's policy for this request.
     in_use: guard::InUsePolicy,
+    /// The last step to run (a call of Secrets Manager's runs up to its own step).
+    through: Option<Step>,
 }
 
 /// A database login opened ahead of its use, on its own task so that it makes progress while
@@ -1241,7 +1469,7 @@ impl Run<'_> {
                 lease::claim_users(self.rotator, &claims).await?;
             }
         }
-        while self.record.step != Step::Done {
+        while self.record.step != Step::Done && self.through.is_none_or(|t| self.record.step <= t) {
             if self.flags.may_be_lost() {
                 return Err(RotationError::LeaseLost(self.arn().to_owned()));
             }
@@ -1313,6 +1541,11 @@ impl Run<'_> {
             }
             info!(secret = %self.arn(), rotation_id = %self.rotation_id(), done = %step, next = %next, "step complete");
         }
+        // Stopped at the call's step: the next call may run in another process.
+        if self.unsaved && self.record.step != Step::Done {
+            self.rotator.records.save(self.lease, &self.record).await?;
+            self.unsaved = false;
+        }
         Ok(())
     }
 
@@ -1336,12 +1569,7 @@ impl Run<'_> {
             None => self.rotator.secrets.describe(self.arn()).await?,
         };
         // Attached since the rotation began: two rotators must not take turns on one user.
-        if meta.rotation_enabled {
-            return Err(RotationError::ManagedRotation {
-                secret: self.arn().to_owned(),
-                lambda: meta.rotation_lambda.clone(),
-            });
-        }
+        self.rotator.settings.refuse_managed_rotation(&meta)?;
         let expected = self.record.current_version.clone().unwrap_or_default();
         match meta.version_with(Stage::Current) {
             Some(v) if v == expected => Ok(()),

@@ -522,6 +522,10 @@ pub enum ReportOutcome {
         reason: String,
         retryable: bool,
     },
+    /// A call of Secrets Manager's ran its steps; the rotation goes on with `next`.
+    Advanced {
+        next: super::record::Step,
+    },
     /// An operator ended the rotation in progress (`rds-rotator abort`).
     Aborted {
         reason: String,

@@ -315,6 +315,13 @@ impl StepRecord {
         self.updated_at = Some(now);
     }
 
+    /// A failed rotation that runs again where it stopped (Secrets Manager retries it).
+    pub fn retried(&mut self, now: u64) {
+        self.state = State::InProgress;
+        self.finished_at = None;
+        self.resumed(now);
+    }
+
     pub fn note_error(&mut self, reason: String, fatal: bool, now: u64) {
         self.last_error = Some(reason);
         self.updated_at = Some(now);

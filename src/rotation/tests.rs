@@ -63,6 +63,7 @@ fn rotator(w: &World) -> Rotator {
                 aws_max_attempts: 1,
             },
             in_use: Default::default(),
+            rotation_functions: Vec::new(),
         },
         owner: "test".into(),
         shutdown: Shutdown::default(),
@@ -75,7 +76,7 @@ async fn rotate(w: &World) -> Result<Completed, RotationError> {
         .await?
     {
         Outcome::Rotated(done) => Ok(done),
-        Outcome::Skipped { why, .. } => panic!("unexpectedly skipped: {why}"),
+        other => panic!("did not rotate: {other:?}"),
     }
 }
 
@@ -1122,4 +1123,32 @@ async fn a_single_user_rotation_is_not_held_back_by_its_own_applications() {
         .await;
     assert!(matches!(done, Ok(Outcome::Rotated(_))), "{done:?}");
     assert!(w.state().reports.last().unwrap().in_use.is_none());
+}
+
+#[test]
+fn a_rotation_function_is_this_tools_whatever_its_qualifier() {
+    let settings = Settings {
+        rotation_functions: vec![
+            "arn:aws:lambda:eu-west-1:111122223333:function:rds-rotator".into()
+        ],
+        ..Settings::default()
+    };
+    let own = |arn: &str| settings.is_own_function(Some(arn));
+    assert!(own(
+        "arn:aws:lambda:eu-west-1:111122223333:function:rds-rotator"
+    ));
+    assert!(own(
+        "arn:aws:lambda:eu-west-1:111122223333:function:rds-rotator:live"
+    ));
+    assert!(own(
+        "arn:aws:lambda:eu-west-1:111122223333:function:rds-rotator:$LATEST"
+    ));
+    assert!(!own(
+        "arn:aws:lambda:eu-west-1:111122223333:function:rds-rotator-other"
+    ));
+    assert!(!own(
+        "arn:aws:lambda:eu-west-1:444455556666:function:rds-rotator"
+    ));
+    assert!(!settings.is_own_function(None));
+    assert!(!Settings::default().is_own_function(Some("arn:aws:lambda:eu-west-1:1:function:f")));
 }
