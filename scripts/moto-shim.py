@@ -41,7 +41,7 @@ What differs from stock moto (each one checked against moto 5.2.5's code and beh
       label off RemoveFromVersionId).
     Already right in moto, not patched: RemoveFromVersionId naming a version that does not hold
     the label fails with InvalidParameterException.
- 5. Secrets Manager rotation without a rotation function (the stack has no Lambda):
+ 5. Secrets Manager rotation (the stack runs no Lambda):
     - RotateSecret leaves AWSCURRENT where it is and the new version labelled AWSPENDING (with
       the current value), like a rotation whose function created the pending version and has
       not finished. moto moved AWSCURRENT to a new version without a value, so GetSecretValue
@@ -52,15 +52,22 @@ What differs from stock moto (each one checked against moto 5.2.5's code and beh
       names the AWSPENDING version. moto refused it (InvalidRequestException) on a secret
       without a Lambda.
     - DescribeSecret leaves out RotationLambdaARN when there is no function (moto answered "").
+    - RotateSecret with a rotation function (RotationLambdaARN, now or from an earlier call)
+      does Secrets Manager's part of a rotation and invokes nothing: it attaches the function
+      (RotationEnabled, RotationLambdaARN), refuses as above while a rotation is unfinished, and
+      labels AWSPENDING a new version without a value (ClientRequestToken, or a new id), as AWS
+      does before it calls createSecret; its answer names that version. Whoever plays Lambda
+      invokes the four steps with it (tests/common/lambda.rs). moto looked the function up in
+      its own Lambda, ran it there (in Docker, which the stack does not have) and moved
+      AWSCURRENT to the new version itself.
     Already right in moto, not patched: RotateSecret with RotationRules sets RotationEnabled
-    true in DescribeSecret. RotateSecret with a RotationLambdaARN is moto's own code.
+    true in DescribeSecret.
  6. Secrets Manager requests run one at a time too (a second lock), so that every call is
     atomic like in AWS: UpdateSecretVersionStage's RemoveFromVersionId is a compare-and-swap,
     and two PutSecretValue calls with one token cannot both create the version. moto's checks
     and writes are separate steps as in DynamoDB, but with nothing slow between them; 50
     concurrent calls did not show a race on stock moto, so this is a guarantee more than a fix
-    (and it keeps the checks patched in above atomic). RotateSecret on a secret with a rotation
-    Lambda is left out (moto runs the Lambda inside the request, and it may call back).
+    (and it keeps the checks patched in above atomic).
 
 Everything else is stock moto.
 """
@@ -134,20 +141,9 @@ SECRETS_LOCK = threading.Lock()
 _sm_call_action = SecretsManagerResponse.call_action
 
 
-def rotation_calls_a_lambda(handler):
-    if handler._get_action() != "RotateSecret":
-        return False
-    if handler._get_param("RotationLambdaARN"):
-        return True
-    secret = handler.backend.secrets.get(handler._get_param("SecretId") or "")
-    return bool(getattr(secret, "rotation_lambda_arn", ""))
-
-
 @functools.wraps(_sm_call_action)
 def sm_call_action(self):
-    if rotation_calls_a_lambda(self):
-        # moto invokes the Lambda inside the request; the function may call Secrets Manager.
-        return _sm_call_action(self)
+    # RotateSecret invokes no Lambda inside the request (patch 5), so every call can hold it.
     with SECRETS_LOCK:
         return _sm_call_action(self)
 
@@ -274,13 +270,11 @@ def rotate_secret(
 ):
     secret = self.secrets.get(secret_id) if self._is_valid_identifier(secret_id) else None
     if (
-        rotation_lambda_arn
-        or not isinstance(secret, FakeSecret)
-        or secret.rotation_lambda_arn
+        not isinstance(secret, FakeSecret)
         or secret.is_deleted()
         or label_holder(secret, CURRENT) is None
     ):
-        # A rotation function, a replica, a deleted or an empty secret: moto's own code.
+        # A replica, a deleted or an empty secret: moto's own code.
         return _rotate_secret(
             self,
             secret_id,
@@ -300,23 +294,32 @@ def rotate_secret(
         raise InvalidRequestException(
             "A previous rotation isn't complete. That rotation will be reattempted."
         )
+    if rotation_lambda_arn and len(rotation_lambda_arn) > 2048:
+        raise InvalidParameterException("RotationLambdaARN must <= 2048 characters long.")
+    function = rotation_lambda_arn or secret.rotation_lambda_arn
     if client_request_token:
         self._client_request_token_validator(client_request_token)
         version_id = client_request_token
     else:
         version_id = str(sm_models.mock_random.uuid4())
     if version_id not in secret.versions:
-        # What a rotation function's createSecret step leaves: a new version with AWSPENDING.
         secret.remove_version_stages_from_old_versions([PENDING])
         version = {
             "createdate": int(time.time()),
             "version_id": version_id,
             "version_stages": [PENDING],
         }
-        for key in ("secret_string", "secret_binary"):
-            if key in secret.versions[current]:
-                version[key] = secret.versions[current][key]
+        if not function:
+            # What a rotation function's createSecret step leaves: a new version with AWSPENDING.
+            for key in ("secret_string", "secret_binary"):
+                if key in secret.versions[current]:
+                    version[key] = secret.versions[current][key]
+        # With a function: the version AWS makes before it calls createSecret, without a value
+        # (GetSecretValue on it answers ResourceNotFoundException; PutSecretValue fills it in).
         secret.versions[version_id] = version
+    if function:
+        secret.rotation_lambda_arn = function
+        secret.rotation_enabled = True
     secret.rotation_requested = True
     if rotation_rules:
         secret.auto_rotate_after_days = days or 0

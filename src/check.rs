@@ -638,7 +638,19 @@ async fn check_record(
         let in_progress = record
             .as_ref()
             .is_some_and(|r| r.is_in_progress() && r.rotation_id.as_deref() == Some(v));
-        if !in_progress && !left_by_us(v, record.as_ref()) {
+        // Secrets Manager labels a version for the function it calls: when that is this tool's,
+        // the rotation it starts is ours (`rotate` and the function begin it with that id).
+        let for_our_function = meta.rotation_enabled
+            && rotator
+                .settings
+                .is_own_function(meta.rotation_lambda.as_deref());
+        if for_our_function && !in_progress && !left_by_us(v, record.as_ref()) {
+            report.push(
+                "pending version",
+                Status::Ok,
+                format!("AWSPENDING is on version {v}, which Secrets Manager made for this tool's function: its rotation begins with that id"),
+            );
+        } else if !in_progress && !left_by_us(v, record.as_ref()) {
             let e = RotationError::ForeignPending {
                 secret: arn.to_owned(),
                 version: v.to_owned(),

@@ -55,11 +55,12 @@ pub enum SmStep {
 
 impl SmStep {
     pub fn parse(s: &str) -> Option<Self> {
+        // The events say createSecret; some of AWS's documentation spells it create_secret.
         Some(match s {
-            "createSecret" => Self::CreateSecret,
-            "setSecret" => Self::SetSecret,
-            "testSecret" => Self::TestSecret,
-            "finishSecret" => Self::FinishSecret,
+            "createSecret" | "create_secret" => Self::CreateSecret,
+            "setSecret" | "set_secret" => Self::SetSecret,
+            "testSecret" | "test_secret" => Self::TestSecret,
+            "finishSecret" | "finish_secret" => Self::FinishSecret,
             _ => return None,
         })
     }
@@ -271,6 +272,7 @@ mod tests {
             SmStep::parse("finishSecret").unwrap().through(),
             Step::Finish
         );
+        assert_eq!(SmStep::parse("finish_secret"), Some(SmStep::FinishSecret));
         assert_eq!(SmStep::parse("CreateSecret"), None);
     }
 

@@ -153,6 +153,7 @@ async fn copies_of_one_request_racing_round_after_round_rotate_once_each_round()
             match t.await.unwrap() {
                 Ok(Outcome::Rotated(_)) => rotated += 1,
                 Ok(Outcome::Skipped { .. }) => {}
+                Ok(other) => panic!("round {round}: {other:?}"),
                 Err(e) if e.is_retryable() => {}
                 Err(e) => panic!("round {round}: {e}"),
             }
