@@ -36,8 +36,11 @@ locals {
     ROTATOR_METRICS            = "emf"
     ROTATOR_METRICS_NAMESPACE  = var.metrics_namespace
     ROTATOR_EVENT_BUS          = var.event_bus_name
-    # The quota is per account and region: the tasks share it.
-    ROTATOR_SM_WRITE_TPS = tostring(max(1, floor(var.secretsmanager_write_tps / max(1, var.desired_count))))
+    # Secrets whose Secrets Manager rotation is this tool's own function (modules/lambda) are not
+    # refused as "Secrets Manager's own rotation is attached".
+    ROTATOR_ROTATION_FUNCTION_ARNS = length(var.rotation_function_arns) > 0 ? join(",", var.rotation_function_arns) : null
+    # The quota is per account and region: the tasks share it (as many as autoscaling may run).
+    ROTATOR_SM_WRITE_TPS = tostring(max(1, floor(var.secretsmanager_write_tps / max(1, local.max_tasks))))
     AWS_REGION           = local.region
     RUST_LOG             = var.log_level
   })
@@ -117,7 +120,28 @@ resource "aws_ecs_task_definition" "this" {
   }
 }
 
+# Two services, one of which exists: with autoscaling, Application Auto Scaling owns desired_count
+# and Terraform must ignore it, and ignore_changes cannot depend on a variable. Both have the same
+# name, so switching autoscaling on or off replaces the service unless its state is moved first
+# (README "Scaling to zero").
+locals {
+  autoscaled   = var.autoscaling != null
+  max_tasks    = local.autoscaled ? var.autoscaling.max_count : var.desired_count
+  service_name = one(concat(aws_ecs_service.this[*].name, aws_ecs_service.autoscaled[*].name))
+  # The scalable target names the cluster, not its ARN (a missing cluster_arn fails the service's
+  # precondition instead).
+  cluster_name = local.cluster_arn == null ? "" : element(split("/", local.cluster_arn), length(split("/", local.cluster_arn)) - 1)
+}
+
+# Before autoscaling existed, the service was aws_ecs_service.this (no count).
+moved {
+  from = aws_ecs_service.this
+  to   = aws_ecs_service.this[0]
+}
+
 resource "aws_ecs_service" "this" {
+  count = local.autoscaled ? 0 : 1
+
   name                               = var.name
   cluster                            = local.cluster_arn
   task_definition                    = aws_ecs_task_definition.this.arn
@@ -144,6 +168,46 @@ resource "aws_ecs_service" "this" {
   tags = var.tags
 
   lifecycle {
+    precondition {
+      condition     = var.create_cluster || var.cluster_arn != null
+      error_message = "Set cluster_arn when create_cluster is false."
+    }
+  }
+}
+
+# The same service under Application Auto Scaling (autoscaling.tf): it starts at min_count and
+# its desired_count is the scaling policies' from then on.
+resource "aws_ecs_service" "autoscaled" {
+  count = local.autoscaled ? 1 : 0
+
+  name                               = var.name
+  cluster                            = local.cluster_arn
+  task_definition                    = aws_ecs_task_definition.this.arn
+  desired_count                      = var.autoscaling.min_count
+  launch_type                        = "FARGATE"
+  platform_version                   = "LATEST"
+  deployment_minimum_healthy_percent = 100
+  deployment_maximum_percent         = 200
+  enable_ecs_managed_tags            = true
+  propagate_tags                     = "SERVICE"
+  enable_execute_command             = false
+
+  network_configuration {
+    subnets          = var.subnet_ids
+    security_groups  = [aws_security_group.this.id]
+    assign_public_ip = false
+  }
+
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+
+  tags = var.tags
+
+  lifecycle {
+    ignore_changes = [desired_count]
+
     precondition {
       condition     = var.create_cluster || var.cluster_arn != null
       error_message = "Set cluster_arn when create_cluster is false."

@@ -60,7 +60,12 @@ output "cluster_arn" {
 
 output "service_name" {
   description = "Name of the ECS service."
-  value       = aws_ecs_service.this.name
+  value       = local.service_name
+}
+
+output "task_environment" {
+  description = "The worker container's environment (name => value), as in the task definition, for review. It holds names, URLs and settings, never a secret value: the worker reads secrets at run time."
+  value       = { for e in local.environment : e.name => e.value }
 }
 
 output "task_definition_arn" {
@@ -100,5 +105,18 @@ output "alarm_arns" {
     rotations_failed = aws_cloudwatch_metric_alarm.rotations_failed[0].arn
     requests_stale   = aws_cloudwatch_metric_alarm.queue_stale[0].arn
     idle_user_in_use = aws_cloudwatch_metric_alarm.idle_user_in_use[0].arn
+  } : {}
+}
+
+output "dashboard_name" {
+  description = "Name of the CloudWatch dashboard, or null when create_dashboard is false."
+  value       = one(aws_cloudwatch_dashboard.this[*].dashboard_name)
+}
+
+output "autoscaling_alarm_arns" {
+  description = "ARNs of the scale-out and scale-in alarms that drive Application Auto Scaling (empty without autoscaling)."
+  value = local.autoscaled ? {
+    scale_out = aws_cloudwatch_metric_alarm.scale_out[0].arn
+    scale_in  = aws_cloudwatch_metric_alarm.scale_in[0].arn
   } : {}
 }

@@ -300,13 +300,49 @@ variable "cpu_architecture" {
 }
 
 variable "desired_count" {
-  description = "Number of worker tasks. Rotations are serialised per secret by the DynamoDB lease, so more tasks only add throughput and availability."
+  description = "Number of worker tasks (ignored when autoscaling is set). Rotations are serialised per secret by the DynamoDB lease, so more tasks only add throughput and availability."
   type        = number
   default     = 1
 
   validation {
     condition     = var.desired_count >= 0 && floor(var.desired_count) == var.desired_count
     error_message = "desired_count must be a whole number >= 0."
+  }
+}
+
+variable "autoscaling" {
+  description = <<-EOT
+    Scale the service on the queue instead of running desired_count tasks around the clock. null
+    (the default) keeps desired_count. With an object, Application Auto Scaling runs between
+    min_count (0: no task while nothing is to do) and max_count tasks: one more task per minute
+    while requests wait in the queue, and back to min_count once nothing has been waiting, in
+    flight or delayed for scale_in_idle_minutes, so a running rotation is not stopped. The first
+    request after an idle spell waits for a task to start (about 2 to 5 minutes; README "Scaling
+    to zero"). desired_count is then ignored. Switching it on or off replaces the ECS service
+    unless its state is moved first (README).
+  EOT
+  type = object({
+    min_count             = optional(number, 0)
+    max_count             = optional(number, 1)
+    scale_in_idle_minutes = optional(number, 15)
+  })
+  default = null
+
+  validation {
+    condition = var.autoscaling == null ? true : (
+      var.autoscaling.min_count >= 0 && floor(var.autoscaling.min_count) == var.autoscaling.min_count &&
+      var.autoscaling.max_count >= 1 && floor(var.autoscaling.max_count) == var.autoscaling.max_count &&
+      var.autoscaling.max_count >= var.autoscaling.min_count && var.autoscaling.max_count <= 100
+    )
+    error_message = "autoscaling needs whole numbers 0 <= min_count <= max_count, 1 <= max_count <= 100."
+  }
+
+  validation {
+    # At least 5 one-minute periods: SQS's counts are approximate, and a single empty minute
+    # between two requests is no reason to stop a task. At most a day, CloudWatch's limit for an
+    # alarm's evaluation range.
+    condition     = var.autoscaling == null ? true : (var.autoscaling.scale_in_idle_minutes >= 5 && var.autoscaling.scale_in_idle_minutes <= 1440 && floor(var.autoscaling.scale_in_idle_minutes) == var.autoscaling.scale_in_idle_minutes)
+    error_message = "autoscaling.scale_in_idle_minutes must be a whole number of minutes between 5 and 1440."
   }
 }
 
@@ -414,6 +450,17 @@ variable "test_deadline" {
   }
 }
 
+variable "rotation_function_arns" {
+  description = "ROTATOR_ROTATION_FUNCTION_ARNS: ARNs of this tool's own Secrets Manager rotation functions (modules/lambda, output function_arn). A secret whose Secrets Manager rotation is attached to one of them is rotated by the worker too, sharing the lease table; one attached to any other function is refused. Their names also add a row of Lambda widgets to the dashboard."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.rotation_function_arns : can(regex("^arn:aws[a-z-]*:lambda:[a-z0-9-]+:[0-9]{12}:function:[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9$_-]+)?$", arn))])
+    error_message = "Each rotation_function_arns entry must be a Lambda function ARN (arn:aws:lambda:REGION:ACCOUNT:function:NAME, optionally with :ALIAS or :VERSION) and contain no comma."
+  }
+}
+
 variable "log_level" {
   description = "RUST_LOG for the worker."
   type        = string
@@ -431,7 +478,7 @@ variable "extra_environment" {
       "ROTATOR_VISIBILITY_TIMEOUT", "ROTATOR_LOG_FORMAT", "ROTATOR_DB_TLS", "ROTATOR_DB_CA_BUNDLE",
       "ROTATOR_TEST_DEADLINE", "ROTATOR_SHUTDOWN_GRACE", "ROTATOR_HEALTH_FILE", "AWS_REGION", "RUST_LOG",
       "ROTATOR_TEST_FAILPOINTS", "ROTATOR_METRICS", "ROTATOR_METRICS_NAMESPACE", "ROTATOR_EVENT_BUS",
-      "ROTATOR_SM_WRITE_TPS", "ROTATOR_IN_USE", "ROTATOR_IN_USE_WINDOW",
+      "ROTATOR_SM_WRITE_TPS", "ROTATOR_IN_USE", "ROTATOR_IN_USE_WINDOW", "ROTATOR_ROTATION_FUNCTION_ARNS",
     ])) == 0
     error_message = "extra_environment may not set a variable the module manages (use its input instead) or ROTATOR_TEST_FAILPOINTS."
   }
@@ -522,6 +569,12 @@ variable "create_alarms" {
   default     = true
 }
 
+variable "create_dashboard" {
+  description = "Create the CloudWatch dashboard NAME: rotations, durations, retries, in-use deferrals, step latency, the queue and the DLQ, and the functions in rotation_function_arns. CloudWatch charges $3 a month for each dashboard beyond an account's first three."
+  type        = bool
+  default     = true
+}
+
 variable "alarm_actions" {
   description = "ARNs notified when an alarm fires (e.g. SNS topics)."
   type        = list(string)
@@ -541,7 +594,7 @@ variable "metrics_namespace" {
 }
 
 variable "secretsmanager_write_tps" {
-  description = "Secrets Manager write calls per second for all worker tasks together (the account-region quota is about 50; leave room for other writers). Each task gets floor(this / desired_count), at least 1, as ROTATOR_SM_WRITE_TPS."
+  description = "Secrets Manager write calls per second for all worker tasks together (the account-region quota is about 50; leave room for other writers). Each task gets floor(this / desired_count), or floor(this / autoscaling.max_count), at least 1, as ROTATOR_SM_WRITE_TPS."
   type        = number
   default     = 40
 

@@ -154,6 +154,11 @@ pub async fn run(cli: Cli) -> ExitCode {
             Err(e) => fail(exit::FAILED, e),
         };
     }
+    if let Command::Lambda { .. } = &cli.command {
+        if let Err(e) = crate::lambda::check_runtime_env() {
+            return fail(exit::FAILED, e);
+        }
+    }
     let aws = aws::load_config(&RetryPolicy::default()).await;
     match cli.command {
         Command::Health { .. } => unreachable!("handled above"),
@@ -568,10 +573,13 @@ async fn lambda(
     own_arn: Option<String>,
     lease_wait: std::time::Duration,
 ) -> ExitCode {
-    let rotator = match rotator(args, aws, true) {
+    let mut rotator = match rotator(args, aws, true) {
         Ok(r) => r,
         Err(code) => return code,
     };
+    // One attempt per call: Secrets Manager retries the whole rotation, and a call must end
+    // within the function's timeout.
+    rotator.settings.retry.max_attempts = 1;
     let function = crate::lambda::Function {
         rotator,
         proxies: Arc::new(RdsProxies::new(aws)),

@@ -26,8 +26,11 @@ use tracing::{info, warn};
 
 use crate::adopt::ports::ProxyDirectory;
 use crate::db::tls::TlsMode;
-use crate::rotation::record::Step;
-use crate::rotation::{Invocation, LeaseWait, Outcome, Request, Rotator};
+use crate::rotation::record::{now_ms, Step};
+use crate::rotation::{Invocation, LeaseWait, Outcome, Request, Rotator, Shutdown};
+
+/// Time kept before Lambda's deadline to write down where the rotation stopped.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
 
 /// What Secrets Manager sends to a rotation function.
 #[derive(Debug, Clone, Deserialize)]
@@ -119,11 +122,12 @@ pub struct Function {
 }
 
 impl Function {
-    /// One call of Secrets Manager's.
+    /// One call of Secrets Manager's. `deadline_ms`: when Lambda ends it (ms since the epoch).
     pub async fn handle(
         &self,
         event: &RotationEvent,
         invoked_arn: &str,
+        deadline_ms: u64,
     ) -> Result<Value, StepFailed> {
         let Some(step) = SmStep::parse(&event.step) else {
             return Err(StepFailed::fatal(format!(
@@ -133,10 +137,21 @@ impl Function {
         };
         let (secret, token) = (&event.secret_id, &event.client_request_token);
         let mut rotator = self.rotator.clone();
-        let own = self.own_arn.as_deref().unwrap_or(invoked_arn);
-        if !own.is_empty() {
-            rotator.settings.rotation_functions.push(own.to_owned());
+        // Both: the ARN Secrets Manager invoked is this function whatever the setting says.
+        for own in [self.own_arn.as_deref(), Some(invoked_arn)].into_iter().flatten() {
+            if !own.is_empty() {
+                rotator.settings.rotation_functions.push(own.to_owned());
+            }
         }
+        // Lambda kills the process at its deadline: stop at the next persisted step before it,
+        // so the record says where, the lease is released, and Secrets Manager's retry resumes.
+        rotator.shutdown = Shutdown::default();
+        let stop = rotator.shutdown.clone();
+        let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
+        let deadline = tokio::spawn(async move {
+            tokio::time::sleep(left.saturating_sub(DEADLINE_MARGIN)).await;
+            stop.trigger();
+        });
         let request = Request {
             min_interval: Some(self.min_interval),
             reason: Some("Secrets Manager rotation".into()),
@@ -149,6 +164,7 @@ impl Function {
         let result = rotator
             .rotate(secret, &request, LeaseWait::UpTo(self.lease_wait))
             .await;
+        deadline.abort();
         let answer = |done: &str| json!({"step": event.step, "secret_id": secret, "rotation_id": token, "done": done});
         match result {
             Ok(Outcome::Rotated(done)) => {
@@ -164,7 +180,7 @@ impl Function {
                 Ok(answer("already"))
             }
             Ok(Outcome::NotBegun { .. }) if step == SmStep::TestSecret => {
-                self.test_configuration(&rotator, secret).await?;
+                self.test_configuration(&rotator, secret, token).await?;
                 Ok(answer("configuration tested"))
             }
             Ok(Outcome::NotBegun { .. }) => Err(StepFailed::fatal(format!(
@@ -183,7 +199,12 @@ impl Function {
 
     /// testSecret for a rotation that never began: Secrets Manager testing the configuration
     /// (RotateImmediately=false). It changes nothing; it fails where `check` does.
-    async fn test_configuration(&self, rotator: &Rotator, secret: &str) -> Result<(), StepFailed> {
+    async fn test_configuration(
+        &self,
+        rotator: &Rotator,
+        secret: &str,
+        token: &str,
+    ) -> Result<(), StepFailed> {
         let report = crate::check::check(
             rotator,
             self.proxies.as_ref(),
@@ -193,13 +214,20 @@ impl Function {
             secret,
         )
         .await;
-        if report.ready() {
+        // The test's own AWSPENDING is Secrets Manager's, whether or not the secret already
+        // names this function.
+        let failures: Vec<String> = report
+            .failures()
+            .into_iter()
+            .filter(|f| !(f.starts_with("pending version:") && f.contains(token)))
+            .collect();
+        if failures.is_empty() {
             info!(%secret, "configuration test passed");
             return Ok(());
         }
         Err(StepFailed::fatal(format!(
             "testSecret (configuration test): {secret} is not ready to rotate: {}",
-            report.failures().join("; ")
+            failures.join("; ")
         )))
     }
 }
@@ -212,25 +240,32 @@ const RUNTIME_ENV: [&str; 4] = [
     "AWS_LAMBDA_FUNCTION_VERSION",
 ];
 
-/// Serves invocations until the runtime stops the process.
-pub async fn serve(function: Function) -> Result<(), String> {
+/// Outside Lambda the runtime client would panic: say what is missing instead.
+pub fn check_runtime_env() -> Result<(), String> {
     let missing: Vec<&str> = RUNTIME_ENV
         .into_iter()
         .filter(|v| std::env::var_os(v).is_none())
         .collect();
-    if !missing.is_empty() {
-        return Err(format!(
-            "`rds-rotator lambda` runs inside AWS Lambda, which sets {}; not set: {}",
-            RUNTIME_ENV.join(", "),
-            missing.join(", ")
-        ));
+    if missing.is_empty() {
+        return Ok(());
     }
+    Err(format!(
+        "`rds-rotator lambda` runs inside AWS Lambda, which sets {}; not set: {}",
+        RUNTIME_ENV.join(", "),
+        missing.join(", ")
+    ))
+}
+
+/// Serves invocations until the runtime stops the process.
+pub async fn serve(function: Function) -> Result<(), String> {
+    check_runtime_env()?;
     let function = Arc::new(function);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<RotationEvent>| {
         let function = function.clone();
         async move {
+            let context = &event.context;
             function
-                .handle(&event.payload, &event.context.invoked_function_arn)
+                .handle(&event.payload, &context.invoked_function_arn, context.deadline)
                 .await
         }
     }))

@@ -298,4 +298,60 @@ mod tests {
         assert_eq!(transient[0]["RotationsIncomplete"], 1);
         assert_eq!(transient[0]["outcome"], "incomplete");
     }
+
+    /// Every metric a directive names has its value in the line (CloudWatch drops a line whose
+    /// directive names a missing member), and no other metric is emitted.
+    fn assert_complete(line: &Value) {
+        for m in line["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap() {
+            let name = m["Name"].as_str().unwrap();
+            assert!(line[name].is_number(), "{name} has no value in {line}");
+        }
+    }
+
+    #[test]
+    fn every_outcome_emits_the_listed_metrics_each_with_a_value() {
+        let outcomes = [
+            ReportOutcome::Succeeded,
+            ReportOutcome::Skipped { why: "w".into() },
+            ReportOutcome::Failed {
+                reason: "r".into(),
+                retryable: true,
+            },
+            ReportOutcome::Aborted { reason: "a".into() },
+            ReportOutcome::Advanced { next: Step::Test },
+        ];
+        let listed: Vec<&str> = METRICS.iter().map(|(n, _)| *n).collect();
+        for outcome in outcomes {
+            let out = lines("NS", &report(outcome), 1);
+            for line in &out {
+                assert_complete(line);
+            }
+            for m in out[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap() {
+                assert!(listed.contains(&m["Name"].as_str().unwrap()));
+            }
+            assert_eq!(out[1]["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"], STEP_METRIC);
+        }
+    }
+
+    #[test]
+    fn a_call_that_advanced_a_rotation_reports_no_duration_and_no_outcome() {
+        let out = lines("NS", &report(ReportOutcome::Advanced { next: Step::Finish }), 1);
+        assert!(out[0].get("RotationDuration").is_none());
+        for m in ["RotationsSucceeded", "RotationsFailed", "RotationsIncomplete", "RotationsSkipped"] {
+            assert_eq!(out[0][m], 0, "{m}");
+        }
+        assert_eq!(out[0]["outcome"], "advanced");
+        assert_eq!(out[0]["next_step"], "finish");
+    }
+
+    #[test]
+    fn a_rotation_waiting_for_sessions_counts_as_deferred() {
+        let mut r = report(ReportOutcome::Failed {
+            reason: "in use".into(),
+            retryable: true,
+        });
+        r.waits_for_sessions = true;
+        assert_eq!(lines("NS", &r, 1)[0]["RotationsDeferred"], 1);
+        assert_eq!(lines("NS", &report(ReportOutcome::Succeeded), 1)[0]["RotationsDeferred"], 0);
+    }
 }

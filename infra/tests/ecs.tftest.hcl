@@ -119,11 +119,11 @@ run "service_and_network" {
 
   assert {
     condition = (
-      aws_ecs_service.this.launch_type == "FARGATE" && aws_ecs_service.this.desired_count == 1
-      && one(aws_ecs_service.this.network_configuration).assign_public_ip == false
-      && one(aws_ecs_service.this.network_configuration).security_groups == toset([aws_security_group.this.id])
-      && one(aws_ecs_service.this.network_configuration).subnets == toset(var.subnet_ids)
-      && aws_ecs_service.this.cluster == aws_ecs_cluster.this[0].arn
+      aws_ecs_service.this[0].launch_type == "FARGATE" && aws_ecs_service.this[0].desired_count == 1
+      && one(aws_ecs_service.this[0].network_configuration).assign_public_ip == false
+      && one(aws_ecs_service.this[0].network_configuration).security_groups == toset([aws_security_group.this.id])
+      && one(aws_ecs_service.this[0].network_configuration).subnets == toset(var.subnet_ids)
+      && aws_ecs_service.this[0].cluster == aws_ecs_cluster.this[0].arn
     )
     error_message = "The service is not one Fargate task in the given subnets, without public IP, in the module's cluster."
   }
@@ -183,7 +183,7 @@ run "existing_cluster_and_settings" {
   }
 
   assert {
-    condition     = length(aws_ecs_cluster.this) == 0 && aws_ecs_service.this.cluster == var.cluster_arn
+    condition     = length(aws_ecs_cluster.this) == 0 && aws_ecs_service.this[0].cluster == var.cluster_arn
     error_message = "With create_cluster = false the service must run in cluster_arn."
   }
 
@@ -261,4 +261,55 @@ run "root_user_is_refused" {
   }
 
   expect_failures = [var.container_user]
+}
+
+# With the Secrets Manager rotation function deployed beside the queue (modules/lambda), the worker
+# is told its ARN, so secrets rotated by that function are not refused as "Secrets Manager's own
+# rotation is attached". Without one, the variable is not set at all.
+run "rotation_function_arns_reach_the_worker" {
+  command = apply
+
+  variables {
+    rotation_function_arns = [
+      "arn:aws:lambda:eu-west-1:123456789012:function:rds-rotator-lambda",
+      "arn:aws:lambda:eu-west-1:123456789012:function:rds-rotator-other:live",
+    ]
+  }
+
+  assert {
+    condition = contains(jsondecode(aws_ecs_task_definition.this.container_definitions)[0].environment, {
+      name  = "ROTATOR_ROTATION_FUNCTION_ARNS"
+      value = "arn:aws:lambda:eu-west-1:123456789012:function:rds-rotator-lambda,arn:aws:lambda:eu-west-1:123456789012:function:rds-rotator-other:live"
+    }) && output.task_environment["ROTATOR_ROTATION_FUNCTION_ARNS"] == join(",", var.rotation_function_arns)
+    error_message = "The worker is not given ROTATOR_ROTATION_FUNCTION_ARNS, comma-separated."
+  }
+}
+
+run "no_rotation_function_no_variable" {
+  command = apply
+
+  assert {
+    condition     = !contains(keys(output.task_environment), "ROTATOR_ROTATION_FUNCTION_ARNS")
+    error_message = "ROTATOR_ROTATION_FUNCTION_ARNS is set although no rotation function is given."
+  }
+}
+
+run "rotation_function_arns_cannot_be_set_by_hand" {
+  command = plan
+
+  variables {
+    extra_environment = { ROTATOR_ROTATION_FUNCTION_ARNS = "arn:aws:lambda:eu-west-1:123456789012:function:x" }
+  }
+
+  expect_failures = [var.extra_environment]
+}
+
+run "rotation_function_arn_must_be_a_function_arn" {
+  command = plan
+
+  variables {
+    rotation_function_arns = ["rds-rotator-lambda"]
+  }
+
+  expect_failures = [var.rotation_function_arns]
 }

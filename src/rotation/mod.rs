@@ -20,10 +20,16 @@
 //! the record, and the next one logs in with that version's password (`KnownSource`).
 //!
 //! Planning refuses, before anything is written, a secret that another rotator also works on:
-//! Secrets Manager's own rotation attached, or an AWSPENDING that no rotation of ours made.
+//! Secrets Manager's own rotation attached to a function that is not this tool, or an AWSPENDING
+//! that no rotation of ours made (nor Secrets Manager, for this tool's function).
+//!
+//! Secrets Manager's rotation function (`crate::lambda`) runs these same steps: each of its calls
+//! names the rotation by its ClientRequestToken and runs the steps up to its own
+//! (`invocation`), so a rotation may be begun by one process and finished by another.
 
 pub mod abort;
 pub mod guard;
+pub mod invocation;
 pub mod lease;
 pub mod ports;
 pub mod record;
@@ -50,7 +56,9 @@ use ports::{
     ReportOutcome, Reporter, RotationReport, SecretMeta, SecretStore, SecretStoreError,
     SecretVersion, Stage, UserClaim,
 };
-use record::{now_ms, BeginIf, Plan, State, Step, StepRecord};
+use invocation::{invoked, Invoked};
+pub use invocation::Invocation;
+use record::{now_ms, BeginIf, Plan, Step, StepRecord};
 
 /// Backoff for retryable errors. One value, documented defaults, used everywhere a step retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,23 +306,6 @@ pub struct Request {
     pub invocation: Option<Invocation>,
 }
 
-/// Secrets Manager calls a rotation function once per step, naming the rotation by the version
-/// it made for it (ClientRequestToken): that is the rotation id. createSecret may begin the
-/// rotation; every call runs the steps up to its own, so a call that finds its work done (by an
-/// earlier call, or by the queue's worker) succeeds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invocation {
-    pub token: String,
-    /// The last step this call runs.
-    pub through: Step,
-}
-
-impl Invocation {
-    fn begins(&self) -> bool {
-        self.through == Step::CreatePending
-    }
-}
-
 /// What `rotate` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -387,8 +378,15 @@ pub enum LeaseWait {
 /// The deterministic ClientRequestToken of the proxy secret's new version: a retry reuses it, so
 /// the write happens once.
 pub fn proxy_token(rotation_id: &str) -> String {
-    let namespace = Uuid::parse_str(rotation_id).unwrap_or(Uuid::NAMESPACE_OID);
-    Uuid::new_v5(&namespace, b"rds-proxy-secret").to_string()
+    match Uuid::parse_str(rotation_id) {
+        Ok(namespace) => Uuid::new_v5(&namespace, b"rds-proxy-secret"),
+        // Secrets Manager's token is whatever RotateSecret was given (32 to 64 characters).
+        Err(_) => Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("rds-proxy-secret:{rotation_id}").as_bytes(),
+        ),
+    }
+    .to_string()
 }
 
 /// Everything a rotation talks to, plus who we are.
@@ -630,6 +628,9 @@ impl Rotator {
                     r.retried(now);
                     info!(secret = %meta.arn, rotation_id = r.rotation_id.as_deref().unwrap_or(""),
                           step = %r.step, "Secrets Manager retries this failed rotation");
+                    // In progress again, for everyone: a call with nothing to do saves nothing
+                    // else, and a queue request in between must resume it, not begin another.
+                    self.records.save(lease, &r).await?;
                     (r, true, None)
                 }
                 Invoked::Record(existing) => match existing {
@@ -673,11 +674,13 @@ impl Rotator {
                             }
                             Err(e) => {
                                 // Refusing a call of Secrets Manager's is not a failed rotation of
-                                // this secret: the record stays as it is.
+                                // this secret, nor is a rotator attached that this process does
+                                // not know as this tool (its rotation's record stays).
                                 let refused_call = matches!(
                                     e,
                                     RotationError::TooSoon { .. }
                                         | RotationError::NotStartedBySecretsManager { .. }
+                                        | RotationError::ManagedRotation { .. }
                                 );
                                 if !e.is_retryable() && !refused_call {
                                     let mut failed = StepRecord::failed_to_begin(
@@ -700,7 +703,9 @@ impl Rotator {
             },
         };
         trace.record(&record, resumed);
-        let fresh = planned.is_some();
+        // A rotation that Secrets Manager names may have a value under its id already (an
+        // earlier attempt whose record was lost): its steps look before they write.
+        let fresh = planned.is_some() && request.invocation.is_none();
         if fresh && request.force {
             if let Some(why) = too_soon(&record, request, now) {
                 warn!(secret = %meta.arn, %why, "forced: rotating inside the minimum interval");
@@ -1062,64 +1067,6 @@ struct ProxySecret {
     id: String,
     version_id: String,
     secret: UserSecret,
-}
-
-/// What a call of Secrets Manager's finds in the record, before `run`'s usual rules.
-enum Invoked {
-    /// Not a call, or one the usual rules serve: resume what is in progress, or begin.
-    Record(Option<StepRecord>),
-    /// The call's rotation failed: Secrets Manager asks again, so it resumes where it stopped.
-    Retry(StepRecord),
-    Answer(Outcome),
-}
-
-/// A call names its rotation (`Invocation`): it may only run that one. Its rotation finished:
-/// nothing to do. Failed: Secrets Manager retries it, so does this (every step checks what is
-/// done; a cause that needs a person fails it again). Not begun, after createSecret: Secrets
-/// Manager's configuration test.
-fn invoked(
-    meta: &SecretMeta,
-    existing: Option<StepRecord>,
-    request: &Request,
-) -> Result<Invoked, RotationError> {
-    let Some(call) = &request.invocation else {
-        return Ok(Invoked::Record(existing));
-    };
-    let token = &call.token;
-    let Some(r) = existing else {
-        return Ok(if call.begins() {
-            Invoked::Record(None)
-        } else {
-            Invoked::Answer(not_begun(meta, token))
-        });
-    };
-    let ours = r.rotation_id.as_deref() == Some(token);
-    match r.state {
-        State::InProgress if ours => Ok(Invoked::Record(Some(r))),
-        State::InProgress => Err(RotationError::OtherRotation {
-            secret: meta.arn.clone(),
-            asked: token.clone(),
-            running: r.rotation_id.unwrap_or_default(),
-        }),
-        State::Finished if ours => Ok(Invoked::Answer(Outcome::Skipped {
-            secret_arn: meta.arn.clone(),
-            why: format!("rotation {token} is complete"),
-        })),
-        State::Failed if ours => Ok(Invoked::Retry(r)),
-        State::Aborted if ours => Err(RotationError::WasAborted {
-            secret: meta.arn.clone(),
-            rotation_id: token.clone(),
-        }),
-        _ if call.begins() => Ok(Invoked::Record(Some(r))),
-        _ => Ok(Invoked::Answer(not_begun(meta, token))),
-    }
-}
-
-fn not_begun(meta: &SecretMeta, token: &str) -> Outcome {
-    Outcome::NotBegun {
-        secret_arn: meta.arn.clone(),
-        rotation_id: token.to_owned(),
-    }
 }
 
 /// The id of a new rotation, once AWSPENDING is known to be free for it:

@@ -1152,3 +1152,14 @@ fn a_rotation_function_is_this_tools_whatever_its_qualifier() {
     assert!(!settings.is_own_function(None));
     assert!(!Settings::default().is_own_function(Some("arn:aws:lambda:eu-west-1:1:function:f")));
 }
+
+#[test]
+fn each_rotation_id_has_its_own_proxy_token_uuid_or_not() {
+    let a = proxy_token("6f1c0c9e-6d3c-4a8e-9d6a-2f7d2b8c1e01");
+    assert_eq!(a, proxy_token("6f1c0c9e-6d3c-4a8e-9d6a-2f7d2b8c1e01"));
+    let b = proxy_token("rotation-requested-by-an-operator-0001");
+    let c = proxy_token("rotation-requested-by-an-operator-0002");
+    assert_ne!(b, c);
+    assert_ne!(a, b);
+    assert!(Uuid::parse_str(&b).is_ok());
+}

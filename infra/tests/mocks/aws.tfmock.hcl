@@ -78,3 +78,11 @@ override_resource {
     url = "https://sqs.eu-west-1.amazonaws.com/123456789012/rds-rotator-dlq"
   }
 }
+
+# The rotation function of modules/lambda (tests/side_by_side.tftest.hcl runs the example that
+# deploys it beside the queue).
+mock_resource "aws_lambda_function" {
+  defaults = {
+    arn = "arn:aws:lambda:eu-west-1:123456789012:function:rds-rotator-lambda"
+  }
+}
