@@ -138,7 +138,10 @@ impl Function {
         let (secret, token) = (&event.secret_id, &event.client_request_token);
         let mut rotator = self.rotator.clone();
         // Both: the ARN Secrets Manager invoked is this function whatever the setting says.
-        for own in [self.own_arn.as_deref(), Some(invoked_arn)].into_iter().flatten() {
+        for own in [self.own_arn.as_deref(), Some(invoked_arn)]
+            .into_iter()
+            .flatten()
+        {
             if !own.is_empty() {
                 rotator.settings.rotation_functions.push(own.to_owned());
             }
@@ -265,7 +268,11 @@ pub async fn serve(function: Function) -> Result<(), String> {
         async move {
             let context = &event.context;
             function
-                .handle(&event.payload, &context.invoked_function_arn, context.deadline)
+                .handle(
+                    &event.payload,
+                    &context.invoked_function_arn,
+                    context.deadline,
+                )
                 .await
         }
     }))

@@ -302,7 +302,10 @@ mod tests {
     /// Every metric a directive names has its value in the line (CloudWatch drops a line whose
     /// directive names a missing member), and no other metric is emitted.
     fn assert_complete(line: &Value) {
-        for m in line["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap() {
+        for m in line["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+        {
             let name = m["Name"].as_str().unwrap();
             assert!(line[name].is_number(), "{name} has no value in {line}");
         }
@@ -326,18 +329,33 @@ mod tests {
             for line in &out {
                 assert_complete(line);
             }
-            for m in out[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap() {
+            for m in out[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+                .as_array()
+                .unwrap()
+            {
                 assert!(listed.contains(&m["Name"].as_str().unwrap()));
             }
-            assert_eq!(out[1]["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"], STEP_METRIC);
+            assert_eq!(
+                out[1]["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"],
+                STEP_METRIC
+            );
         }
     }
 
     #[test]
     fn a_call_that_advanced_a_rotation_reports_no_duration_and_no_outcome() {
-        let out = lines("NS", &report(ReportOutcome::Advanced { next: Step::Finish }), 1);
+        let out = lines(
+            "NS",
+            &report(ReportOutcome::Advanced { next: Step::Finish }),
+            1,
+        );
         assert!(out[0].get("RotationDuration").is_none());
-        for m in ["RotationsSucceeded", "RotationsFailed", "RotationsIncomplete", "RotationsSkipped"] {
+        for m in [
+            "RotationsSucceeded",
+            "RotationsFailed",
+            "RotationsIncomplete",
+            "RotationsSkipped",
+        ] {
             assert_eq!(out[0][m], 0, "{m}");
         }
         assert_eq!(out[0]["outcome"], "advanced");
@@ -352,6 +370,9 @@ mod tests {
         });
         r.waits_for_sessions = true;
         assert_eq!(lines("NS", &r, 1)[0]["RotationsDeferred"], 1);
-        assert_eq!(lines("NS", &report(ReportOutcome::Succeeded), 1)[0]["RotationsDeferred"], 0);
+        assert_eq!(
+            lines("NS", &report(ReportOutcome::Succeeded), 1)[0]["RotationsDeferred"],
+            0
+        );
     }
 }

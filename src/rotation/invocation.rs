@@ -1,8 +1,8 @@
 //! A call of Secrets Manager's rotation function (`crate::lambda`): which rotation it may run,
 //! decided from the step record before `Rotator::run`'s usual rules.
 
-use super::record::{State, Step, StepRecord};
 use super::ports::{SecretMeta, Stage};
+use super::record::{State, Step, StepRecord};
 use super::{Outcome, Request, RotationError};
 
 /// Secrets Manager calls a rotation function once per step, naming the rotation by the version
@@ -145,7 +145,14 @@ mod tests {
             Ok(Invoked::Answer(Outcome::Skipped { .. })) => "complete".into(),
             Ok(Invoked::Answer(Outcome::NotBegun { .. })) => "not begun".into(),
             Ok(Invoked::Answer(other)) => format!("{other:?}"),
-            Err(e) => format!("error {}", if e.is_retryable() { "retryable" } else { "fatal" }),
+            Err(e) => format!(
+                "error {}",
+                if e.is_retryable() {
+                    "retryable"
+                } else {
+                    "fatal"
+                }
+            ),
         }
     }
 
@@ -169,7 +176,10 @@ mod tests {
         assert_eq!(decide(&m, Some(aborted), &create), "error fatal");
         // Another rotation's record, finished: createSecret may begin; later steps find nothing.
         let before = record("x", State::Finished, Step::Done);
-        assert_eq!(decide(&m, Some(before.clone()), &create), "record Some(Finished)");
+        assert_eq!(
+            decide(&m, Some(before.clone()), &create),
+            "record Some(Finished)"
+        );
         assert_eq!(decide(&m, Some(before), &set), "not begun");
     }
 
@@ -184,13 +194,19 @@ mod tests {
         assert_eq!(decide(&m, Some(lost), &finish), "complete");
         // Crashed after the compare-and-swap: AWSPENDING and the record are left to clean up.
         let crashed = record("t", State::InProgress, Step::Finish);
-        assert_eq!(decide(&m, Some(crashed), &finish), "record Some(InProgress)");
+        assert_eq!(
+            decide(&m, Some(crashed), &finish),
+            "record Some(InProgress)"
+        );
     }
 
     #[test]
     fn a_request_of_the_queue_is_not_a_call() {
         let m = meta("v0", None);
         let r = record("x", State::Failed, Step::Test);
-        assert_eq!(decide(&m, Some(r), &Request::default()), "record Some(Failed)");
+        assert_eq!(
+            decide(&m, Some(r), &Request::default()),
+            "record Some(Failed)"
+        );
     }
 }

@@ -51,13 +51,13 @@ use crate::calls::Tally;
 use crate::failpoint;
 use crate::password::{PasswordPolicy, PolicyError};
 use crate::secret::{AppSecret, Credentials, Endpoint, Engine, SecretError, UserSecret};
+pub use invocation::Invocation;
+use invocation::{invoked, Invoked};
 use ports::{
     At, Database, DbError, DbSession, InUse, Lease, PasswordRules, RecordStore, RecordStoreError,
     ReportOutcome, Reporter, RotationReport, SecretMeta, SecretStore, SecretStoreError,
     SecretVersion, Stage, UserClaim,
 };
-use invocation::{invoked, Invoked};
-pub use invocation::Invocation;
 use record::{now_ms, BeginIf, Plan, Step, StepRecord};
 
 /// Backoff for retryable errors. One value, documented defaults, used everywhere a step retries.
