@@ -432,6 +432,57 @@ async fn rotate_secret_with_rules_turns_rotation_on_and_leaves_a_pending_version
 }
 
 #[tokio::test]
+async fn rotate_secret_with_a_function_labels_a_version_without_a_value_and_invokes_nothing() {
+    let sm = secrets().await;
+    let (name, first) = secret(&sm, "v1").await;
+    let function = "arn:aws:lambda:us-east-1:123456789012:function:rds-rotator-emulator";
+    let started = sm
+        .rotate_secret()
+        .secret_id(&name)
+        .rotation_lambda_arn(function)
+        .send()
+        .await
+        .expect("RotateSecret with a function the stack does not run");
+    let pending = started.version_id().unwrap().to_owned();
+
+    let meta = sm.describe_secret().secret_id(&name).send().await.unwrap();
+    assert_eq!(meta.rotation_enabled(), Some(true));
+    assert_eq!(meta.rotation_lambda_arn(), Some(function));
+    assert_eq!(holder(&sm, &name, "AWSCURRENT").await, Some(first));
+    assert_eq!(
+        holder(&sm, &name, "AWSPENDING").await,
+        Some(pending.clone())
+    );
+    // What createSecret finds: a version without a value, which PutSecretValue fills in.
+    let err = sm
+        .get_secret_value()
+        .secret_id(&name)
+        .version_id(&pending)
+        .version_stage("AWSPENDING")
+        .send()
+        .await
+        .expect_err("the version has no value yet");
+    assert_eq!(err.code(), Some("ResourceNotFoundException"), "{err:?}");
+    put(&sm, &name, &pending, "v2", "AWSPENDING").await.unwrap();
+    let filled = sm
+        .get_secret_value()
+        .secret_id(&name)
+        .version_id(&pending)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(filled.secret_string(), Some("v2"));
+    // Unfinished: AWS reattempts it rather than start another.
+    let err = sm
+        .rotate_secret()
+        .secret_id(&name)
+        .send()
+        .await
+        .expect_err("a rotation is still in progress");
+    assert_eq!(err.code(), Some("InvalidRequestException"), "{err:?}");
+}
+
+#[tokio::test]
 async fn cancel_rotate_secret_turns_rotation_off_and_leaves_awspending() {
     let sm = secrets().await;
     let (name, first) = secret(&sm, "v1").await;
