@@ -6,7 +6,6 @@
 mod common;
 
 use std::process::Output;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -342,51 +341,6 @@ impl Single {
     }
 }
 
-/// An application that reads AWSCURRENT before every connection and logs in on its path.
-struct App {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl App {
-    fn start(single: Arc<Single>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (s, o, f) = (stop.clone(), ok.clone(), failures.clone());
-        let task = tokio::spawn(async move {
-            while !s.load(Ordering::SeqCst) {
-                let current = single.current().await;
-                match single.exec(&current, "SELECT count(*) FROM orders").await {
-                    Ok(()) => {
-                        o.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(e) => f
-                        .lock()
-                        .unwrap()
-                        .push(format!("{}: {e}", current["username"])),
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        Self {
-            stop,
-            ok,
-            failures,
-            task,
-        }
-    }
-
-    async fn stop(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.task.await.unwrap();
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::SeqCst), failures)
-    }
-}
-
 async fn blocking(
     single: &Arc<Single>,
     f: impl FnOnce(&Single) -> Output + Send + 'static,
@@ -474,7 +428,19 @@ async fn share_objects(single: &Single, round: usize) {
 }
 
 async fn adopt_check_and_rotate_four_times(single: Arc<Single>) -> (u64, Vec<String>) {
-    let app = App::start(single.clone());
+    let app = App::start({
+        let single = single.clone();
+        move || {
+            let single = single.clone();
+            async move {
+                let current = single.current().await;
+                single
+                    .exec(&current, "SELECT count(*) FROM orders")
+                    .await
+                    .map_err(|e| format!("{}: {e}", current["username"]))
+            }
+        }
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The plan first: it changes nothing.

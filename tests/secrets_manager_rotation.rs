@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,51 +46,6 @@ fn lambda_command(pair: &Pair) -> Command {
     cmd
 }
 
-/// An application that reads AWSCURRENT before every connection and logs in through the proxy.
-struct App {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl App {
-    fn start(pair: Arc<Pair>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (s, o, f) = (stop.clone(), ok.clone(), failures.clone());
-        let task = tokio::spawn(async move {
-            while !s.load(Ordering::SeqCst) {
-                let current = pair.current().await;
-                match pair.login_via_proxy(&current).await {
-                    Ok(()) => {
-                        o.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(e) => f
-                        .lock()
-                        .unwrap()
-                        .push(format!("{}: {e}", current["username"])),
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        Self {
-            stop,
-            ok,
-            failures,
-            task,
-        }
-    }
-
-    async fn stop(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.task.await.unwrap();
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::SeqCst), failures)
-    }
-}
-
 async fn version_ids(pair: &Pair) -> Vec<String> {
     let mut v: Vec<String> = pair
         .versions(&pair.app_secret)
@@ -107,7 +62,18 @@ async fn secrets_manager_rotates_with_the_lambda_function_and_no_application_log
     let pair = Arc::new(Pair::new().await);
     let driver = secrets_manager(&pair).await;
     let mut function = Function::start(lambda_command(&pair), &driver.function_arn).await;
-    let app = App::start(pair.clone());
+    let app = App::start({
+        let pair = pair.clone();
+        move || {
+            let pair = pair.clone();
+            async move {
+                let current = pair.current().await;
+                pair.login_via_proxy(&current)
+                    .await
+                    .map_err(|e| format!("{}: {e}", current["username"]))
+            }
+        }
+    });
 
     // RotateImmediately=false: only testSecret, Secrets Manager's test of the configuration. It
     // passes and changes nothing.
