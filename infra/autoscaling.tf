@@ -22,8 +22,10 @@ resource "aws_appautoscaling_target" "service" {
   tags = var.tags
 }
 
-# One more task per minute while requests wait, up to max_count. ChangeInCapacity, not
-# ExactCapacity: a step that sets a number could also lower it, and stop a busy task.
+# One more task while requests wait, then five minutes for it to start and drain the queue (a
+# Fargate task takes one to three minutes to start, and SQS metrics lag), so one request does not
+# scale the service out to max_count; a backlog that outlasts that adds another. ChangeInCapacity,
+# not ExactCapacity: a step that sets a number could also lower it, and stop a busy task.
 resource "aws_appautoscaling_policy" "scale_out" {
   count = local.autoscaled ? 1 : 0
 
@@ -35,7 +37,7 @@ resource "aws_appautoscaling_policy" "scale_out" {
 
   step_scaling_policy_configuration {
     adjustment_type         = "ChangeInCapacity"
-    cooldown                = 60
+    cooldown                = 300
     metric_aggregation_type = "Maximum"
 
     step_adjustment {

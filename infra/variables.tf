@@ -314,7 +314,7 @@ variable "autoscaling" {
   description = <<-EOT
     Scale the service on the queue instead of running desired_count tasks around the clock. null
     (the default) keeps desired_count. With an object, Application Auto Scaling runs between
-    min_count (0: no task while nothing is to do) and max_count tasks: one more task per minute
+    min_count (0: no task while nothing is to do) and max_count tasks: one more task every five minutes
     while requests wait in the queue, and back to min_count once nothing has been waiting, in
     flight or delayed for scale_in_idle_minutes, so a running rotation is not stopped. The first
     request after an idle spell waits for a task to start (about 2 to 5 minutes; README "Scaling

@@ -145,25 +145,44 @@ run "scales_to_zero" {
 
 # Runs of a file share their state: the service made by "scales_to_zero" is updated here, and its
 # desired_count stays 0 although min_count is now 1, because Terraform ignores it (Application
-# Auto Scaling owns it). The scalable target's minimum is what raises it, at AWS.
-run "existing_cluster_and_idle_period" {
+# Auto Scaling owns it). The scalable target's minimum is what raises it, at AWS. (The cluster
+# stays the same: another cluster would replace the service, which the mock provider does not
+# show.)
+run "min_count_and_idle_period_change_in_place" {
   command = apply
 
   variables {
-    create_cluster = false
-    cluster_arn    = "arn:aws:ecs:eu-west-1:123456789012:cluster/shared"
-    autoscaling    = { min_count = 1, max_count = 2, scale_in_idle_minutes = 30 }
+    autoscaling = { min_count = 1, max_count = 2, scale_in_idle_minutes = 30 }
   }
 
   assert {
     condition = (
-      aws_appautoscaling_target.service[0].resource_id == "service/shared/rds-rotator"
-      && aws_ecs_service.autoscaled[0].desired_count == 0
+      aws_ecs_service.autoscaled[0].desired_count == 0
       && aws_appautoscaling_target.service[0].min_capacity == 1
       && aws_cloudwatch_metric_alarm.scale_in[0].evaluation_periods == 30
       && [for s in one(aws_appautoscaling_policy.scale_in[0].step_scaling_policy_configuration).step_adjustment : s.scaling_adjustment] == [1]
     )
-    error_message = "The scalable target must name the given cluster and own desired_count, and scale in to min_count after the idle period."
+    error_message = "desired_count must be left to Application Auto Scaling, and the service scale in to min_count after the idle period."
+  }
+
+  assert {
+    condition     = one(aws_appautoscaling_policy.scale_out[0].step_scaling_policy_configuration).cooldown >= 300
+    error_message = "Scaling out needs a cooldown as long as a task takes to start, or one request scales the service to max_count."
+  }
+}
+
+run "an_existing_cluster_is_named_in_the_scalable_target" {
+  command = plan
+
+  variables {
+    create_cluster = false
+    cluster_arn    = "arn:aws:ecs:eu-west-1:123456789012:cluster/shared"
+    autoscaling    = { min_count = 0, max_count = 2 }
+  }
+
+  assert {
+    condition     = aws_appautoscaling_target.service[0].resource_id == "service/shared/rds-rotator"
+    error_message = "The scalable target must name the given cluster."
   }
 }
 

@@ -4,7 +4,8 @@ terraform {
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = "~> 5.0"
+      # aws_secretsmanager_secret_rotation.rotate_immediately is in 5.33 and later.
+      version = ">= 5.33, < 6.0"
     }
   }
 }

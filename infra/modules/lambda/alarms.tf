@@ -2,15 +2,18 @@
 # Alarms and dashboard
 ################################################################################
 
-# A step that failed, timed out or was throttled. Secrets Manager marks the rotation failed and
-# tries again at the next window; the reason is in the function's log group and in
-# `rds-rotator status`.
+# Steps that keep failing, timing out or being throttled. One failed step is routine: a step that
+# waits for another process's lease, or for the idle user's sessions (RotationIncomplete), fails
+# and Secrets Manager retries the rotation. Fifteen minutes of them is not; nor is a timeout or a
+# crash, which writes no metric line of its own (rotations_failed below counts the rest). The
+# reason is in the function's log group and in `rds-rotator status`.
 resource "aws_cloudwatch_metric_alarm" "errors" {
   count = var.create_alarms ? 1 : 0
 
   alarm_name          = "${var.name}-errors"
-  alarm_description   = "rds-rotator: the rotation function ${aws_lambda_function.this.function_name} failed, timed out or was throttled on a step in the last 5 minutes (see ${aws_cloudwatch_log_group.this.name})."
-  evaluation_periods  = 1
+  alarm_description   = "rds-rotator: the rotation function ${aws_lambda_function.this.function_name} failed, timed out or was throttled on steps in each of the last three 5-minute periods (see ${aws_cloudwatch_log_group.this.name})."
+  evaluation_periods  = 3
+  datapoints_to_alarm = 3
   threshold           = 0
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "notBreaching"

@@ -177,8 +177,8 @@ resource "aws_lambda_function" "this" {
       error_message = "package_type Zip needs zip_path; package_type Image needs image_uri."
     }
     precondition {
-      condition     = var.timeout_seconds > local.test_deadline_seconds + local.lease_wait_seconds
-      error_message = "timeout_seconds must exceed test_deadline (60s by default) plus the lease wait (ROTATOR_LEASE_WAIT, 60s by default): a step may wait that long for another process's lease, and the test step then retries the new credentials for test_deadline."
+      condition     = var.timeout_seconds >= local.test_deadline_seconds + local.lease_wait_seconds + 40
+      error_message = "timeout_seconds must be at least test_deadline (60s by default) plus the lease wait (ROTATOR_LEASE_WAIT, 60s by default) plus 40s: a step may wait that long for another process's lease, the test step then retries the new credentials for test_deadline, and the function stops 10s before Lambda's deadline to write down where it stopped (30s are left for its other calls)."
     }
     precondition {
       condition     = length(var.database_security_group_ids) + length(var.database_cidr_blocks) > 0
