@@ -4,7 +4,7 @@ terraform {
 
   required_providers {
     aws = {
-      source  = "hashicorp/aws"
+      source = "hashicorp/aws"
       # aws_secretsmanager_secret_rotation.rotate_immediately is in 5.33 and later.
       version = ">= 5.33, < 6.0"
     }
