@@ -218,9 +218,7 @@ pub async fn check(
     if let Err(e) = rotator.settings.password.validate(app.engine) {
         report.push("password policy", Status::Fail, e.to_string());
     }
-    let own = rotator
-        .settings
-        .is_own_function(meta.rotation_lambda.as_deref());
+    let own = rotator.settings.rotated_by_own_function(&meta);
     check_managed_rotation(&meta, &mut report, true, own);
     let last_record = check_record(rotator, &meta.arn, &meta, &mut report).await;
 
@@ -592,7 +590,7 @@ async fn read_user_secret(rotator: &Rotator, id: &str) -> Result<(String, UserSe
 /// Secrets Manager's own rotation attached to the secret: `rotate` refuses it, unless its
 /// function is this tool (`own`). `say_ok`: a line also when it is not.
 fn check_managed_rotation(meta: &SecretMeta, report: &mut CheckReport, say_ok: bool, own: bool) {
-    if meta.rotation_enabled && own {
+    if own {
         report.push(
             "managed rotation",
             Status::Ok,
@@ -640,11 +638,10 @@ async fn check_record(
             .is_some_and(|r| r.is_in_progress() && r.rotation_id.as_deref() == Some(v));
         // Secrets Manager labels a version for the function it calls: when that is this tool's,
         // the rotation it starts is ours (`rotate` and the function begin it with that id).
-        let for_our_function = meta.rotation_enabled
-            && rotator
-                .settings
-                .is_own_function(meta.rotation_lambda.as_deref());
-        if for_our_function && !in_progress && !left_by_us(v, record.as_ref()) {
+        if rotator.settings.rotated_by_own_function(meta)
+            && !in_progress
+            && !left_by_us(v, record.as_ref())
+        {
             report.push(
                 "pending version",
                 Status::Ok,

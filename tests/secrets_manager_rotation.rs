@@ -426,3 +426,43 @@ async fn a_queue_request_and_secrets_managers_rotation_of_one_secret_never_run_a
         "secrets manager rotation function and queue requests on one secret: 6 rotations, each run once",
     );
 }
+
+/// A worker that was not told the function is this tool refuses to touch Secrets Manager's
+/// rotation, and leaves its record to the function: Secrets Manager's next calls finish it.
+#[tokio::test]
+async fn a_worker_that_does_not_know_the_function_leaves_its_rotation_to_it() {
+    let pair = Arc::new(Pair::new().await);
+    let driver = secrets_manager(&pair).await;
+    let token = driver.start_rotation(true).await;
+    let mut function = Function::start(lambda_command(&pair), &driver.function_arn).await;
+    let created = function.invoke(driver.event("createSecret", &token)).await;
+    assert!(
+        created.is_ok(),
+        "createSecret: {created:?}\n{}",
+        function.log()
+    );
+    // Twice: the first finds the rotation in progress, the second one no longer in progress.
+    for _ in 0..2 {
+        let refused = pair.rotate();
+        assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+        assert!(
+            text(&refused).contains("ROTATOR_ROTATION_FUNCTION_ARNS"),
+            "{}",
+            text(&refused)
+        );
+    }
+    assert_eq!(pair.status()["rotation_id"], token.as_str());
+    for step in ["setSecret", "testSecret", "finishSecret"] {
+        let r = function.invoke(driver.event(step, &token)).await;
+        assert!(r.is_ok(), "{step}: {r:?}\n{}", function.log());
+    }
+    assert_eq!(
+        pair.version_with(&pair.app_secret, "AWSCURRENT")
+            .await
+            .as_deref(),
+        Some(token.as_str())
+    );
+    pair.assert_rotated_to(&pair.users[1]).await;
+    let violations = pair.violations(true).await;
+    assert!(violations.is_empty(), "{violations:?}");
+}

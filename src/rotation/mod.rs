@@ -129,13 +129,18 @@ impl Default for Settings {
 impl Settings {
     /// Secrets Manager rotation attached to `meta` is refused unless its function is this tool.
     fn refuse_managed_rotation(&self, meta: &SecretMeta) -> Result<(), RotationError> {
-        if !meta.rotation_enabled || self.is_own_function(meta.rotation_lambda.as_deref()) {
+        if !meta.rotation_enabled || self.rotated_by_own_function(meta) {
             return Ok(());
         }
         Err(RotationError::ManagedRotation {
             secret: meta.arn.clone(),
             lambda: meta.rotation_lambda.clone(),
         })
+    }
+
+    /// Secrets Manager's rotation of `meta` is on, with a function that is this tool.
+    pub fn rotated_by_own_function(&self, meta: &SecretMeta) -> bool {
+        meta.rotation_enabled && self.is_own_function(meta.rotation_lambda.as_deref())
     }
 
     /// `arn` names one of `rotation_functions`. A version or alias qualifier does not matter:
@@ -655,8 +660,13 @@ impl Rotator {
                             None => self.plan(meta, None).await,
                         };
                         let planned = planned.and_then(|(plan, current, proxy)| {
-                            let id =
-                                rotation_id_for(meta, &plan, previous.as_ref(), request, self)?;
+                            let id = rotation_id_for(
+                                meta,
+                                &plan,
+                                previous.as_ref(),
+                                request,
+                                &self.settings,
+                            )?;
                             Ok((id, plan, current, proxy))
                         });
                         match planned {
@@ -1081,7 +1091,7 @@ fn rotation_id_for(
     plan: &Plan,
     previous: Option<&StepRecord>,
     request: &Request,
-    rotator: &Rotator,
+    settings: &Settings,
 ) -> Result<String, RotationError> {
     let pending = plan.pending_version.as_deref();
     if let Some(call) = &request.invocation {
@@ -1106,14 +1116,7 @@ fn rotation_id_for(
     match pending {
         None => Ok(new_id()),
         Some(v) if left_by_us(v, previous) => Ok(new_id()),
-        Some(v)
-            if rotator
-                .settings
-                .is_own_function(meta.rotation_lambda.as_deref())
-                && meta.rotation_enabled =>
-        {
-            Ok(v.to_owned())
-        }
+        Some(v) if settings.rotated_by_own_function(meta) => Ok(v.to_owned()),
         Some(v) => Err(RotationError::ForeignPending {
             secret: meta.arn.clone(),
             version: v.to_owned(),
