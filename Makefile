@@ -7,7 +7,8 @@ SHELL := /bin/bash
 
 STACK     := scripts/local-stack
 STACK_ENV := .local-stack/env
-# Extra arguments for cargo test, e.g.  make test TEST_ARGS='--test rotation -- --nocapture'
+# Extra arguments for cargo nextest run, e.g.  make test TEST_ARGS='--test postgres_rotation --no-capture'
+# or TEST_ARGS='-E "test(/kill/)"'
 TEST_ARGS ?=
 # Extra arguments for cargo-deny's check, e.g.  make deny DENY_ARGS=advisories
 DENY_ARGS ?=
@@ -15,7 +16,7 @@ DENY_ARGS ?=
 .PHONY: help stack-up stack-down stack-status test load-run demo bench lint fmt deny ci
 
 help:
-	@echo 'make test        start the local stack, cargo test --all-targets $$TEST_ARGS, stop the stack'
+	@echo 'make test        start the local stack, cargo nextest run --all-targets $$TEST_ARGS, the 15 slowest tests, stop the stack'
 	@echo 'make demo        start the local stack, cargo build, scripts/demo, stop the stack'
 	@echo 'make bench       start the local stack, build release and the image, print the benchmark table (scripts/bench)'
 	@echo 'make lint        cargo fmt --check and cargo clippy -D warnings'
@@ -38,17 +39,21 @@ stack-status:
 
 # One shell line, so the stack is stopped even when the tests fail or are interrupted, and the
 # tests' exit status is the target's.
-# Tests that measure something (load run, kill run) write one summary line each to
-# $(REPORTS); they are printed after the run, since cargo test hides a passing test's output.
-REPORTS := target/tmp/reports
+# The tests run under cargo-nextest (scripts/nextest, settings in .config/nextest.toml): every test
+# its own process, all binaries in one pool. Tests that measure something (load run, kill run)
+# write one summary line each to $(REPORTS); they are printed after the run, and then the 15
+# slowest tests with their times (scripts/slowest-tests).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+REPORTS := $(TARGET_DIR)/tmp/reports
 
 test:
 	@trap '$(STACK) stop' EXIT; trap 'exit 130' INT TERM; \
 	$(STACK) start >/dev/null || exit $$?; \
 	set -a; . ./$(STACK_ENV); set +a; \
-	rm -rf $(REPORTS); \
-	cargo test --workspace --all-targets --no-fail-fast $(TEST_ARGS); rc=$$?; \
+	rm -rf $(REPORTS) $(TARGET_DIR)/nextest/default/junit.xml; \
+	scripts/nextest run --workspace --all-targets --locked $(TEST_ARGS); rc=$$?; \
 	if ls $(REPORTS)/*.txt >/dev/null 2>&1; then echo; echo "== reports"; cat $(REPORTS)/*.txt; fi; \
+	echo; scripts/slowest-tests 15 || true; \
 	exit $$rc
 
 # The long load run: 100 rotations under client load (about 4 minutes).

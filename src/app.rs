@@ -62,7 +62,11 @@ pub fn settings(args: &GlobalArgs) -> Settings {
             length: args.password_length,
             exclude: args.exclude_characters.clone(),
         },
-        retry: RetryPolicy::default(),
+        retry: RetryPolicy {
+            min_delay: args.retry_min_delay,
+            aws_initial_backoff: args.aws_retry_backoff,
+            ..RetryPolicy::default()
+        },
         in_use: InUseGuard {
             policy: args.in_use,
             window: args.in_use_window,
@@ -159,7 +163,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             return fail(exit::FAILED, e);
         }
     }
-    let aws = aws::load_config(&RetryPolicy::default()).await;
+    let aws = aws::load_config(&settings(args).retry).await;
     match cli.command {
         Command::Health { .. } => unreachable!("handled above"),
         Command::Setup {

@@ -56,6 +56,14 @@ pub struct GlobalArgs {
     /// How long the test step retries the new credentials along the application's path.
     #[arg(long, env = "ROTATOR_TEST_DEADLINE", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub test_deadline: Duration,
+    /// First delay after a retryable failure of a rotation step, and between the test step's
+    /// first login probes; delays double from it (README "Retry policy, in one place").
+    #[arg(long, env = "ROTATOR_RETRY_MIN_DELAY", default_value = "200ms", value_parser = humantime::parse_duration, global = true)]
+    pub retry_min_delay: Duration,
+    /// The AWS SDK's initial backoff before it retries a throttled, failed or timed-out call
+    /// (exponential with jitter, SDK standard mode).
+    #[arg(long, env = "ROTATOR_AWS_RETRY_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    pub aws_retry_backoff: Duration,
     /// Lease duration; a heartbeat renews it every third of this while work runs.
     #[arg(long, env = "ROTATOR_LEASE_DURATION", default_value = "30s", value_parser = parse_lease, global = true)]
     pub lease_duration: Duration,

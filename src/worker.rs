@@ -510,6 +510,7 @@ mod tests {
                         max_attempts: 1,
                         probe_max_delay: Duration::from_millis(20),
                         aws_max_attempts: 1,
+                        aws_initial_backoff: Duration::from_millis(1),
                     },
                     ..Settings::default()
                 },

@@ -217,6 +217,9 @@ async fn a_function_killed_in_a_step_is_finished_by_secrets_managers_retry() {
         // The first environment dies at `point`; Lambda starts a new one for the retry.
         let environment = || {
             let mut cmd = lambda_command(&pair);
+            // The dead environment's lease expires before the retry takes it over: 2 s, not the
+            // default 30 s, which would only add waiting to every round.
+            cmd.env("ROTATOR_LEASE_DURATION", "2s");
             if started.fetch_add(1, Ordering::SeqCst) == 0 {
                 cmd.env("ROTATOR_TEST_FAILPOINTS", format!("{point}=exit"));
             }

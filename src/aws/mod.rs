@@ -23,7 +23,11 @@ use aws_smithy_types::config_bag::ConfigBag;
 /// ECS task role or IMDS; SDK retries as the retry policy says.
 pub async fn load_config(retry: &RetryPolicy) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(RetryConfig::standard().with_max_attempts(retry.aws_max_attempts))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(retry.aws_max_attempts)
+                .with_initial_backoff(retry.aws_initial_backoff),
+        )
         .load()
         .await
 }

@@ -76,6 +76,8 @@ pub struct RetryPolicy {
     /// Attempts per AWS call, including the first, in the SDK's standard retry mode (exponential
     /// backoff with jitter on throttling, 5xx and transport errors).
     pub aws_max_attempts: u32,
+    /// The SDK's initial backoff in that mode (its own default is 1 s).
+    pub aws_initial_backoff: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -86,6 +88,7 @@ impl Default for RetryPolicy {
             max_attempts: 3,
             probe_max_delay: Duration::from_secs(1),
             aws_max_attempts: 5,
+            aws_initial_backoff: Duration::from_secs(1),
         }
     }
 }

@@ -61,6 +61,7 @@ fn rotator(w: &World) -> Rotator {
                 max_attempts: 1,
                 probe_max_delay: Duration::from_millis(20),
                 aws_max_attempts: 1,
+                aws_initial_backoff: Duration::from_millis(1),
             },
             in_use: Default::default(),
             rotation_functions: Vec::new(),

@@ -850,42 +850,55 @@ pub fn report(name: &str, line: &str) {
 }
 
 impl Pair {
-    /// Whether `user` logs in with a password that some version of the app secret or of a proxy
-    /// secret holds. Newest versions first, so this usually stops at the first or second.
-    async fn password_is_known(&self, user: &str) -> bool {
-        let mut versions: Vec<(aws_smithy_types::DateTime, String, String)> = Vec::new();
+    /// Every version of the app secret and of the proxy secrets, as (secret, version id), the
+    /// labelled ones first (the passwords a rotation leaves in use are there), then the newest.
+    async fn versions_to_try(&self) -> Vec<(String, String)> {
         let ids = [
             self.app_secret.clone(),
             self.proxy_secrets[0].clone(),
             self.proxy_secrets[1].clone(),
         ];
-        for id in ids {
-            let listed = self
-                .sm
+        let list = |id: &str| {
+            self.sm
                 .list_secret_version_ids()
-                .secret_id(&id)
+                .secret_id(id)
                 .include_deprecated(true)
                 .max_results(100)
                 .send()
-                .await
-                .unwrap();
-            for v in listed.versions() {
+        };
+        let (a, b, c) = tokio::join!(list(&ids[0]), list(&ids[1]), list(&ids[2]));
+        let mut versions = Vec::new();
+        for (id, listed) in ids.iter().zip([a, b, c]) {
+            for v in listed.unwrap().versions() {
                 let created = v
                     .created_date()
                     .copied()
                     .unwrap_or(aws_smithy_types::DateTime::from_secs(0));
-                versions.push((created, id.clone(), v.version_id().unwrap().to_owned()));
+                let labelled = !v.version_stages().is_empty();
+                versions.push((
+                    labelled,
+                    created,
+                    id.clone(),
+                    v.version_id().unwrap().to_owned(),
+                ));
             }
         }
-        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
+        versions.sort_by_key(|v| std::cmp::Reverse((v.0, v.1)));
+        versions.into_iter().map(|(_, _, id, v)| (id, v)).collect()
+    }
+
+    /// Whether `user` logs in with a password that some version of the app secret or of a proxy
+    /// secret holds. `versions` come from `versions_to_try`, so this usually stops at the first
+    /// or second.
+    async fn password_is_known(&self, user: &str, versions: &[(String, String)]) -> bool {
         let mut tried = Vec::new();
-        for (_, id, version) in versions {
+        for (id, version) in versions {
             // A version without a value: Secrets Manager's, before createSecret fills it in.
             let Ok(value) = self
                 .sm
                 .get_secret_value()
-                .secret_id(&id)
-                .version_id(&version)
+                .secret_id(id)
+                .version_id(version)
                 .send()
                 .await
             else {
@@ -947,8 +960,9 @@ impl Pair {
                 current["username"]
             ));
         }
+        let versions = self.versions_to_try().await;
         for user in &self.users {
-            if !self.password_is_known(user).await {
+            if !self.password_is_known(user, &versions).await {
                 v.push(format!(
                     "{user}'s password in the database matches no version anyone knows"
                 ));
