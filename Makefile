@@ -50,7 +50,7 @@ test:
 	@trap '$(STACK) stop' EXIT; trap 'exit 130' INT TERM; \
 	$(STACK) start >/dev/null || exit $$?; \
 	set -a; . ./$(STACK_ENV); set +a; \
-	rm -rf $(REPORTS) $(TARGET_DIR)/nextest/default/junit.xml; \
+	rm -rf $(REPORTS) target/nextest/default/junit.xml; \
 	scripts/nextest run --workspace --all-targets --locked $(TEST_ARGS); rc=$$?; \
 	if ls $(REPORTS)/*.txt >/dev/null 2>&1; then echo; echo "== reports"; cat $(REPORTS)/*.txt; fi; \
 	echo; scripts/slowest-tests 15 || true; \
