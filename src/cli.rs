@@ -58,11 +58,11 @@ pub struct GlobalArgs {
     pub test_deadline: Duration,
     /// First delay after a retryable failure of a rotation step, and between the test step's
     /// first login probes; delays double from it (README "Retry policy, in one place").
-    #[arg(long, env = "ROTATOR_RETRY_MIN_DELAY", default_value = "200ms", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "ROTATOR_RETRY_MIN_DELAY", default_value = "200ms", value_parser = parse_retry_delay, global = true)]
     pub retry_min_delay: Duration,
     /// The AWS SDK's initial backoff before it retries a throttled, failed or timed-out call
     /// (exponential with jitter, SDK standard mode).
-    #[arg(long, env = "ROTATOR_AWS_RETRY_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "ROTATOR_AWS_RETRY_BACKOFF", default_value = "1s", value_parser = parse_retry_delay, global = true)]
     pub aws_retry_backoff: Duration,
     /// Lease duration; a heartbeat renews it every third of this while work runs.
     #[arg(long, env = "ROTATOR_LEASE_DURATION", default_value = "30s", value_parser = parse_lease, global = true)]
@@ -138,6 +138,16 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err("expected KEY=VALUE".into()),
     }
+}
+
+/// A first retry delay: not zero (retries would spin), at most 5 s (the longest delay a step's
+/// retries reach).
+fn parse_retry_delay(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(1) || d > Duration::from_secs(5) {
+        return Err("a retry delay must be between 1ms and 5s".into());
+    }
+    Ok(d)
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
@@ -331,4 +341,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_delay_of_zero_or_over_five_seconds_is_refused() {
+        assert!(parse_retry_delay("0s").is_err());
+        assert!(parse_retry_delay("6s").is_err());
+        assert!(parse_retry_delay("soon").is_err());
+        assert_eq!(parse_retry_delay("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_retry_delay("5s"), Ok(Duration::from_secs(5)));
+    }
 }
