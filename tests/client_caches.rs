@@ -69,6 +69,28 @@ async fn wait_until_no_session(pair: &Pair, user: &str) {
     }
 }
 
+/// Waits until an application named `application` has a session open (a process that starts
+/// Python and AWS's client can take seconds on a loaded machine).
+async fn wait_until_connected(pair: &Pair, application: &str) {
+    let db = admin(&pair.dbname).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&application],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{application} never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn rotate_twice_in_a_row_skips_the_second_and_credentials_read_before_the_first_still_log_in()
 {
@@ -301,7 +323,8 @@ async fn applications_reading_through_aws_caching_client_never_fail_a_login_and_
 
     // Phase 2: a task that read the credentials once and keeps its connection (ECS `secrets`).
     let holder = App::start(&pair, "hold", 3600, "batch-holder");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Connected, so it holds the credentials it read before the rotations below.
+    wait_until_connected(&pair, "batch-holder").await;
     let held_user = pair
         .secret_at(&pair.app_secret, "AWSCURRENT")
         .await
