@@ -49,46 +49,33 @@ async fn hold_session(
 
 /// Waits until `user` has no session left (a closed connection's server process ends a moment
 /// after the client is gone).
-async fn wait_until_no_session(pair: &Pair, user: &str) {
+/// Waits until the sessions whose `column` (of pg_stat_activity) is `value` number zero
+/// (`none`), or at least one: a process that starts Python and AWS's client can take seconds to
+/// connect on a loaded machine.
+async fn wait_for_sessions(pair: &Pair, column: &str, value: &str, none: bool) {
     let db = admin(&pair.dbname).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(if none { 10 } else { 30 });
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE {column} = $1::text::name");
     loop {
-        let n: i64 = db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1::text::name",
-                &[&user],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 0 {
+        let n: i64 = db.query_one(&sql, &[&value]).await.unwrap().get(0);
+        if (n == 0) == none {
             return;
         }
-        assert!(Instant::now() < deadline, "{user} still has {n} session(s)");
+        assert!(
+            Instant::now() < deadline,
+            "{column} {value}: {n} session(s), waiting for {}",
+            if none { "none" } else { "one" }
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Waits until an application named `application` has a session open (a process that starts
-/// Python and AWS's client can take seconds on a loaded machine).
+async fn wait_until_no_session(pair: &Pair, user: &str) {
+    wait_for_sessions(pair, "usename", user, true).await;
+}
+
 async fn wait_until_connected(pair: &Pair, application: &str) {
-    let db = admin(&pair.dbname).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                &[&application],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n > 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{application} never connected");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_sessions(pair, "application_name", application, false).await;
 }
 
 #[tokio::test]
