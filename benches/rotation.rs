@@ -715,7 +715,10 @@ async fn main() -> Result<()> {
             SecretsManager::new(&s.aws).with_write_limit(Arc::new(RateLimit::new(40))),
         ),
         records: Arc::new(DynamoRecords::new(&s.aws, &table)),
-        db: Arc::new(Databases::new(DbTls::new(TlsMode::Disable, None)?)),
+        db: Arc::new(Databases::new(
+            DbTls::new(TlsMode::Disable, None)?,
+            std::time::Duration::from_secs(10),
+        )),
         reporter: reports.clone(),
         settings: Settings::default(),
         owner: format!("bench-{}", id()),

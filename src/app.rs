@@ -65,6 +65,8 @@ pub fn settings(args: &GlobalArgs) -> Settings {
         retry: RetryPolicy {
             min_delay: args.retry_min_delay,
             aws_initial_backoff: args.aws_retry_backoff,
+            db_timeout: args.db_timeout,
+            aws_timeout: args.aws_timeout,
             ..RetryPolicy::default()
         },
         in_use: InUseGuard {
@@ -135,7 +137,7 @@ fn rotator(
             SecretsManager::new(aws).with_write_limit(Arc::new(RateLimit::new(args.sm_write_tps))),
         ),
         records: Arc::new(DynamoRecords::new(aws, &args.table)),
-        db: Arc::new(Databases::new(tls)),
+        db: Arc::new(Databases::new(tls, args.db_timeout)),
         reporter: reporter(args, aws, worker),
         settings: settings(args),
         owner: owner_id(),

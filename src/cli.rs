@@ -64,6 +64,13 @@ pub struct GlobalArgs {
     /// (exponential with jitter, SDK standard mode).
     #[arg(long, env = "ROTATOR_AWS_RETRY_BACKOFF", default_value = "1s", value_parser = parse_retry_delay, global = true)]
     pub aws_retry_backoff: Duration,
+    /// The wall-clock bound on each database call: a login (connect, TLS, authentication) or one
+    /// statement.
+    #[arg(long, env = "ROTATOR_DB_TIMEOUT", default_value = "10s", value_parser = parse_bound, global = true)]
+    pub db_timeout: Duration,
+    /// The wall-clock bound on each AWS call, the SDK's retries included.
+    #[arg(long, env = "ROTATOR_AWS_TIMEOUT", default_value = "30s", value_parser = parse_bound, global = true)]
+    pub aws_timeout: Duration,
     /// Lease duration; a heartbeat renews it every third of this while work runs.
     #[arg(long, env = "ROTATOR_LEASE_DURATION", default_value = "30s", value_parser = parse_lease, global = true)]
     pub lease_duration: Duration,
@@ -146,6 +153,15 @@ fn parse_retry_delay(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_millis(1) || d > Duration::from_secs(5) {
         return Err("a retry delay must be between 1ms and 5s".into());
+    }
+    Ok(d)
+}
+
+/// A wall-clock bound: long enough for a login over TLS, short enough to notice a silent peer.
+fn parse_bound(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+        return Err("a timeout must be between 100ms and 10m".into());
     }
     Ok(d)
 }

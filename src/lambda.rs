@@ -153,7 +153,7 @@ impl Function {
         let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
         let deadline = tokio::spawn(async move {
             tokio::time::sleep(left.saturating_sub(DEADLINE_MARGIN)).await;
-            stop.trigger();
+            stop.stop_now();
         });
         let request = Request {
             min_interval: Some(self.min_interval),

@@ -511,6 +511,7 @@ mod tests {
                         probe_max_delay: Duration::from_millis(20),
                         aws_max_attempts: 1,
                         aws_initial_backoff: Duration::from_millis(1),
+                        ..RetryPolicy::default()
                     },
                     ..Settings::default()
                 },

@@ -25,9 +25,9 @@ async fn granted(
     owner: &str,
     ttl: Duration,
 ) -> (Lease, Option<StepRecord>) {
-    match records.acquire(key, owner, ttl).await.unwrap() {
+    match records.acquire(key, owner, ttl, None).await.unwrap() {
         Acquired::Granted { lease, record } => (lease, record.map(|r| *r)),
-        Acquired::Held { owner, .. } => panic!("lease unexpectedly held by {owner}"),
+        Acquired::Held { seen, .. } => panic!("lease unexpectedly held by {}", seen.owner),
         Acquired::Begun { .. } | Acquired::NotBegun { .. } => {
             panic!("acquire never begins a rotation")
         }
@@ -57,9 +57,28 @@ async fn a_stale_worker_is_refused_once_another_has_taken_over() {
         .await
         .expect("the holder can write");
 
-    // worker-1 stalls past its lease; worker-2 takes over and moves the rotation on.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let (fresh, seen) = granted(&records, key, "worker-2", Duration::from_secs(30)).await;
+    // worker-1 stalls; worker-2 watches its lease unchanged for a whole period, takes it over
+    // and moves the rotation on.
+    let Acquired::Held { seen: watched, .. } = records
+        .acquire(key, "worker-2", Duration::from_secs(30), None)
+        .await
+        .unwrap()
+    else {
+        panic!("worker-1 holds the lease");
+    };
+    assert_eq!(
+        watched.ttl,
+        Duration::from_millis(300),
+        "the holder's period"
+    );
+    let (fresh, seen) = match records
+        .acquire(key, "worker-2", Duration::from_secs(30), Some(&watched))
+        .await
+        .unwrap()
+    {
+        Acquired::Granted { lease, record } => (lease, record.map(|r| *r)),
+        other => panic!("the unchanged lease is taken over: {other:?}"),
+    };
     assert!(fresh.fence > stale.fence, "the fence only increases");
     let mut mine = seen.expect("the new holder reads the record");
     assert_eq!(mine.rotation_id.as_deref(), Some("r-1"));
@@ -86,8 +105,8 @@ async fn a_stale_worker_is_refused_once_another_has_taken_over() {
     let stored = records.load(key).await.unwrap().unwrap();
     assert_eq!(stored, mine);
     assert!(matches!(
-        records.acquire(key, "worker-3", Duration::from_secs(30)).await.unwrap(),
-        Acquired::Held { ref owner, .. } if owner == "worker-2"
+        records.acquire(key, "worker-3", Duration::from_secs(30), None).await.unwrap(),
+        Acquired::Held { ref seen, .. } if seen.owner == "worker-2"
     ));
 }
 
@@ -114,8 +133,8 @@ async fn a_lease_is_held_per_acquisition_and_only_the_same_owner_gets_back_in() 
     let (first, _) = granted(&records, key, "host:1#aaaa", Duration::from_secs(30)).await;
     // Another task of the same process is another holder.
     assert!(matches!(
-        records.acquire(key, "host:1#bbbb", Duration::from_secs(30)).await.unwrap(),
-        Acquired::Held { ref owner, .. } if owner == "host:1#aaaa"
+        records.acquire(key, "host:1#bbbb", Duration::from_secs(30), None).await.unwrap(),
+        Acquired::Held { ref seen, .. } if seen.owner == "host:1#aaaa"
     ));
     // The same acquisition retried (its first answer lost) gets back in, with a new fence, which
     // fences off nothing of anyone else's.
@@ -170,8 +189,8 @@ async fn a_new_rotation_is_stored_by_the_write_that_takes_the_lease() {
     assert_eq!(records.load(key).await.unwrap().unwrap(), expected);
     // The lease is held, and the next save writes against what begin stored.
     assert!(matches!(
-        records.acquire(key, "w3", Duration::from_secs(30)).await.unwrap(),
-        Acquired::Held { ref owner, .. } if owner == "w2"
+        records.acquire(key, "w3", Duration::from_secs(30), None).await.unwrap(),
+        Acquired::Held { ref seen, .. } if seen.owner == "w2"
     ));
     let mut next = expected.clone();
     next.advance(Step::SetPassword, now_ms());
@@ -298,7 +317,7 @@ async fn a_held_lease_is_answered_from_the_refused_write_without_another_read() 
         .scope(async {
             (
                 records
-                    .acquire(key, "w2", Duration::from_secs(30))
+                    .acquire(key, "w2", Duration::from_secs(30), None)
                     .await
                     .unwrap(),
                 records
@@ -316,8 +335,8 @@ async fn a_held_lease_is_answered_from_the_refused_write_without_another_read() 
         .await;
     for got in [by_acquire, by_begin] {
         match got {
-            Acquired::Held { owner, record, .. } => {
-                assert_eq!(owner, "w1");
+            Acquired::Held { seen, record } => {
+                assert_eq!(seen.owner, "w1");
                 assert_eq!(record.unwrap().rotation_id.as_deref(), Some("r-1"));
             }
             other => panic!("expected the lease held, got {other:?}"),
@@ -351,4 +370,39 @@ async fn unfinished_versions_and_the_proxy_version_survive_a_round_trip_in_order
     r.note_error("update_proxy: denied".into(), true, now_ms());
     records.save(&lease, &r).await.unwrap();
     assert_eq!(records.load(key).await.unwrap().unwrap(), r);
+}
+
+/// A taker's look at a lease is only good while nothing changes: a renewal in between (a new
+/// beat) or a release and a new holder refuses the takeover, whatever any clock says.
+#[tokio::test]
+async fn a_lease_renewed_since_the_taker_looked_is_not_taken_over() {
+    let records = table().await;
+    let key = "arn:renewed";
+    let (holder, _) = granted(&records, key, "w1", Duration::from_secs(30)).await;
+    let Acquired::Held { seen, .. } = records
+        .acquire(key, "w2", Duration::from_secs(30), None)
+        .await
+        .unwrap()
+    else {
+        panic!("w1 holds the lease");
+    };
+    records
+        .renew(&holder, Duration::from_secs(30))
+        .await
+        .unwrap();
+    match records
+        .acquire(key, "w2", Duration::from_secs(30), Some(&seen))
+        .await
+        .unwrap()
+    {
+        Acquired::Held { seen: now, .. } => {
+            assert_eq!(now.owner, "w1");
+            assert_ne!(now, seen, "a renewal is a change the taker sees");
+        }
+        other => panic!("a renewed lease was taken over: {other:?}"),
+    }
+    // Released: free, taken at once without any wait.
+    records.release(&holder).await.unwrap();
+    let (next, _) = granted(&records, key, "w2", Duration::from_secs(30)).await;
+    assert!(next.fence > holder.fence);
 }

@@ -27,7 +27,7 @@ use tracing::warn;
 
 use crate::db::tls::DbTls;
 use crate::failpoint;
-use crate::rotation::lease::{claim_existing_user, heartbeat, Flags};
+use crate::rotation::lease::{claim_existing_user, heartbeat, identify, Flags};
 use crate::rotation::ports::{
     Acquired, At, DbError, Lease, PasswordRules, RecordStoreError, SecretMeta, SecretStoreError,
     Stage,
@@ -213,7 +213,7 @@ impl Adopter {
         failpoint::hit("before:adopt.lease").await;
         let lease = self.take_lease(&meta.arn).await?;
         // Renewed while adoption runs; each step first looks whether it may be lost.
-        let flags = Flags::new(&lease);
+        let flags = Flags::new(&lease, self.rotator.settings.lease_duration);
         let work = self.adopt_under(req, meta, Some(&flags));
         let result = heartbeat(&self.rotator, &lease, &flags, work).await;
         if let Err(e) = self.rotator.records.release(&lease).await {
@@ -651,7 +651,7 @@ impl Adopter {
     async fn take_lease(&self, arn: &str) -> Result<Lease, AdoptError> {
         let owner = format!("{}#adopt", self.rotator.owner);
         let ttl = self.rotator.settings.lease_duration;
-        match self.rotator.records.acquire(arn, &owner, ttl).await? {
+        match self.rotator.records.acquire(arn, &owner, ttl, None).await? {
             Acquired::Granted { lease, record } => {
                 if let Some(r) = record.filter(|r| r.is_in_progress()) {
                     let _ = self.rotator.records.release(&lease).await;
@@ -663,7 +663,7 @@ impl Adopter {
                 }
                 Ok(lease)
             }
-            Acquired::Held { owner, .. } => Err(AdoptError::Busy(arn.to_owned(), owner)),
+            Acquired::Held { seen, .. } => Err(AdoptError::Busy(arn.to_owned(), seen.owner)),
             Acquired::Begun { lease, .. } => Ok(lease),
             Acquired::NotBegun { .. } => Err(AdoptError::Busy(arn.to_owned(), "?".into())),
         }
@@ -671,14 +671,20 @@ impl Adopter {
 
     /// Claims a clone that existed already, as a rotation claims the user it changes.
     async fn claim(&self, s: &Start<'_>, clone: &str) -> Result<(), AdoptError> {
-        claim_existing_user(&self.rotator, s.app.engine, &s.at, clone, &s.meta.arn)
-            .await
-            .map_err(|e| match e {
-                RotationError::UserShared { .. } => AdoptError::Invalid(format!(
-                    "{e}; choose another --clone-suffix; nothing was changed"
-                )),
-                e => AdoptError::Claimed(e),
-            })
+        let login = [(
+            format!("master secret {}", s.req.master_secret_id),
+            s.master.secret.credentials.clone(),
+        )];
+        let claimed = async {
+            let server = identify(&self.rotator, s.app.engine, &s.at, &login, None).await?;
+            claim_existing_user(&self.rotator, s.app.engine, &server, clone, &s.meta.arn).await
+        };
+        claimed.await.map_err(|e| match e {
+            RotationError::UserShared { .. } => AdoptError::Invalid(format!(
+                "{e}; choose another --clone-suffix; nothing was changed"
+            )),
+            e => AdoptError::Claimed(e),
+        })
     }
 
     async fn read_user_secret(&self, id: &str) -> Result<Option<Found>, AdoptError> {
@@ -949,6 +955,7 @@ mod tests {
 
     fn meta(tags: &[(&str, &str)]) -> SecretMeta {
         SecretMeta {
+            deleted: false,
             arn: "arn:app".into(),
             versions: Vec::new(),
             rotation_enabled: false,

@@ -2,9 +2,11 @@
 //! conditional write does both. Every write under a lease is conditional on its fence.
 //!
 //! Item layout (key `secret_arn`, a string; the table's only key, owned by `setup`):
-//! `lease_owner` S, `lease_expires_at` N (ms), `fence` N, `last_success_at` N (ms; it outlives
-//! rotations), and `record` M: the current (or last) rotation's step record. One map, written
-//! whole: a save is one small update expression however many fields changed.
+//! `lease_owner` S (absent: the lease is free), `fence` N, `lease_beat` N (renewals),
+//! `lease_ms` N (the holder's lease period), `lease_expires_at` N (ms, by the holder's clock: a
+//! hint, never compared with another clock), `last_success_at` N (ms; it outlives rotations),
+//! and `record` M: the current (or last) rotation's step record. One map, written whole: a save
+//! is one small update expression however many fields changed.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,7 +21,9 @@ use aws_sdk_dynamodb::Client;
 use tracing::info;
 
 use super::failure;
-use crate::rotation::ports::{Acquired, Claimed, Lease, RecordStore, RecordStoreError, UserClaim};
+use crate::rotation::ports::{
+    Acquired, Claimed, Lease, LeaseSeen, RecordStore, RecordStoreError, UserClaim,
+};
 use crate::rotation::record::{now_ms, BeginIf, State, Step, StepRecord};
 
 /// The table's partition key. Changing it is a breaking change (see the README).
@@ -185,21 +189,32 @@ fn record_map(r: &StepRecord) -> AttributeValue {
 const RECORD: &str = "record";
 const LAST_SUCCESS: &str = "last_success_at";
 
-/// The lease is free: never taken, expired, or ours already (a retry of our own acquisition
-/// whose answer was lost).
-const LEASE_FREE: &str =
-    "attribute_not_exists(lease_expires_at) OR lease_expires_at < :now OR lease_owner = :owner";
+/// The lease is free: never taken, released, or ours already (a retry of our own acquisition
+/// whose answer was lost). An expiry is never compared with this machine's clock: see
+/// `TAKE_OVER`.
+const LEASE_FREE: &str = "attribute_not_exists(lease_owner) OR lease_owner = :owner";
+
+/// The lease is still exactly as the taker watched it for a whole period (`LeaseSeen`): its
+/// holder neither renewed nor released it.
+const TAKE_OVER: &str = "(lease_owner = :seen_owner AND fence = :seen_fence \
+     AND lease_expires_at = :seen_exp \
+     AND (attribute_not_exists(lease_beat) OR lease_beat = :seen_beat))";
 
 /// [`LEASE_FREE`], read from an item.
-fn lease_free(item: &Item, owner: &str, now: u64) -> bool {
-    get_n(item, "lease_expires_at").is_none_or(|at| at < now)
-        || get_s(item, "lease_owner").as_deref() == Some(owner)
+fn lease_free(item: &Item, owner: &str) -> bool {
+    get_s(item, "lease_owner").is_none_or(|o| o == owner)
 }
 
-fn held(item: &Item, now: u64) -> Acquired {
+fn held(item: &Item, ttl: Duration) -> Acquired {
     Acquired::Held {
-        owner: get_s(item, "lease_owner").unwrap_or_else(|| "unknown".into()),
-        expires_at_ms: get_n(item, "lease_expires_at").unwrap_or(now),
+        seen: LeaseSeen {
+            owner: get_s(item, "lease_owner").unwrap_or_else(|| "unknown".into()),
+            fence: get_n(item, "fence").unwrap_or(0),
+            expires_hint_ms: get_n(item, "lease_expires_at").unwrap_or(0),
+            beat: get_n(item, "lease_beat").unwrap_or(0),
+            // Written by a binary before `lease_ms`: assume ours.
+            ttl: get_n(item, "lease_ms").map_or(ttl, Duration::from_millis),
+        },
         // Only a hint for skipping copies: one this binary cannot read (written by a newer one,
         // say) is no reason to fail.
         record: record_from(item).ok().flatten().map(Box::new),
@@ -211,7 +226,7 @@ impl DynamoRecords {
     fn granted(
         key: &str,
         owner: &str,
-        expires: u64,
+        sent_at: tokio::time::Instant,
         item: &Item,
     ) -> Result<(Lease, Option<StepRecord>), RecordStoreError> {
         let fence =
@@ -220,7 +235,7 @@ impl DynamoRecords {
             key: key.to_owned(),
             owner: owner.to_owned(),
             fence,
-            expires_at_ms: expires,
+            sent_at,
         };
         Ok((lease, record_from(item)?))
     }
@@ -373,20 +388,36 @@ impl RecordStore for DynamoRecords {
         key: &str,
         owner: &str,
         ttl: Duration,
+        take_over: Option<&LeaseSeen>,
     ) -> Result<Acquired, RecordStoreError> {
-        let now = now_ms();
-        let expires = now + ttl.as_millis() as u64;
-        let result = self
+        let sent = tokio::time::Instant::now();
+        let expires = now_ms() + ttl.as_millis() as u64;
+        let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(KEY, s(key))
-            .update_expression("SET lease_owner = :owner, lease_expires_at = :exp ADD fence :one")
-            .condition_expression(LEASE_FREE)
+            .update_expression(
+                "SET lease_owner = :owner, lease_expires_at = :exp, lease_ms = :ttl, lease_beat = :zero ADD fence :one",
+            )
             .expression_attribute_values(":owner", s(owner))
             .expression_attribute_values(":exp", n(expires))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":ttl", n(ttl.as_millis() as u64))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1));
+        let cond = match take_over {
+            None => LEASE_FREE.to_owned(),
+            Some(seen) => {
+                req = req
+                    .expression_attribute_values(":seen_owner", s(&seen.owner))
+                    .expression_attribute_values(":seen_fence", n(seen.fence))
+                    .expression_attribute_values(":seen_exp", n(seen.expires_hint_ms))
+                    .expression_attribute_values(":seen_beat", n(seen.beat));
+                format!("{LEASE_FREE} OR {TAKE_OVER}")
+            }
+        };
+        let result = req
+            .condition_expression(cond)
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -394,13 +425,13 @@ impl RecordStore for DynamoRecords {
         match result {
             Ok(out) => {
                 let item = out.attributes.unwrap_or_default();
-                let (lease, record) = Self::granted(key, owner, expires, &item)?;
+                let (lease, record) = Self::granted(key, owner, sent, &item)?;
                 Ok(Acquired::Granted {
                     lease,
                     record: record.map(Box::new),
                 })
             }
-            Err(e) if is_condition_failure(&e) => Ok(held(&self.refused_item(key, e).await?, now)),
+            Err(e) if is_condition_failure(&e) => Ok(held(&self.refused_item(key, e).await?, ttl)),
             Err(e) => Err(map_err(e)),
         }
     }
@@ -416,16 +447,18 @@ impl RecordStore for DynamoRecords {
         record: &StepRecord,
         cond: &BeginIf,
     ) -> Result<Acquired, RecordStoreError> {
-        let now = now_ms();
-        let expires = now + ttl.as_millis() as u64;
+        let sent = tokio::time::Instant::now();
+        let expires = now_ms() + ttl.as_millis() as u64;
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(KEY, s(key))
             .update_expression(
-                "SET lease_owner = :owner, lease_expires_at = :exp, #r = :r ADD fence :one",
+                "SET lease_owner = :owner, lease_expires_at = :exp, lease_ms = :ttl, lease_beat = :zero, #r = :r ADD fence :one",
             )
+            .expression_attribute_values(":ttl", n(ttl.as_millis() as u64))
+            .expression_attribute_values(":zero", n(0))
             .expression_attribute_names("#r", RECORD)
             .expression_attribute_names("#st", "state")
             .expression_attribute_names("#rid", "rotation_id")
@@ -434,7 +467,6 @@ impl RecordStore for DynamoRecords {
             .expression_attribute_values(":owner", s(owner))
             .expression_attribute_values(":exp", n(expires))
             .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":in_progress", s(State::InProgress.as_str()))
             .expression_attribute_values(":cv", s(&cond.current_version));
         // The lease free (a retry of our own begin is refused here, and let in by `acquire`
@@ -459,19 +491,15 @@ impl RecordStore for DynamoRecords {
         }
         allowed.push(')');
         let result = req
-            .condition_expression(format!(
-                "(attribute_not_exists(lease_expires_at) OR lease_expires_at < :now) AND ({allowed})"
-            ))
+            .condition_expression(format!("attribute_not_exists(lease_owner) AND ({allowed})"))
             .return_values(ReturnValue::AllNew)
-            .return_values_on_condition_check_failure(
-                ReturnValuesOnConditionCheckFailure::AllOld,
-            )
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
             Ok(out) => {
                 let item = out.attributes.unwrap_or_default();
-                let (lease, stored) = Self::granted(key, owner, expires, &item)?;
+                let (lease, stored) = Self::granted(key, owner, sent, &item)?;
                 let stored = stored
                     .ok_or_else(|| RecordStoreError::Corrupt("the record was not stored".into()))?;
                 Ok(Acquired::Begun {
@@ -481,27 +509,30 @@ impl RecordStore for DynamoRecords {
             }
             Err(e) if is_condition_failure(&e) => {
                 let item = self.refused_item(key, e).await?;
-                if lease_free(&item, owner, now) {
+                if lease_free(&item, owner) {
                     Ok(Acquired::NotBegun {
                         record: record_from(&item).ok().flatten().map(Box::new),
                     })
                 } else {
-                    Ok(held(&item, now))
+                    Ok(held(&item, ttl))
                 }
             }
             Err(e) => Err(map_err(e)),
         }
     }
 
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<u64, RecordStoreError> {
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<(), RecordStoreError> {
         let expires = now_ms() + ttl.as_millis() as u64;
         self.client
             .update_item()
             .table_name(&self.table)
             .key(KEY, s(&lease.key))
-            .update_expression("SET lease_expires_at = :exp")
+            // A new beat, whatever this machine's clock did: a taker sees the change.
+            .update_expression("SET lease_expires_at = :exp, lease_ms = :ttl ADD lease_beat :one")
             .condition_expression("fence = :fence AND lease_owner = :owner")
             .expression_attribute_values(":exp", n(expires))
+            .expression_attribute_values(":ttl", n(ttl.as_millis() as u64))
+            .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":fence", n(lease.fence))
             .expression_attribute_values(":owner", s(&lease.owner))
             .send()
@@ -513,7 +544,7 @@ impl RecordStore for DynamoRecords {
                     map_err(e)
                 }
             })?;
-        Ok(expires)
+        Ok(())
     }
 
     async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError> {
@@ -622,6 +653,97 @@ impl RecordStore for DynamoRecords {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+
+    async fn unmark(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(user_key))
+            .update_expression(format!("DELETE {IN_USE_BY} :s"))
+            .condition_expression("attribute_exists(#k)")
+            .expression_attribute_names("#k", KEY)
+            .expression_attribute_values(":s", AttributeValue::Ss(vec![secret.to_owned()]))
+            .send()
+            .await
+            .map(|_| ())
+            .or_else(|e| {
+                if is_condition_failure(&e) {
+                    Ok(())
+                } else {
+                    Err(map_err(e))
+                }
+            })
+    }
+
+    async fn user_marks(
+        &self,
+        user_key: &str,
+    ) -> Result<(Option<UserClaim>, Vec<String>), RecordStoreError> {
+        let Some(item) = self.item(user_key).await? else {
+            return Ok((None, Vec::new()));
+        };
+        let claim = match (get_s(&item, "claim_secret"), get_s(&item, "claim_rotation")) {
+            (Some(secret), Some(rotation_id)) => Some(UserClaim {
+                secret,
+                rotation_id,
+            }),
+            _ => None,
+        };
+        let marks = item
+            .get(IN_USE_BY)
+            .and_then(|v| v.as_ss().ok())
+            .cloned()
+            .unwrap_or_default();
+        Ok((claim, marks))
+    }
+
+    /// A scan of the table for the user items that name `secret` (an operator's command, not a
+    /// rotation's: it reads the whole table once), then one conditional write per item.
+    async fn forget(&self, secret: &str) -> Result<Vec<String>, RecordStoreError> {
+        let mut keys = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .filter_expression(format!(
+                    "begins_with(#k, :dbuser) AND (claim_secret = :s OR contains({IN_USE_BY}, :s))"
+                ))
+                .expression_attribute_names("#k", KEY)
+                .expression_attribute_values(":dbuser", s("dbuser:"))
+                .expression_attribute_values(":s", s(secret))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(map_err)?;
+            keys.extend(out.items().iter().filter_map(|i| get_s(i, KEY)));
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        for key in &keys {
+            self.unmark(key, secret).await?;
+            let cleared = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(KEY, s(key))
+                .update_expression("REMOVE claim_secret, claim_rotation")
+                .condition_expression("claim_secret = :s")
+                .expression_attribute_values(":s", s(secret))
+                .send()
+                .await;
+            match cleared {
+                Ok(_) => {}
+                Err(e) if is_condition_failure(&e) => {}
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Ok(keys)
     }
 }
 

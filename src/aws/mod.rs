@@ -8,6 +8,7 @@ pub mod secrets;
 pub mod sqs;
 
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 
 use crate::rotation::RetryPolicy;
@@ -20,7 +21,9 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
 /// The standard chain: `AWS_REGION`, `AWS_ENDPOINT_URL`, credentials from env, profile, SSO,
-/// ECS task role or IMDS; SDK retries as the retry policy says.
+/// ECS task role or IMDS; SDK retries as the retry policy says; and a wall-clock bound on every
+/// call. The SDK's own defaults bound only the TCP connect: an endpoint that accepts and never
+/// answers would hold a call, and a rotation, forever.
 pub async fn load_config(retry: &RetryPolicy) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .retry_config(
@@ -28,8 +31,21 @@ pub async fn load_config(retry: &RetryPolicy) -> SdkConfig {
                 .with_max_attempts(retry.aws_max_attempts)
                 .with_initial_backoff(retry.aws_initial_backoff),
         )
+        .timeout_config(timeouts(retry))
         .load()
         .await
+}
+
+/// `aws_timeout` for a whole call, a third of it for each attempt (so the SDK retries a silent
+/// one), and the connect bound within that.
+pub fn timeouts(retry: &RetryPolicy) -> TimeoutConfig {
+    let call = retry.aws_timeout;
+    let attempt = call / 3;
+    TimeoutConfig::builder()
+        .connect_timeout(attempt.min(std::time::Duration::from_millis(3100)))
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(call)
+        .build()
 }
 
 /// Counts each operation once (not each SDK retry) in the running rotation's call tally, as

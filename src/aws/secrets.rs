@@ -89,6 +89,7 @@ impl SecretStore for SecretsManager {
             arn: out.arn().unwrap_or(secret_id).to_owned(),
             versions,
             rotation_enabled: out.rotation_enabled().unwrap_or(false),
+            deleted: out.deleted_date().is_some(),
             rotation_lambda: out.rotation_lambda_arn().map(str::to_owned),
             name: out.name().unwrap_or(secret_id).to_owned(),
             kms_key_id: out.kms_key_id().map(str::to_owned),

@@ -4,21 +4,33 @@ pub mod mysql;
 pub mod postgres;
 pub mod tls;
 
-use crate::rotation::ports::{Database, DbError, DbSession};
+use std::future::Future;
+use std::time::Duration;
+
+use crate::rotation::ports::{
+    Database, DbError, DbSession, PasswordRules, ServerIdentity, SessionGroup,
+};
 use crate::secret::{Credentials, Endpoint, Engine};
 use async_trait::async_trait;
+use secrecy::SecretString;
 
-/// Picks the adapter for the secret's engine.
+/// Picks the adapter for the secret's engine, and bounds every call in wall time: a server (or
+/// a proxy, or a half-open connection) that accepts and never answers ends as `Unreachable`,
+/// never as a rotation that waits forever. The drivers' own timeouts do not cover it:
+/// tokio-postgres bounds only the TCP connect, mysql_async nothing.
 pub struct Databases {
     postgres: postgres::Postgres,
     mysql: mysql::MySql,
+    /// The bound on each call: a login (connect, TLS, authentication) or one statement.
+    timeout: Duration,
 }
 
 impl Databases {
-    pub fn new(tls: tls::DbTls) -> Self {
+    pub fn new(tls: tls::DbTls, timeout: Duration) -> Self {
         Self {
             postgres: postgres::Postgres::new(tls.clone()),
             mysql: mysql::MySql::new(tls),
+            timeout,
         }
     }
 
@@ -30,6 +42,21 @@ impl Databases {
     }
 }
 
+/// `work`, or `Unreachable` once `limit` has passed.
+async fn bounded<T>(
+    at: &str,
+    limit: Duration,
+    work: impl Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result,
+        Err(_) => Err(DbError::Unreachable {
+            at: at.to_owned(),
+            reason: format!("no answer within {}", humantime::format_duration(limit)),
+        }),
+    }
+}
+
 #[async_trait]
 impl Database for Databases {
     async fn check_login(
@@ -38,7 +65,9 @@ impl Database for Databases {
         at: &Endpoint,
         creds: &Credentials,
     ) -> Result<(), DbError> {
-        self.engine(engine)?.check_login(engine, at, creds).await
+        let work = self.engine(engine)?.check_login(engine, at, creds);
+        // A login and one statement.
+        bounded(&at.to_string(), self.timeout * 2, work).await
     }
 
     async fn login(
@@ -47,7 +76,13 @@ impl Database for Databases {
         at: &Endpoint,
         login: &Credentials,
     ) -> Result<Box<dyn DbSession>, DbError> {
-        self.engine(engine)?.login(engine, at, login).await
+        let work = self.engine(engine)?.login(engine, at, login);
+        let inner = bounded(&at.to_string(), self.timeout, work).await?;
+        Ok(Box::new(Bounded {
+            inner,
+            at: at.to_string(),
+            timeout: self.timeout,
+        }))
     }
 
     async fn privileges(
@@ -57,8 +92,51 @@ impl Database for Databases {
         login: &Credentials,
         user: &str,
     ) -> Result<Vec<String>, DbError> {
-        self.engine(engine)?
-            .privileges(engine, at, login, user)
-            .await
+        let work = self.engine(engine)?.privileges(engine, at, login, user);
+        bounded(&at.to_string(), self.timeout * 2, work).await
+    }
+}
+
+/// A session whose every statement is bounded (see `Databases`).
+struct Bounded {
+    inner: Box<dyn DbSession>,
+    at: String,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl DbSession for Bounded {
+    async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<(), DbError> {
+        bounded(
+            &self.at,
+            self.timeout,
+            self.inner.set_password(user, password),
+        )
+        .await
+    }
+
+    async fn recent_sessions(
+        &mut self,
+        user: &str,
+        within: Duration,
+    ) -> Result<Vec<SessionGroup>, DbError> {
+        bounded(
+            &self.at,
+            self.timeout,
+            self.inner.recent_sessions(user, within),
+        )
+        .await
+    }
+
+    async fn preflight(&mut self) -> Result<PasswordRules, DbError> {
+        bounded(&self.at, self.timeout, self.inner.preflight()).await
+    }
+
+    async fn accounts(&mut self, user: &str) -> Result<Option<Vec<String>>, DbError> {
+        bounded(&self.at, self.timeout, self.inner.accounts(user)).await
+    }
+
+    async fn identity(&mut self) -> Result<ServerIdentity, DbError> {
+        bounded(&self.at, self.timeout, self.inner.identity()).await
     }
 }

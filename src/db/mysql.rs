@@ -33,7 +33,9 @@ use sha1::{Digest, Sha1};
 use tracing::{debug, warn};
 
 use super::tls::{DbTls, TlsMode};
-use crate::rotation::ports::{Database, DbError, DbSession, PasswordRules, SessionGroup};
+use crate::rotation::ports::{
+    Database, DbError, DbSession, PasswordRules, ServerIdentity, SessionGroup,
+};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -254,6 +256,47 @@ const FACTS_SQL: &str = "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
     OR Variable_name LIKE 'password_reuse_check%' \
     OR Variable_name LIKE 'validate_password%'";
 
+const IDENTITY_SQL: &str = "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
+    ('server_uuid', 'server_uid', 'server_id', 'hostname', 'port')";
+
+/// What identifies a MySQL-family server, best first:
+/// - `server_uuid` (MySQL, Aurora MySQL): kept in the data directory, so a Multi-AZ standby that
+///   takes over keeps it; a binlog replica has its own (passwords change on the writer anyway);
+/// - `server_uid` (MariaDB 10.5.26 and later): a hash of the host's MAC address and the port;
+/// - otherwise (older MariaDB) the host name, port and `server_id`.
+///
+/// MariaDB's two are bound to the host: after a failover to another host the server counts as a
+/// new one, and a mark made before it is met again only once that secret rotates.
+fn identity_from(vars: &[(String, String)]) -> ServerIdentity {
+    let get = |name: &str| {
+        vars.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(uuid) = get("server_uuid") {
+        return ServerIdentity {
+            key: format!("mysql:{uuid}"),
+            detail: format!("server_uuid {uuid}"),
+        };
+    }
+    if let Some(uid) = get("server_uid") {
+        return ServerIdentity {
+            key: format!("mariadb:{uid}"),
+            detail: format!("MariaDB server_uid {uid} (bound to the host)"),
+        };
+    }
+    let (host, port, id) = (
+        get("hostname").unwrap_or("?"),
+        get("port").unwrap_or("?"),
+        get("server_id").unwrap_or("?"),
+    );
+    ServerIdentity {
+        key: format!("mariadb-host:{}:{port}:{id}", host.to_ascii_lowercase()),
+        detail: format!("MariaDB host {host}, port {port}, server_id {id} (bound to the host)"),
+    }
+}
+
 impl ServerFacts {
     fn from_variables(vars: &[(String, String)]) -> Self {
         let get = |name: &str| {
@@ -451,6 +494,12 @@ impl DbSession for MySqlSession {
     async fn preflight(&mut self) -> Result<PasswordRules, DbError> {
         self.how_to_send().await?;
         Ok(self.facts().await?.rules)
+    }
+
+    /// See `identity_from`.
+    async fn identity(&mut self) -> Result<ServerIdentity, DbError> {
+        let vars: Result<Vec<(String, String)>, _> = self.conn()?.query(IDENTITY_SQL).await;
+        Ok(identity_from(&vars.map_err(|e| self.err(e, &[]))?))
     }
 
     /// From `mysql.user`, which only a login with rights on the mysql schema may read.

@@ -12,7 +12,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{debug, warn};
 
 use super::tls::DbTls;
-use crate::rotation::ports::{Database, DbError, DbSession, PasswordRules, SessionGroup};
+use crate::rotation::ports::{
+    Database, DbError, DbSession, PasswordRules, ServerIdentity, SessionGroup,
+};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -336,6 +338,31 @@ impl DbSession for PgSession {
 
     async fn accounts(&mut self, user: &str) -> Result<Option<Vec<String>>, DbError> {
         Ok(Some(vec![user.to_owned()]))
+    }
+
+    /// The system identifier, made by initdb: a physical replica (a hot standby, a Multi-AZ
+    /// standby) shares its primary's, and every role may read it (`pg_control_system()` is
+    /// executable by PUBLIC). Servers restored from one snapshot, or (on RDS) made from one
+    /// image, may share it too: then they count as one server, which refuses more, never less.
+    async fn identity(&mut self) -> Result<ServerIdentity, DbError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT system_identifier::text FROM pg_control_system()",
+                &[],
+            )
+            .await
+            .map_err(|e| match classify(&self.at, &self.login_user, e) {
+                DbError::NotPermitted(m) => DbError::NotPermitted(format!(
+                    "{m}: reading the server's identity needs EXECUTE on pg_control_system() (PUBLIC has it unless revoked)"
+                )),
+                other => other,
+            })?;
+        let id: String = row.get(0);
+        Ok(ServerIdentity {
+            key: format!("pg:{id}"),
+            detail: format!("postgresql system identifier {id}"),
+        })
     }
 
     async fn recent_sessions(

@@ -36,7 +36,8 @@ pub struct State {
     pub db: HashMap<String, String>,
     /// every user whose password was set, in order
     pub password_changes: Vec<String>,
-    /// key -> (owner, expires, fence, record)
+    /// key -> (owner, expires, fence, record); no owner: free. `expires` is the holder's hint,
+    /// and changes with every renewal.
     pub leases: HashMap<String, (String, u64, u64, Option<StepRecord>)>,
     /// effects so far (puts, stage moves, password sets, record saves)
     pub effects: usize,
@@ -99,13 +100,14 @@ impl World {
         s.effects = 0;
     }
 
-    /// A new process: calls work again and every lease has expired.
+    /// A new process: calls work again, and the dead process's leases are taken over (at once
+    /// here: taking over a lease has tests of its own).
     pub fn restart(&self) {
         let mut s = self.state();
         s.dead = false;
         s.crash_at = None;
         for lease in s.leases.values_mut() {
-            lease.1 = 0;
+            lease.0.clear();
         }
     }
 
@@ -175,6 +177,7 @@ impl SecretStore for World {
             .get(name)
             .ok_or_else(|| SecretStoreError::NotFound(secret_id.into()))?;
         Ok(SecretMeta {
+            deleted: false,
             arn: format!("arn:fake:{name}"),
             versions: versions
                 .iter()
@@ -335,45 +338,55 @@ impl RecordStore for World {
         key: &str,
         owner: &str,
         ttl: Duration,
+        take_over: Option<&LeaseSeen>,
     ) -> Result<Acquired, RecordStoreError> {
+        let sent_at = tokio::time::Instant::now();
         let mut s = self.alive().map_err(RecordStoreError::Unavailable)?;
-        let now = now_ms();
         let entry = s
             .leases
             .entry(key.to_owned())
             .or_insert((String::new(), 0, 0, None));
-        if entry.1 >= now {
+        let free = entry.0.is_empty() || entry.0 == owner;
+        let unchanged = take_over.is_some_and(|seen| {
+            seen.owner == entry.0 && seen.fence == entry.2 && seen.expires_hint_ms == entry.1
+        });
+        if !free && !unchanged {
             return Ok(Acquired::Held {
-                owner: entry.0.clone(),
-                expires_at_ms: entry.1,
+                seen: LeaseSeen {
+                    owner: entry.0.clone(),
+                    fence: entry.2,
+                    expires_hint_ms: entry.1,
+                    beat: 0,
+                    ttl,
+                },
                 record: entry.3.clone().map(Box::new),
             });
         }
         entry.0 = owner.to_owned();
-        entry.1 = now + ttl.as_millis() as u64;
+        entry.1 = (entry.1 + 1).max(now_ms() + ttl.as_millis() as u64);
         entry.2 += 1;
         Ok(Acquired::Granted {
             lease: Lease {
                 key: key.to_owned(),
                 owner: owner.to_owned(),
                 fence: entry.2,
-                expires_at_ms: entry.1,
+                sent_at,
             },
             record: entry.3.clone().map(Box::new),
         })
     }
 
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<u64, RecordStoreError> {
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<(), RecordStoreError> {
         let mut s = self.alive().map_err(RecordStoreError::Unavailable)?;
         let entry = s
             .leases
             .get_mut(&lease.key)
             .ok_or(RecordStoreError::Fenced(lease.fence))?;
-        if entry.2 != lease.fence {
+        if entry.2 != lease.fence || entry.0 != lease.owner {
             return Err(RecordStoreError::Fenced(lease.fence));
         }
-        entry.1 = now_ms() + ttl.as_millis() as u64;
-        Ok(entry.1)
+        entry.1 = (entry.1 + 1).max(now_ms() + ttl.as_millis() as u64);
+        Ok(())
     }
 
     async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError> {
@@ -428,10 +441,49 @@ impl RecordStore for World {
         let mut s = self.alive().map_err(RecordStoreError::Unavailable)?;
         if let Some(entry) = s.leases.get_mut(&lease.key) {
             if entry.2 == lease.fence {
-                entry.1 = 0;
+                entry.0.clear();
             }
         }
         Ok(())
+    }
+
+    async fn unmark(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
+        let mut s = self.alive().map_err(RecordStoreError::Unavailable)?;
+        if let Some(set) = s.in_use.get_mut(user_key) {
+            set.remove(secret);
+        }
+        Ok(())
+    }
+
+    async fn user_marks(
+        &self,
+        user_key: &str,
+    ) -> Result<(Option<UserClaim>, Vec<String>), RecordStoreError> {
+        let s = self.alive().map_err(RecordStoreError::Unavailable)?;
+        let marks = s
+            .in_use
+            .get(user_key)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default();
+        Ok((s.claims.get(user_key).cloned(), marks))
+    }
+
+    async fn forget(&self, secret: &str) -> Result<Vec<String>, RecordStoreError> {
+        let mut s = self.alive().map_err(RecordStoreError::Unavailable)?;
+        let mut keys = std::collections::BTreeSet::new();
+        for (key, set) in &mut s.in_use {
+            if set.remove(secret) {
+                keys.insert(key.clone());
+            }
+        }
+        s.claims.retain(|key, claim| {
+            let ours = claim.secret == secret;
+            if ours {
+                keys.insert(key.clone());
+            }
+            !ours
+        });
+        Ok(keys.into_iter().collect())
     }
 
     async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError> {
@@ -545,6 +597,14 @@ impl DbSession for FakeSession {
                 at: self.at.to_string(),
                 reason,
             })
+    }
+
+    /// One server under every name.
+    async fn identity(&mut self) -> Result<ServerIdentity, DbError> {
+        Ok(ServerIdentity {
+            key: "fake:1".into(),
+            detail: "the fake database".into(),
+        })
     }
 
     async fn preflight(&mut self) -> Result<crate::rotation::ports::PasswordRules, DbError> {

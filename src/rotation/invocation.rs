@@ -103,6 +103,7 @@ mod tests {
         let mut versions = vec![(current.to_owned(), vec!["AWSCURRENT".to_owned()])];
         versions.extend(pending.map(|p| (p.to_owned(), vec!["AWSPENDING".to_owned()])));
         SecretMeta {
+            deleted: false,
             arn: "arn:s".into(),
             versions,
             rotation_enabled: true,

@@ -2,14 +2,21 @@
 //! the claim on the database user it changes, which other secrets naming that user respect.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tracing::warn;
 
-use super::ports::{Acquired, At, Claimed, Lease, RecordStoreError, Stage, UserClaim};
+use super::ports::{
+    Acquired, At, Claimed, Lease, LeaseSeen, RecordStoreError, SecretStoreError, ServerIdentity,
+    Stage, UserClaim,
+};
 use super::record::{now_ms, BeginIf, StepRecord};
 use super::{LeaseWait, RotationError, Rotator};
+use crate::secret::{Credentials, Endpoint, Engine};
 
 /// What [`acquire`] got.
 pub(super) enum Taken {
@@ -23,9 +30,15 @@ pub(super) enum Taken {
     Answered(String),
 }
 
-/// Takes the lease on `arn`, waiting for an expired holder when allowed. With `begin`, the first
-/// attempt also stores that new rotation's record if the item allows it (see `BeginIf`); after a
-/// wait it is not tried, since the plan it came from may be stale.
+/// Takes the lease on `arn`. A free or released lease is taken at once. A held one is taken
+/// only after this process has seen it unchanged (same owner, fence and beat) for a whole lease
+/// period of the holder's, on its own monotonic clock: a live holder renews within that, and a
+/// holder that cannot renew stops before it ends (`Flags`). No two clocks are compared.
+///
+/// With `LeaseWait::No` the wait happens only when the holder's own expiry (read as a hint, on
+/// our clock) says it is dead; a live-looking lease is given up on at once. With `begin`, the
+/// first attempt also stores that new rotation's record if the item allows it (see `BeginIf`);
+/// after a wait it is not tried, since the plan it came from may be stale.
 pub(super) async fn acquire(
     rotator: &Rotator,
     arn: &str,
@@ -41,11 +54,14 @@ pub(super) async fn acquire(
         rotator.owner,
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let give_up_at = match wait {
-        LeaseWait::No => now_ms(),
-        LeaseWait::UpTo(d) => now_ms() + d.as_millis() as u64,
+    let started = Instant::now();
+    let mut give_up_at = match wait {
+        LeaseWait::No => started,
+        LeaseWait::UpTo(d) => started + d,
     };
     let mut waited = false;
+    // The lease as first seen held, and since when: unchanged for a whole period, it is taken.
+    let mut watching: Option<(LeaseSeen, Instant)> = None;
     // Tried once, first: after a wait or a refusal the plan may be stale.
     let mut begin = begin;
     // A record that is not in progress says how the last rotation ended, and nothing a holder
@@ -57,6 +73,10 @@ pub(super) async fn acquire(
             .and_then(|r| skip(&r))
     };
     loop {
+        let take_over = watching
+            .as_ref()
+            .filter(|(seen, since)| since.elapsed() >= seen.ttl.max(ttl))
+            .map(|(seen, _)| seen);
         let acquired = match begin.take() {
             Some((record, cond)) => {
                 rotator
@@ -64,7 +84,7 @@ pub(super) async fn acquire(
                     .begin(arn, &owner, ttl, record, cond)
                     .await?
             }
-            None => rotator.records.acquire(arn, &owner, ttl).await?,
+            None => rotator.records.acquire(arn, &owner, ttl, take_over).await?,
         };
         match acquired {
             Acquired::Granted { lease, record } => return Ok(Taken::Lease(lease, record, waited)),
@@ -76,49 +96,113 @@ pub(super) async fn acquire(
                     return Ok(Taken::Answered(why));
                 }
             }
-            Acquired::Held {
-                owner,
-                expires_at_ms,
-                record,
-            } => {
+            Acquired::Held { seen, record } => {
                 if let Some(why) = answered(record) {
                     return Ok(Taken::Answered(why));
                 }
-                let now = now_ms();
+                let now = Instant::now();
+                if watching.as_ref().is_none_or(|(w, _)| *w != seen) {
+                    // New, or renewed since: the period starts again, from now.
+                    if watching.is_none()
+                        && matches!(wait, LeaseWait::No)
+                        && seen.expires_hint_ms < now_ms()
+                    {
+                        // By its own clock the holder stopped renewing: worth one period's wait.
+                        give_up_at = now + seen.ttl.max(ttl) + Duration::from_secs(1);
+                    }
+                    watching = Some((seen.clone(), now));
+                }
+                let since = watching.as_ref().map_or(now, |(_, t)| *t);
+                let take_at = since + seen.ttl.max(ttl);
                 if now >= give_up_at {
                     return Err(RotationError::Busy {
                         secret: arn.to_owned(),
-                        owner,
+                        owner: seen.owner,
                     });
                 }
-                // A live holder renews, so this may repeat; an dead one's lease simply expires.
-                let wait_ms = expires_at_ms.saturating_sub(now).clamp(100, 5_000) + 50;
-                warn!(secret = %arn, holder = %owner,
-                      expires_in = %humantime::format_duration(Duration::from_millis(expires_at_ms.saturating_sub(now))),
-                      "another process holds the lease; waiting for it to finish or expire");
-                tokio::time::sleep(Duration::from_millis(wait_ms.min(give_up_at - now))).await;
+                warn!(secret = %arn, holder = %seen.owner,
+                      unchanged_for = %humantime::format_duration(Duration::from_millis(now.duration_since(since).as_millis() as u64)),
+                      "another process holds the lease; waiting for it to finish, or to stop renewing for a whole lease period");
+                // Often enough to see a release soon after it happens.
+                let poll = (seen.ttl / 3).clamp(Duration::from_millis(100), POLL_MAX);
+                tokio::time::sleep_until(take_at.min(now + poll).min(give_up_at)).await;
                 waited = true;
             }
         }
     }
 }
 
-/// The database users a rotation claims and marks.
+/// The longest pause between two looks at a held lease.
+const POLL_MAX: Duration = Duration::from_secs(1);
+
+/// The database users a rotation claims and marks, and how to ask their server who it is.
 pub(super) struct UserClaims {
-    /// The user whose password changes, and its claim key.
+    /// The user whose password changes.
     pub target: String,
-    pub target_key: String,
-    /// The key of the user the secret's applications use now (AWSCURRENT).
-    pub in_use_key: String,
+    /// The user the secret's applications use now (AWSCURRENT).
+    pub in_use: String,
     pub claim: UserClaim,
+    pub engine: Engine,
+    /// Where passwords change (`admin_endpoint`).
+    pub server: Endpoint,
+    /// Logins that may ask the server its identity, best first, each with a label.
+    pub logins: Vec<(String, Credentials)>,
+    /// The master secret, the last login to try.
+    pub master: Option<String>,
 }
 
-/// Marks the user in use as this secret's, and claims the target (`claim_user`), at once. The
-/// mark goes first in effect, even when the claim is refused: another secret then sees it.
+/// The key of a database user's claim: engine, the server's own identity, and the user's name.
+/// Never the name used to reach the server: one server has many. (Secret ARNs, the other keys
+/// in the table, start with `arn:`.)
+pub(crate) fn user_key(engine: Engine, server: &ServerIdentity, user: &str) -> String {
+    format!("dbuser:{engine}:{}/{user}", server.key)
+}
+
+/// Asks the server who it is, with the first of `logins` (then the master secret) that may.
+pub(crate) async fn identify(
+    rotator: &Rotator,
+    engine: Engine,
+    server: &Endpoint,
+    logins: &[(String, Credentials)],
+    master: Option<&str>,
+) -> Result<ServerIdentity, RotationError> {
+    let mut tried = Vec::new();
+    let master = match master {
+        Some(id) => rotator
+            .read_user_secret(id, At::Stage(Stage::Current))
+            .await?
+            .map(|s| (format!("master secret {id}"), s.credentials)),
+        None => None,
+    };
+    for (label, login) in logins.iter().chain(master.as_ref()) {
+        let asked = match rotator.db.login(engine, server, login).await {
+            Ok(mut session) => session.identity().await,
+            Err(e) => Err(e),
+        };
+        match asked {
+            Ok(id) => return Ok(id),
+            Err(e) if e.try_next_source() => tried.push(format!("{label}: {e}")),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(RotationError::NoServerIdentity {
+        at: server.to_string(),
+        tried: tried.join("; "),
+    })
+}
+
+/// Marks the user in use as this secret's, and claims the target (`claim_user`), at once, under
+/// keys of the server's identity. The mark goes first in effect, even when the claim is refused:
+/// another secret then sees it.
 pub(super) async fn claim_users(rotator: &Rotator, c: &UserClaims) -> Result<(), RotationError> {
+    let server = identify(rotator, c.engine, &c.server, &c.logins, c.master.as_deref()).await?;
+    let (target_key, in_use_key) = (
+        user_key(c.engine, &server, &c.target),
+        user_key(c.engine, &server, &c.in_use),
+    );
     let (claimed, marked) = tokio::join!(
-        claim_user(rotator, &c.target_key, &c.target, &c.claim),
-        rotator.records.mark_in_use(&c.in_use_key, &c.claim.secret)
+        claim_user(rotator, &target_key, &c.target, &c.claim),
+        rotator.records.mark_in_use(&in_use_key, &c.claim.secret)
     );
     marked?;
     claimed
@@ -128,8 +212,8 @@ pub(super) async fn claim_users(rotator: &Rotator, c: &UserClaims) -> Result<(),
 /// makes, so that a user another secret uses keeps its password.
 pub(crate) async fn claim_existing_user(
     rotator: &Rotator,
-    engine: crate::secret::Engine,
-    at: &crate::secret::Endpoint,
+    engine: Engine,
+    server: &ServerIdentity,
     user: &str,
     secret: &str,
 ) -> Result<(), RotationError> {
@@ -137,7 +221,7 @@ pub(crate) async fn claim_existing_user(
         secret: secret.to_owned(),
         rotation_id: "adopt".to_owned(),
     };
-    claim_user(rotator, &super::user_key(engine, at, user), user, &claim).await
+    claim_user(rotator, &user_key(engine, server, user), user, &claim).await
 }
 
 /// Claims the database user that `claim`'s rotation changes, so that no other secret naming the
@@ -164,11 +248,20 @@ async fn claim_user(
         {
             Claimed::Ours { in_use_by } => {
                 for other in in_use_by.iter().filter(|s| **s != claim.secret) {
-                    if is_current_user_of(rotator, other, user).await? {
-                        return Err(RotationError::UserShared {
-                            user: user.to_owned(),
-                            secret: other.clone(),
-                        });
+                    match uses(rotator, other, user).await? {
+                        Uses::Yes => {
+                            return Err(RotationError::UserShared {
+                                user: user.to_owned(),
+                                secret: other.clone(),
+                            })
+                        }
+                        Uses::No => {}
+                        // Its mark only grows the set: cleared as it is met.
+                        Uses::Gone => {
+                            if let Err(e) = rotator.records.unmark(user_key, other).await {
+                                warn!(%user, secret = %other, error = %e, "could not clear the mark of a deleted secret");
+                            }
+                        }
                     }
                 }
                 return Ok(());
@@ -187,7 +280,7 @@ async fn claim_user(
         }
         // Ended. If the user is what that secret's applications use now, changing its password
         // breaks them.
-        if is_current_user_of(rotator, &holder.secret, user).await? {
+        if uses(rotator, &holder.secret, user).await? == Uses::Yes {
             return Err(RotationError::UserShared {
                 user: user.to_owned(),
                 secret: holder.secret,
@@ -203,50 +296,99 @@ async fn claim_user(
     })
 }
 
-/// `user` is what `secret`'s applications use now (its AWSCURRENT). A deleted secret uses nobody.
-async fn is_current_user_of(
+/// Whether a secret that marked or claimed a user has it in AWSCURRENT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Uses {
+    Yes,
+    No,
+    /// Scheduled for deletion, or gone: it uses nobody.
+    Gone,
+}
+
+/// Whether `user` is what `secret`'s applications use now (its AWSCURRENT). A secret scheduled
+/// for deletion (reads refused with InvalidRequestException, DescribeSecret shows DeletedDate)
+/// or gone uses nobody. One that cannot be read for another reason (a policy's deny, a KMS key)
+/// may still be in use: refused, naming the command that clears its marks.
+pub(crate) async fn uses(
     rotator: &Rotator,
     secret: &str,
     user: &str,
-) -> Result<bool, RotationError> {
-    let current = rotator
-        .secrets
-        .get(secret, At::Stage(Stage::Current))
-        .await?;
-    Ok(current
-        .and_then(|v| crate::secret::AppSecret::parse(&v.value).ok())
-        .is_some_and(|app| app.credentials.username == user))
+) -> Result<Uses, RotationError> {
+    let unreadable = |reason: String| RotationError::MarkUnreadable {
+        secret: secret.to_owned(),
+        user: user.to_owned(),
+        reason,
+    };
+    match rotator.secrets.get(secret, At::Stage(Stage::Current)).await {
+        Ok(Some(v)) => Ok(match crate::secret::AppSecret::parse(&v.value) {
+            Ok(app) if app.credentials.username == user => Uses::Yes,
+            Ok(_) => Uses::No,
+            Err(e) => return Err(unreadable(format!("its AWSCURRENT does not parse: {e}"))),
+        }),
+        Ok(None) | Err(SecretStoreError::NotFound(_)) => Ok(Uses::Gone),
+        Err(SecretStoreError::InvalidRequest(m)) => match rotator.secrets.describe(secret).await {
+            Ok(meta) if meta.deleted => Ok(Uses::Gone),
+            Err(SecretStoreError::NotFound(_)) => Ok(Uses::Gone),
+            Ok(_) => Err(unreadable(m)),
+            Err(e) if e.is_retryable() => Err(e.into()),
+            Err(e) => Err(unreadable(e.to_string())),
+        },
+        Err(e) if e.is_retryable() => Err(e.into()),
+        Err(e) => Err(unreadable(e.to_string())),
+    }
+}
+
+/// How much of its lease a holder uses, by its own clock: the rest covers clocks that run at
+/// slightly different rates (real ones differ by parts per million; this allows 10 %).
+pub(crate) fn holder_window(ttl: Duration) -> Duration {
+    ttl - ttl / 10
 }
 
 /// What the work under a lease and its heartbeat tell each other.
 #[derive(Debug)]
 pub(crate) struct Flags {
-    /// A renewal found someone else holding the lease: the work stops at its next step.
+    /// A renewal found someone else holding the lease: the work stops at once.
     pub lost: AtomicBool,
     /// The work gave the lease back with its last write: nothing is left to renew or release.
     pub released: AtomicBool,
-    /// When the lease runs out, by our clock, as last taken or renewed (ms since the epoch).
-    expires_at_ms: AtomicU64,
+    /// Until when the lease is ours by our monotonic clock: the send time of the last write that
+    /// took or renewed it, plus `holder_window`.
+    valid_until: Mutex<Instant>,
 }
 
 impl Flags {
-    pub fn new(lease: &Lease) -> Self {
+    pub fn new(lease: &Lease, ttl: Duration) -> Self {
         Self {
             lost: AtomicBool::new(false),
             released: AtomicBool::new(false),
-            expires_at_ms: AtomicU64::new(lease.expires_at_ms),
+            valid_until: Mutex::new(lease.sent_at + holder_window(ttl)),
         }
     }
 
+    fn valid_until(&self) -> Instant {
+        *self.valid_until.lock().expect("lease flags")
+    }
+
     /// The lease may be someone else's now: a renewal said so, or renewals have failed (say,
-    /// the state table is unreachable) until it ran out.
+    /// the state table is unreachable) until it ran out by our own clock.
     pub fn may_be_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst) || now_ms() >= self.expires_at_ms.load(Ordering::SeqCst)
+        self.lost.load(Ordering::SeqCst) || Instant::now() >= self.valid_until()
+    }
+
+    /// Resolves once `may_be_lost`: the work racing it is stopped there, inside a step, before
+    /// its next external effect.
+    pub async fn until_lost(&self) {
+        while !self.may_be_lost() {
+            let until = self
+                .valid_until()
+                .min(Instant::now() + Duration::from_millis(50));
+            tokio::time::sleep_until(until).await;
+        }
     }
 }
 
 /// Runs `work` while renewing the lease every third of its duration. When a renewal finds that
-/// someone else took the lease, `lost` is set, so the work stops at its next step; its record
+/// someone else took the lease, `lost` is set; the work stops (`until_lost`), and its record
 /// writes would be refused by the fence anyway.
 pub(crate) async fn heartbeat<T>(
     rotator: &Rotator,
@@ -259,20 +401,27 @@ pub(crate) async fn heartbeat<T>(
     // The lease is fresh: the first renewal is due a period from now. (Not `interval`'s
     // immediate first tick, which waits for the timer's next millisecond.)
     let period = ttl / 3;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(work);
     loop {
         tokio::select! {
             out = &mut work => return out,
             _ = tick.tick(), if !lost.load(Ordering::SeqCst) && !flags.released.load(Ordering::SeqCst) => {
-                match rotator.records.renew(lease, ttl).await {
-                    Ok(expires) => flags.expires_at_ms.store(expires, Ordering::SeqCst),
-                    Err(RecordStoreError::Fenced(fence)) => {
+                // Counted from the send: the taker's period starts no earlier than the write lands.
+                let sent = Instant::now();
+                // A renewal that takes longer than the lease is worth nothing.
+                let renewed = tokio::time::timeout(holder_window(ttl), rotator.records.renew(lease, ttl)).await;
+                match renewed {
+                    Ok(Ok(())) => {
+                        *flags.valid_until.lock().expect("lease flags") = sent + holder_window(ttl);
+                    }
+                    Ok(Err(RecordStoreError::Fenced(fence))) => {
                         warn!(secret = %lease.key, fence, "lease taken over by another worker; stepping back");
                         lost.store(true, Ordering::SeqCst);
                     }
-                    Err(e) => warn!(secret = %lease.key, error = %e, "could not renew the lease; will retry"),
+                    Ok(Err(e)) => warn!(secret = %lease.key, error = %e, "could not renew the lease; will retry"),
+                    Err(_) => warn!(secret = %lease.key, "the lease renewal got no answer; will retry"),
                 }
             }
         }

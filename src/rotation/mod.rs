@@ -63,6 +63,12 @@ use record::{now_ms, BeginIf, Plan, Step, StepRecord};
 /// Backoff for retryable errors. One value, documented defaults, used everywhere a step retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
+    /// The wall-clock bound on each database call: a login (connect, TLS, authentication) or
+    /// one statement. A server that accepts and never answers fails with `Unreachable`.
+    pub db_timeout: Duration,
+    /// The wall-clock bound on each AWS call, the SDK's retries included (each attempt gets a
+    /// third of it).
+    pub aws_timeout: Duration,
     /// First delay after a retryable failure.
     pub min_delay: Duration,
     /// Delays double up to this.
@@ -83,6 +89,8 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
+            db_timeout: Duration::from_secs(10),
+            aws_timeout: Duration::from_secs(30),
             min_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(5),
             max_attempts: 3,
@@ -209,6 +217,14 @@ pub enum RotationError {
     },
     #[error("database user {user} is AWSCURRENT of secret {secret}, which rotates it too: changing its password would break that secret's applications. Give each secret users of its own")]
     UserShared { user: String, secret: String },
+    #[error("secret {secret} marks database user {user} as its own, but cannot be read ({reason}), so its applications may still use that user; the rotation is refused and nothing was changed. Let this tool read it, or, if it no longer uses user {user}, clear its marks with `rds-rotator forget {secret}`")]
+    MarkUnreadable {
+        secret: String,
+        user: String,
+        reason: String,
+    },
+    #[error("cannot ask the database at {at} who it is (claims on its users are keyed by the server's own identity, never by a name): {tried}")]
+    NoServerIdentity { at: String, tried: String },
     #[error("{found}, so an application still logs in with credentials from two rotations ago; the rotation of {secret} waits before changing the password, and resumes once those sessions stop (`rotate --ignore-in-use` goes on anyway)")]
     UserInUse { secret: String, found: InUse },
     #[error("the rotation {asked} of {secret} that Secrets Manager asks for cannot run: rotation {running} is in progress and finishes first (its own next attempt, or the queue's, resumes it)")]
@@ -285,6 +301,8 @@ impl RotationError {
             | Self::NotStartedBySecretsManager { .. }
             | Self::TooSoon { .. }
             | Self::UserShared { .. }
+            | Self::MarkUnreadable { .. }
+            | Self::NoServerIdentity { .. }
             | Self::Inconsistent { .. } => false,
         }
     }
@@ -337,29 +355,52 @@ pub enum Outcome {
     },
 }
 
-/// Asks running rotations to stop at their next persisted step (SIGTERM). Cheap to clone.
+/// Asks running rotations to stop: at their next persisted step (`trigger`, SIGTERM), or
+/// inside the step they are in (`stop_now`, Lambda's deadline). Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Shutdown(Arc<tokio::sync::watch::Sender<bool>>);
+pub struct Shutdown(Arc<tokio::sync::watch::Sender<u8>>);
+
+/// `Shutdown`'s levels.
+const STOP_AFTER_STEP: u8 = 1;
+const STOP_NOW: u8 = 2;
 
 impl Default for Shutdown {
     fn default() -> Self {
-        Self(Arc::new(tokio::sync::watch::channel(false).0))
+        Self(Arc::new(tokio::sync::watch::channel(0).0))
     }
 }
 
 impl Shutdown {
     pub fn trigger(&self) {
-        self.0.send_replace(true);
+        self.0.send_if_modified(|level| {
+            let raise = *level < STOP_AFTER_STEP;
+            if raise {
+                *level = STOP_AFTER_STEP;
+            }
+            raise
+        });
+    }
+
+    /// Stops the step in progress where it is: every step is idempotent, and the next run
+    /// resumes it. For a deadline that kills the process (Lambda's).
+    pub fn stop_now(&self) {
+        self.0.send_replace(STOP_NOW);
     }
 
     pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
+        *self.0.borrow() >= STOP_AFTER_STEP
     }
 
-    /// Resolves once `trigger` has been called.
+    /// Resolves once `trigger` (or `stop_now`) has been called.
     pub async fn wait(&self) {
         let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|stopping| *stopping).await;
+        let _ = rx.wait_for(|level| *level >= STOP_AFTER_STEP).await;
+    }
+
+    /// Resolves once `stop_now` has been called.
+    pub async fn wait_now(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|level| *level >= STOP_NOW).await;
     }
 }
 
@@ -592,7 +633,7 @@ impl Rotator {
                 (lease, meta, start)
             }
         };
-        let flags = lease::Flags::new(&lease);
+        let flags = lease::Flags::new(&lease, self.settings.lease_duration);
         let result = lease::heartbeat(
             self,
             &lease,
@@ -805,7 +846,11 @@ impl Rotator {
                                 | RotationError::Records(RecordStoreError::Fenced(_))
                                 // Sessions do not end in seconds: a later run looks again.
                                 | RotationError::UserInUse { .. }
-                        ) =>
+                        )
+                        // The test waited its whole deadline already, unless it sent the
+                        // rotation back to set the password again.
+                        && (!matches!(e, RotationError::TestTimedOut { .. })
+                            || run.record.step == Step::SetPassword) =>
                 {
                     let delay = delays.next().unwrap_or(self.settings.retry.max_delay);
                     warn!(secret = %run.record.secret_id, step = %run.record.step, error = %e,
@@ -1007,16 +1052,6 @@ impl Rotator {
             count: ids.len(),
         })
     }
-}
-
-/// The key of a database user's claim: engine, server and name. (Secret ARNs, the other keys in
-/// the table, start with `arn:`.)
-fn user_key(engine: Engine, at: &Endpoint, user: &str) -> String {
-    format!(
-        "dbuser:{engine}://{}:{}/{user}",
-        at.host.to_ascii_lowercase(),
-        at.port
-    )
 }
 
 /// Two secret values mean the same JSON (key order and spacing aside).
@@ -1405,16 +1440,27 @@ impl Run<'_> {
                 self.target_user().to_owned(),
                 self.record.current_user.clone().unwrap_or_default(),
             );
-            let current = self.current().await?;
-            let key = |user: &str| user_key(current.engine, current.admin_endpoint(), user);
+            let current = self.current().await?.clone();
+            // Who may ask the server who it is: the user in use (its applications log in with
+            // it), then the idle user's proxy secret as planning read it, then the master secret.
+            let mut logins = vec![("AWSCURRENT".to_owned(), current.credentials.clone())];
+            logins.extend(self.proxy.as_ref().map(|p| {
+                (
+                    "the idle user's proxy secret".to_owned(),
+                    p.credentials.clone(),
+                )
+            }));
             Some(lease::UserClaims {
-                target_key: key(&target),
-                in_use_key: key(&in_use),
                 target,
+                in_use,
                 claim: UserClaim {
                     secret: self.record.secret_id.clone(),
                     rotation_id: self.record.rotation_id.clone().unwrap_or_default(),
                 },
+                engine: current.engine,
+                server: current.admin_endpoint().clone(),
+                logins,
+                master: current.master_secret_id.clone(),
             })
         };
         if self.record.step != Step::CreatePending {
@@ -1437,43 +1483,19 @@ impl Run<'_> {
             failpoint::hit(&format!("before:{step}")).await;
             let began = Instant::now();
             self.trace.with(|t| t.last_step = Some(step));
-            let next = if let Some(claims) = claims.take() {
-                let rotator = self.rotator;
-                let (next, claimed) =
-                    tokio::join!(self.run_step(step), lease::claim_users(rotator, &claims));
-                if let Err(e) = claimed {
-                    // Refused for good: this rotation will not run, so its AWSPENDING goes too
-                    // (no password changed). A wait keeps it, to resume.
-                    if next.is_ok() && !e.is_retryable() {
-                        let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
-                        if let Err(undo) = rotator
-                            .secrets
-                            .remove_stage(&arn, Stage::Pending, &id)
-                            .await
-                        {
-                            warn!(secret = %arn, error = %undo, "could not remove AWSPENDING of a refused rotation");
-                        }
+            // Stopped inside the step when the lease may be lost (by our own clock) or the
+            // process must stop now: every step is idempotent, and the next run resumes it.
+            let (flags, shutdown) = (self.flags, self.rotator.shutdown.clone());
+            let next = tokio::select! {
+                next = self.step_with_claims(step, claims.take()) => next?,
+                _ = flags.until_lost() => return Err(RotationError::LeaseLost(self.arn().to_owned())),
+                _ = shutdown.wait_now() => {
+                    if self.unsaved {
+                        self.rotator.records.save(self.lease, &self.record).await?;
+                        self.unsaved = false;
                     }
-                    return Err(e);
+                    return Err(RotationError::Interrupted(self.arn().to_owned()));
                 }
-                next?
-            } else if step == Step::SetPassword {
-                let (rotator, lease, record) = (self.rotator, self.lease, self.record.clone());
-                let write = async move {
-                    rotator
-                        .records
-                        .save(lease, &record)
-                        .await
-                        .map_err(RotationError::from)
-                };
-                // Both run to the end: a write cancelled half-way could land after a later one.
-                let (next, written) = tokio::join!(self.run_step(step), write);
-                let next = next?;
-                written?;
-                self.unsaved = false;
-                next
-            } else {
-                self.run_step(step).await?
             };
             self.trace.with(|t| t.steps.push((step, began.elapsed())));
             failpoint::hit(&format!("after:{step}")).await;
@@ -1500,6 +1522,53 @@ impl Run<'_> {
             self.unsaved = false;
         }
         Ok(())
+    }
+
+    /// One step, with the writes that go beside it (see `drive`).
+    async fn step_with_claims(
+        &mut self,
+        step: Step,
+        claims: Option<lease::UserClaims>,
+    ) -> Result<Step, RotationError> {
+        Ok(if let Some(claims) = claims {
+            let rotator = self.rotator;
+            let (next, claimed) =
+                tokio::join!(self.run_step(step), lease::claim_users(rotator, &claims));
+            if let Err(e) = claimed {
+                // Refused for good: this rotation will not run, so its AWSPENDING goes too
+                // (no password changed). A wait keeps it, to resume.
+                if next.is_ok() && !e.is_retryable() {
+                    let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
+                    if let Err(undo) = rotator
+                        .secrets
+                        .remove_stage(&arn, Stage::Pending, &id)
+                        .await
+                    {
+                        warn!(secret = %arn, error = %undo, "could not remove AWSPENDING of a refused rotation");
+                    }
+                }
+                return Err(e);
+            }
+            next?
+        } else if step == Step::SetPassword {
+            let (rotator, lease, record) = (self.rotator, self.lease, self.record.clone());
+            let write = async move {
+                rotator
+                    .records
+                    .save(lease, &record)
+                    .await
+                    .map_err(RotationError::from)
+            };
+            // Both run to the end: a write cancelled half-way could land after a later one. (Only
+            // a run that stops for good cancels them: see `drive`.)
+            let (next, written) = tokio::join!(self.run_step(step), write);
+            let next = next?;
+            written?;
+            self.unsaved = false;
+            next
+        } else {
+            self.run_step(step).await?
+        })
     }
 
     async fn run_step(&mut self, step: Step) -> Result<Step, RotationError> {
@@ -2013,10 +2082,23 @@ impl Run<'_> {
                 DbError::LoginRejected(_) | DbError::LoginForbidden { .. }
             ) || p.error.is_retryable()
         };
+        // The deadline bounds wall time, not only the sum of the pauses: a login that gets no
+        // answer (a path that accepts and never answers) ends with it.
+        let end = tokio::time::Instant::now() + deadline;
+        let timed_out = |last: String| RotationError::TestTimedOut {
+            user: pending.username.clone(),
+            at: app_path.to_string(),
+            deadline: humantime::format_duration(deadline).to_string(),
+            last,
+        };
+        let no_answer = || timed_out("a login got no answer by then".to_owned());
         // Usually the first login passes. If not, the proxy may take minutes to read its secret:
         // the record says the rotation waits here (status shows it, and a crash while waiting
         // resumes here rather than before the proxy step).
-        match attempt().await {
+        let Ok(first) = tokio::time::timeout_at(end, attempt()).await else {
+            return Err(no_answer());
+        };
+        match first {
             Ok(()) => return Ok(Step::Finish),
             Err(p) if waits(&p) => {
                 self.trace.with(|t| t.retries += 1);
@@ -2028,7 +2110,7 @@ impl Run<'_> {
             }
             Err(p) => return Err(p.error.into()),
         }
-        let outcome = attempt
+        let retried = attempt
             .retry(
                 self.rotator
                     .settings
@@ -2042,8 +2124,10 @@ impl Run<'_> {
             .notify(|p, delay| {
                 self.trace.with(|t| t.retries += 1);
                 info!(user = %pending.username, at = %p.at, error = %p.error, retry_in = ?delay, "new credentials not accepted yet");
-            })
-            .await;
+            });
+        let Ok(outcome) = tokio::time::timeout_at(end, retried).await else {
+            return Err(no_answer());
+        };
         match outcome {
             Ok(()) => Ok(Step::Finish),
             Err(p) if waits(&p) => {

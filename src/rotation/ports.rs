@@ -70,6 +70,9 @@ pub struct SecretMeta {
     pub name: String,
     pub kms_key_id: Option<String>,
     pub tags: Vec<(String, String)>,
+    /// Scheduled for deletion (DescribeSecret's DeletedDate): reads of its values are refused
+    /// (InvalidRequestException) until it is restored or purged.
+    pub deleted: bool,
 }
 
 impl SecretMeta {
@@ -147,13 +150,34 @@ pub trait SecretStore: Send + Sync {
 }
 
 /// The right to work on one secret. Every write under it is conditional on `fence`.
+///
+/// Time is never compared across machines: a taker waits until it has seen the same lease
+/// (`LeaseSeen`) unchanged for a whole lease period on its own monotonic clock, and a holder
+/// counts its lease from when it *sent* the write that took or renewed it, on its own monotonic
+/// clock (`lease::Flags`). What remains assumed is a bound on how fast two clocks drift apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub key: String,
     pub owner: String,
     /// Increases with every acquisition: a stale holder's writes no longer match.
     pub fence: u64,
-    pub expires_at_ms: u64,
+    /// When the write that took it was sent, on this process's monotonic clock.
+    pub sent_at: tokio::time::Instant,
+}
+
+/// A lease as another process holds it: what a taker watches for change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseSeen {
+    pub owner: String,
+    pub fence: u64,
+    /// The holder's own idea of its expiry (its wall clock, ms since the epoch): every renewal
+    /// changes it. Never compared with the taker's clock for safety, only shown, and used as a
+    /// hint of whether waiting is worth it.
+    pub expires_hint_ms: u64,
+    /// Renewals so far.
+    pub beat: u64,
+    /// The holder's lease period (another process may run with another setting).
+    pub ttl: Duration,
 }
 
 #[derive(Debug)]
@@ -171,8 +195,7 @@ pub enum Acquired {
     /// rotation, and nothing was written.
     NotBegun { record: Option<Box<StepRecord>> },
     Held {
-        owner: String,
-        expires_at_ms: u64,
+        seen: LeaseSeen,
         /// The record as the item holds it (perhaps the last rotation's, if the holder has not
         /// written yet): it may already answer the request.
         record: Option<Box<StepRecord>>,
@@ -217,11 +240,14 @@ pub enum Claimed {
 /// Leases and step records; one item per secret holds both.
 #[async_trait]
 pub trait RecordStore: Send + Sync {
+    /// Takes the lease when it is free (never taken, or released), or when it is still exactly
+    /// `take_over`: a lease the caller has watched unchanged for a whole period.
     async fn acquire(
         &self,
         key: &str,
         owner: &str,
         ttl: Duration,
+        take_over: Option<&LeaseSeen>,
     ) -> Result<Acquired, RecordStoreError>;
     /// Takes the lease and stores `record`, a new rotation's, in one write: when the lease is
     /// free and `cond` allows it. Otherwise it writes no record: `Held`, `NotBegun`, or (this
@@ -235,7 +261,7 @@ pub trait RecordStore: Send + Sync {
         record: &StepRecord,
         cond: &BeginIf,
     ) -> Result<Acquired, RecordStoreError> {
-        match self.acquire(key, owner, ttl).await? {
+        match self.acquire(key, owner, ttl, None).await? {
             Acquired::Granted {
                 lease,
                 record: existing,
@@ -254,8 +280,8 @@ pub trait RecordStore: Send + Sync {
             other => Ok(other),
         }
     }
-    /// Extends the lease; `Fenced` when someone else holds it now.
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<u64, RecordStoreError>;
+    /// Renews the lease (a new beat, which takers see); `Fenced` when someone else holds it now.
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<(), RecordStoreError>;
     /// Writes the record, only if `lease.fence` is still the item's fence.
     async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError>;
     async fn release(&self, lease: &Lease) -> Result<(), RecordStoreError>;
@@ -281,6 +307,28 @@ pub trait RecordStore: Send + Sync {
     /// Notes that `secret` has database user `user_key` in AWSCURRENT (an unconditional add to
     /// a set: a claim of that user by another secret then sees it).
     async fn mark_in_use(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError>;
+    /// Takes `secret` off the marks of database user `user_key` (it is deleted: it uses nobody).
+    async fn unmark(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
+        let _ = (user_key, secret);
+        Err(RecordStoreError::Misconfigured(
+            "this store cannot clear marks".into(),
+        ))
+    }
+    /// Who claimed database user `user_key`, and which secrets marked it (`check`).
+    async fn user_marks(
+        &self,
+        user_key: &str,
+    ) -> Result<(Option<UserClaim>, Vec<String>), RecordStoreError> {
+        let _ = user_key;
+        Ok((None, Vec::new()))
+    }
+    /// Removes every claim and mark of `secret` (`rds-rotator forget`); returns the user keys.
+    async fn forget(&self, secret: &str) -> Result<Vec<String>, RecordStoreError> {
+        let _ = secret;
+        Err(RecordStoreError::Misconfigured(
+            "this store cannot forget a secret".into(),
+        ))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -435,6 +483,18 @@ pub trait DbSession: Send {
     /// The accounts of `user` (MySQL: one per host, each with its own password; PostgreSQL: the
     /// role), or `None` when this login may not list them.
     async fn accounts(&mut self, user: &str) -> Result<Option<Vec<String>>, DbError>;
+    /// What the server says it is (see `ServerIdentity`).
+    async fn identity(&mut self) -> Result<ServerIdentity, DbError>;
+}
+
+/// What a database server says it is, the same under every name that reaches it (cluster,
+/// instance and proxy endpoints, CNAMEs): claims and marks on its users are keyed by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerIdentity {
+    /// Part of a claim key: `pg:<system identifier>`, `mysql:<server_uuid>`, ...
+    pub key: String,
+    /// For people (`check`): what it is and where it comes from.
+    pub detail: String,
 }
 
 /// Sessions of one database user from one place.

@@ -56,6 +56,8 @@ fn rotator(w: &World) -> Rotator {
             // One attempt per process: a crash must be survived by the next process, not hidden
             // by an in-process retry.
             retry: RetryPolicy {
+                db_timeout: Duration::from_secs(10),
+                aws_timeout: Duration::from_secs(30),
                 min_delay: Duration::from_millis(1),
                 max_delay: Duration::from_millis(20),
                 max_attempts: 1,
@@ -460,7 +462,12 @@ async fn a_held_lease_makes_a_second_worker_step_back() {
     let w = world();
     use super::ports::RecordStore;
     let held = w
-        .acquire(&format!("arn:fake:{APP}"), "other", Duration::from_secs(30))
+        .acquire(
+            &format!("arn:fake:{APP}"),
+            "other",
+            Duration::from_secs(30),
+            None,
+        )
         .await
         .unwrap();
     assert!(matches!(held, super::ports::Acquired::Granted { .. }));
@@ -549,7 +556,12 @@ async fn a_copy_that_finds_the_lease_held_is_answered_from_the_record_without_wa
     // Another copy of the same request holds the lease, deciding to skip.
     use super::ports::RecordStore;
     let held = w
-        .acquire(&format!("arn:fake:{APP}"), "other", Duration::from_secs(30))
+        .acquire(
+            &format!("arn:fake:{APP}"),
+            "other",
+            Duration::from_secs(30),
+            None,
+        )
         .await
         .unwrap();
     assert!(matches!(held, super::ports::Acquired::Granted { .. }));
@@ -569,7 +581,12 @@ async fn a_finished_rotation_leaves_the_lease_free_for_the_next() {
     rotate(&w).await.unwrap();
     use super::ports::RecordStore;
     let next = w
-        .acquire(&format!("arn:fake:{APP}"), "next", Duration::from_secs(30))
+        .acquire(
+            &format!("arn:fake:{APP}"),
+            "next",
+            Duration::from_secs(30),
+            None,
+        )
         .await
         .unwrap();
     assert!(
@@ -612,10 +629,11 @@ impl super::ports::RecordStore for ShutdownAt {
         key: &str,
         owner: &str,
         ttl: Duration,
+        take_over: Option<&super::ports::LeaseSeen>,
     ) -> Result<super::ports::Acquired, RecordStoreError> {
-        self.world.acquire(key, owner, ttl).await
+        self.world.acquire(key, owner, ttl, take_over).await
     }
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<u64, RecordStoreError> {
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<(), RecordStoreError> {
         self.world.renew(lease, ttl).await
     }
     async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError> {
@@ -805,10 +823,11 @@ impl super::ports::RecordStore for NoRenewals {
         key: &str,
         owner: &str,
         ttl: Duration,
+        take_over: Option<&super::ports::LeaseSeen>,
     ) -> Result<super::ports::Acquired, RecordStoreError> {
-        self.0.acquire(key, owner, ttl).await
+        self.0.acquire(key, owner, ttl, take_over).await
     }
-    async fn renew(&self, _lease: &Lease, _ttl: Duration) -> Result<u64, RecordStoreError> {
+    async fn renew(&self, _lease: &Lease, _ttl: Duration) -> Result<(), RecordStoreError> {
         Err(RecordStoreError::Unavailable(
             "the table is unreachable".into(),
         ))

@@ -665,7 +665,10 @@ impl Pair {
         Rotator {
             secrets: Arc::new(SecretsManager::new(&aws)),
             records: Arc::new(DynamoRecords::new(&aws, &self.table)),
-            db: Arc::new(Databases::new(DbTls::new(TlsMode::Disable, None).unwrap())),
+            db: Arc::new(Databases::new(
+                DbTls::new(TlsMode::Disable, None).unwrap(),
+                std::time::Duration::from_secs(10),
+            )),
             reporter: Arc::new(rds_rotator::rotation::ports::NoReports),
             settings,
             owner: format!("in-process-{}", suffix()),
