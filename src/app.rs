@@ -174,6 +174,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             json,
         } => setup(args, &aws, queue_name.as_deref(), max_receive_count, json).await,
         Command::Status { secret_id, json } => status(args, &aws, &secret_id, json).await,
+        Command::Forget { secret_id, json } => forget(args, &aws, &secret_id, json).await,
         Command::Adopt {
             secret_id,
             master_secret,
@@ -475,6 +476,58 @@ async fn rotate(
             unreachable!("only Secrets Manager's calls stop before the end")
         }
         Err(e) => rotation_failed(secret_id, &e),
+    }
+}
+
+/// `rds-rotator forget`: see the command's help.
+async fn forget(
+    args: &GlobalArgs,
+    aws: &aws_config::SdkConfig,
+    secret_id: &str,
+    json: bool,
+) -> ExitCode {
+    let rotator = match rotator(args, aws, false) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    // Marks name secrets by ARN: a name is resolved when the secret can still be described.
+    let arn = match rotator.secrets.describe(secret_id).await {
+        Ok(meta) => meta.arn,
+        Err(_) => secret_id.to_owned(),
+    };
+    match rotator.records.load(&arn).await {
+        Ok(Some(r)) if r.is_in_progress() => {
+            return fail(
+                exit::FAILED,
+                format!(
+                    "rotation {} of {arn} is in progress, and its claims keep other secrets off its users; end it first (`rds-rotator abort {arn} --reason ...`); nothing was changed",
+                    r.rotation_id.as_deref().unwrap_or("-")
+                ),
+            )
+        }
+        Ok(_) => {}
+        Err(e) if e.is_retryable() => return fail(exit::TEMPORARY, e),
+        Err(e) => return fail(exit::FAILED, e),
+    }
+    match rotator.records.forget(&arn).await {
+        Ok(users) => {
+            if json {
+                print_json(&json!({"secret_id": arn, "users": users}));
+            } else {
+                println!(
+                    "{arn} no longer claims or marks any database user ({} cleared{})",
+                    users.len(),
+                    if users.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", users.join(", "))
+                    }
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.is_retryable() => fail(exit::TEMPORARY, e),
+        Err(e) => fail(exit::FAILED, e),
     }
 }
 

@@ -349,6 +349,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Clear every claim and mark a secret holds on database users. For a secret that no longer
+    /// uses them but cannot be read (a policy's deny, a disabled KMS key), which otherwise
+    /// refuses the rotations of the secrets that share its users. Refused while a rotation of it
+    /// is in progress (`abort` ends it). A secret scheduled for deletion needs nothing: its marks
+    /// are cleared as rotations meet them.
+    Forget {
+        /// Secret name or ARN (the ARN, as the refusal names it, when it cannot be described).
+        secret_id: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the step record of a secret.
     Status {
         /// Secret name or ARN.
