@@ -597,6 +597,7 @@ async fn adopt(
         catalog: Arc::new(SecretsManager::new(aws)),
         proxies: Arc::new(RdsProxies::new(aws)),
         cloner: Arc::new(DbCloner::new(tls)),
+        lease_wait,
     };
     let give_up = std::time::Instant::now() + lease_wait;
     let result = loop {

@@ -106,8 +106,10 @@ async fn a_worker_paused_past_its_lease_is_fenced_off_when_it_wakes() {
     let status = wait_exit(&mut a, Duration::from_secs(30));
     let log = lines.join().unwrap();
     assert_eq!(status.code(), Some(75), "{log}");
+    // By its own clock its lease ran out while it was frozen (or a renewal found it taken):
+    // it stops where it is.
     assert!(
-        log.contains("taken over by another worker"),
+        log.contains("taken over by another worker") || log.contains("lost to another worker"),
         "A did not say it lost the lease:\n{log}"
     );
     assert_eq!(

@@ -349,9 +349,12 @@ async fn a_queue_request_and_secrets_managers_rotation_of_one_secret_never_run_a
     // 2. The queue's rotation dies after setting the password; Secrets Manager's next
     // RotateSecret finds it unfinished and reattempts it with its version: the function resumes
     // the queue's rotation, it does not begin another.
+    // Its lease is short: the function takes a dead holder's lease over a whole lease period
+    // after it first sees it.
     let killed = pair
         .command(&["rotate", &pair.app_secret, "--force"])
         .env("ROTATOR_ROTATION_FUNCTION_ARNS", &own)
+        .env("ROTATOR_LEASE_DURATION", "2s")
         .env("ROTATOR_TEST_FAILPOINTS", "after:set_password=exit")
         .output()
         .unwrap();

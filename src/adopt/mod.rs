@@ -27,11 +27,11 @@ use tracing::warn;
 
 use crate::db::tls::DbTls;
 use crate::failpoint;
-use crate::rotation::lease::{claim_existing_user, heartbeat, identify, Flags};
+use crate::rotation::lease::{self, claim_existing_user, heartbeat, identify, Flags, Taken};
 use crate::rotation::ports::{
-    Acquired, At, DbError, Lease, PasswordRules, RecordStoreError, SecretMeta, SecretStoreError,
-    Stage,
+    At, DbError, Lease, PasswordRules, RecordStoreError, SecretMeta, SecretStoreError, Stage,
 };
+use crate::rotation::LeaseWait;
 use crate::rotation::{RotationError, Rotator};
 use crate::secret::{
     validate_username, AppSecret, Credentials, Endpoint, Engine, SecretError, UserSecret,
@@ -149,6 +149,9 @@ pub struct Adopter {
     pub catalog: Arc<dyn SecretCatalog>,
     pub proxies: Arc<dyn ProxyDirectory>,
     pub cloner: Arc<dyn Cloner>,
+    /// How long to wait for another process's lease: a live holder's to end, a dead one's to be
+    /// seen unchanged for a whole lease period (`lease::acquire`).
+    pub lease_wait: std::time::Duration,
 }
 
 /// `<application secret name>/proxy/<user>`: predictable, so a rerun finds what a crashed run
@@ -649,24 +652,27 @@ impl Adopter {
     }
 
     async fn take_lease(&self, arn: &str) -> Result<Lease, AdoptError> {
-        let owner = format!("{}#adopt", self.rotator.owner);
-        let ttl = self.rotator.settings.lease_duration;
-        match self.rotator.records.acquire(arn, &owner, ttl, None).await? {
-            Acquired::Granted { lease, record } => {
-                if let Some(r) = record.filter(|r| r.is_in_progress()) {
-                    let _ = self.rotator.records.release(&lease).await;
-                    return Err(AdoptError::Invalid(format!(
-                        "a rotation of {arn} is in progress (rotation {}, step {}): finish it with `rotate` or end it with `abort`, then adopt",
-                        r.rotation_id.as_deref().unwrap_or("-"),
-                        r.step
-                    )));
-                }
-                Ok(lease)
+        let wait = LeaseWait::UpTo(self.lease_wait);
+        let taken = lease::acquire(&self.rotator, arn, wait, |_| None, None).await;
+        let (lease, record) = match taken {
+            Ok(Taken::Lease(lease, record, _)) => (lease, record),
+            Ok(Taken::Begun(..) | Taken::Answered(_)) => {
+                unreachable!("no rotation is begun or skipped without a plan")
             }
-            Acquired::Held { seen, .. } => Err(AdoptError::Busy(arn.to_owned(), seen.owner)),
-            Acquired::Begun { lease, .. } => Ok(lease),
-            Acquired::NotBegun { .. } => Err(AdoptError::Busy(arn.to_owned(), "?".into())),
+            Err(RotationError::Busy { owner, .. }) => {
+                return Err(AdoptError::Busy(arn.to_owned(), owner))
+            }
+            Err(e) => return Err(AdoptError::Claimed(e)),
+        };
+        if let Some(r) = record.filter(|r| r.is_in_progress()) {
+            let _ = self.rotator.records.release(&lease).await;
+            return Err(AdoptError::Invalid(format!(
+                "a rotation of {arn} is in progress (rotation {}, step {}): finish it with `rotate` or end it with `abort`, then adopt",
+                r.rotation_id.as_deref().unwrap_or("-"),
+                r.step
+            )));
         }
+        Ok(lease)
     }
 
     /// Claims a clone that existed already, as a rotation claims the user it changes.

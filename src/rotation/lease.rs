@@ -11,15 +11,15 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::ports::{
-    Acquired, At, Claimed, Lease, LeaseSeen, RecordStoreError, SecretStoreError, ServerIdentity,
-    Stage, UserClaim,
+    Acquired, At, Claimed, DbError, Lease, LeaseSeen, RecordStoreError, SecretStoreError,
+    ServerIdentity, Stage, UserClaim,
 };
 use super::record::{now_ms, BeginIf, StepRecord};
 use super::{LeaseWait, RotationError, Rotator};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 /// What [`acquire`] got.
-pub(super) enum Taken {
+pub(crate) enum Taken {
     /// The lease, the record as it stands, and whether we had to wait for it (what was read
     /// before may be stale then).
     Lease(Lease, Option<Box<StepRecord>>, bool),
@@ -39,7 +39,7 @@ pub(super) enum Taken {
 /// our clock) says it is dead; a live-looking lease is given up on at once. With `begin`, the
 /// first attempt also stores that new rotation's record if the item allows it (see `BeginIf`);
 /// after a wait it is not tried, since the plan it came from may be stale.
-pub(super) async fn acquire(
+pub(crate) async fn acquire(
     rotator: &Rotator,
     arn: &str,
     wait: LeaseWait,
@@ -75,7 +75,7 @@ pub(super) async fn acquire(
     loop {
         let take_over = watching
             .as_ref()
-            .filter(|(seen, since)| since.elapsed() >= seen.ttl.max(ttl))
+            .filter(|(seen, since)| since.elapsed() >= seen.ttl)
             .map(|(seen, _)| seen);
         let acquired = match begin.take() {
             Some((record, cond)) => {
@@ -108,12 +108,12 @@ pub(super) async fn acquire(
                         && seen.expires_hint_ms < now_ms()
                     {
                         // By its own clock the holder stopped renewing: worth one period's wait.
-                        give_up_at = now + seen.ttl.max(ttl) + Duration::from_secs(1);
+                        give_up_at = now + seen.ttl + Duration::from_secs(1);
                     }
                     watching = Some((seen.clone(), now));
                 }
                 let since = watching.as_ref().map_or(now, |(_, t)| *t);
-                let take_at = since + seen.ttl.max(ttl);
+                let take_at = since + seen.ttl;
                 if now >= give_up_at {
                     return Err(RotationError::Busy {
                         secret: arn.to_owned(),
@@ -135,8 +135,13 @@ pub(super) async fn acquire(
 /// The longest pause between two looks at a held lease.
 const POLL_MAX: Duration = Duration::from_secs(1);
 
+/// The server's answer to an early login's question (see `EarlyLogin`).
+pub(super) type Identity = tokio::sync::oneshot::Receiver<Result<ServerIdentity, DbError>>;
+
 /// The database users a rotation claims and marks, and how to ask their server who it is.
 pub(super) struct UserClaims {
+    /// The identity, asked in a login opened already (a new rotation's): used when it answers.
+    pub asked: Option<Identity>,
     /// The user whose password changes.
     pub target: String,
     /// The user the secret's applications use now (AWSCURRENT).
@@ -194,8 +199,16 @@ pub(crate) async fn identify(
 /// Marks the user in use as this secret's, and claims the target (`claim_user`), at once, under
 /// keys of the server's identity. The mark goes first in effect, even when the claim is refused:
 /// another secret then sees it.
-pub(super) async fn claim_users(rotator: &Rotator, c: &UserClaims) -> Result<(), RotationError> {
-    let server = identify(rotator, c.engine, &c.server, &c.logins, c.master.as_deref()).await?;
+pub(super) async fn claim_users(rotator: &Rotator, c: UserClaims) -> Result<(), RotationError> {
+    let asked = match c.asked {
+        Some(rx) => rx.await.ok().and_then(Result::ok),
+        None => None,
+    };
+    let server = match asked {
+        Some(server) => server,
+        // That login failed (or there was none): another login asks.
+        None => identify(rotator, c.engine, &c.server, &c.logins, c.master.as_deref()).await?,
+    };
     let (target_key, in_use_key) = (
         user_key(c.engine, &server, &c.target),
         user_key(c.engine, &server, &c.in_use),

@@ -1075,6 +1075,14 @@ struct Probe {
     error: DbError,
 }
 
+/// What the test step keeps of its last refused login.
+struct Refused {
+    at: Endpoint,
+    /// The password was refused (not an unreachable server).
+    rejected: bool,
+    error: String,
+}
+
 /// A user that changes its own password changes one account, the one it logged in as; MySQL
 /// keeps one per host, each with its own password, and RDS Proxy may match another. With more
 /// than one (or when they cannot be listed and a master secret could do it), the next source
@@ -1362,14 +1370,25 @@ struct Run<'a> {
 
 /// A database login opened ahead of its use, on its own task so that it makes progress while
 /// the rotation waits on other calls. Dropped unused (a step failed first), it is cancelled.
-struct EarlyLogin(tokio::task::JoinHandle<Result<Box<dyn DbSession>, DbError>>);
+/// It asks the server who it is first: the claims beside create_pending are keyed by that, so
+/// the check costs no connection of its own.
+struct EarlyLogin(
+    tokio::task::JoinHandle<Result<Box<dyn DbSession>, DbError>>,
+    Option<lease::Identity>,
+);
 
 impl EarlyLogin {
     fn start(db: Arc<dyn Database>, engine: Engine, at: Endpoint, login: Credentials) -> Self {
-        let work = async move { db.login(engine, &at, &login).await };
-        Self(tokio::spawn(
-            crate::calls::carry(work).instrument(tracing::Span::current()),
-        ))
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let work = async move {
+            let mut session = db.login(engine, &at, &login).await?;
+            let _ = tx.send(session.identity().await);
+            Ok(session)
+        };
+        Self(
+            tokio::spawn(crate::calls::carry(work).instrument(tracing::Span::current())),
+            Some(rx),
+        )
     }
 
     async fn session(mut self) -> Result<Box<dyn DbSession>, DbError> {
@@ -1450,7 +1469,9 @@ impl Run<'_> {
                     p.credentials.clone(),
                 )
             }));
+            let asked = self.early.as_mut().and_then(|e| e.1.take());
             Some(lease::UserClaims {
+                asked,
                 target,
                 in_use,
                 claim: UserClaim {
@@ -1465,7 +1486,7 @@ impl Run<'_> {
         };
         if self.record.step != Step::CreatePending {
             if let Some(claims) = claims.take() {
-                lease::claim_users(self.rotator, &claims).await?;
+                lease::claim_users(self.rotator, claims).await?;
             }
         }
         while self.record.step != Step::Done && self.through.is_none_or(|t| self.record.step <= t) {
@@ -1533,7 +1554,7 @@ impl Run<'_> {
         Ok(if let Some(claims) = claims {
             let rotator = self.rotator;
             let (next, claimed) =
-                tokio::join!(self.run_step(step), lease::claim_users(rotator, &claims));
+                tokio::join!(self.run_step(step), lease::claim_users(rotator, claims));
             if let Err(e) = claimed {
                 // Refused for good: this rotation will not run, so its AWSPENDING goes too
                 // (no password changed). A wait keeps it, to resume.
@@ -2098,9 +2119,19 @@ impl Run<'_> {
         let Ok(first) = tokio::time::timeout_at(end, attempt()).await else {
             return Err(no_answer());
         };
+        // The last refusal, for the end: the deadline may come in the middle of a probe.
+        let last: Mutex<Option<Refused>> = Mutex::new(None);
+        let note = |p: &Probe| {
+            *last.lock().expect("last probe") = Some(Refused {
+                at: p.at.clone(),
+                rejected: matches!(p.error, DbError::LoginRejected(_)),
+                error: p.error.to_string(),
+            });
+        };
         match first {
             Ok(()) => return Ok(Step::Finish),
             Err(p) if waits(&p) => {
+                note(&p);
                 self.trace.with(|t| t.retries += 1);
                 info!(user = %pending.username, at = %p.at, error = %p.error, "new credentials not accepted yet");
                 if self.unsaved {
@@ -2122,38 +2153,41 @@ impl Run<'_> {
             )
             .when(waits)
             .notify(|p, delay| {
+                note(p);
                 self.trace.with(|t| t.retries += 1);
                 info!(user = %pending.username, at = %p.at, error = %p.error, retry_in = ?delay, "new credentials not accepted yet");
             });
-        let Ok(outcome) = tokio::time::timeout_at(end, retried).await else {
+        let refused = match tokio::time::timeout_at(end, retried).await {
+            Ok(Ok(())) => return Ok(Step::Finish),
+            Ok(Err(p)) if waits(&p) => {
+                note(&p);
+                last.lock().expect("last probe").take()
+            }
+            Ok(Err(p)) => return Err(p.error.into()),
+            // In the middle of a probe: the one before it says why.
+            Err(_) => last.lock().expect("last probe").take(),
+        };
+        let Some(refused) = refused else {
             return Err(no_answer());
         };
-        match outcome {
-            Ok(()) => Ok(Step::Finish),
-            Err(p) if waits(&p) => {
-                if database == Some(&p.at)
-                    && matches!(p.error, DbError::LoginRejected(_))
-                    && self.resets == 0
-                {
-                    // The database does not take the password set_password set (someone changed
-                    // it since): the next attempt sets it again, once, rather than wait here.
-                    self.resets += 1;
-                    self.record.step = Step::SetPassword;
-                    self.unsaved = true;
-                }
-                Err(RotationError::TestTimedOut {
-                    user: pending.username,
-                    at: if database == Some(&p.at) {
-                        format!("the database at {} (the proxy took them)", p.at)
-                    } else {
-                        p.at.to_string()
-                    },
-                    deadline: humantime::format_duration(deadline).to_string(),
-                    last: p.error.to_string(),
-                })
-            }
-            Err(p) => Err(p.error.into()),
+        let database = database.cloned();
+        if database.as_ref() == Some(&refused.at) && refused.rejected && self.resets == 0 {
+            // The database does not take the password set_password set (someone changed it
+            // since): the next attempt sets it again, once, rather than wait here.
+            self.resets += 1;
+            self.record.step = Step::SetPassword;
+            self.unsaved = true;
         }
+        Err(RotationError::TestTimedOut {
+            user: pending.username,
+            at: if database.as_ref() == Some(&refused.at) {
+                format!("the database at {} (the proxy took them)", refused.at)
+            } else {
+                refused.at.to_string()
+            },
+            deadline: humantime::format_duration(deadline).to_string(),
+            last: refused.error,
+        })
     }
 
     async fn finish(&mut self) -> Result<Step, RotationError> {

@@ -1183,3 +1183,136 @@ fn each_rotation_id_has_its_own_proxy_token_uuid_or_not() {
     assert_ne!(a, b);
     assert!(Uuid::parse_str(&b).is_ok());
 }
+
+/// The world's record store, cut off from this process while `cut` is set (a partition between
+/// a holder and the state table); another process still reaches it.
+struct Partitioned {
+    world: World,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    /// When each lease was granted to this process (the taker's side of the test).
+    granted: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
+}
+
+impl Partitioned {
+    fn reach(&self) -> Result<(), RecordStoreError> {
+        if self.cut.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RecordStoreError::Unavailable("partitioned".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl super::ports::RecordStore for Partitioned {
+    async fn acquire(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        take_over: Option<&super::ports::LeaseSeen>,
+    ) -> Result<super::ports::Acquired, RecordStoreError> {
+        self.reach()?;
+        let got = self.world.acquire(key, owner, ttl, take_over).await?;
+        if matches!(got, super::ports::Acquired::Granted { .. }) {
+            self.granted
+                .lock()
+                .unwrap()
+                .push(tokio::time::Instant::now());
+        }
+        Ok(got)
+    }
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<(), RecordStoreError> {
+        self.reach()?;
+        self.world.renew(lease, ttl).await
+    }
+    async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError> {
+        self.reach()?;
+        self.world.save(lease, record).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), RecordStoreError> {
+        self.reach()?;
+        self.world.release(lease).await
+    }
+    async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError> {
+        self.reach()?;
+        self.world.load(key).await
+    }
+    async fn claim_user(
+        &self,
+        user_key: &str,
+        claim: &super::ports::UserClaim,
+        replacing: Option<&super::ports::UserClaim>,
+    ) -> Result<super::ports::Claimed, RecordStoreError> {
+        self.reach()?;
+        self.world.claim_user(user_key, claim, replacing).await
+    }
+    async fn mark_in_use(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
+        self.reach()?;
+        self.world.mark_in_use(user_key, secret).await
+    }
+}
+
+/// A holder cut off from the state table cannot renew: by its own monotonic clock it stops
+/// inside its step before its lease could have run out, and the taker, which watched the lease
+/// unchanged for a whole period on its own clock, takes over only after that. One rotation,
+/// never two writers.
+#[tokio::test(start_paused = true)]
+async fn a_holder_cut_off_from_the_state_table_stops_before_a_taker_takes_its_lease() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let w = world();
+    let before = w.version_id_with(APP, Stage::Current);
+    let cut = Arc::new(AtomicBool::new(false));
+    let mut holder = rotator(&w);
+    holder.records = Arc::new(Partitioned {
+        world: w.clone(),
+        cut: cut.clone(),
+        granted: Default::default(),
+    });
+    // The holder waits in the test step: its logins through the proxy take 10 s each.
+    holder.db = Arc::new(SlowProxy(w.clone(), Duration::from_secs(10)));
+    holder.settings.lease_duration = Duration::from_secs(3);
+    holder.settings.test_deadline = Duration::from_secs(60);
+    let holding = tokio::spawn(async move {
+        let out = holder.rotate(APP, &Request::default(), LeaseWait::No).await;
+        (out, tokio::time::Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Past update_proxy: the holder waits in the test step.
+    assert_ne!(
+        w.labelled("proxy-bob", Stage::Current).unwrap()["password"],
+        "bob-0",
+        "the holder waits in the test step"
+    );
+    cut.store(true, Ordering::SeqCst);
+
+    let granted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut taker = rotator(&w);
+    taker.records = Arc::new(Partitioned {
+        world: w.clone(),
+        cut: Arc::new(AtomicBool::new(false)),
+        granted: granted.clone(),
+    });
+    taker.settings.lease_duration = Duration::from_secs(3);
+    let took = taker
+        .rotate(
+            APP,
+            &Request::default(),
+            LeaseWait::UpTo(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    let (held, stopped_at) = holding.await.unwrap();
+    assert!(matches!(held, Err(RotationError::LeaseLost(_))), "{held:?}");
+    let taken_at = granted.lock().unwrap()[0];
+    assert!(
+        stopped_at <= taken_at,
+        "the holder stopped at {stopped_at:?}, after the taker took the lease at {taken_at:?}"
+    );
+    let Outcome::Rotated(done) = took else {
+        panic!("the taker resumes and finishes the rotation: {took:?}");
+    };
+    assert!(done.resumed);
+    assert_ne!(w.version_id_with(APP, Stage::Current), before);
+    assert_rotated(&w, "alice", "bob", "alice-0");
+    assert_eq!(w.state().password_changes, vec!["bob".to_owned()]);
+}
