@@ -490,10 +490,18 @@ async fn forget(
         Ok(r) => r,
         Err(code) => return code,
     };
-    // Marks name secrets by ARN: a name is resolved when the secret can still be described.
+    // Marks name secrets by ARN: a name is resolved when the secret can still be described;
+    // an ARN that cannot be (gone, or denied) is taken as given.
     let arn = match rotator.secrets.describe(secret_id).await {
         Ok(meta) => meta.arn,
-        Err(_) => secret_id.to_owned(),
+        Err(e) if e.is_retryable() => return fail(exit::TEMPORARY, e),
+        Err(_) if secret_id.starts_with("arn:") => secret_id.to_owned(),
+        Err(e) => {
+            return fail(
+                exit::FAILED,
+                format!("{e}; give the secret's ARN, as the refusal names it; nothing was changed"),
+            )
+        }
     };
     match rotator.records.load(&arn).await {
         Ok(Some(r)) if r.is_in_progress() => {

@@ -14,6 +14,9 @@ use crate::worker::{Message, Queue, QueueError};
 /// SQS caps visibility timeouts at 12 hours.
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 
+/// How long past its wait a long poll may take to answer before it counts as silent.
+const LONG_POLL_SLACK: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct SqsQueue {
     client: Client,
@@ -189,6 +192,20 @@ impl Queue for SqsQueue {
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .visibility_timeout(visibility.min(MAX_VISIBILITY).as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            // A long poll waits up to 20 s for its answer: longer than the usual per-call bound.
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Builder::default().timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .operation_attempt_timeout(
+                            wait.min(Duration::from_secs(20)) + LONG_POLL_SLACK,
+                        )
+                        .operation_timeout(
+                            (wait.min(Duration::from_secs(20)) + LONG_POLL_SLACK) * 3,
+                        )
+                        .build(),
+                ),
+            )
             .send()
             .await
             .map_err(map_err)?;

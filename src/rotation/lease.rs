@@ -416,27 +416,37 @@ pub(crate) async fn heartbeat<T>(
     let period = ttl / 3;
     let mut tick = tokio::time::interval_at(Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            out = &mut work => return out,
-            _ = tick.tick(), if !lost.load(Ordering::SeqCst) && !flags.released.load(Ordering::SeqCst) => {
-                // Counted from the send: the taker's period starts no earlier than the write lands.
-                let sent = Instant::now();
-                // A renewal that takes longer than the lease is worth nothing.
-                let renewed = tokio::time::timeout(holder_window(ttl), rotator.records.renew(lease, ttl)).await;
-                match renewed {
-                    Ok(Ok(())) => {
-                        *flags.valid_until.lock().expect("lease flags") = sent + holder_window(ttl);
-                    }
-                    Ok(Err(RecordStoreError::Fenced(fence))) => {
-                        warn!(secret = %lease.key, fence, "lease taken over by another worker; stepping back");
-                        lost.store(true, Ordering::SeqCst);
-                    }
-                    Ok(Err(e)) => warn!(secret = %lease.key, error = %e, "could not renew the lease; will retry"),
-                    Err(_) => warn!(secret = %lease.key, "the lease renewal got no answer; will retry"),
+    // Beside the work, not inside a select arm: the work goes on while a renewal waits.
+    let renewals = async {
+        loop {
+            tick.tick().await;
+            if lost.load(Ordering::SeqCst) || flags.released.load(Ordering::SeqCst) {
+                continue;
+            }
+            // Counted from the send: the taker's period starts no earlier than the write lands.
+            let sent = Instant::now();
+            // A renewal that takes longer than the lease is worth nothing.
+            let renewed =
+                tokio::time::timeout(holder_window(ttl), rotator.records.renew(lease, ttl)).await;
+            match renewed {
+                Ok(Ok(())) => {
+                    *flags.valid_until.lock().expect("lease flags") = sent + holder_window(ttl);
                 }
+                Ok(Err(RecordStoreError::Fenced(fence))) => {
+                    warn!(secret = %lease.key, fence, "lease taken over by another worker; stepping back");
+                    lost.store(true, Ordering::SeqCst);
+                }
+                Ok(Err(e)) => {
+                    warn!(secret = %lease.key, error = %e, "could not renew the lease; will retry")
+                }
+                Err(_) => warn!(secret = %lease.key, "the lease renewal got no answer; will retry"),
             }
         }
+    };
+    tokio::pin!(work);
+    tokio::pin!(renewals);
+    tokio::select! {
+        out = &mut work => out,
+        _ = &mut renewals => unreachable!("renewals never end"),
     }
 }

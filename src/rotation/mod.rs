@@ -1508,15 +1508,21 @@ impl Run<'_> {
             // process must stop now: every step is idempotent, and the next run resumes it.
             let (flags, shutdown) = (self.flags, self.rotator.shutdown.clone());
             let next = tokio::select! {
-                next = self.step_with_claims(step, claims.take()) => next?,
+                // Checked first: a step ready at the same moment does not send another request.
+                biased;
                 _ = flags.until_lost() => return Err(RotationError::LeaseLost(self.arn().to_owned())),
                 _ = shutdown.wait_now() => {
                     if self.unsaved {
-                        self.rotator.records.save(self.lease, &self.record).await?;
-                        self.unsaved = false;
+                        // Lambda's margin is short: a save that gets no answer is left behind.
+                        let save = self.rotator.records.save(self.lease, &self.record);
+                        if let Ok(saved) = tokio::time::timeout(Duration::from_secs(3), save).await {
+                            saved?;
+                            self.unsaved = false;
+                        }
                     }
                     return Err(RotationError::Interrupted(self.arn().to_owned()));
                 }
+                next = self.step_with_claims(step, claims.take()) => next?,
             };
             self.trace.with(|t| t.steps.push((step, began.elapsed())));
             failpoint::hit(&format!("after:{step}")).await;
