@@ -10,21 +10,11 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_thirty_percent_faults_twenty_rotations_all_complete() {
     let pair = Pair::new().await;
-    let upstream: std::net::SocketAddr = stack()
-        .aws_endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let faults = aws_fault_proxy::start(
-        "127.0.0.1:0".parse().unwrap(),
-        upstream,
-        aws_fault_proxy::Faults {
-            rate: 0.3,
-            slow_delay: Duration::from_millis(300),
-        },
-    )
-    .await
-    .unwrap();
+    let faults = fault_proxy(aws_fault_proxy::Faults {
+        rate: 0.3,
+        slow_delay: Duration::from_millis(300),
+    })
+    .await;
     let endpoint = format!("http://{}", faults.addr);
     let (mut completed, mut reruns) = (0, 0);
     for i in 0..20 {

@@ -64,27 +64,6 @@ fn run_within(mut cmd: Command, bound: Duration) -> (Output, Duration) {
     }
 }
 
-async fn assert_current_unchanged(pair: &Pair, version: &Option<String>, value: &Value) {
-    assert_eq!(
-        &pair.version_with(&pair.app_secret, "AWSCURRENT").await,
-        version,
-        "AWSCURRENT moved"
-    );
-    assert_eq!(&pair.current().await, value, "AWSCURRENT's value changed");
-    pair.login_with(value).await.expect("AWSCURRENT logs in");
-}
-
-async fn arn_of(pair: &Pair, id: &str) -> String {
-    let out = pair
-        .sm
-        .describe_secret()
-        .secret_id(id)
-        .send()
-        .await
-        .unwrap();
-    out.arn.unwrap()
-}
-
 /// A second application secret with the same users as the pair's, created from its AWSCURRENT
 /// with `change` applied.
 async fn copy_of(pair: &Pair, name: &str, change: impl FnOnce(&mut Value)) -> String {
@@ -131,7 +110,7 @@ async fn one_server_under_two_names_is_one_server_and_the_user_in_use_keeps_its_
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!(
             "is AWSCURRENT of secret {}",
-            arn_of(&pair, &pair.app_secret).await
+            pair.arn_of(&pair.app_secret).await
         )),
         "{}",
         text(&out)
@@ -212,23 +191,9 @@ async fn an_unreadable_secret_that_marks_a_user_refuses_the_rotation_with_the_co
     let pair = Pair::new().await;
     let out = pair.rotate();
     assert!(out.status.success(), "{}", text(&out));
-    let old = arn_of(&pair, &pair.app_secret).await;
+    let old = pair.arn_of(&pair.app_secret).await;
     let s_new = copy_of(&pair, "app-new", |_| {}).await;
-    let upstream: std::net::SocketAddr = stack()
-        .aws_endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = aws_fault_proxy::start(
-        "127.0.0.1:0".parse().unwrap(),
-        upstream,
-        aws_fault_proxy::Faults {
-            rate: 0.0,
-            slow_delay: Duration::ZERO,
-        },
-    )
-    .await
-    .unwrap();
+    let proxy = refusing_proxy().await;
     proxy.refusals.refuse(
         "secretsmanager.GetSecretValue",
         &old,
@@ -283,10 +248,7 @@ async fn a_proxy_path_that_accepts_and_never_answers_ends_the_rotation_at_its_de
     let silent = silent_port();
     pair.edit_app_secret(|app| app["database_port"] = json!(silent.to_string()))
         .await;
-    let (version, value) = (
-        pair.version_with(&pair.app_secret, "AWSCURRENT").await,
-        pair.current().await,
-    );
+    let (version, value) = pair.current_state().await;
     let mut cmd = pair.command(&["rotate", &pair.app_secret]);
     cmd.env("ROTATOR_TEST_DEADLINE", "5s");
     let (out, took) = run_within(cmd, Duration::from_secs(60));
@@ -300,7 +262,7 @@ async fn a_proxy_path_that_accepts_and_never_answers_ends_the_rotation_at_its_de
         "{}",
         text(&out)
     );
-    assert_current_unchanged(&pair, &version, &value).await;
+    pair.assert_current_unchanged(&version, &value).await;
     assert_eq!(pair.status()["state"], "in_progress");
 }
 
@@ -312,10 +274,7 @@ async fn a_direct_path_that_accepts_and_never_answers_ends_the_rotation() {
     let silent = silent_port();
     pair.edit_app_secret(|app| app["direct_port"] = json!(silent))
         .await;
-    let (version, value) = (
-        pair.version_with(&pair.app_secret, "AWSCURRENT").await,
-        pair.current().await,
-    );
+    let (version, value) = pair.current_state().await;
     let mut cmd = pair.command(&["rotate", &pair.app_secret]);
     cmd.env("ROTATOR_DB_TIMEOUT", "2s");
     let (out, took) = run_within(cmd, Duration::from_secs(60));
@@ -326,7 +285,7 @@ async fn a_direct_path_that_accepts_and_never_answers_ends_the_rotation() {
         "{}",
         text(&out)
     );
-    assert_current_unchanged(&pair, &version, &value).await;
+    pair.assert_current_unchanged(&version, &value).await;
 }
 
 /// The AWS endpoint accepts and never answers: every call is bounded.
@@ -334,17 +293,14 @@ async fn a_direct_path_that_accepts_and_never_answers_ends_the_rotation() {
 async fn an_aws_endpoint_that_accepts_and_never_answers_ends_the_rotation() {
     let pair = Pair::new().await;
     let silent = silent_port();
-    let (version, value) = (
-        pair.version_with(&pair.app_secret, "AWSCURRENT").await,
-        pair.current().await,
-    );
+    let (version, value) = pair.current_state().await;
     let mut cmd = pair.command(&["rotate", &pair.app_secret]);
     cmd.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{silent}"))
         .env("ROTATOR_AWS_TIMEOUT", "2s");
     let (out, took) = run_within(cmd, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(75), "{}", text(&out));
     assert!(took < Duration::from_secs(20), "took {took:?}");
-    assert_current_unchanged(&pair, &version, &value).await;
+    pair.assert_current_unchanged(&version, &value).await;
 }
 
 /// `cmd` with its wall clock shifted by `offset` (libfaketime), its monotonic clock left alone.

@@ -9,37 +9,7 @@ use std::process::{Child, Output};
 use std::time::Duration;
 
 use common::*;
-use serde_json::{json, Value};
-
-/// A fault proxy in front of moto with no random faults: only the refusals a test sets.
-async fn refusing_proxy() -> aws_fault_proxy::FaultProxy {
-    let upstream: std::net::SocketAddr = stack()
-        .aws_endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .expect("AWS_ENDPOINT_URL is http://host:port");
-    aws_fault_proxy::start(
-        "127.0.0.1:0".parse().unwrap(),
-        upstream,
-        aws_fault_proxy::Faults {
-            rate: 0.0,
-            slow_delay: Duration::ZERO,
-        },
-    )
-    .await
-    .unwrap()
-}
-
-async fn arn_of(pair: &Pair, id: &str) -> String {
-    let out = pair
-        .sm
-        .describe_secret()
-        .secret_id(id)
-        .send()
-        .await
-        .unwrap();
-    out.arn.unwrap()
-}
+use serde_json::json;
 
 /// What an operator runs to clear another rotator's AWSPENDING, as the refusal says.
 async fn remove_pending(pair: &Pair, version: &str) {
@@ -72,22 +42,6 @@ fn rotate_pausing_at(
     common::pausing_at(pair.command(&["rotate", &pair.app_secret]), failpoint, ms)
 }
 
-/// The state of the pair that a failed rotation must not change: AWSCURRENT's version and value,
-/// and that it logs in.
-async fn assert_current_unchanged(pair: &Pair, version: &Option<String>, value: &Value) {
-    assert_eq!(
-        &pair.version_with(&pair.app_secret, "AWSCURRENT").await,
-        version,
-        "AWSCURRENT moved"
-    );
-    let now = pair.current().await;
-    assert_eq!(&now, value, "AWSCURRENT's value changed");
-    pair.login_with(&now).await.expect("AWSCURRENT logs in");
-    pair.login_via_proxy(&now)
-        .await
-        .expect("AWSCURRENT logs in through the proxy");
-}
-
 async fn a_refused_proxy_secret_write_is_recovered_by_the_next_rotation(code: &str) {
     let pair = Pair::new().await;
     let faults = refusing_proxy().await;
@@ -118,7 +72,7 @@ async fn a_refused_proxy_secret_write_is_recovered_by_the_next_rotation(code: &s
         (&json!("failed"), &json!("update_proxy")),
         "{status}"
     );
-    assert_current_unchanged(&pair, &version, &value).await;
+    pair.assert_current_unchanged(&version, &value).await;
     // The idle user's password changed, and a version of the secret still knows it.
     assert_eq!(pair.violations(false).await, Vec::<String>::new());
     let check = pair.run(&["check", &pair.app_secret]);
@@ -266,7 +220,7 @@ async fn awspending_taken_by_another_rotator_before_finish_stops_the_rotation() 
     let err = lines.join().unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("AWSPENDING"), "{err}");
-    assert_current_unchanged(&pair, &version, &value).await;
+    pair.assert_current_unchanged(&version, &value).await;
     assert_eq!(pair.status()["state"], "failed");
 }
 
@@ -298,7 +252,7 @@ async fn a_proxy_secret_changed_since_planning_is_not_overwritten() {
         pair.version_with(&idle_proxy, "AWSCURRENT").await,
         Some(their_version)
     );
-    assert_current_unchanged(&pair, &version, &value).await;
+    pair.assert_current_unchanged(&version, &value).await;
     // The idle user's new password is still known: the failed rotation's pending version.
     assert_eq!(pair.violations(false).await, Vec::<String>::new());
 }
@@ -310,7 +264,7 @@ async fn a_refused_awscurrent_move_is_retried(code: &str, message: &str) {
     let faults = refusing_proxy().await;
     faults.refusals.refuse(
         "secretsmanager.UpdateSecretVersionStage",
-        &format!("\"SecretId\":\"{}\"", arn_of(&pair, &pair.app_secret).await),
+        &format!("\"SecretId\":\"{}\"", pair.arn_of(&pair.app_secret).await),
         code,
         message,
     );
@@ -430,7 +384,7 @@ async fn abort_ends_a_stuck_rotation_and_the_next_one_succeeds_without_a_master_
         pair.version_with(&pair.app_secret, "AWSPENDING").await,
         None
     );
-    assert_current_unchanged(&pair, &version, &value).await;
+    pair.assert_current_unchanged(&version, &value).await;
     assert_eq!(pair.violations(false).await, Vec::<String>::new());
 
     // Idempotent.
@@ -522,7 +476,7 @@ async fn two_secrets_naming_one_user_never_change_its_password_at_once() {
     assert!(
         String::from_utf8_lossy(&first.stderr).contains(&format!(
             "is AWSCURRENT of secret {}",
-            arn_of(&pair, &other).await
+            pair.arn_of(&other).await
         )),
         "{}",
         text(&first)

@@ -66,6 +66,24 @@ where
     failure(err).code.as_deref() == Some("ConditionalCheckFailedException")
 }
 
+/// A conditional write whose refusal means there was nothing to do (the condition names what
+/// it would change): refused is done.
+fn refused_is_done<T>(
+    result: Result<
+        T,
+        aws_sdk_dynamodb::error::SdkError<
+            UpdateItemError,
+            aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+        >,
+    >,
+) -> Result<(), RecordStoreError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if is_condition_failure(&e) => Ok(()),
+        Err(e) => Err(map_err(e)),
+    }
+}
+
 fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
 }
@@ -571,12 +589,8 @@ impl RecordStore for DynamoRecords {
             .expression_attribute_values(":fence", n(lease.fence))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Someone else holds it now: nothing of ours to release.
-            Err(e) if is_condition_failure(&e) => Ok(()),
-            Err(e) => Err(map_err(e)),
-        }
+        // Refused: someone else holds it now, nothing of ours to release.
+        refused_is_done(result)
     }
 
     async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError> {
@@ -656,7 +670,8 @@ impl RecordStore for DynamoRecords {
     }
 
     async fn unmark(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
-        self.client
+        let result = self
+            .client
             .update_item()
             .table_name(&self.table)
             .key(KEY, s(user_key))
@@ -665,15 +680,9 @@ impl RecordStore for DynamoRecords {
             .expression_attribute_names("#k", KEY)
             .expression_attribute_values(":s", AttributeValue::Ss(vec![secret.to_owned()]))
             .send()
-            .await
-            .map(|_| ())
-            .or_else(|e| {
-                if is_condition_failure(&e) {
-                    Ok(())
-                } else {
-                    Err(map_err(e))
-                }
-            })
+            .await;
+        // Refused: no such item, nothing to clear (DELETE would create an empty one).
+        refused_is_done(result)
     }
 
     async fn user_marks(
@@ -737,11 +746,8 @@ impl RecordStore for DynamoRecords {
                 .expression_attribute_values(":s", s(secret))
                 .send()
                 .await;
-            match cleared {
-                Ok(_) => {}
-                Err(e) if is_condition_failure(&e) => {}
-                Err(e) => return Err(map_err(e)),
-            }
+            // Refused: the claim is another secret's.
+            refused_is_done(cleared)?;
         }
         Ok(keys)
     }

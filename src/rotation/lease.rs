@@ -171,23 +171,35 @@ pub(crate) async fn identify(
     logins: &[(String, Credentials)],
     master: Option<&str>,
 ) -> Result<ServerIdentity, RotationError> {
+    let ask = |login: Credentials| async move {
+        let mut session = rotator.db.login(engine, server, &login).await?;
+        session.identity().await
+    };
     let mut tried = Vec::new();
-    let master = match master {
-        Some(id) => rotator
+    // A login that may not ask hands over to the next one.
+    let mut next = |label: &str, e: DbError| -> Result<(), RotationError> {
+        if !e.try_next_source() {
+            return Err(e.into());
+        }
+        tried.push(format!("{label}: {e}"));
+        Ok(())
+    };
+    for (label, login) in logins {
+        match ask(login.clone()).await {
+            Ok(id) => return Ok(id),
+            Err(e) => next(label, e)?,
+        }
+    }
+    // Read only when the others could not ask: it costs a call.
+    if let Some(id) = master {
+        if let Some(s) = rotator
             .read_user_secret(id, At::Stage(Stage::Current))
             .await?
-            .map(|s| (format!("master secret {id}"), s.credentials)),
-        None => None,
-    };
-    for (label, login) in logins.iter().chain(master.as_ref()) {
-        let asked = match rotator.db.login(engine, server, login).await {
-            Ok(mut session) => session.identity().await,
-            Err(e) => Err(e),
-        };
-        match asked {
-            Ok(id) => return Ok(id),
-            Err(e) if e.try_next_source() => tried.push(format!("{label}: {e}")),
-            Err(e) => return Err(e.into()),
+        {
+            match ask(s.credentials).await {
+                Ok(found) => return Ok(found),
+                Err(e) => next(&format!("master secret {id}"), e)?,
+            }
         }
     }
     Err(RotationError::NoServerIdentity {

@@ -615,15 +615,39 @@ async fn shutdown_stops_at_the_next_persisted_step_and_the_next_run_resumes() {
     assert_eq!(Some(done.rotation_id), record.rotation_id);
 }
 
-/// The world's record store, which asks for shutdown once a saved record reaches `at`.
-struct ShutdownAt {
+/// A call to a `Tapped` record store, as its hook sees it.
+enum Call<'a> {
+    Save(&'a StepRecord),
+    Renew,
+    /// After `acquire` granted the lease.
+    Granted,
+    Other,
+}
+
+/// What a `Tapped` store runs: its error is the call's.
+type Hook = Box<dyn Fn(Call<'_>) -> Result<(), RecordStoreError> + Send + Sync>;
+
+/// The world's record store with a hook: called before each call (its error is the call's: a
+/// table out of reach, a partition) and after each grant.
+struct Tapped {
     world: World,
-    shutdown: Shutdown,
-    at: Step,
+    hook: Hook,
+}
+
+impl Tapped {
+    fn new(
+        w: &World,
+        hook: impl Fn(Call<'_>) -> Result<(), RecordStoreError> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            world: w.clone(),
+            hook: Box::new(hook),
+        })
+    }
 }
 
 #[async_trait::async_trait]
-impl super::ports::RecordStore for ShutdownAt {
+impl super::ports::RecordStore for Tapped {
     async fn acquire(
         &self,
         key: &str,
@@ -631,22 +655,27 @@ impl super::ports::RecordStore for ShutdownAt {
         ttl: Duration,
         take_over: Option<&super::ports::LeaseSeen>,
     ) -> Result<super::ports::Acquired, RecordStoreError> {
-        self.world.acquire(key, owner, ttl, take_over).await
+        (self.hook)(Call::Other)?;
+        let got = self.world.acquire(key, owner, ttl, take_over).await?;
+        if matches!(got, super::ports::Acquired::Granted { .. }) {
+            (self.hook)(Call::Granted)?;
+        }
+        Ok(got)
     }
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<(), RecordStoreError> {
+        (self.hook)(Call::Renew)?;
         self.world.renew(lease, ttl).await
     }
     async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError> {
-        self.world.save(lease, record).await?;
-        if record.step == self.at {
-            self.shutdown.trigger();
-        }
-        Ok(())
+        (self.hook)(Call::Save(record))?;
+        self.world.save(lease, record).await
     }
     async fn release(&self, lease: &Lease) -> Result<(), RecordStoreError> {
+        (self.hook)(Call::Other)?;
         self.world.release(lease).await
     }
     async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError> {
+        (self.hook)(Call::Other)?;
         self.world.load(key).await
     }
     async fn claim_user(
@@ -655,9 +684,11 @@ impl super::ports::RecordStore for ShutdownAt {
         claim: &super::ports::UserClaim,
         replacing: Option<&super::ports::UserClaim>,
     ) -> Result<super::ports::Claimed, RecordStoreError> {
+        (self.hook)(Call::Other)?;
         self.world.claim_user(user_key, claim, replacing).await
     }
     async fn mark_in_use(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
+        (self.hook)(Call::Other)?;
         self.world.mark_in_use(user_key, secret).await
     }
 }
@@ -667,11 +698,14 @@ async fn shutdown_after_a_step_stops_at_its_record_and_the_next_run_resumes_it()
     use super::ports::RecordStore;
     let w = world();
     let mut r = rotator(&w);
-    r.records = Arc::new(ShutdownAt {
-        world: w.clone(),
-        shutdown: r.shutdown.clone(),
-        // Saved beside set_password: the run finishes that step, then stops.
-        at: Step::SetPassword,
+    // Shutdown is asked for with the record saved beside set_password: the run finishes that
+    // step, then stops.
+    let shutdown = r.shutdown.clone();
+    r.records = Tapped::new(&w, move |call| {
+        if matches!(call, Call::Save(r) if r.step == Step::SetPassword) {
+            shutdown.trigger();
+        }
+        Ok(())
     });
     let err = r
         .rotate(APP, &Request::default(), LeaseWait::No)
@@ -813,47 +847,6 @@ fn a_rotation_begins_with_the_lease_exactly_when_run_would_begin_it() {
     assert!(begins > 0 && begins < records.len() * requests.len());
 }
 
-/// The world's record store, whose renewals fail as if the table were unreachable.
-struct NoRenewals(World);
-
-#[async_trait::async_trait]
-impl super::ports::RecordStore for NoRenewals {
-    async fn acquire(
-        &self,
-        key: &str,
-        owner: &str,
-        ttl: Duration,
-        take_over: Option<&super::ports::LeaseSeen>,
-    ) -> Result<super::ports::Acquired, RecordStoreError> {
-        self.0.acquire(key, owner, ttl, take_over).await
-    }
-    async fn renew(&self, _lease: &Lease, _ttl: Duration) -> Result<(), RecordStoreError> {
-        Err(RecordStoreError::Unavailable(
-            "the table is unreachable".into(),
-        ))
-    }
-    async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError> {
-        self.0.save(lease, record).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<(), RecordStoreError> {
-        self.0.release(lease).await
-    }
-    async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError> {
-        self.0.load(key).await
-    }
-    async fn claim_user(
-        &self,
-        user_key: &str,
-        claim: &super::ports::UserClaim,
-        replacing: Option<&super::ports::UserClaim>,
-    ) -> Result<super::ports::Claimed, RecordStoreError> {
-        self.0.claim_user(user_key, claim, replacing).await
-    }
-    async fn mark_in_use(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
-        self.0.mark_in_use(user_key, secret).await
-    }
-}
-
 /// The world's database, where a login through the proxy takes `delay`.
 struct SlowProxy(World, Duration);
 
@@ -894,7 +887,12 @@ async fn a_run_whose_lease_ran_out_by_its_own_clock_stops_before_its_next_step()
     let w = world();
     let before = w.version_id_with(APP, Stage::Current);
     let mut r = rotator(&w);
-    r.records = Arc::new(NoRenewals(w.clone()));
+    r.records = Tapped::new(&w, |call| match call {
+        Call::Renew => Err(RecordStoreError::Unavailable(
+            "the table is unreachable".into(),
+        )),
+        _ => Ok(()),
+    });
     r.db = Arc::new(SlowProxy(w.clone(), Duration::from_millis(400)));
     r.settings.lease_duration = Duration::from_millis(200);
     r.settings.test_deadline = Duration::from_secs(5);
@@ -1184,74 +1182,6 @@ fn each_rotation_id_has_its_own_proxy_token_uuid_or_not() {
     assert!(Uuid::parse_str(&b).is_ok());
 }
 
-/// The world's record store, cut off from this process while `cut` is set (a partition between
-/// a holder and the state table); another process still reaches it.
-struct Partitioned {
-    world: World,
-    cut: Arc<std::sync::atomic::AtomicBool>,
-    /// When each lease was granted to this process (the taker's side of the test).
-    granted: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
-}
-
-impl Partitioned {
-    fn reach(&self) -> Result<(), RecordStoreError> {
-        if self.cut.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(RecordStoreError::Unavailable("partitioned".into()));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl super::ports::RecordStore for Partitioned {
-    async fn acquire(
-        &self,
-        key: &str,
-        owner: &str,
-        ttl: Duration,
-        take_over: Option<&super::ports::LeaseSeen>,
-    ) -> Result<super::ports::Acquired, RecordStoreError> {
-        self.reach()?;
-        let got = self.world.acquire(key, owner, ttl, take_over).await?;
-        if matches!(got, super::ports::Acquired::Granted { .. }) {
-            self.granted
-                .lock()
-                .unwrap()
-                .push(tokio::time::Instant::now());
-        }
-        Ok(got)
-    }
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<(), RecordStoreError> {
-        self.reach()?;
-        self.world.renew(lease, ttl).await
-    }
-    async fn save(&self, lease: &Lease, record: &StepRecord) -> Result<(), RecordStoreError> {
-        self.reach()?;
-        self.world.save(lease, record).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<(), RecordStoreError> {
-        self.reach()?;
-        self.world.release(lease).await
-    }
-    async fn load(&self, key: &str) -> Result<Option<StepRecord>, RecordStoreError> {
-        self.reach()?;
-        self.world.load(key).await
-    }
-    async fn claim_user(
-        &self,
-        user_key: &str,
-        claim: &super::ports::UserClaim,
-        replacing: Option<&super::ports::UserClaim>,
-    ) -> Result<super::ports::Claimed, RecordStoreError> {
-        self.reach()?;
-        self.world.claim_user(user_key, claim, replacing).await
-    }
-    async fn mark_in_use(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
-        self.reach()?;
-        self.world.mark_in_use(user_key, secret).await
-    }
-}
-
 /// A holder cut off from the state table cannot renew: by its own monotonic clock it stops
 /// inside its step before its lease could have run out, and the taker, which watched the lease
 /// unchanged for a whole period on its own clock, takes over only after that. One rotation,
@@ -1263,10 +1193,12 @@ async fn a_holder_cut_off_from_the_state_table_stops_before_a_taker_takes_its_le
     let before = w.version_id_with(APP, Stage::Current);
     let cut = Arc::new(AtomicBool::new(false));
     let mut holder = rotator(&w);
-    holder.records = Arc::new(Partitioned {
-        world: w.clone(),
-        cut: cut.clone(),
-        granted: Default::default(),
+    let partition = cut.clone();
+    holder.records = Tapped::new(&w, move |_| {
+        if partition.load(Ordering::SeqCst) {
+            return Err(RecordStoreError::Unavailable("partitioned".into()));
+        }
+        Ok(())
     });
     // The holder waits in the test step: its logins through the proxy take 10 s each.
     holder.db = Arc::new(SlowProxy(w.clone(), Duration::from_secs(10)));
@@ -1287,10 +1219,12 @@ async fn a_holder_cut_off_from_the_state_table_stops_before_a_taker_takes_its_le
 
     let granted = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut taker = rotator(&w);
-    taker.records = Arc::new(Partitioned {
-        world: w.clone(),
-        cut: Arc::new(AtomicBool::new(false)),
-        granted: granted.clone(),
+    let grants = granted.clone();
+    taker.records = Tapped::new(&w, move |call| {
+        if matches!(call, Call::Granted) {
+            grants.lock().unwrap().push(tokio::time::Instant::now());
+        }
+        Ok(())
     });
     taker.settings.lease_duration = Duration::from_secs(3);
     let took = taker

@@ -799,6 +799,65 @@ impl Relay {
     }
 }
 
+/// A fault proxy in front of moto: `faults` at random, and the refusals a test sets.
+pub async fn fault_proxy(faults: aws_fault_proxy::Faults) -> aws_fault_proxy::FaultProxy {
+    let upstream: std::net::SocketAddr = stack()
+        .aws_endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("AWS_ENDPOINT_URL is http://host:port");
+    aws_fault_proxy::start("127.0.0.1:0".parse().unwrap(), upstream, faults)
+        .await
+        .unwrap()
+}
+
+/// A fault proxy in front of moto with no random faults: only the refusals a test sets.
+pub async fn refusing_proxy() -> aws_fault_proxy::FaultProxy {
+    fault_proxy(aws_fault_proxy::Faults {
+        rate: 0.0,
+        slow_delay: Duration::ZERO,
+    })
+    .await
+}
+
+impl Pair {
+    /// The ARN of secret `id`.
+    pub async fn arn_of(&self, id: &str) -> String {
+        let out = self
+            .sm
+            .describe_secret()
+            .secret_id(id)
+            .send()
+            .await
+            .unwrap();
+        out.arn.unwrap()
+    }
+
+    /// AWSCURRENT's version and value, which a failed rotation must not change.
+    pub async fn current_state(&self) -> (Option<String>, Value) {
+        (
+            self.version_with(&self.app_secret, "AWSCURRENT").await,
+            self.current().await,
+        )
+    }
+
+    /// AWSCURRENT is still `version` with `value`, and it logs in, directly and through the
+    /// proxy.
+    pub async fn assert_current_unchanged(&self, version: &Option<String>, value: &Value) {
+        assert_eq!(
+            &self.version_with(&self.app_secret, "AWSCURRENT").await,
+            version,
+            "AWSCURRENT moved"
+        );
+        let now = self.current().await;
+        assert_eq!(&now, value, "AWSCURRENT's value changed");
+        self.login_with(&now).await.expect("AWSCURRENT logs in");
+        self.login_via_proxy(&now)
+            .await
+            .expect("AWSCURRENT logs in through the proxy");
+    }
+}
+
 /// A finished command's exit status and output, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!(
