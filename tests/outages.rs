@@ -402,3 +402,39 @@ async fn abort_from_a_laptop_whose_clock_runs_45s_ahead_does_not_take_a_live_lea
     assert_holder_finished(child, lines);
     pair.assert_rotated_to(&pair.users[1]).await;
 }
+
+/// A password change that waits for a lock (another session altering the same role) and that
+/// the rotation gives up on at its bound must not land later, when the lock goes: by then
+/// another process may hold the lease and have set another password. The server's own
+/// statement bound cancels it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_the_rotation_gave_up_on_never_lands_later() {
+    let pair = Pair::new().await;
+    let idle = pair.users[1].clone();
+    // A session that holds the idle role's row: ALTER ROLE waits for it.
+    let blocker = pg_connect(&pair.dbname, &stack().admin_user, &stack().admin_password)
+        .await
+        .unwrap();
+    blocker
+        .batch_execute(&format!("BEGIN; ALTER ROLE {idle} CONNECTION LIMIT 50"))
+        .await
+        .unwrap();
+    let mut cmd = pair.command(&["rotate", &pair.app_secret]);
+    cmd.env("ROTATOR_DB_TIMEOUT", "2s");
+    let (out, _) = tokio::task::block_in_place(|| run_within(cmd, Duration::from_secs(60)));
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    let pending = pair
+        .secret_at(&pair.app_secret, "AWSPENDING")
+        .await
+        .expect("the rotation stays in progress with its AWSPENDING");
+    // The lock goes; whatever still waited for it would run now.
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pair.login(&idle, &pair.initial_passwords[1])
+        .await
+        .expect("the idle user keeps the password it had");
+    assert!(
+        pair.login_with(&pending).await.is_err(),
+        "a password change the rotation gave up on landed after it"
+    );
+}

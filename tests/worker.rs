@@ -435,3 +435,38 @@ async fn health_reports_a_live_worker_loop_and_a_stopped_one() {
     assert_eq!(stale.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&stale.stderr).contains("last ran"));
 }
+
+/// A long poll waits longer for its answer than an AWS call may take (`ROTATOR_AWS_TIMEOUT`):
+/// it is not cut off as a silent call, so a request that arrives while the worker polls an idle
+/// queue is taken at once, not handed to a dropped answer and hidden until its visibility
+/// timeout ends.
+#[tokio::test]
+async fn a_long_poll_longer_than_the_aws_call_bound_is_not_cut_off() {
+    let pair = Pair::new().await;
+    let queues = pair.queues().await;
+    let (mut worker, log) = pair.spawn_worker(
+        &queues,
+        &[
+            ("ROTATOR_RECEIVE_WAIT", "4s"),
+            ("ROTATOR_AWS_TIMEOUT", "1s"),
+            ("ROTATOR_VISIBILITY_TIMEOUT", "120s"),
+        ],
+    );
+    // The worker sits in polls of the empty queue; the request arrives during one.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    queues
+        .send(&json!({"secret_id": pair.app_secret, "reason": "long poll"}).to_string())
+        .await;
+    eventually(
+        "the rotation to finish",
+        Duration::from_secs(30),
+        || async { pair.try_status().is_some_and(|s| s["state"] == "finished") },
+    )
+    .await;
+    sigterm(&worker);
+    let status = wait_exit(&mut worker, Duration::from_secs(30));
+    let log = log.lock().unwrap().clone();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("receive failed"), "{log}");
+    pair.assert_rotated_to(&pair.users[1]).await;
+}

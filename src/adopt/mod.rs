@@ -217,7 +217,14 @@ impl Adopter {
         let lease = self.take_lease(&meta.arn).await?;
         // Renewed while adoption runs; each step first looks whether it may be lost.
         let flags = Flags::new(&lease, self.rotator.settings.lease_duration);
-        let work = self.adopt_under(req, meta, Some(&flags));
+        // Stopped inside a step too, as a rotation is: a rerun completes what it left.
+        let work = async {
+            tokio::select! {
+                biased;
+                _ = flags.until_lost() => Err(AdoptError::LeaseLost),
+                adopted = self.adopt_under(req, meta, Some(&flags)) => adopted,
+            }
+        };
         let result = heartbeat(&self.rotator, &lease, &flags, work).await;
         if let Err(e) = self.rotator.records.release(&lease).await {
             warn!(error = %e, "could not release the lease; it runs out by itself");

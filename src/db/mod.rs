@@ -28,8 +28,8 @@ pub struct Databases {
 impl Databases {
     pub fn new(tls: tls::DbTls, timeout: Duration) -> Self {
         Self {
-            postgres: postgres::Postgres::new(tls.clone()),
-            mysql: mysql::MySql::new(tls),
+            postgres: postgres::Postgres::new(tls.clone()).with_statement_timeout(timeout),
+            mysql: mysql::MySql::new(tls).with_statement_timeout(timeout),
             timeout,
         }
     }

@@ -48,6 +48,9 @@ const ER_MUST_CHANGE_PASSWORD_LOGIN: u16 = 1862;
 /// ... "try again later" (the server is full, or going down) ...
 const ER_CON_COUNT_ERROR: u16 = 1040;
 const ER_SERVER_SHUTDOWN: u16 = 1053;
+/// The server gave up waiting for a lock (`lock_wait_timeout`, `innodb_lock_wait_timeout`):
+/// another session holds it for now.
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
 /// ... the user's own limit (max_user_connections, globally or per account) ...
 const ER_TOO_MANY_USER_CONNECTIONS: u16 = 1203;
 const ER_USER_LIMIT_REACHED: u16 = 1226;
@@ -64,6 +67,8 @@ const ER_NOT_VALID_PASSWORD: u16 = 1819;
 
 pub struct MySql {
     tls: DbTls,
+    /// See `with_statement_timeout`.
+    statement_timeout: Option<Duration>,
 }
 
 /// `` `name` `` with embedded backticks doubled.
@@ -130,7 +135,9 @@ pub(crate) fn classify(
                 user: user.to_owned(),
                 reason: format!("{} ({})", scrub(&s.message, secrets), s.code),
             },
-            ER_CON_COUNT_ERROR | ER_SERVER_SHUTDOWN => unreachable(scrub(&s.message, secrets)),
+            ER_CON_COUNT_ERROR | ER_SERVER_SHUTDOWN | ER_LOCK_WAIT_TIMEOUT => {
+                unreachable(scrub(&s.message, secrets))
+            }
             ER_TABLEACCESS_DENIED_ERROR
             | ER_SPECIFIC_ACCESS_DENIED_ERROR
             | ER_PASSWORD_NOT_ALLOWED
@@ -184,7 +191,18 @@ pub(crate) fn classify(
 
 impl MySql {
     pub fn new(tls: DbTls) -> Self {
-        Self { tls }
+        Self {
+            tls,
+            statement_timeout: None,
+        }
+    }
+
+    /// The server gives up a statement of a login session that waits for a lock longer than
+    /// `limit` (`lock_wait_timeout`, both MySQL and MariaDB). A client that gives up does not
+    /// stop it: it would run whenever the lock came.
+    pub fn with_statement_timeout(mut self, limit: Duration) -> Self {
+        self.statement_timeout = Some(limit);
+        self
     }
 
     fn ssl_opts(&self) -> Option<SslOpts> {
@@ -634,7 +652,15 @@ impl Database for MySql {
         at: &Endpoint,
         login: &Credentials,
     ) -> Result<Box<dyn DbSession>, DbError> {
-        let conn = self.connect(at, login).await?;
+        let mut conn = self.connect(at, login).await?;
+        if let Some(limit) = self.statement_timeout {
+            // Whole seconds, at least one: what lock_wait_timeout takes.
+            let secs = limit.as_secs().max(1);
+            let pw = login.password.expose_secret();
+            conn.query_drop(format!("SET SESSION lock_wait_timeout = {secs}"))
+                .await
+                .map_err(|e| classify(at, &login.username, e, &[pw]))?;
+        }
         Ok(Box::new(MySqlSession {
             conn: Some(conn),
             at: at.clone(),

@@ -21,6 +21,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Postgres {
     tls: DbTls,
+    /// The server's own bound on each statement of a password-changing session (see
+    /// `with_statement_timeout`).
+    statement_timeout: Option<Duration>,
 }
 
 /// `"name"` with embedded quotes doubled: safe for any string.
@@ -67,9 +70,13 @@ pub(crate) fn classify(at: &Endpoint, user: &str, e: tokio_postgres::Error) -> D
                     reason: message,
                 }
             }
+            // Also the session's own bounds (`with_statement_timeout`): another session holds a
+            // lock for now, or the server is too slow for now; both pass.
             c if *c == SqlState::TOO_MANY_CONNECTIONS
                 || *c == SqlState::CANNOT_CONNECT_NOW
-                || *c == SqlState::ADMIN_SHUTDOWN =>
+                || *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::LOCK_NOT_AVAILABLE
+                || *c == SqlState::QUERY_CANCELED =>
             {
                 DbError::Unreachable {
                     at: at.to_string(),
@@ -114,7 +121,18 @@ pub(crate) fn classify(at: &Endpoint, user: &str, e: tokio_postgres::Error) -> D
 
 impl Postgres {
     pub fn new(tls: DbTls) -> Self {
-        Self { tls }
+        Self {
+            tls,
+            statement_timeout: None,
+        }
+    }
+
+    /// The server cancels a statement of a login session (and a wait for a lock) after `limit`.
+    /// A client that gives up on a statement does not stop it: an ALTER ROLE waiting on a lock
+    /// would commit whenever the lock came, perhaps after another process took the lease.
+    pub fn with_statement_timeout(mut self, limit: Duration) -> Self {
+        self.statement_timeout = Some(limit);
+        self
     }
 
     pub(crate) async fn connect(
@@ -182,8 +200,15 @@ impl Database for Postgres {
         // password, not the owner's), and pg_stat_activity shows the sessions of the roles whose
         // privileges current_user has. Back to the login, for everything this session does; and
         // out of a read-only default. (`RESET ROLE` would go back to the setting.)
+        let mut setup = "SET ROLE NONE; SET default_transaction_read_only = off".to_owned();
+        if let Some(limit) = self.statement_timeout {
+            let ms = limit.as_millis();
+            setup.push_str(&format!(
+                "; SET statement_timeout = {ms}; SET lock_timeout = {ms}"
+            ));
+        }
         client
-            .batch_execute("SET ROLE NONE; SET default_transaction_read_only = off")
+            .batch_execute(&setup)
             .await
             .map_err(|e| classify(at, &login.username, e))?;
         Ok(Box::new(PgSession {

@@ -39,6 +39,8 @@ pub struct State {
     /// key -> (owner, expires, fence, record); no owner: free. `expires` is the holder's hint,
     /// and changes with every renewal.
     pub leases: HashMap<String, (String, u64, u64, Option<StepRecord>)>,
+    /// key -> the period its holder asked takers to wait
+    pub periods: HashMap<String, Duration>,
     /// effects so far (puts, stage moves, password sets, record saves)
     pub effects: usize,
     pub crash_at: Option<(usize, When)>,
@@ -342,6 +344,7 @@ impl RecordStore for World {
     ) -> Result<Acquired, RecordStoreError> {
         let sent_at = tokio::time::Instant::now();
         let mut s = self.alive().map_err(RecordStoreError::Unavailable)?;
+        let period = s.periods.get(key).copied().unwrap_or(ttl);
         let entry = s
             .leases
             .entry(key.to_owned())
@@ -357,7 +360,7 @@ impl RecordStore for World {
                     fence: entry.2,
                     expires_hint_ms: entry.1,
                     beat: 0,
-                    ttl,
+                    ttl: period,
                 },
                 record: entry.3.clone().map(Box::new),
             });
@@ -365,7 +368,7 @@ impl RecordStore for World {
         entry.0 = owner.to_owned();
         entry.1 = (entry.1 + 1).max(now_ms() + ttl.as_millis() as u64);
         entry.2 += 1;
-        Ok(Acquired::Granted {
+        let granted = Acquired::Granted {
             lease: Lease {
                 key: key.to_owned(),
                 owner: owner.to_owned(),
@@ -373,7 +376,9 @@ impl RecordStore for World {
                 sent_at,
             },
             record: entry.3.clone().map(Box::new),
-        })
+        };
+        s.periods.insert(key.to_owned(), ttl);
+        Ok(granted)
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<(), RecordStoreError> {

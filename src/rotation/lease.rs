@@ -46,7 +46,7 @@ pub(crate) async fn acquire(
     skip: impl Fn(&StepRecord) -> Option<String>,
     begin: Option<(&StepRecord, &BeginIf)>,
 ) -> Result<Taken, RotationError> {
-    let ttl = rotator.settings.lease_duration;
+    let period = takeover_period(&rotator.settings);
     // Unique per acquisition, not per process: two tasks of one worker are two holders. (A retry
     // of the same request after a lost answer carries the same owner, and is let in again.)
     let owner = format!(
@@ -81,10 +81,15 @@ pub(crate) async fn acquire(
             Some((record, cond)) => {
                 rotator
                     .records
-                    .begin(arn, &owner, ttl, record, cond)
+                    .begin(arn, &owner, period, record, cond)
                     .await?
             }
-            None => rotator.records.acquire(arn, &owner, ttl, take_over).await?,
+            None => {
+                rotator
+                    .records
+                    .acquire(arn, &owner, period, take_over)
+                    .await?
+            }
         };
         match acquired {
             Acquired::Granted { lease, record } => return Ok(Taken::Lease(lease, record, waited)),
@@ -369,6 +374,14 @@ pub(crate) fn holder_window(ttl: Duration) -> Duration {
     ttl - ttl / 10
 }
 
+/// How long a taker watches a lease unchanged before it takes it, as the holder writes it in
+/// the lease: the holder's lease, plus the longest a database statement it sent just before
+/// its window closed may still run (the server's own bound on it, `--db-timeout`). So an
+/// effect in flight when the holder stops lands before anyone else may act.
+pub(crate) fn takeover_period(settings: &super::Settings) -> Duration {
+    settings.lease_duration + settings.retry.db_timeout
+}
+
 /// What the work under a lease and its heartbeat tell each other.
 #[derive(Debug)]
 pub(crate) struct Flags {
@@ -422,7 +435,10 @@ pub(crate) async fn heartbeat<T>(
     work: impl Future<Output = T>,
 ) -> T {
     let lost = &flags.lost;
-    let ttl = rotator.settings.lease_duration;
+    let (ttl, advertised) = (
+        rotator.settings.lease_duration,
+        takeover_period(&rotator.settings),
+    );
     // The lease is fresh: the first renewal is due a period from now. (Not `interval`'s
     // immediate first tick, which waits for the timer's next millisecond.)
     let period = ttl / 3;
@@ -439,7 +455,8 @@ pub(crate) async fn heartbeat<T>(
             let sent = Instant::now();
             // A renewal that takes longer than the lease is worth nothing.
             let renewed =
-                tokio::time::timeout(holder_window(ttl), rotator.records.renew(lease, ttl)).await;
+                tokio::time::timeout(holder_window(ttl), rotator.records.renew(lease, advertised))
+                    .await;
             match renewed {
                 Ok(Ok(())) => {
                     *flags.valid_until.lock().expect("lease flags") = sent + holder_window(ttl);

@@ -176,7 +176,8 @@ pub struct LeaseSeen {
     pub expires_hint_ms: u64,
     /// Renewals so far.
     pub beat: u64,
-    /// The holder's lease period (another process may run with another setting).
+    /// How long a taker must see it unchanged, as the holder wrote it (`lease::takeover_period`:
+    /// another process may run with other settings).
     pub ttl: Duration,
 }
 
@@ -241,7 +242,8 @@ pub enum Claimed {
 #[async_trait]
 pub trait RecordStore: Send + Sync {
     /// Takes the lease when it is free (never taken, or released), or when it is still exactly
-    /// `take_over`: a lease the caller has watched unchanged for a whole period.
+    /// `take_over`: a lease the caller has watched unchanged for a whole period. `ttl` is this
+    /// holder's period, which takers read (`LeaseSeen::ttl`).
     async fn acquire(
         &self,
         key: &str,

@@ -300,6 +300,9 @@ pub trait Harness {
             // users: the minimum interval would skip them, and the in-use guard would (rightly)
             // wait. tests/client_caches.rs runs both as production has them.
             .env("ROTATOR_MIN_INTERVAL", "0s")
+            // The local databases answer in milliseconds. The bound is also what a killed
+            // process's lease asks a taker to wait beyond the lease (`takeover_period`).
+            .env("ROTATOR_DB_TIMEOUT", "2s")
             .env("ROTATOR_IN_USE", "warn")
             .env_remove("ROTATOR_TEST_FAILPOINTS")
             .env_remove("RUST_LOG");
