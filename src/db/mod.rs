@@ -27,9 +27,14 @@ pub struct Databases {
 
 impl Databases {
     pub fn new(tls: tls::DbTls, timeout: Duration) -> Self {
+        // The server's own bound on a statement, beside the client's (see the adapters).
+        let mut postgres = postgres::Postgres::new(tls.clone());
+        postgres.statement_timeout = Some(timeout);
+        let mut mysql = mysql::MySql::new(tls);
+        mysql.statement_timeout = Some(timeout);
         Self {
-            postgres: postgres::Postgres::new(tls.clone()).with_statement_timeout(timeout),
-            mysql: mysql::MySql::new(tls).with_statement_timeout(timeout),
+            postgres,
+            mysql,
             timeout,
         }
     }

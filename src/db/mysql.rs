@@ -67,8 +67,10 @@ const ER_NOT_VALID_PASSWORD: u16 = 1819;
 
 pub struct MySql {
     tls: DbTls,
-    /// See `with_statement_timeout`.
-    statement_timeout: Option<Duration>,
+    /// The server gives up a statement of a login session that waits for a lock longer than
+    /// this (`lock_wait_timeout`, MySQL and MariaDB). A client that gives up does not stop it:
+    /// it would run whenever the lock came.
+    pub(crate) statement_timeout: Option<Duration>,
 }
 
 /// `` `name` `` with embedded backticks doubled.
@@ -195,14 +197,6 @@ impl MySql {
             tls,
             statement_timeout: None,
         }
-    }
-
-    /// The server gives up a statement of a login session that waits for a lock longer than
-    /// `limit` (`lock_wait_timeout`, both MySQL and MariaDB). A client that gives up does not
-    /// stop it: it would run whenever the lock came.
-    pub fn with_statement_timeout(mut self, limit: Duration) -> Self {
-        self.statement_timeout = Some(limit);
-        self
     }
 
     fn ssl_opts(&self) -> Option<SslOpts> {

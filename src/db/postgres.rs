@@ -21,9 +21,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Postgres {
     tls: DbTls,
-    /// The server's own bound on each statement of a password-changing session (see
-    /// `with_statement_timeout`).
-    statement_timeout: Option<Duration>,
+    /// The server cancels a statement of a login session (and a wait for a lock) after this.
+    /// A client that gives up on a statement does not stop it: an ALTER ROLE waiting on a lock
+    /// would commit whenever the lock came, perhaps after another process took the lease.
+    pub(crate) statement_timeout: Option<Duration>,
 }
 
 /// `"name"` with embedded quotes doubled: safe for any string.
@@ -125,14 +126,6 @@ impl Postgres {
             tls,
             statement_timeout: None,
         }
-    }
-
-    /// The server cancels a statement of a login session (and a wait for a lock) after `limit`.
-    /// A client that gives up on a statement does not stop it: an ALTER ROLE waiting on a lock
-    /// would commit whenever the lock came, perhaps after another process took the lease.
-    pub fn with_statement_timeout(mut self, limit: Duration) -> Self {
-        self.statement_timeout = Some(limit);
-        self
     }
 
     pub(crate) async fn connect(
