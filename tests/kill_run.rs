@@ -63,7 +63,9 @@ enum Target<'a> {
 async fn kill_round(pair: &Pair, round: usize, target: Target<'_>, tally: &mut Tally) {
     match target {
         Target::Failpoint(point) => {
-            kill(pair.rotate_until(point, "1s"));
+            // A 2 s lease: the holder renews every 0.67 s and may wait 1.1 s for an answer, which
+            // a loaded machine's emulator gives; with 1 s it stepped back before the failpoint.
+            kill(pair.rotate_until(point, "2s"));
             tally.kills += 1;
         }
         Target::RandomWithin(ms) => {

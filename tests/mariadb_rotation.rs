@@ -77,7 +77,7 @@ async fn a_rotation_killed_at_each_step_resumes_with_the_same_rotation_id_on_mar
         "after:test",
     ];
     for (round, point) in points.iter().enumerate() {
-        let child = pair.rotate_until(point, "1s");
+        let child = pair.rotate_until(point, "2s");
         let before = pair.status();
         assert_eq!(before["state"], "in_progress", "{point}: {before}");
         kill(child);
