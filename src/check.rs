@@ -18,10 +18,10 @@ use crate::db::tls::TlsMode;
 use crate::rotation::guard::{verdict, InUsePolicy, Verdict};
 use crate::rotation::lease::{identify, user_key, uses, Uses};
 use crate::rotation::ports::{
-    At, DbError, PasswordRules, SecretMeta, SecretStoreError, SessionGroup, Stage,
+    Accounts, At, DbError, PasswordRules, SecretMeta, SecretStoreError, SessionGroup, Stage,
 };
 use crate::rotation::record::{now_ms, rfc3339, StepRecord};
-use crate::rotation::{left_by_us, RotationError, Rotator};
+use crate::rotation::{left_by_us, unlisted_account, RotationError, Rotator};
 use crate::secret::{AppSecret, Credentials, Endpoint, Engine, UserSecret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -905,7 +905,7 @@ async fn check_accounts(
             continue;
         };
         match rotator.db.accounts(app.engine, at, reader, u).await {
-            Ok(Some(hosts)) => {
+            Ok(Accounts::Listed(hosts)) => {
                 if hosts.len() > 1 && master.is_none() {
                     problems.push(format!(
                         "{u} has {} accounts, and without a master secret only the one it logs in as would change",
@@ -915,10 +915,20 @@ async fn check_accounts(
                 let hosts: Vec<String> = hosts.iter().map(|h| format!("{u}@{h}")).collect();
                 listed.push(hosts.join(", "));
             }
-            Ok(None) => listed.push(format!(
-                "{u}: not listed ({} may not read mysql.user)",
-                reader.username
-            )),
+            Ok(Accounts::Unlisted { logged_in_as }) => {
+                listed.push(format!(
+                    "{u}: not listed ({} may not read mysql.user)",
+                    reader.username
+                ));
+                // Without a master secret the user changes its own account: the rotation's rule.
+                if master.is_none() {
+                    if let Err(why) =
+                        unlisted_account(u, &logged_in_as, app.account_host.as_deref())
+                    {
+                        problems.push(why);
+                    }
+                }
+            }
             Err(e) => listed.push(format!("{u}: not listed ({e})")),
         }
     }
@@ -938,7 +948,7 @@ async fn check_accounts(
             "accounts",
             Status::Fail,
             format!(
-                "{}; {}: the rotation refuses (configure master_secret_id, or drop the extra accounts)",
+                "{}; {}: the rotation refuses (set master_secret_id to a login that may read mysql.user; or drop the extra accounts; or, if the account it logs in as is its only one, add \"account_host\" with that account's host to the secret)",
                 listed.join("; "),
                 problems.join("; ")
             ),

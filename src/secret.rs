@@ -338,6 +338,9 @@ pub struct AppSecret {
     pub master_secret_id: Option<String>,
     /// The RDS Proxy in front of the database (`proxy_name`): `check` reads its Auth list.
     pub proxy_name: Option<String>,
+    /// MySQL/MariaDB: the host of the user's only account (`account_host`), for users that may
+    /// not list their accounts and log in as an account other than `user@%`.
+    pub account_host: Option<String>,
     fields: Fields,
 }
 
@@ -428,6 +431,22 @@ impl AppSecret {
             .str("proxy_name")?
             .filter(|s| !s.trim().is_empty())
             .map(str::to_owned);
+        let account_host = fields.str("account_host")?.map(str::to_owned);
+        match &account_host {
+            Some(h) if h.trim().is_empty() => {
+                return Err(SecretError::Invalid {
+                    key: "account_host",
+                    reason: "is empty".into(),
+                })
+            }
+            Some(_) if engine == Engine::Postgres => {
+                return Err(SecretError::Invalid {
+                    key: "account_host",
+                    reason: "applies to MySQL and MariaDB, whose accounts are per host".into(),
+                })
+            }
+            _ => {}
+        }
 
         Ok(Self {
             engine,
@@ -438,6 +457,7 @@ impl AppSecret {
             proxy_secret_ids,
             master_secret_id,
             proxy_name,
+            account_host,
             fields,
         })
     }

@@ -101,18 +101,7 @@ async fn a_user_with_accounts_on_two_hosts_gets_the_new_password_on_both() {
     let _turn = server().lock().await;
     let pair = MariaPair::new().await;
     // The same users on 127.0.0.1 as well as on %: two accounts each, two passwords each.
-    let mut more = Vec::new();
-    for (user, pw) in pair.users.iter().zip(&pair.initial_passwords) {
-        more.push(format!(
-            "CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY {}",
-            my_literal(pw)
-        ));
-        more.push(format!(
-            "GRANT ALL ON `{}`.* TO '{user}'@'127.0.0.1'",
-            pair.dbname
-        ));
-    }
-    admin_sql(&more).await;
+    add_local_accounts(&pair).await;
     // Without a master secret, nobody can list them (checked at the end).
     let unlisted = pair.run(&["check", &pair.app_secret]);
     add_master(&pair).await;
@@ -143,6 +132,77 @@ async fn a_user_with_accounts_on_two_hosts_gets_the_new_password_on_both() {
             && text(&unlisted).contains("may not read mysql.user"),
         "{}",
         text(&unlisted)
+    );
+}
+
+/// Each user of `pair` gets a second account, on 127.0.0.1 (this process's address), beside `%`.
+async fn add_local_accounts(pair: &MariaPair) {
+    let mut more = Vec::new();
+    for (user, pw) in pair.users.iter().zip(&pair.initial_passwords) {
+        more.push(format!(
+            "CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY {}",
+            my_literal(pw)
+        ));
+        more.push(format!(
+            "GRANT ALL ON `{}`.* TO '{user}'@'127.0.0.1'",
+            pair.dbname
+        ));
+    }
+    admin_sql(&more).await;
+}
+
+#[tokio::test]
+async fn without_a_master_secret_a_user_that_logs_in_as_its_local_account_is_refused_before_anything_changes(
+) {
+    let _turn = server().lock().await;
+    let pair = MariaPair::new().await;
+    add_local_accounts(&pair).await;
+    let [_, b] = &pair.users;
+    let before = pair.snapshot().await;
+    let check = pair.run(&["check", &pair.app_secret]);
+    // The rotator reaches the server from 127.0.0.1, so it logs in as b@127.0.0.1, and may not
+    // list b's accounts. On the old binary this rotation changed b@127.0.0.1 only and moved
+    // AWSCURRENT: an application arriving from any other address (b@%) failed to log in.
+    let out = pair.rotate();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    for part in [
+        format!("{b}@127.0.0.1"),
+        "master_secret_id".to_owned(),
+        "\"account_host\": \"127.0.0.1\"".to_owned(),
+    ] {
+        assert!(text(&out).contains(&part), "{part}: {}", text(&out));
+    }
+    assert_eq!(pair.snapshot().await, before, "nothing was written");
+    let b_then = serde_json::json!({"username": b, "password": pair.initial_passwords[1]});
+    let there = from_address("127.0.0.2").await;
+    assert_eq!(
+        account_via(there, &b_then).await,
+        Ok(format!("{b}@%")),
+        "b keeps its password for applications on other hosts"
+    );
+    // check fails the same way, before any rotation is tried.
+    assert!(!check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains(&format!("{b}@127.0.0.1")) && text(&check).contains("account_host"),
+        "{}",
+        text(&check)
+    );
+    // Without the narrower accounts the rotator logs in as user@%, the account every other
+    // address matches too: the rotation goes ahead, and AWSCURRENT logs in from elsewhere.
+    admin_sql(
+        &pair
+            .users
+            .iter()
+            .map(|u| format!("DROP USER '{u}'@'127.0.0.1'"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let out = pair.rotate();
+    assert!(out.status.success(), "{}", text(&out));
+    pair.assert_rotated_to(b).await;
+    assert_eq!(
+        account_via(there, &pair.current().await).await,
+        Ok(format!("{b}@%"))
     );
 }
 

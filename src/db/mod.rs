@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::rotation::ports::{
-    Database, DbError, DbSession, PasswordRules, ServerIdentity, SessionGroup,
+    Accounts, Database, DbError, DbSession, PasswordRules, ServerIdentity, SessionGroup,
 };
 use crate::secret::{Credentials, Endpoint, Engine};
 use async_trait::async_trait;
@@ -137,7 +137,7 @@ impl DbSession for Bounded {
         bounded(&self.at, self.timeout, self.inner.preflight()).await
     }
 
-    async fn accounts(&mut self, user: &str) -> Result<Option<Vec<String>>, DbError> {
+    async fn accounts(&mut self, user: &str) -> Result<Accounts, DbError> {
         bounded(&self.at, self.timeout, self.inner.accounts(user)).await
     }
 

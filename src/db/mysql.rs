@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 
 use super::tls::{DbTls, TlsMode};
 use crate::rotation::ports::{
-    Database, DbError, DbSession, PasswordRules, ServerIdentity, SessionGroup,
+    Accounts, Database, DbError, DbSession, PasswordRules, ServerIdentity, SessionGroup,
 };
 use crate::secret::{Credentials, Endpoint, Engine};
 
@@ -456,13 +456,13 @@ impl DbSession for MySqlSession {
         } else {
             // The master path: every account (user@host) of that user.
             let hosts = match self.accounts(user).await? {
-                Some(hosts) if !hosts.is_empty() => hosts,
-                Some(_) => {
+                Accounts::Listed(hosts) if !hosts.is_empty() => hosts,
+                Accounts::Listed(_) => {
                     return Err(DbError::Refused(format!(
                         "there is no account for user {user}"
                     )))
                 }
-                None => {
+                Accounts::Unlisted { .. } => {
                     return Err(DbError::NotPermitted(format!(
                         "{} may not read mysql.user, so it cannot find every account of {user}",
                         self.login.username
@@ -514,8 +514,9 @@ impl DbSession for MySqlSession {
         Ok(identity_from(&vars.map_err(|e| self.err(e, &[]))?))
     }
 
-    /// From `mysql.user`, which only a login with rights on the mysql schema may read.
-    async fn accounts(&mut self, user: &str) -> Result<Option<Vec<String>>, DbError> {
+    /// From `mysql.user`, which only a login with rights on the mysql schema may read; else
+    /// the account this login matched, which anyone may ask for.
+    async fn accounts(&mut self, user: &str) -> Result<Accounts, DbError> {
         let read: Result<Vec<String>, _> = self
             .conn()?
             .exec(
@@ -524,8 +525,13 @@ impl DbSession for MySqlSession {
             )
             .await;
         match read.map_err(|e| self.err(e, &[])) {
-            Ok(hosts) => Ok(Some(hosts)),
-            Err(DbError::NotPermitted(_)) => Ok(None),
+            Ok(hosts) => Ok(Accounts::Listed(hosts)),
+            Err(DbError::NotPermitted(_)) => {
+                let me: Result<Option<String>, _> =
+                    self.conn()?.query_first("SELECT CURRENT_USER()").await;
+                let logged_in_as = me.map_err(|e| self.err(e, &[]))?.unwrap_or_default();
+                Ok(Accounts::Unlisted { logged_in_as })
+            }
             Err(e) => Err(e),
         }
     }

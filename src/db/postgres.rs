@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::tls::DbTls;
 use crate::rotation::ports::{
-    Database, DbError, DbSession, PasswordRules, ServerIdentity, SessionGroup,
+    Accounts, Database, DbError, DbSession, PasswordRules, ServerIdentity, SessionGroup,
 };
 use crate::secret::{Credentials, Endpoint, Engine};
 
@@ -354,8 +354,8 @@ impl DbSession for PgSession {
         Ok(PasswordRules::default())
     }
 
-    async fn accounts(&mut self, user: &str) -> Result<Option<Vec<String>>, DbError> {
-        Ok(Some(vec![user.to_owned()]))
+    async fn accounts(&mut self, user: &str) -> Result<Accounts, DbError> {
+        Ok(Accounts::Listed(vec![user.to_owned()]))
     }
 
     /// The system identifier, made by initdb: a physical replica (a hot standby, a Multi-AZ

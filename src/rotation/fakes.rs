@@ -67,6 +67,8 @@ pub struct State {
     pub accounts: HashMap<String, Vec<String>>,
     /// Only "master" may list accounts (as on MySQL, where that takes rights on `mysql.user`).
     pub accounts_hidden: bool,
+    /// The host of the account a login matches when it may not list them (`None`: `%`).
+    pub logged_in_host: Option<String>,
     /// The database is a read replica.
     pub read_only: bool,
     /// What the database asks of a new password.
@@ -624,12 +626,18 @@ impl DbSession for FakeSession {
     }
 
     /// Anyone may list them, unless `accounts_hidden`.
-    async fn accounts(&mut self, user: &str) -> Result<Option<Vec<String>>, DbError> {
+    async fn accounts(&mut self, user: &str) -> Result<Accounts, DbError> {
         let s = self.world.state();
         if s.accounts_hidden && self.login_user != "master" {
-            return Ok(None);
+            return Ok(Accounts::Unlisted {
+                logged_in_as: format!(
+                    "{}@{}",
+                    self.login_user,
+                    s.logged_in_host.as_deref().unwrap_or("%")
+                ),
+            });
         }
-        Ok(Some(
+        Ok(Accounts::Listed(
             s.accounts
                 .get(user)
                 .cloned()

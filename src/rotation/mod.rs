@@ -54,9 +54,9 @@ use crate::secret::{AppSecret, Credentials, Endpoint, Engine, SecretError, UserS
 pub use invocation::Invocation;
 use invocation::{invoked, Invoked};
 use ports::{
-    At, Database, DbError, DbSession, InUse, Lease, PasswordRules, RecordStore, RecordStoreError,
-    ReportOutcome, Reporter, RotationReport, SecretMeta, SecretStore, SecretStoreError,
-    SecretVersion, Stage, UserClaim,
+    Accounts, At, Database, DbError, DbSession, InUse, Lease, PasswordRules, RecordStore,
+    RecordStoreError, ReportOutcome, Reporter, RotationReport, SecretMeta, SecretStore,
+    SecretStoreError, SecretVersion, Stage, UserClaim,
 };
 use record::{now_ms, BeginIf, Plan, Step, StepRecord};
 
@@ -223,6 +223,8 @@ pub enum RotationError {
         user: String,
         reason: String,
     },
+    #[error("refusing to change a password that other accounts may keep: {why}. The password was not changed. Either set master_secret_id to a login that may read mysql.user (it changes every account of the user), or, if {account} is the user's only account, add \"account_host\": \"{}\" to the secret", account.rsplit_once('@').map_or(account.as_str(), |(_, h)| h))]
+    AccountsUnlisted { account: String, why: String },
     #[error("cannot ask the database at {at} who it is (claims on its users are keyed by the server's own identity, never by a name): {tried}")]
     NoServerIdentity { at: String, tried: String },
     #[error("{found}, so an application still logs in with credentials from two rotations ago; the rotation of {secret} waits before changing the password, and resumes once those sessions stop (`rotate --ignore-in-use` goes on anyway)")]
@@ -303,6 +305,7 @@ impl RotationError {
             | Self::UserShared { .. }
             | Self::MarkUnreadable { .. }
             | Self::NoServerIdentity { .. }
+            | Self::AccountsUnlisted { .. }
             | Self::Inconsistent { .. } => false,
         }
     }
@@ -1091,24 +1094,82 @@ async fn only_account(
     session: &mut dyn DbSession,
     user: &str,
     master_later: bool,
+    account_host: Option<&str>,
 ) -> Result<(), RotationError> {
     match session.accounts(user).await? {
-        Some(accounts) if accounts.len() > 1 => Err(DbError::NotPermitted(format!(
+        Accounts::Listed(accounts) if accounts.len() > 1 => Err(DbError::NotPermitted(format!(
             "user {user} has {} accounts ({}), each with its own password, and a user changes only the one it logged in as; the master secret changes them all",
             accounts.len(),
             accounts.join(", ")
         ))
         .into()),
-        None if master_later => Err(DbError::NotPermitted(format!(
+        Accounts::Unlisted { .. } if master_later => Err(DbError::NotPermitted(format!(
             "user {user} {UNLISTED}, so accounts on other hosts could keep the old password; the master secret changes every one"
         ))
         .into()),
-        None => {
-            warn!(%user, "cannot list the user's accounts (no master secret): an account of the same name on another host keeps its old password");
+        Accounts::Unlisted { logged_in_as } => {
+            unlisted_account(user, &logged_in_as, account_host).map_err(|why| {
+                RotationError::AccountsUnlisted {
+                    account: logged_in_as.clone(),
+                    why,
+                }
+            })?;
+            warn!(%user, account = %logged_in_as, "cannot list the user's accounts (no master secret); changing the one it logs in as");
             Ok(())
         }
-        Some(_) => Ok(()),
+        Accounts::Listed(_) => Ok(()),
     }
+}
+
+/// Before a password is made, in a session of one of the sources: the server's rules (a replica
+/// refuses here), and, when the idle user would change its own password (MySQL without a master
+/// secret), whether that reaches every account it has.
+async fn look(
+    session: &mut dyn DbSession,
+    current: &AppSecret,
+    target: &str,
+) -> Result<PasswordRules, RotationError> {
+    let rules = session.preflight().await?;
+    if current.engine != Engine::Postgres && current.master_secret_id.is_none() {
+        // Several listed accounts are set_password's to refuse: it tries every source first.
+        if let Accounts::Unlisted { logged_in_as } = session.accounts(target).await? {
+            let host = current.account_host.as_deref();
+            unlisted_account(target, &logged_in_as, host).map_err(|why| {
+                RotationError::AccountsUnlisted {
+                    account: logged_in_as,
+                    why,
+                }
+            })?;
+        }
+    }
+    Ok(rules)
+}
+
+/// May a user that cannot list its accounts change its own password? It changes one account,
+/// the one the server matched for this login, and MySQL matches the most specific host first.
+/// So when that is `user@%`, no other account serves this address, and (for the rotator's
+/// subnet) `%` is the catch-all every other address falls back to. An account on a narrower
+/// host (`user@10.0.1.%`) means a catch-all may exist beside it, which would keep the old
+/// password: refused, unless the secret says this host is the only one (`account_host`).
+pub(crate) fn unlisted_account(
+    user: &str,
+    logged_in_as: &str,
+    account_host: Option<&str>,
+) -> Result<(), String> {
+    let host = logged_in_as
+        .rsplit_once('@')
+        .map_or(logged_in_as, |(_, h)| h);
+    if host == "%" || account_host == Some(host) {
+        return Ok(());
+    }
+    Err(match account_host {
+        Some(declared) => format!(
+            "the secret says {user}'s only account is on host {declared}, but the rotator logs in as {logged_in_as}"
+        ),
+        None => format!(
+            "{user} logs in from here as {logged_in_as}, not as {user}@%, and may not list its accounts: another account of {user} (such as {user}@%, which serves other addresses and RDS Proxy) would keep its old password"
+        ),
+    })
 }
 
 /// How a compare-and-swap of AWSCURRENT ended.
@@ -1802,7 +1863,14 @@ impl Run<'_> {
             self.guard_passed = true;
         }
         if login.username == pending.username {
-            only_account(session.as_mut(), &pending.username, master_later).await?;
+            let host = self.current().await?.account_host.clone();
+            only_account(
+                session.as_mut(),
+                &pending.username,
+                master_later,
+                host.as_deref(),
+            )
+            .await?;
         }
         session
             .set_password(&pending.username, &pending.password)
@@ -1842,16 +1910,18 @@ impl Run<'_> {
     /// rotation here, before AWSPENDING is written. Without that login (it failed, or this run
     /// resumed) the rules are the defaults, and set_password's own session checks again.
     async fn server_rules(&mut self) -> Result<PasswordRules, RotationError> {
+        let current = self.current().await?.clone();
+        let target = self.target_user().to_owned();
         if let Some(early) = self.early.take() {
             match early.session().await {
                 Ok(mut session) => {
-                    let rules = session.preflight().await;
+                    let rules = look(session.as_mut(), &current, &target).await;
                     self.opened = Some(Ok(session));
                     match rules {
                         Ok(rules) => return Ok(rules),
                         // This login may not look: another source may.
-                        Err(e) if e.try_next_source() => {}
-                        Err(e) => return Err(e.into()),
+                        Err(RotationError::Database(e)) if e.try_next_source() => {}
+                        Err(e) => return Err(e),
                     }
                 }
                 Err(e) => self.opened = Some(Err(e)),
@@ -1860,7 +1930,6 @@ impl Run<'_> {
         // No early login (no proxy secret, a resumed or retried run), or it failed: the first
         // other source that logs in looks, since a replica is better refused now than after
         // AWSPENDING is written. set_password's session checks again in any case.
-        let current = self.current().await?.clone();
         let at = current.admin_endpoint().clone();
         for source in KnownSource::ALL {
             if matches!(source, KnownSource::ProxySecret) && self.opened.is_some() {
@@ -1869,13 +1938,13 @@ impl Run<'_> {
             for (_, login) in self.known_credentials(source, &current).await? {
                 let Some(login) = login else { continue };
                 let looked = match self.rotator.db.login(current.engine, &at, &login).await {
-                    Ok(mut session) => session.preflight().await,
-                    Err(e) => Err(e),
+                    Ok(mut session) => look(session.as_mut(), &current, &target).await,
+                    Err(e) => Err(e.into()),
                 };
                 match looked {
                     Ok(rules) => return Ok(rules),
-                    Err(e) if e.try_next_source() => {}
-                    Err(e) => return Err(e.into()),
+                    Err(RotationError::Database(e)) if e.try_next_source() => {}
+                    Err(e) => return Err(e),
                 }
             }
         }

@@ -445,7 +445,7 @@ pub trait Database: Send + Sync {
         at: &Endpoint,
         login: &Credentials,
         user: &str,
-    ) -> Result<Option<Vec<String>>, DbError> {
+    ) -> Result<Accounts, DbError> {
         self.login(engine, at, login).await?.accounts(user).await
     }
     /// Logs in as `login` and looks for `user`'s recent sessions (`DbSession::recent_sessions`).
@@ -483,10 +483,20 @@ pub trait DbSession: Send {
     /// will refuse every change this adapter may send, else the rules a new password must meet.
     async fn preflight(&mut self) -> Result<PasswordRules, DbError>;
     /// The accounts of `user` (MySQL: one per host, each with its own password; PostgreSQL: the
-    /// role), or `None` when this login may not list them.
-    async fn accounts(&mut self, user: &str) -> Result<Option<Vec<String>>, DbError>;
+    /// role), or the one this login is, when it may not list them.
+    async fn accounts(&mut self, user: &str) -> Result<Accounts, DbError>;
     /// What the server says it is (see `ServerIdentity`).
     async fn identity(&mut self) -> Result<ServerIdentity, DbError>;
+}
+
+/// A user's accounts, as one login sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accounts {
+    /// Every account: MySQL's hosts (one password each), PostgreSQL's one role.
+    Listed(Vec<String>),
+    /// This login may not list them (MySQL: no read of `mysql.user`). It is logged in as
+    /// `logged_in_as`, the account the server matched (`CURRENT_USER()`, `user@host`).
+    Unlisted { logged_in_as: String },
 }
 
 /// What a database server says it is, the same under every name that reaches it (cluster,

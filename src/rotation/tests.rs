@@ -364,6 +364,76 @@ async fn accounts_the_idle_user_may_not_list_are_left_to_the_master_secret_unles
     assert_rotated(&w, "alice", "bob", "alice-0");
 }
 
+/// MySQL without a master secret: the users may not list their accounts, and the server matches
+/// this process's logins to `user@<logged_in_host>`.
+fn unlisted_world(logged_in_host: &str, account_host: Option<&str>) -> World {
+    let w = world();
+    let mut app = w.labelled(APP, Stage::Current).unwrap();
+    app["engine"] = json!("mysql");
+    if let Some(h) = account_host {
+        app["account_host"] = json!(h);
+    }
+    w.add_secret(APP, app);
+    let mut s = w.state();
+    s.accounts_hidden = true;
+    s.logged_in_host = Some(logged_in_host.to_owned());
+    drop(s);
+    w
+}
+
+#[tokio::test]
+async fn a_user_that_may_not_list_its_accounts_and_logs_in_as_a_narrower_host_is_refused_before_awspending(
+) {
+    let w = unlisted_world("10.0.1.%", None);
+    let err = rotate(&w).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    let text = err.to_string();
+    for part in [
+        "bob@10.0.1.%",
+        "master_secret_id",
+        "\"account_host\": \"10.0.1.%\"",
+    ] {
+        assert!(text.contains(part), "{part} missing from: {text}");
+    }
+    assert!(w.labelled(APP, Stage::Pending).is_none(), "nothing written");
+    assert!(w.state().password_changes.is_empty());
+}
+
+#[tokio::test]
+async fn a_user_that_may_not_list_its_accounts_rotates_as_its_catch_all_account_or_the_one_the_secret_names(
+) {
+    let w = unlisted_world("%", None);
+    rotate(&w).await.unwrap();
+    assert_rotated(&w, "alice", "bob", "alice-0");
+    let w = unlisted_world("10.0.1.%", Some("10.0.1.%"));
+    rotate(&w).await.unwrap();
+    assert_rotated(&w, "alice", "bob", "alice-0");
+    // A secret that names another host than the one the server matched is refused.
+    let w = unlisted_world("10.0.1.%", Some("10.0.2.%"));
+    let err = rotate(&w).await.unwrap_err().to_string();
+    assert!(err.contains("only account is on host 10.0.2.%"), "{err}");
+}
+
+#[test]
+fn only_the_catch_all_account_or_the_named_one_may_change_unlisted() {
+    let cases = [
+        ("u@%", None, true),
+        ("u@10.0.1.%", None, false),
+        ("u@127.0.0.1", None, false),
+        ("u@10.0.1.%", Some("10.0.1.%"), true),
+        ("u@10.0.1.%", Some("%"), false),
+        ("u@%", Some("10.0.1.%"), true),
+        ("us@er@localhost", Some("localhost"), true),
+    ];
+    for (account, declared, ok) in cases {
+        assert_eq!(
+            unlisted_account("u", account, declared).is_ok(),
+            ok,
+            "{account} {declared:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_read_replica_is_refused_before_awspending_even_when_the_proxy_secret_is_stale() {
     let w = world();
