@@ -472,3 +472,68 @@ async fn a_worker_that_does_not_know_the_function_leaves_its_rotation_to_it() {
     let violations = pair.violations(true).await;
     assert!(violations.is_empty(), "{violations:?}");
 }
+
+/// createSecret stored its value under Secrets Manager's token, and the function died before its
+/// record was written. A worker that knows the function then takes the token over: it reads the
+/// stored value instead of making another (AWS refuses the same token with another value), and
+/// Secrets Manager's retry finds the rotation done. On the old binary the worker took the token
+/// over as a rotation of its own, made a second password and failed on ResourceExistsException.
+#[tokio::test]
+async fn a_worker_taking_over_the_functions_rotation_uses_the_value_its_first_call_stored() {
+    let pair = Arc::new(Pair::new().await);
+    let driver = secrets_manager(&pair).await;
+    let token = driver.start_rotation(true).await;
+    let mut function = Function::start(
+        {
+            let mut cmd = lambda_command(&pair);
+            cmd.env("ROTATOR_LEASE_DURATION", "2s")
+                .env("ROTATOR_TEST_FAILPOINTS", "after:create_pending=exit");
+            cmd
+        },
+        &driver.function_arn,
+    )
+    .await;
+    let died = function.invoke(driver.event("createSecret", &token)).await;
+    assert!(died.is_err(), "createSecret: {died:?}");
+    let stored = pair
+        .sm
+        .get_secret_value()
+        .secret_id(&pair.app_secret)
+        .version_id(&token)
+        .send()
+        .await
+        .expect("createSecret stored its value under the token");
+    let stored: Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
+
+    let queued = pair
+        .command(&["rotate", &pair.app_secret, "--lease-wait", "60s"])
+        .env("ROTATOR_ROTATION_FUNCTION_ARNS", &driver.function_arn)
+        .output()
+        .unwrap();
+    assert!(queued.status.success(), "{}", text(&queued));
+    assert!(
+        String::from_utf8_lossy(&queued.stdout).contains(&format!("(rotation {token}")),
+        "{}",
+        text(&queued)
+    );
+    assert_eq!(
+        pair.version_with(&pair.app_secret, "AWSCURRENT")
+            .await
+            .as_deref(),
+        Some(token.as_str())
+    );
+    assert_eq!(
+        pair.current().await["password"],
+        stored["password"],
+        "AWSCURRENT is the value createSecret stored"
+    );
+    pair.assert_rotated_to(&pair.users[1]).await;
+    let mut live = None;
+    let done = driver
+        .run_steps(&token, 1, &|| lambda_command(&pair), &mut live)
+        .await
+        .unwrap_or_else(|d| panic!("Secrets Manager's retry: {:?}", d.failures));
+    assert_eq!(done.attempts, 1);
+    let violations = pair.violations(true).await;
+    assert!(violations.is_empty(), "{violations:?}");
+}

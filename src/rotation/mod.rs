@@ -665,14 +665,15 @@ impl Rotator {
         let now = now_ms();
         // `planned`: what planning a new rotation read, reused by its steps instead of read again.
         let begun = matches!(start, Start::Begun { .. });
-        let (record, resumed, planned) = match start {
+        // `made_here`: the rotation id was made by this run, moments ago, so no version has it.
+        let (record, resumed, planned, made_here) = match start {
             Start::Begun {
                 record,
                 current,
                 proxy,
             } => {
                 announce(&record, &current);
-                (record, false, Some((current, proxy)))
+                (record, false, Some((current, proxy)), true)
             }
             Start::Found { existing, plan } => match invoked(meta, existing, request)? {
                 Invoked::Answer(outcome) => return Ok(outcome),
@@ -683,7 +684,7 @@ impl Rotator {
                     // In progress again, for everyone: a call with nothing to do saves nothing
                     // else, and a queue request in between must resume it, not begin another.
                     self.records.save(lease, &r).await?;
-                    (r, true, None)
+                    (r, true, None, false)
                 }
                 Invoked::Record(existing) => match existing {
                     // A rotation in progress is always finished first, whatever was asked.
@@ -691,7 +692,7 @@ impl Rotator {
                         r.resumed(now);
                         info!(secret = %meta.arn, rotation_id = r.rotation_id.as_deref().unwrap_or(""),
                           step = %r.step, attempts = r.attempts, "resuming rotation");
-                        (r, true, None)
+                        (r, true, None, false)
                     }
                     Some(previous) if skip_reason(&previous, request, now).is_some() => {
                         let why = skip_reason(&previous, request, now).unwrap_or_default();
@@ -718,6 +719,9 @@ impl Rotator {
                         });
                         match planned {
                             Ok((id, plan, current, proxy)) => {
+                                // AWSPENDING's version taken over (Secrets Manager's token): an
+                                // earlier attempt may have written its value already.
+                                let made_here = plan.pending_version.as_deref() != Some(&id);
                                 let record = new_record(
                                     &meta.arn,
                                     id,
@@ -727,7 +731,7 @@ impl Rotator {
                                     now,
                                 );
                                 announce(&record, &current);
-                                (record, false, Some((current, proxy)))
+                                (record, false, Some((current, proxy)), made_here)
                             }
                             Err(e) => {
                                 // Refusing a call of Secrets Manager's is not a failed rotation of
@@ -760,9 +764,11 @@ impl Rotator {
             },
         };
         trace.record(&record, resumed);
-        // A rotation that Secrets Manager names may have a value under its id already (an
-        // earlier attempt whose record was lost): its steps look before they write.
-        let fresh = planned.is_some() && request.invocation.is_none();
+        // Only a rotation whose id this run made skips the steps' "already written?" reads. One
+        // that Secrets Manager names (its call, or its token taken over by a worker) may have a
+        // value under that id already, from an attempt whose record was lost: AWS refuses the
+        // same token with another value, so its steps look before they write.
+        let fresh = planned.is_some() && made_here && request.invocation.is_none();
         if fresh && request.force {
             if let Some(why) = too_soon(&record, request, now) {
                 warn!(secret = %meta.arn, %why, "forced: rotating inside the minimum interval");
