@@ -280,14 +280,13 @@ impl StepRecord {
     }
 
     /// The pending versions that may hold `target`'s password after this record: its own, if
-    /// it ended unfinished with `target` as its target past create_pending (set_password may
-    /// have run), and those it carried.
+    /// it ended unfinished with `target` as its target, and those it carried. At any step, even
+    /// create_pending: set_password's record is written beside the password change, so a change
+    /// can land while its record does not (the write refused, the process killed), and the
+    /// record still says create_pending. A version that was never written costs one read.
     pub fn unfinished_for(&self, target: &str) -> Vec<String> {
         let mut out = Vec::new();
-        if self.is_unfinished()
-            && self.step > Step::CreatePending
-            && self.target_user.as_deref() == Some(target)
-        {
+        if self.is_unfinished() && self.target_user.as_deref() == Some(target) {
             out.extend(self.rotation_id.clone());
         }
         if self.target_user.is_none() || self.target_user.as_deref() == Some(target) {

@@ -763,6 +763,47 @@ impl super::ports::RecordStore for Tapped {
     }
 }
 
+/// The record of set_password is written beside the password change, not before it. Here the
+/// change lands and every write of that record is refused (DynamoDB throttling, say), so the
+/// stored record still says create_pending; an operator then aborts. The next rotation, with no
+/// master secret, must still know the idle user's password: it is in the aborted rotation's
+/// pending version, which the next rotation tries whatever step the record names.
+#[tokio::test]
+async fn a_password_change_whose_record_write_was_refused_is_still_known_after_an_abort() {
+    let w = world();
+    let mut r = rotator(&w);
+    r.records = Tapped::new(&w, |call| match call {
+        Call::Save(r) if r.step >= Step::SetPassword => Err(RecordStoreError::Unavailable(
+            "ProvisionedThroughputExceededException".into(),
+        )),
+        _ => Ok(()),
+    });
+    let err = r
+        .rotate(APP, &Request::default(), LeaseWait::No)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let key = format!("arn:fake:{APP}");
+    let stored = w.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.step),
+        (State::InProgress, Step::CreatePending)
+    );
+    let pending = w.labelled(APP, Stage::Pending).unwrap();
+    assert_eq!(
+        w.state().db["bob"],
+        pending["password"].as_str().unwrap(),
+        "the password changed although its record did not land"
+    );
+    rotator(&w)
+        .abort(APP, "stuck", LeaseWait::No)
+        .await
+        .unwrap();
+    // bob's proxy secret still holds bob-0, and there is no master secret.
+    rotate(&w).await.unwrap();
+    assert_rotated(&w, "alice", "bob", "alice-0");
+}
+
 #[tokio::test]
 async fn shutdown_after_a_step_stops_at_its_record_and_the_next_run_resumes_it() {
     use super::ports::RecordStore;
