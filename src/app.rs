@@ -268,6 +268,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                     retry_max_delay: w.retry_max_delay,
                     shutdown_grace: w.shutdown_grace,
                     health_file: Some(w.health_file),
+                    max_deferrals: w.max_deferrals,
                 },
             };
             worker.run().await;
@@ -396,6 +397,7 @@ async fn enqueue(
                     reason: ask.reason.clone(),
                     // Copies of this request (SQS may deliver twice) share the id.
                     request_id: Some(uuid::Uuid::new_v4().to_string()),
+                    deferrals: 0,
                 };
                 (
                     secret_id,
@@ -406,7 +408,7 @@ async fn enqueue(
     };
     let mut sent = Vec::new();
     for (what, body) in bodies {
-        match queue.send(&body).await {
+        match queue.send(&body, std::time::Duration::ZERO).await {
             Ok(id) => {
                 if !json {
                     println!("{id}\t{what}");

@@ -200,6 +200,11 @@ pub struct WorkerArgs {
     /// Upper bound of the redelivery delay.
     #[arg(long, env = "ROTATOR_RETRY_MAX_DELAY", default_value = "15m", value_parser = humantime::parse_duration)]
     pub retry_max_delay: Duration,
+    /// How many times a request whose rotation waits (the in-use guard, another rotation of
+    /// the user) is sent again, each after up to --retry-max-delay, before it goes to the
+    /// dead-letter queue with the reason (192 at 15m: about two days).
+    #[arg(long, env = "ROTATOR_MAX_DEFERRALS", default_value_t = 192)]
+    pub max_deferrals: u32,
     /// Long-poll wait (at most 20s).
     #[arg(long, env = "ROTATOR_RECEIVE_WAIT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub receive_wait: Duration,

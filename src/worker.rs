@@ -8,9 +8,16 @@
 //! | outcome                          | message                                              |
 //! |----------------------------------|------------------------------------------------------|
 //! | rotated, or skipped              | deleted                                              |
-//! | transient error, lease held      | made visible again after a growing delay             |
+//! | transient error                  | made visible again after a growing delay             |
+//! | a wait (the in-use guard, a lease or a user another rotation holds) | sent again as a new message after a growing delay, same request id; the original deleted |
 //! | fatal error, malformed message   | sent to the dead-letter queue with its reason, deleted |
+//! | transient error on the queue's last receive, or a wait past `max_deferrals` | the same: a person must act |
 //! | shutdown before it finished      | made visible again at once, for another worker       |
+//!
+//! A wait is not a failure: were it made visible again, its receives would reach the redrive
+//! policy's maxReceiveCount, and SQS would move it to the dead-letter queue by itself, with no
+//! reason, leaving the rotation in progress (holding AWSPENDING and its user claim) until some
+//! later request. A new message starts its receive count again.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -59,8 +66,13 @@ pub trait Queue: Send + Sync {
     async fn delete(&self, m: &Message) -> Result<(), QueueError>;
     /// Makes the message visible again after `delay` (also the visibility heartbeat).
     async fn hide_for(&self, m: &Message, delay: Duration) -> Result<(), QueueError>;
-    /// Sends a new message; returns its id.
-    async fn send(&self, body: &str) -> Result<String, QueueError>;
+    /// Sends a new message, delivered after `delay` (at most 15 min); returns its id.
+    async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError>;
+    /// The receive after which the queue moves a message to the dead-letter queue by itself
+    /// (the redrive policy's maxReceiveCount), when known.
+    fn max_receives(&self) -> Option<u32> {
+        None
+    }
     /// Moves the message to the dead-letter queue with `reason` attached, then deletes it.
     async fn dead_letter(&self, m: &Message, reason: &str) -> Result<(), QueueError>;
 }
@@ -89,6 +101,9 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
     /// Touched by the loop; `rds-rotator health` checks its age.
     pub health_file: Option<PathBuf>,
+    /// How many times a request whose rotation waits is sent again before it goes to the
+    /// dead-letter queue (with `retry_max_delay` of 15 min, 192 is about two days).
+    pub max_deferrals: u32,
 }
 
 impl Default for WorkerSettings {
@@ -102,9 +117,13 @@ impl Default for WorkerSettings {
             retry_max_delay: Duration::from_secs(15 * 60),
             shutdown_grace: Duration::from_secs(20),
             health_file: None,
+            max_deferrals: 192,
         }
     }
 }
+
+/// SQS delays a new message by at most 15 minutes.
+const MAX_DEFER_DELAY: Duration = Duration::from_secs(900);
 
 /// What happened to one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,11 +141,56 @@ pub enum Handled {
         delay: Duration,
         error: String,
     },
+    /// The rotation waits: the request was sent again, to arrive after `delay`.
+    Deferred {
+        delay: Duration,
+        error: String,
+    },
     DeadLettered {
         reason: String,
     },
     /// Shutdown came first; the message is visible again for another worker.
     Interrupted,
+}
+
+/// What becomes of a message whose request did not end (see the table above): a value, so the
+/// rules are tested without a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Visible again after a delay; each receive counts towards the redrive limit.
+    Retry,
+    /// Sent again as a new message, after a delay, with the same request id; the original is
+    /// deleted.
+    Defer,
+    /// To the dead-letter queue, with the reason: a person must act.
+    DeadLetter,
+}
+
+/// `receive_count` is this delivery's; `max_receives` the queue's redrive limit, when known;
+/// `deferrals` how often the request was sent again already.
+pub fn disposition(
+    e: &RotationError,
+    receive_count: u32,
+    max_receives: Option<u32>,
+    deferrals: u32,
+    max_deferrals: u32,
+) -> Disposition {
+    if !e.is_retryable() {
+        return Disposition::DeadLetter;
+    }
+    if e.is_wait() {
+        return if deferrals < max_deferrals {
+            Disposition::Defer
+        } else {
+            Disposition::DeadLetter
+        };
+    }
+    // The queue would move it at its next receive, with no reason: now, with one.
+    if max_receives.is_some_and(|max| receive_count >= max) {
+        Disposition::DeadLetter
+    } else {
+        Disposition::Retry
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,10 +229,10 @@ impl Worker {
                 return self.dead_letter(m, e.to_string()).await;
             }
         };
-        let handled = match job {
+        let (handled, asked) = match job {
             Job::FanOut { select, request_id } => {
                 let request_id = request_id.unwrap_or_else(|| m.id.clone());
-                self.fan_out(m, &select, &request_id).await
+                (self.fan_out(m, &select, &request_id).await, None)
             }
             Job::Rotate(msg) => {
                 let visibility = self.settings.visibility;
@@ -184,13 +248,14 @@ impl Worker {
                         }
                     }
                 };
-                tokio::select! {
-                    h = self.rotate(m, msg) => h,
+                let handled = tokio::select! {
+                    h = self.rotate(m, msg.clone()) => h,
                     never = heartbeat => never,
-                }
+                };
+                (handled, Some(msg))
             }
         };
-        self.settle(m, handled).await
+        self.settle(m, handled, asked.as_ref()).await
     }
 
     async fn rotate(&self, m: &Message, msg: RotateMessage) -> Result<Handled, RotationError> {
@@ -243,9 +308,10 @@ impl Worker {
                 reason: Some(format!("tag {}={}", select.tag_key, select.tag_value)),
                 // Derived from the fan-out request: a redelivered fan-out does not rotate twice.
                 request_id: Some(format!("{request_id}/{arn}")),
+                deferrals: 0,
             })
             .expect("messages serialise");
-            if let Err(e) = self.queue.send(&body).await {
+            if let Err(e) = self.queue.send(&body, Duration::ZERO).await {
                 // Retry the whole fan-out: the copies already sent are skipped by request id.
                 return Err(RotationError::Secrets(SecretStoreError::Unavailable(
                     e.to_string(),
@@ -256,8 +322,14 @@ impl Worker {
         Ok(Handled::FannedOut { count: arns.len() })
     }
 
-    /// Acknowledges, delays or dead-letters the message according to the outcome.
-    async fn settle(&self, m: &Message, outcome: Result<Handled, RotationError>) -> Handled {
+    /// Acknowledges, delays, defers or dead-letters the message according to the outcome.
+    /// `asked` is the rotation request it carried.
+    async fn settle(
+        &self,
+        m: &Message,
+        outcome: Result<Handled, RotationError>,
+        asked: Option<&RotateMessage>,
+    ) -> Handled {
         match outcome {
             Ok(handled) => {
                 if let Err(e) = self.queue.delete(m).await {
@@ -270,22 +342,77 @@ impl Worker {
                 let _ = self.queue.hide_for(m, Duration::ZERO).await;
                 Handled::Interrupted
             }
-            Err(e) if e.is_retryable() => {
-                let delay = self.retry_delay(m.receive_count);
-                warn!(message_id = %m.id, error = %e, retry_in = %humantime::format_duration(delay),
-                      receive_count = m.receive_count, "transient failure; the message will come back");
-                if let Err(q) = self.queue.hide_for(m, delay).await {
-                    warn!(message_id = %m.id, error = %q, "could not delay the message");
-                }
-                Handled::Retried {
-                    delay,
-                    error: e.to_string(),
-                }
-            }
             Err(e) => {
-                error!(message_id = %m.id, error = %e, "rotation failed; sending the message to the dead-letter queue");
-                self.dead_letter(m, e.to_string()).await
+                let deferrals = asked.map_or(0, |a| a.deferrals);
+                let disposition = disposition(
+                    &e,
+                    m.receive_count,
+                    self.queue.max_receives(),
+                    deferrals,
+                    self.settings.max_deferrals,
+                );
+                match (disposition, asked) {
+                    (Disposition::Defer, Some(asked)) => self.defer(m, asked, e).await,
+                    (Disposition::Retry | Disposition::Defer, _) => {
+                        let delay = self.retry_delay(m.receive_count);
+                        warn!(message_id = %m.id, error = %e, retry_in = %humantime::format_duration(delay),
+                              receive_count = m.receive_count, "transient failure; the message will come back");
+                        if let Err(q) = self.queue.hide_for(m, delay).await {
+                            warn!(message_id = %m.id, error = %q, "could not delay the message");
+                        }
+                        Handled::Retried {
+                            delay,
+                            error: e.to_string(),
+                        }
+                    }
+                    (Disposition::DeadLetter, _) => {
+                        let reason = if !e.is_retryable() {
+                            e.to_string()
+                        } else if e.is_wait() {
+                            format!("still waiting after {deferrals} deferrals: {e}")
+                        } else {
+                            format!(
+                                "still failing at receive {} (the queue's limit): {e}",
+                                m.receive_count
+                            )
+                        };
+                        error!(message_id = %m.id, error = %reason, "rotation failed; sending the message to the dead-letter queue");
+                        self.dead_letter(m, reason).await
+                    }
+                }
             }
+        }
+    }
+
+    /// The rotation waits: the same request goes in again as a new message, after a growing
+    /// delay, and the original is deleted. Sent first: a failed delete only leaves a copy,
+    /// which the request id makes harmless.
+    async fn defer(&self, m: &Message, asked: &RotateMessage, e: RotationError) -> Handled {
+        let deferrals = asked.deferrals.saturating_add(1);
+        let again = RotateMessage {
+            request_id: Some(asked.request_id.clone().unwrap_or_else(|| m.id.clone())),
+            deferrals,
+            ..asked.clone()
+        };
+        let body = serde_json::to_string(&again).expect("messages serialise");
+        let delay = self.retry_delay(deferrals).min(MAX_DEFER_DELAY);
+        match self.queue.send(&body, delay).await {
+            Ok(id) => {
+                info!(message_id = %m.id, new_message_id = %id, error = %e, deferrals,
+                      retry_in = %humantime::format_duration(delay), "the rotation waits; the request was sent again");
+                if let Err(q) = self.queue.delete(m).await {
+                    warn!(message_id = %m.id, error = %q, "could not delete the deferred message; its copy is harmless");
+                }
+            }
+            Err(q) => {
+                // Not sent: the original comes back instead, counting one receive.
+                warn!(message_id = %m.id, error = %q, "could not send the deferred request again; the message will come back");
+                let _ = self.queue.hide_for(m, delay).await;
+            }
+        }
+        Handled::Deferred {
+            delay,
+            error: e.to_string(),
         }
     }
 
@@ -429,6 +556,7 @@ mod tests {
 
     #[derive(Default)]
     struct FakeQueue {
+        max_receives: Option<u32>,
         waiting: Mutex<VecDeque<Message>>,
         deleted: Mutex<Vec<String>>,
         hidden: Mutex<Vec<(String, Duration)>>,
@@ -468,10 +596,13 @@ mod tests {
             self.waiting.lock().unwrap().push_back(again);
             Ok(())
         }
-        async fn send(&self, body: &str) -> Result<String, QueueError> {
+        async fn send(&self, body: &str, _delay: Duration) -> Result<String, QueueError> {
             let mut sent = self.sent.lock().unwrap();
             sent.push(body.to_owned());
             Ok(format!("sent-{}", sent.len()))
+        }
+        fn max_receives(&self) -> Option<u32> {
+            self.max_receives
         }
         async fn dead_letter(&self, m: &Message, reason: &str) -> Result<(), QueueError> {
             self.dead
@@ -604,6 +735,136 @@ mod tests {
         );
         assert!(within(wk.retry_delay(30), 900.0));
         assert!(q.deleted.lock().unwrap().is_empty() && q.dead.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn waits_are_sent_again_failures_retried_until_the_queues_last_receive_and_fatal_errors_dead_lettered(
+    ) {
+        use Disposition::*;
+        let wait = RotationError::Busy {
+            secret: "s".into(),
+            owner: "o".into(),
+        };
+        let transient = RotationError::LeaseLost("s".into());
+        let fatal = RotationError::TooSoon {
+            secret: "s".into(),
+            why: "w".into(),
+        };
+        let cases = [
+            // (error, receive count, queue's limit, deferrals so far, limit of deferrals)
+            (&wait, 1, Some(3), 0, 5, Defer),
+            (&wait, 3, Some(3), 4, 5, Defer),
+            (&wait, 1, Some(3), 5, 5, DeadLetter),
+            (&transient, 1, Some(3), 0, 5, Retry),
+            (&transient, 2, None, 0, 5, Retry),
+            (&transient, 99, None, 0, 5, Retry),
+            (&transient, 3, Some(3), 0, 5, DeadLetter),
+            (&fatal, 1, Some(3), 0, 5, DeadLetter),
+        ];
+        for (e, receives, max, deferrals, limit, want) in cases {
+            assert_eq!(
+                disposition(e, receives, max, deferrals, limit),
+                want,
+                "{e} at receive {receives}/{max:?}, deferral {deferrals}/{limit}"
+            );
+        }
+    }
+
+    /// Two users; the idle one (bob) has a session that ran a statement just now.
+    fn world_in_use() -> World {
+        let w = World::default();
+        w.add_secret(
+            "app",
+            json!({"host": "db", "username": "alice", "password": "alice-0",
+                   "rotation_usernames": ["alice", "bob"],
+                   "proxy_secret_ids": ["proxy-alice", "proxy-bob"]}),
+        );
+        w.add_secret(
+            "proxy-alice",
+            json!({"username": "alice", "password": "alice-0"}),
+        );
+        w.add_secret("proxy-bob", json!({"username": "bob", "password": "bob-0"}));
+        let mut s = w.state();
+        s.db.insert("alice".into(), "alice-0".into());
+        s.db.insert("bob".into(), "bob-0".into());
+        s.sessions.insert(
+            "bob".into(),
+            vec![crate::rotation::ports::SessionGroup {
+                client: "10.0.1.5".into(),
+                application: "orders-api".into(),
+                sessions: 1,
+            }],
+        );
+        drop(s);
+        w
+    }
+
+    #[tokio::test]
+    async fn a_rotation_that_waits_for_the_in_use_guard_is_sent_again_with_its_request_id_never_dead_lettered(
+    ) {
+        let w = world_in_use();
+        let q = Arc::new(FakeQueue {
+            max_receives: Some(2),
+            ..FakeQueue::default()
+        });
+        let wk = worker(&w, &q);
+        // Delivered for the queue's last time: a wait still does not go to the DLQ.
+        let handled = wk
+            .process(&msg(
+                "m",
+                json!({"secret_id": "app", "reason": "monthly"}),
+                2,
+            ))
+            .await;
+        assert!(
+            matches!(handled, Handled::Deferred { ref error, .. } if error.contains("bob")),
+            "{handled:?}"
+        );
+        assert!(q.dead.lock().unwrap().is_empty());
+        assert_eq!(*q.deleted.lock().unwrap(), ["m"], "the original is deleted");
+        let again: RotateMessage = serde_json::from_str(&q.sent.lock().unwrap()[0]).unwrap();
+        assert_eq!(
+            again,
+            RotateMessage {
+                secret_id: "app".into(),
+                force: false,
+                ignore_in_use: false,
+                reason: Some("monthly".into()),
+                request_id: Some("m".into()),
+                deferrals: 1,
+            }
+        );
+        // Once the session has ended, the request sent again resumes the rotation it began.
+        w.state().sessions.clear();
+        let body = q.sent.lock().unwrap()[0].clone();
+        let handled = wk
+            .process(&Message {
+                id: "m-again".into(),
+                receipt: "r".into(),
+                body,
+                receive_count: 1,
+            })
+            .await;
+        assert!(matches!(handled, Handled::Rotated { .. }), "{handled:?}");
+        assert_eq!(w.state().password_changes, ["bob"]);
+        // A wait that outlasts the limit of deferrals goes to the DLQ, with the reason.
+        let w = world_in_use();
+        let q = Arc::new(FakeQueue::default());
+        let mut wk = worker(&w, &q);
+        wk.settings.max_deferrals = 3;
+        let handled = wk
+            .process(&msg("late", json!({"secret_id": "app", "deferrals": 3}), 1))
+            .await;
+        assert!(
+            matches!(handled, Handled::DeadLettered { .. }),
+            "{handled:?}"
+        );
+        let dead = q.dead.lock().unwrap();
+        assert!(
+            dead[0].1.contains("still waiting after 3 deferrals") && dead[0].1.contains("bob"),
+            "{}",
+            dead[0].1
+        );
     }
 
     #[tokio::test]

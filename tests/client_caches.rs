@@ -376,3 +376,77 @@ async fn applications_reading_through_aws_caching_client_never_fail_a_login_and_
         ),
     );
 }
+
+/// The worker meets the in-use guard: the rotation waits, and the request is sent again (same
+/// request id, a new message) instead of coming back until the redrive policy moves it to the
+/// dead-letter queue. On the old binary the message reached the DLQ after its second receive,
+/// with no reason, and the rotation stayed in progress until some later request.
+#[tokio::test]
+async fn a_worker_waiting_for_the_in_use_guard_sends_the_request_again_and_never_dead_letters_it() {
+    let pair = Pair::new().await;
+    let queues = pair.queues_with_max_receives(2).await;
+    let idle = pair.users[1].clone();
+    let held = hold_session(&pair, &idle, &pair.initial_passwords[1], "orders-api").await;
+    let (mut worker, log) = pair.spawn_worker(
+        &queues,
+        &[
+            ("ROTATOR_IN_USE", "refuse"),
+            ("ROTATOR_RETRY_DELAY", "1s"),
+            ("ROTATOR_RETRY_MAX_DELAY", "1s"),
+        ],
+    );
+    queues
+        .send(
+            &serde_json::json!({"secret_id": pair.app_secret, "request_id": "monthly"}).to_string(),
+        )
+        .await;
+    // Four waits: twice the queue's limit of receives.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let deferrals = || {
+        log.lock()
+            .unwrap()
+            .matches("the request was sent again")
+            .count()
+    };
+    while deferrals() < 4 {
+        // Keeps the session in use (a statement within the guard's window).
+        held.simple_query("SELECT 1").await.unwrap();
+        let dead = queues.dead_letters().await;
+        assert!(dead.is_empty(), "dead-lettered while waiting: {dead:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{} deferrals in 60 s; log:\n{}",
+            deferrals(),
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let status = pair.status();
+    assert_eq!(status["state"], "in_progress", "{status}");
+    pair.login(&idle, &pair.initial_passwords[1])
+        .await
+        .expect("the idle user's password did not change");
+    // The session ends: the request, sent again, finishes the rotation it began.
+    drop(held);
+    wait_until_no_session(&pair, &idle).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pair.status()["state"] != "finished" {
+        assert!(
+            Instant::now() < deadline,
+            "not finished in 60 s; log:\n{}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let status = pair.status();
+    assert_eq!(status["request_id"], "monthly", "{status}");
+    pair.assert_rotated_to(&idle).await;
+    sigterm(&worker);
+    let _ = worker.wait();
+    assert!(queues.dead_letters().await.is_empty());
+    assert_eq!(
+        queues.depth(&queues.url).await,
+        0,
+        "nothing left in the queue"
+    );
+}

@@ -13,6 +13,8 @@ use crate::worker::{Message, Queue, QueueError};
 
 /// SQS caps visibility timeouts at 12 hours.
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+/// SQS's longest DelaySeconds.
+const MAX_DELAY: Duration = Duration::from_secs(900);
 
 /// How long past its wait a long poll may take to answer before it counts as silent.
 const LONG_POLL_SLACK: Duration = Duration::from_secs(10);
@@ -22,6 +24,9 @@ pub struct SqsQueue {
     client: Client,
     url: String,
     dlq_url: Option<String>,
+    /// The redrive policy's maxReceiveCount: the receive after which SQS moves a message to the
+    /// dead-letter queue by itself.
+    max_receives: Option<u32>,
 }
 
 fn map_err<E>(
@@ -60,6 +65,7 @@ impl SqsQueue {
             ),
             url: url.to_owned(),
             dlq_url: None,
+            max_receives: None,
         }
     }
 
@@ -76,27 +82,34 @@ impl SqsQueue {
                 .interceptor(super::CountCalls)
                 .build(),
         );
+        let attrs = client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .map_err(map_err)?;
+        let policy = attrs
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok());
+        // A number in AWS's answers, a string in what Terraform and moto write.
+        let max_receives = policy.as_ref().and_then(|p| match &p["maxReceiveCount"] {
+            serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            serde_json::Value::String(s) => s.parse().ok(),
+            _ => None,
+        });
         let dlq_url = match dlq_url {
             Some(u) => u.to_owned(),
             None => {
-                let attrs = client
-                    .get_queue_attributes()
-                    .queue_url(url)
-                    .attribute_names(QueueAttributeName::RedrivePolicy)
-                    .send()
-                    .await
-                    .map_err(map_err)?;
-                let policy = attrs
-                    .attributes()
-                    .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
-                    .ok_or_else(|| {
-                        QueueError::Misconfigured(format!(
-                            "queue {url} has no redrive policy: give it a dead-letter queue, or pass --dlq-url"
-                        ))
-                    })?;
-                let arn = serde_json::from_str::<serde_json::Value>(policy)
-                    .ok()
-                    .and_then(|p| p["deadLetterTargetArn"].as_str().map(str::to_owned))
+                let policy = policy.ok_or_else(|| {
+                    QueueError::Misconfigured(format!(
+                        "queue {url} has no readable redrive policy: give it a dead-letter queue, or pass --dlq-url"
+                    ))
+                })?;
+                let arn = policy["deadLetterTargetArn"]
+                    .as_str()
+                    .map(str::to_owned)
                     .ok_or_else(|| {
                         QueueError::Misconfigured(format!(
                             "queue {url} has an unreadable redrive policy"
@@ -125,6 +138,7 @@ impl SqsQueue {
             client,
             url: url.to_owned(),
             dlq_url: Some(dlq_url),
+            max_receives,
         })
     }
 
@@ -249,16 +263,21 @@ impl Queue for SqsQueue {
         Ok(())
     }
 
-    async fn send(&self, body: &str) -> Result<String, QueueError> {
+    async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
         let out = self
             .client
             .send_message()
             .queue_url(&self.url)
             .message_body(body)
+            .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
             .send()
             .await
             .map_err(map_err)?;
         Ok(out.message_id.unwrap_or_default())
+    }
+
+    fn max_receives(&self) -> Option<u32> {
+        self.max_receives
     }
 
     async fn dead_letter(&self, m: &Message, reason: &str) -> Result<(), QueueError> {

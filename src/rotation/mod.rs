@@ -275,6 +275,19 @@ pub enum RotationError {
 }
 
 impl RotationError {
+    /// Retryable because something else must end first (the idle user's sessions, another
+    /// rotation of the secret or of the user): waiting, not failing. The worker sends these
+    /// requests again rather than counting them towards its queue's redrive limit.
+    pub fn is_wait(&self) -> bool {
+        matches!(
+            self,
+            Self::UserInUse { .. }
+                | Self::UserBusy { .. }
+                | Self::Busy { .. }
+                | Self::OtherRotation { .. }
+        )
+    }
+
     /// Decided where the error is seen: transient infrastructure trouble is retryable,
     /// everything that needs a person is fatal.
     pub fn is_retryable(&self) -> bool {

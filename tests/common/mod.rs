@@ -631,12 +631,17 @@ impl Queues {
 
 impl Pair {
     pub async fn queues(&self) -> Queues {
+        self.queues_with_max_receives(20).await
+    }
+
+    /// A queue whose redrive policy moves a message to the DLQ after `max` receives.
+    pub async fn queues_with_max_receives(&self, max: u32) -> Queues {
         let out = self.run(&[
             "setup",
             "--queue-name",
             &format!("rt-{}-q", self.id),
             "--max-receive-count",
-            "20",
+            &max.to_string(),
         ]);
         assert!(
             out.status.success(),
