@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::adopt::ports::{ProxyDirectory, ProxyError};
 use crate::db::tls::TlsMode;
-use crate::rotation::guard::{verdict, InUsePolicy, Verdict};
+use crate::rotation::guard::{on_readers, verdict, InUsePolicy, Verdict};
 use crate::rotation::lease::{identify, user_key, uses, Uses};
 use crate::rotation::ports::{
     Accounts, At, DbError, PasswordRules, SecretMeta, SecretStoreError, SessionGroup, Stage,
@@ -335,6 +335,8 @@ pub async fn check(
     let guard = &rotator.settings.in_use;
     let guard_on = app.is_multi_user() && guard.policy != InUsePolicy::Off;
     let mut looked: Option<Result<Vec<SessionGroup>, DbError>> = None;
+    // Readers the guard could not ask, each with why.
+    let mut unchecked: Vec<String> = Vec::new();
     // What the server asks of a password change (a replica, a validation plugin), in the same
     // session: the rotation reads it there before it makes the password.
     let mut server: Option<Result<PasswordRules, DbError>> = None;
@@ -385,7 +387,16 @@ pub async fn check(
                 match db.login(app.engine, &admin_at, creds).await {
                     Ok(mut session) => {
                         if guard_on {
-                            looked = Some(session.recent_sessions(user, guard.window).await);
+                            // As the rotation does: the writer and every reader, at once.
+                            let (writer, readers) = tokio::join!(
+                                session.recent_sessions(user, guard.window),
+                                on_readers(db, app.engine, &app.readers, creds, user, guard.window)
+                            );
+                            looked = Some(writer.map(|mut groups| {
+                                groups.extend(readers.groups);
+                                groups
+                            }));
+                            unchecked = readers.unchecked;
                         }
                         server = Some(session.preflight().await);
                         Ok(())
@@ -474,7 +485,15 @@ pub async fn check(
 
     if app.is_multi_user() {
         let last = last_record.as_ref();
-        check_in_use(rotator, &next_user, looked, last, min_interval, &mut report);
+        check_in_use(
+            rotator,
+            &next_user,
+            looked,
+            &unchecked,
+            last,
+            min_interval,
+            &mut report,
+        );
     }
     // Single-user rotation: the user in use is the one whose password changes.
     if server.is_none() && !app.is_multi_user() {
@@ -714,6 +733,7 @@ fn check_in_use(
     rotator: &Rotator,
     user: &str,
     looked: Option<Result<Vec<SessionGroup>, DbError>>,
+    unchecked: &[String],
     record: Option<&StepRecord>,
     min_interval: Duration,
     report: &mut CheckReport,
@@ -736,6 +756,26 @@ fn check_in_use(
         );
         return;
     };
+    if !unchecked.is_empty() {
+        report.push(
+            "in use",
+            if guard.policy == InUsePolicy::Refuse {
+                Status::Fail
+            } else {
+                Status::Warn
+            },
+            format!(
+                "could not look at the sessions of user {user} on {}: the next rotation {} (ROTATOR_IN_USE={})",
+                unchecked.join("; "),
+                if guard.policy == InUsePolicy::Refuse {
+                    "waits until it can"
+                } else {
+                    "changes the password anyway"
+                },
+                guard.policy.as_str()
+            ),
+        );
+    }
     let next_allowed = record
         .and_then(|r| r.last_success_at)
         .map(|last| last + min_interval.as_millis() as u64)

@@ -21,6 +21,8 @@ const MAX_SECRET_BYTES: usize = 65_536;
 const MAX_PASSWORD_BYTES: usize = 1_024;
 /// Users taking turns: two is the norm; a long list is a mistake, not a rotation.
 const MAX_ROTATION_USERS: usize = 16;
+/// RDS allows 15 read replicas of an instance, Aurora 15 readers in a cluster.
+const MAX_READERS: usize = 15;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SecretError {
@@ -289,6 +291,40 @@ fn shown(name: &str) -> String {
     format!("{s:?}")
 }
 
+/// `host`, `host:port` or `[v6 address]:port` of `reader_hosts`, with the writer's port and
+/// database by default.
+fn reader_endpoint(text: &str, writer: &Endpoint) -> Result<Endpoint, SecretError> {
+    let bad = |why: &str| SecretError::Invalid {
+        key: "reader_hosts",
+        reason: format!("{}: {why}", shown(text)),
+    };
+    let text = text.trim();
+    let (host, port) = match text.rsplit_once(':') {
+        _ if text.is_empty() => return Err(bad("is empty")),
+        // A bare IPv6 address has colons and no port.
+        Some((h, _)) if h.contains(':') && !h.starts_with('[') => (text, None),
+        Some((h, p)) => (h, Some(p)),
+        None => (text, None),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(bad("is not a host name"));
+    }
+    let port = match port {
+        None => writer.port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| bad("has no valid port after the colon"))?,
+    };
+    Ok(Endpoint {
+        host: host.to_owned(),
+        port,
+        dbname: writer.dbname.clone(),
+    })
+}
+
 /// User names are restricted to what RDS itself allows for master users plus `.`/`-`/`$`. Names
 /// are quoted in SQL anyway; the restriction keeps anything that looks like SQL out of the
 /// rotation, with an error that says why.
@@ -341,6 +377,10 @@ pub struct AppSecret {
     /// MySQL/MariaDB: the host of the user's only account (`account_host`), for users that may
     /// not list their accounts and log in as an account other than `user@%`.
     pub account_host: Option<String>,
+    /// Every other server that serves the users' logins and keeps sessions of its own (Aurora
+    /// readers, read replicas, a hot standby): `reader_hosts`, `host` or `host:port` (the
+    /// writer's port by default). The in-use guard looks at each.
+    pub readers: Vec<Endpoint>,
     fields: Fields,
 }
 
@@ -448,7 +488,21 @@ impl AppSecret {
             _ => {}
         }
 
+        let admin_at = direct.as_ref().unwrap_or(&endpoint);
+        let readers = fields
+            .string_list("reader_hosts")?
+            .iter()
+            .map(|r| reader_endpoint(r, admin_at))
+            .collect::<Result<Vec<_>, _>>()?;
+        if readers.len() > MAX_READERS {
+            return Err(SecretError::Invalid {
+                key: "reader_hosts",
+                reason: format!("lists {} servers; at most {MAX_READERS}", readers.len()),
+            });
+        }
+
         Ok(Self {
+            readers,
             engine,
             endpoint,
             direct,
@@ -596,6 +650,48 @@ mod tests {
         assert_eq!(s.master_secret_id.as_deref(), Some("arn:m"));
         assert!(!s.is_multi_user());
         assert_eq!(s.next_username(), "u");
+    }
+
+    #[test]
+    fn readers_take_the_writers_port_and_database_unless_they_name_a_port() {
+        let mut v = seed();
+        v["direct_host"] = json!("writer.local");
+        v["direct_port"] = json!(5432);
+        v["reader_hosts"] = json!([
+            "reader-1.local",
+            "standby.local:5433",
+            "[fd00::7]:5434",
+            "fd00::8"
+        ]);
+        let readers: Vec<String> = parse(v)
+            .unwrap()
+            .readers
+            .iter()
+            .map(|r| format!("{r}/{}", r.dbname))
+            .collect();
+        assert_eq!(
+            readers,
+            [
+                "reader-1.local:5432/shop",
+                "standby.local:5433/shop",
+                "fd00::7:5434/shop",
+                "fd00::8:5432/shop"
+            ]
+        );
+        for bad in [
+            json!([""]),
+            json!(["r:0"]),
+            json!(["r:x"]),
+            json!(["a b"]),
+            json!("r"),
+        ] {
+            let mut v = seed();
+            v["reader_hosts"] = bad.clone();
+            assert!(parse(v).is_err(), "{bad}");
+        }
+        let mut v = seed();
+        v["reader_hosts"] = json!((0..16).map(|i| format!("r{i}")).collect::<Vec<_>>());
+        assert!(parse(v).unwrap_err().to_string().contains("at most 15"));
     }
 
     #[test]

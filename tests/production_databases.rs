@@ -425,3 +425,124 @@ async fn the_test_step_does_not_take_a_pooled_proxy_login_as_proof_that_the_data
     assert_eq!(set, 2, "{said}");
     pair.assert_rotated_to(&idle).await;
 }
+
+/// A session on the local stack's hot standby, as `user`.
+async fn on_standby(
+    dbname: &str,
+    user: &str,
+    password: &str,
+    application: &str,
+) -> Result<tokio_postgres::Client, String> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(env("ROTATOR_TEST_PG_REPLICA_HOST"))
+        .port(env("ROTATOR_TEST_PG_REPLICA_PORT").parse().unwrap())
+        .dbname(dbname)
+        .user(user)
+        .password(password)
+        .application_name(application);
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| common::pg_error(&e))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// An application reads from the hot standby as the idle user: the writer's pg_stat_activity
+/// does not show that session. With the standby in `reader_hosts` the guard looks there too,
+/// and the rotation waits. On the old binary the guard looked at the writer only: the password
+/// changed, replicated to the standby, and the application's next login there failed.
+#[tokio::test]
+async fn a_session_of_the_idle_user_on_the_hot_standby_defers_the_rotation_until_it_ends() {
+    let pair = Pair::new().await;
+    let standby = format!(
+        "{}:{}",
+        env("ROTATOR_TEST_PG_REPLICA_HOST"),
+        env("ROTATOR_TEST_PG_REPLICA_PORT")
+    );
+    pair.edit_app_secret(|app| app["reader_hosts"] = json!([standby]))
+        .await;
+    let (idle, password) = (pair.users[1].clone(), pair.initial_passwords[1].clone());
+    eventually(
+        "the standby has the pair's users",
+        Duration::from_secs(20),
+        || {
+            let (dbname, idle, password) = (pair.dbname.clone(), idle.clone(), password.clone());
+            async move { on_standby(&dbname, &idle, &password, "probe").await.is_ok() }
+        },
+    )
+    .await;
+    let reports = on_standby(&pair.dbname, &idle, &password, "reports")
+        .await
+        .unwrap();
+    reports.simple_query("SELECT 1").await.unwrap();
+    let guarded = |pair: &Pair| {
+        pair.command(&["rotate", &pair.app_secret])
+            .env("ROTATOR_IN_USE", "refuse")
+            .output()
+            .unwrap()
+    };
+    let waited = guarded(&pair);
+    assert_eq!(waited.status.code(), Some(75), "{}", text(&waited));
+    assert!(
+        text(&waited).contains(&format!("on reader {standby} (reports)")),
+        "{}",
+        text(&waited)
+    );
+    // The password did not change: a new login on the standby still works.
+    on_standby(&pair.dbname, &idle, &password, "again")
+        .await
+        .expect("the idle user still logs in on the standby");
+    // The application leaves: the rotation goes ahead.
+    drop(reports);
+    let standby_admin = {
+        let s = common::stack();
+        on_standby(&pair.dbname, &s.admin_user, &s.admin_password, "watch")
+            .await
+            .unwrap()
+    };
+    eventually(
+        "the standby's session ends",
+        Duration::from_secs(10),
+        || {
+            let (db, idle) = (&standby_admin, idle.clone());
+            async move {
+                let n: i64 = db
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1::text::name",
+                        &[&idle],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                n == 0
+            }
+        },
+    )
+    .await;
+    let done = guarded(&pair);
+    assert_ok(&done);
+    pair.assert_rotated_to(&idle).await;
+
+    // A reader that cannot be reached: its sessions are unknown, so the rotation waits.
+    pair.edit_app_secret(|app| app["reader_hosts"] = json!(["127.0.0.1:1"]))
+        .await;
+    let before = pair.versions(&pair.proxy_secrets[0]).await;
+    let waited = pair
+        .command(&["rotate", &pair.app_secret, "--force"])
+        .env("ROTATOR_IN_USE", "refuse")
+        .output()
+        .unwrap();
+    assert_eq!(waited.status.code(), Some(75), "{}", text(&waited));
+    assert!(
+        text(&waited).contains("could not look at the sessions")
+            && text(&waited).contains("127.0.0.1:1"),
+        "{}",
+        text(&waited)
+    );
+    assert_eq!(
+        pair.versions(&pair.proxy_secrets[0]).await,
+        before,
+        "the proxy secret did not change"
+    );
+}

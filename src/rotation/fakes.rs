@@ -63,6 +63,11 @@ pub struct State {
     pub deny_puts: std::collections::HashSet<String>,
     /// database user -> its sessions that ran a statement recently (what the guard sees)
     pub sessions: HashMap<String, Vec<crate::rotation::ports::SessionGroup>>,
+    /// A reader's host -> the sessions it keeps of its own (the writer's `sessions` are not
+    /// there). Any other host is the writer.
+    pub reader_sessions: HashMap<String, Vec<crate::rotation::ports::SessionGroup>>,
+    /// Hosts that answer no login.
+    pub unreachable_hosts: std::collections::HashSet<String>,
     /// database user -> the hosts of its accounts, when it has more than one
     pub accounts: HashMap<String, Vec<String>>,
     /// Only "master" may list accounts (as on MySQL, where that takes rights on `mysql.user`).
@@ -553,6 +558,12 @@ impl Database for World {
             at: at.to_string(),
             reason,
         })?;
+        if s.unreachable_hosts.contains(&at.host) {
+            return Err(DbError::Unreachable {
+                at: at.to_string(),
+                reason: "connection timed out".into(),
+            });
+        }
         if !World::login_ok(&s, at, login) {
             return Err(DbError::LoginRejected(login.username.clone()));
         }
@@ -650,13 +661,11 @@ impl DbSession for FakeSession {
         user: &str,
         _within: std::time::Duration,
     ) -> Result<Vec<crate::rotation::ports::SessionGroup>, DbError> {
-        Ok(self
-            .world
-            .state()
-            .sessions
-            .get(user)
-            .cloned()
-            .unwrap_or_default())
+        let s = self.world.state();
+        if let Some(on_reader) = s.reader_sessions.get(&self.at.host) {
+            return Ok(on_reader.clone());
+        }
+        Ok(s.sessions.get(user).cloned().unwrap_or_default())
     }
 }
 

@@ -10,10 +10,34 @@
 //! not: RDS Proxy keeps its pooled backend connections of the idle user open after the last
 //! application moved on, and they say nothing about who still has the old credentials. A session
 //! that an application uses runs statements.
+//!
+//! The window (35 min by default) is longer than what can keep a client's old credentials
+//! unseen while it still holds a connection:
+//! - RDS Proxy closes a client connection idle for its IdleClientTimeout (30 min by default).
+//!   A client still connected through the proxy ran its last statement less than that ago, on
+//!   one of the proxy's backend connections, which shows it. When the proxy closes it, the
+//!   client logs in again, with the credentials it holds: the login that would fail.
+//! - Pools retire connections after their maximum lifetime (HikariCP: 30 min), so a pooled
+//!   connection of a direct client is younger than that, and ran at least its first statement
+//!   within the window.
+//!
+//! And it stays shorter than what separates the proxy's abandoned backend connections from a
+//! rotation: clients read new credentials within an hour of a rotation (AWS's caching clients),
+//! and the next rotation comes at least the minimum interval (2 h) after it, so the pool's
+//! connections of the user they left have been idle for an hour or more.
+//!
+//! Readers and replicas keep sessions of their own, which the writer does not show, and take
+//! the new password by replication. So the guard asks each one the secret lists
+//! (`reader_hosts`), at the same time as the writer, each in a login of its own. A reader that
+//! cannot be asked makes the rotation wait like a session in use: its sessions are unknown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::ports::{InUse, SessionGroup};
+use tokio::task::JoinSet;
+
+use super::ports::{Database, InUse, SessionGroup};
+use crate::secret::{Credentials, Endpoint, Engine};
 
 /// What the guard does with a user in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -51,7 +75,8 @@ pub struct InUseGuard {
     pub window: Duration,
 }
 
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// RDS Proxy's default IdleClientTimeout (30 min), and a margin (see the module's docs).
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(35 * 60);
 
 impl Default for InUseGuard {
     fn default() -> Self {
@@ -92,6 +117,56 @@ pub fn verdict(
     }
 }
 
+/// What the readers said: the sessions found there (each client named with its reader), and the
+/// readers that could not be asked, each with why.
+#[derive(Debug, Default)]
+pub struct OnReaders {
+    pub groups: Vec<SessionGroup>,
+    pub unchecked: Vec<String>,
+}
+
+/// Asks every reader at once for `user`'s recent sessions, each in a login of its own as
+/// `login` (a physical replica has the writer's users and passwords). Each login and statement
+/// is bounded by the database timeout.
+pub async fn on_readers(
+    db: &Arc<dyn Database>,
+    engine: Engine,
+    readers: &[Endpoint],
+    login: &Credentials,
+    user: &str,
+    window: Duration,
+) -> OnReaders {
+    let mut asks = JoinSet::new();
+    for (i, at) in readers.iter().cloned().enumerate() {
+        let (db, login, user) = (db.clone(), login.clone(), user.to_owned());
+        asks.spawn(async move {
+            (
+                i,
+                db.recent_sessions(engine, &at, &login, &user, window).await,
+            )
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = asks.join_next().await {
+        if let Ok(answer) = joined {
+            answers.push(answer);
+        }
+    }
+    answers.sort_by_key(|(i, _)| *i);
+    let mut out = OnReaders::default();
+    for (i, at) in readers.iter().enumerate() {
+        match answers.iter_mut().find(|(j, _)| *j == i).map(|(_, r)| r) {
+            Some(Ok(groups)) => out.groups.extend(groups.drain(..).map(|g| SessionGroup {
+                client: format!("{} on reader {at}", g.client),
+                ..g
+            })),
+            Some(Err(e)) => out.unchecked.push(format!("{at}: {e}")),
+            None => out.unchecked.push(format!("{at}: the look ended early")),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,7 +203,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("10.0.1.5 (orders-api)") && text.contains("15m"),
+            text.contains("10.0.1.5 (orders-api)") && text.contains("35m"),
             "{text}"
         );
     }

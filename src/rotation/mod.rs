@@ -229,6 +229,12 @@ pub enum RotationError {
     NoServerIdentity { at: String, tried: String },
     #[error("{found}, so an application still logs in with credentials from two rotations ago; the rotation of {secret} waits before changing the password, and resumes once those sessions stop (`rotate --ignore-in-use` goes on anyway)")]
     UserInUse { secret: String, found: InUse },
+    #[error("the in-use guard could not look at the sessions of user {user} on {unchecked}, so an application may still log in there with it; the rotation of {secret} waits before changing the password, and looks again (`rotate --ignore-in-use` goes on anyway)")]
+    ReaderUnchecked {
+        secret: String,
+        user: String,
+        unchecked: String,
+    },
     #[error("the rotation {asked} of {secret} that Secrets Manager asks for cannot run: rotation {running} is in progress and finishes first (its own next attempt, or the queue's, resumes it)")]
     OtherRotation {
         secret: String,
@@ -282,6 +288,7 @@ impl RotationError {
         matches!(
             self,
             Self::UserInUse { .. }
+                | Self::ReaderUnchecked { .. }
                 | Self::UserBusy { .. }
                 | Self::Busy { .. }
                 | Self::OtherRotation { .. }
@@ -296,6 +303,7 @@ impl RotationError {
             | Self::StageMoveRefused { .. }
             | Self::UserBusy { .. }
             | Self::UserInUse { .. }
+            | Self::ReaderUnchecked { .. }
             | Self::Busy { .. }
             | Self::OtherRotation { .. }
             | Self::LeaseLost(_)
@@ -533,7 +541,10 @@ impl Trace {
             retries: t.retries,
             calls: tally.snapshot(),
             in_use: t.in_use,
-            waits_for_sessions: matches!(result, Err(RotationError::UserInUse { .. })),
+            waits_for_sessions: matches!(
+                result,
+                Err(RotationError::UserInUse { .. } | RotationError::ReaderUnchecked { .. })
+            ),
         }
     }
 }
@@ -1878,7 +1889,8 @@ impl Run<'_> {
         }
         // Single-user rotation changes the user in use by design (it warned).
         if self.current().await?.is_multi_user() && !self.guard_passed {
-            self.guard(session.as_mut(), &pending.username).await?;
+            self.guard(session.as_mut(), login, &pending.username)
+                .await?;
             self.guard_passed = true;
         }
         if login.username == pending.username {
@@ -1975,13 +1987,29 @@ impl Run<'_> {
     async fn guard(
         &mut self,
         session: &mut dyn DbSession,
+        login: &Credentials,
         user: &str,
     ) -> Result<(), RotationError> {
         if self.in_use == guard::InUsePolicy::Off {
             return Ok(());
         }
         let window = self.rotator.settings.in_use.window;
-        let groups = session.recent_sessions(user, window).await?;
+        let current = self.current().await?.clone();
+        // Every server that serves the user's logins, at once: the writer in this session, the
+        // readers each in a login of its own.
+        let (writer, readers) = tokio::join!(
+            session.recent_sessions(user, window),
+            guard::on_readers(
+                &self.rotator.db,
+                current.engine,
+                &current.readers,
+                login,
+                user,
+                window
+            )
+        );
+        let mut groups = writer?;
+        groups.extend(readers.groups);
         let verdict = guard::verdict(self.in_use, user, window, groups);
         let found = match &verdict {
             guard::Verdict::Clear => None,
@@ -2002,7 +2030,21 @@ impl Run<'_> {
                 secret: self.arn().to_owned(),
                 found,
             }),
+        }?;
+        if readers.unchecked.is_empty() {
+            return Ok(());
         }
+        let unchecked = readers.unchecked.join("; ");
+        if self.in_use == guard::InUsePolicy::Warn {
+            warn!(secret = %self.arn(), %user, %unchecked, policy = self.in_use.as_str(),
+                  "could not look at the sessions on a reader; changing the password anyway");
+            return Ok(());
+        }
+        Err(RotationError::ReaderUnchecked {
+            secret: self.arn().to_owned(),
+            user: user.to_owned(),
+            unchecked,
+        })
     }
 
     /// The idle user's last known credentials from one source, each with a label for messages:

@@ -1186,6 +1186,69 @@ async fn an_idle_user_still_in_use_keeps_its_password_until_its_sessions_stop() 
     );
 }
 
+/// The secret lists two readers; the writer shows no session of bob.
+fn world_with_readers() -> World {
+    let w = world();
+    let mut app = w.labelled(APP, Stage::Current).unwrap();
+    app["reader_hosts"] = json!(["reader-1", "reader-2:5433"]);
+    w.add_secret(APP, app);
+    w
+}
+
+#[tokio::test]
+async fn a_session_of_the_idle_user_on_a_reader_keeps_its_password_until_it_stops() {
+    let w = world_with_readers();
+    w.state().reader_sessions.insert(
+        "reader-2".into(),
+        vec![super::ports::SessionGroup {
+            client: "10.0.2.9".into(),
+            application: "reports".into(),
+            sessions: 1,
+        }],
+    );
+    let err = rotate(&w).await.unwrap_err();
+    assert!(matches!(err, RotationError::UserInUse { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("10.0.2.9 on reader reader-2:5433 (reports)"),
+        "{err}"
+    );
+    assert_eq!(w.state().db["bob"], "bob-0", "bob's password is unchanged");
+    w.state().reader_sessions.clear();
+    rotate(&w).await.unwrap();
+    assert_rotated(&w, "alice", "bob", "alice-0");
+}
+
+#[tokio::test]
+async fn a_reader_the_guard_cannot_reach_defers_the_rotation_unless_the_guard_only_warns() {
+    let w = world_with_readers();
+    w.state().unreachable_hosts.insert("reader-1".into());
+    let err = rotate(&w).await.unwrap_err();
+    assert!(
+        matches!(err, RotationError::ReaderUnchecked { .. }),
+        "{err:?}"
+    );
+    assert!(err.is_retryable() && err.is_wait());
+    assert!(err.to_string().contains("reader-1:5432"), "{err}");
+    assert_eq!(w.state().db["bob"], "bob-0", "bob's password is unchanged");
+    let record = w.record(&format!("arn:fake:{APP}")).unwrap();
+    assert_eq!(
+        (record.state, record.step),
+        (State::InProgress, Step::SetPassword)
+    );
+    // Asked to go on whatever the guard finds: it warns, and goes on.
+    let ignored = request(
+        &w,
+        Request {
+            ignore_in_use: true,
+            ..Request::default()
+        },
+    )
+    .await;
+    assert!(matches!(ignored, Outcome::Rotated(_)), "{ignored:?}");
+    assert_rotated(&w, "alice", "bob", "alice-0");
+}
+
 #[tokio::test]
 async fn forcing_a_rotation_does_not_bypass_the_guard_but_ignoring_it_does() {
     let w = world();
