@@ -121,8 +121,9 @@ pub struct GlobalArgs {
         global = true
     )]
     pub in_use: InUsePolicy,
-    /// A session of the idle user counts as in use when it ran a statement this recently.
-    #[arg(long, env = "ROTATOR_IN_USE_WINDOW", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
+    /// A session of the idle user counts as in use when it ran a statement this recently: longer
+    /// than RDS Proxy's idle client timeout (30 min), see rotation/guard.rs.
+    #[arg(long, env = "ROTATOR_IN_USE_WINDOW", default_value = "35m", value_parser = humantime::parse_duration, global = true)]
     pub in_use_window: Duration,
     /// Characters never used in generated passwords (default: the engine's, as AWS's
     /// rotation functions: `:/@"'\` for PostgreSQL).

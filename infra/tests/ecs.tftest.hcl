@@ -68,7 +68,7 @@ run "task_definition" {
       ROTATOR_DLQ_URL            = "https://sqs.eu-west-1.amazonaws.com/123456789012/rds-rotator-dlq"
       ROTATOR_HEALTH_FILE        = "/tmp/rds-rotator.health"
       ROTATOR_IN_USE             = "refuse"
-      ROTATOR_IN_USE_WINDOW      = "15m"
+      ROTATOR_IN_USE_WINDOW      = "35m"
       ROTATOR_LOG_FORMAT         = "json"
       ROTATOR_METRICS            = "emf"
       ROTATOR_METRICS_NAMESPACE  = "RdsRotator"

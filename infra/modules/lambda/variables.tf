@@ -286,9 +286,9 @@ variable "in_use" {
 }
 
 variable "in_use_window" {
-  description = "ROTATOR_IN_USE_WINDOW: a session of the idle user counts as in use when it ran a statement this recently (humantime). Keep it below min_interval minus the longest client cache."
+  description = "ROTATOR_IN_USE_WINDOW: a session of the idle user counts as in use when it ran a statement this recently (humantime). Keep it above RDS Proxy's idle client timeout (30 min by default) and below min_interval minus the longest client cache."
   type        = string
-  default     = "15m"
+  default     = "35m"
 
   validation {
     condition     = can(regex("^[0-9]+(ms|s|m|h|d)$", var.in_use_window))

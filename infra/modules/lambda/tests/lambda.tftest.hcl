@@ -62,7 +62,7 @@ run "zip_package" {
     condition = aws_lambda_function.this.environment[0].variables == tomap({
       ROTATOR_DB_TLS            = "verify-full"
       ROTATOR_IN_USE            = "refuse"
-      ROTATOR_IN_USE_WINDOW     = "15m"
+      ROTATOR_IN_USE_WINDOW     = "35m"
       ROTATOR_LOG_FORMAT        = "json"
       ROTATOR_METRICS           = "emf"
       ROTATOR_METRICS_NAMESPACE = "RdsRotator"
