@@ -719,6 +719,7 @@ async fn main() -> Result<()> {
             DbTls::new(TlsMode::Disable, None)?,
             std::time::Duration::from_secs(10),
         )),
+        rds: Arc::new(rds_rotator::aws::rds::RdsInstances::new(&s.aws)),
         reporter: reports.clone(),
         settings: Settings::default(),
         owner: format!("bench-{}", id()),

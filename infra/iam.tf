@@ -59,7 +59,21 @@ locals {
         Condition = null
       },
       {
-        # SendMessage: a fan-out re-enqueues one request per secret.
+        # The in-use guard asks RDS for the readers and replicas of a database named by its RDS
+        # endpoint (ROTATOR_RDS_DISCOVERY). Read only, this account and region's instances and
+        # clusters (RDS evaluates these describe calls against them).
+        Sid    = "DatabaseReaders"
+        Effect = "Allow"
+        Action = ["rds:DescribeDBInstances", "rds:DescribeDBClusters"]
+        Resource = [
+          "arn:${local.partition}:rds:${local.region}:${local.account_id}:db:*",
+          "arn:${local.partition}:rds:${local.region}:${local.account_id}:cluster:*",
+        ]
+        Condition = null
+      },
+      {
+        # SendMessage: a fan-out re-enqueues one request per secret, and a rotation that waits
+        # sends its request again.
         Sid    = "RequestQueue"
         Effect = "Allow"
         Action = [

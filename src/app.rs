@@ -7,16 +7,16 @@ use serde_json::json;
 
 use crate::adopt::{AdoptError, AdoptRequest, Adopter, DbCloner};
 use crate::aws::events::EventBus;
-use crate::aws::rds::RdsProxies;
+use crate::aws::rds::{RdsInstances, RdsProxies};
 use crate::aws::{self, dynamo::DynamoRecords, secrets::SecretsManager, sqs::SqsQueue};
-use crate::cli::{Cli, Command, GlobalArgs, Metrics, RequestArgs};
+use crate::cli::{Cli, Command, GlobalArgs, Metrics, RequestArgs, Switch};
 use crate::db::{tls::DbTls, Databases};
 use crate::message::{RotateMessage, SelectMessage, TagSelector};
 use crate::metrics::Emf;
 use crate::password::PasswordPolicy;
 use crate::ratelimit::RateLimit;
 use crate::rotation::guard::InUseGuard;
-use crate::rotation::ports::{RecordStore, Reporter, Reporters, SecretStore};
+use crate::rotation::ports::{NoRds, RecordStore, Reporter, Reporters, SecretStore};
 use crate::rotation::{
     LeaseWait, Outcome, Request, RetryPolicy, RotationError, Rotator, Settings, Shutdown,
 };
@@ -138,6 +138,10 @@ fn rotator(
         ),
         records: Arc::new(DynamoRecords::new(aws, &args.table)),
         db: Arc::new(Databases::new(tls, args.db_timeout)),
+        rds: match args.rds_discovery {
+            Switch::On => Arc::new(RdsInstances::new(aws)),
+            Switch::Off => Arc::new(NoRds),
+        },
         reporter: reporter(args, aws, worker),
         settings: settings(args),
         owner: owner_id(),
@@ -397,7 +401,6 @@ async fn enqueue(
                     reason: ask.reason.clone(),
                     // Copies of this request (SQS may deliver twice) share the id.
                     request_id: Some(uuid::Uuid::new_v4().to_string()),
-                    deferrals: 0,
                 };
                 (
                     secret_id,
@@ -408,7 +411,7 @@ async fn enqueue(
     };
     let mut sent = Vec::new();
     for (what, body) in bodies {
-        match queue.send(&body, std::time::Duration::ZERO).await {
+        match queue.send(&body, std::time::Duration::ZERO, 0).await {
             Ok(id) => {
                 if !json {
                     println!("{id}\t{what}");

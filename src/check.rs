@@ -15,10 +15,11 @@ use serde_json::json;
 
 use crate::adopt::ports::{ProxyDirectory, ProxyError};
 use crate::db::tls::TlsMode;
-use crate::rotation::guard::{on_readers, verdict, InUsePolicy, Verdict};
+use crate::rotation::guard::{on_readers, verdict, Discovery, InUsePolicy, Verdict};
 use crate::rotation::lease::{identify, user_key, uses, Uses};
 use crate::rotation::ports::{
-    Accounts, At, DbError, PasswordRules, SecretMeta, SecretStoreError, SessionGroup, Stage,
+    Accounts, At, DbError, PasswordRules, RdsError, SecretMeta, SecretStoreError, SessionGroup,
+    Stage,
 };
 use crate::rotation::record::{now_ms, rfc3339, StepRecord};
 use crate::rotation::{left_by_us, unlisted_account, RotationError, Rotator};
@@ -286,6 +287,16 @@ pub async fn check(
         check_proxy_auth(proxies, name, &users, &proxy_arns, &meta.arn, &mut report).await;
     }
 
+    // The readers RDS lists for the database, asked now, beside the logins below.
+    let guard_on_early = app.is_multi_user() && rotator.settings.in_use.policy != InUsePolicy::Off;
+    let mut discovery = if guard_on_early {
+        Discovery::start(rotator.rds.clone(), app.admin_endpoint().host.clone())
+    } else {
+        Discovery::default()
+    };
+    // What the guard looked at besides the writer, or why it could not learn it from RDS.
+    let mut readers_seen: Option<Result<Vec<Endpoint>, RdsError>> = None;
+
     // The application's login, as the application makes it.
     let mut tls_seen = TlsSeen::default();
     let db = &rotator.db;
@@ -388,15 +399,32 @@ pub async fn check(
                     Ok(mut session) => {
                         if guard_on {
                             // As the rotation does: the writer and every reader, at once.
-                            let (writer, readers) = tokio::join!(
-                                session.recent_sessions(user, guard.window),
-                                on_readers(db, app.engine, &app.readers, creds, user, guard.window)
+                            let all = discovery.readers(&app.readers, &admin_at).await;
+                            let (ask, rds_failed) = match &all {
+                                Ok(all) => (all.clone(), None),
+                                Err(e) => (app.readers.clone(), Some(e.to_string())),
+                            };
+                            let mysql = app.engine != Engine::Postgres && !ask.is_empty();
+                            let writer = async {
+                                let identity = match mysql {
+                                    true => session.identity().await.ok().map(|i| i.key),
+                                    false => None,
+                                };
+                                (identity, session.recent_sessions(user, guard.window).await)
+                            };
+                            let ((identity, writer), readers) = tokio::join!(
+                                writer,
+                                on_readers(db, app.engine, &ask, creds, user, guard.window)
                             );
+                            let (on_readers, not_asked) = readers.found(identity.as_deref());
                             looked = Some(writer.map(|mut groups| {
-                                groups.extend(readers.groups);
+                                groups.extend(on_readers);
                                 groups
                             }));
-                            unchecked = readers.unchecked;
+                            unchecked = not_asked;
+                            unchecked
+                                .extend(rds_failed.map(|e| format!("the readers RDS lists ({e})")));
+                            readers_seen = Some(all);
                         }
                         server = Some(session.preflight().await);
                         Ok(())
@@ -483,6 +511,9 @@ pub async fn check(
         }
     }
 
+    if let Some(seen) = readers_seen {
+        check_readers(&app, seen, &mut report);
+    }
     if app.is_multi_user() {
         let last = last_record.as_ref();
         check_in_use(
@@ -723,6 +754,47 @@ async fn check_record(
         _ => {}
     }
     record
+}
+
+/// Which servers besides the writer the guard looks at: the secret's `reader_hosts` and what RDS
+/// lists for the database's endpoint.
+fn check_readers(app: &AppSecret, seen: Result<Vec<Endpoint>, RdsError>, report: &mut CheckReport) {
+    match seen {
+        Ok(all) if all.is_empty() => report.push(
+            "readers",
+            Status::Ok,
+            format!(
+                "none: the secret lists no reader_hosts, and RDS lists no reader or replica for {}",
+                app.admin_endpoint().host
+            ),
+        ),
+        Ok(all) => {
+            let named: Vec<String> = all
+                .iter()
+                .map(|r| {
+                    let listed = app.readers.iter().any(|l| l == r);
+                    format!("{r} ({})", if listed { "reader_hosts" } else { "RDS" })
+                })
+                .collect();
+            report.push(
+                "readers",
+                Status::Ok,
+                format!("the in-use guard also looks at {}", named.join(", ")),
+            );
+        }
+        Err(e) => {
+            let retryable = matches!(e, RdsError::Unavailable(_));
+            report.push(
+                "readers",
+                if retryable {
+                    Status::Warn
+                } else {
+                    Status::Fail
+                },
+                RotationError::Rds { source: e }.to_string(),
+            );
+        }
+    }
 }
 
 /// The in-use guard's verdict on what the look found (`None`: no known login of the next user

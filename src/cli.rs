@@ -18,6 +18,12 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -53,6 +59,17 @@ pub struct GlobalArgs {
     /// PEM file of extra CA certificates for `verify-full` (the RDS global bundle).
     #[arg(long, env = "ROTATOR_DB_CA_BUNDLE", global = true)]
     pub db_ca_bundle: Option<PathBuf>,
+    /// Ask RDS (DescribeDBInstances, DescribeDBClusters) for the readers and replicas of a
+    /// database named by its RDS endpoint, so that the in-use guard looks at them too. `off`
+    /// for accounts where the rotator may not call the RDS API: list readers in `reader_hosts`.
+    #[arg(
+        long,
+        env = "ROTATOR_RDS_DISCOVERY",
+        value_enum,
+        default_value = "on",
+        global = true
+    )]
+    pub rds_discovery: Switch,
     /// How long the test step retries the new credentials along the application's path.
     #[arg(long, env = "ROTATOR_TEST_DEADLINE", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub test_deadline: Duration,

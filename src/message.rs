@@ -45,14 +45,6 @@ pub struct RotateMessage {
     /// Copies of one request share it, so they rotate once. `enqueue` sets a fresh one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    /// How many times the worker sent this request again because its rotation waited (the
-    /// in-use guard, another rotation of the user): see `worker::disposition`.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub deferrals: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,7 +156,6 @@ mod tests {
             ignore_in_use: false,
             reason: None,
             request_id: None,
-            deferrals: 0,
         }
     }
 
@@ -184,7 +175,6 @@ mod tests {
                 ignore_in_use: true,
                 reason: Some("leak".into()),
                 request_id: Some("r1".into()),
-                deferrals: 0,
             })
         );
     }
@@ -259,7 +249,6 @@ mod tests {
     fn the_written_form_parses_back() {
         let m = RotateMessage {
             request_id: Some("r".into()),
-            deferrals: 3,
             ..rotate("arn:aws:secretsmanager:x")
         };
         assert_eq!(

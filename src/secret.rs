@@ -299,14 +299,25 @@ fn reader_endpoint(text: &str, writer: &Endpoint) -> Result<Endpoint, SecretErro
         reason: format!("{}: {why}", shown(text)),
     };
     let text = text.trim();
-    let (host, port) = match text.rsplit_once(':') {
-        _ if text.is_empty() => return Err(bad("is empty")),
-        // A bare IPv6 address has colons and no port.
-        Some((h, _)) if h.contains(':') && !h.starts_with('[') => (text, None),
-        Some((h, p)) => (h, Some(p)),
-        None => (text, None),
+    let (host, port) = if let Some(v6) = text.strip_prefix('[') {
+        // `[fd00::7]` or `[fd00::7]:5433`
+        let (host, rest) = v6.split_once(']').ok_or_else(|| bad("has no closing ]"))?;
+        match rest {
+            "" => (host, None),
+            p => (
+                host,
+                Some(p.strip_prefix(':').ok_or_else(|| bad("has text after ]"))?),
+            ),
+        }
+    } else {
+        match text.rsplit_once(':') {
+            _ if text.is_empty() => return Err(bad("is empty")),
+            // A bare IPv6 address has colons and no port.
+            Some((h, _)) if h.contains(':') => (text, None),
+            Some((h, p)) => (h, Some(p)),
+            None => (text, None),
+        }
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
         return Err(bad("is not a host name"));
     }
@@ -494,6 +505,15 @@ impl AppSecret {
             .iter()
             .map(|r| reader_endpoint(r, admin_at))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(w) = readers
+            .iter()
+            .find(|r| r.port == admin_at.port && r.host.eq_ignore_ascii_case(&admin_at.host))
+        {
+            return Err(SecretError::Invalid {
+                key: "reader_hosts",
+                reason: format!("{w} is the writer, whose sessions the guard looks at anyway"),
+            });
+        }
         if readers.len() > MAX_READERS {
             return Err(SecretError::Invalid {
                 key: "reader_hosts",
@@ -654,14 +674,16 @@ mod tests {
 
     #[test]
     fn readers_take_the_writers_port_and_database_unless_they_name_a_port() {
-        let mut v = seed();
-        v["direct_host"] = json!("writer.local");
-        v["direct_port"] = json!(5432);
+        let mut base = seed();
+        base["direct_host"] = json!("writer.local");
+        base["direct_port"] = json!(5432);
+        let mut v = base.clone();
         v["reader_hosts"] = json!([
             "reader-1.local",
             "standby.local:5433",
             "[fd00::7]:5434",
-            "fd00::8"
+            "fd00::8",
+            "[fd00::9]"
         ]);
         let readers: Vec<String> = parse(v)
             .unwrap()
@@ -675,7 +697,8 @@ mod tests {
                 "reader-1.local:5432/shop",
                 "standby.local:5433/shop",
                 "fd00::7:5434/shop",
-                "fd00::8:5432/shop"
+                "fd00::8:5432/shop",
+                "fd00::9:5432/shop"
             ]
         );
         for bad in [
@@ -684,8 +707,11 @@ mod tests {
             json!(["r:x"]),
             json!(["a b"]),
             json!("r"),
+            json!(["[fd00::7"]),
+            // The writer itself: its sessions are the writer's look.
+            json!(["writer.local"]),
         ] {
-            let mut v = seed();
+            let mut v = base.clone();
             v["reader_hosts"] = bad.clone();
             assert!(parse(v).is_err(), "{bad}");
         }

@@ -42,6 +42,10 @@ pub struct Message {
     pub body: String,
     /// ApproximateReceiveCount: 1 on first delivery.
     pub receive_count: u32,
+    /// How many times the worker sent this request again because its rotation waited (the
+    /// message attribute `rotator_deferrals`, which workers that predate it ignore; the body
+    /// stays the request as it was asked for).
+    pub deferrals: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +70,10 @@ pub trait Queue: Send + Sync {
     async fn delete(&self, m: &Message) -> Result<(), QueueError>;
     /// Makes the message visible again after `delay` (also the visibility heartbeat).
     async fn hide_for(&self, m: &Message, delay: Duration) -> Result<(), QueueError>;
-    /// Sends a new message, delivered after `delay` (at most 15 min); returns its id.
-    async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError>;
+    /// Sends a new message, delivered after `delay` (at most 15 min), with its count of
+    /// `deferrals`; returns its id.
+    async fn send(&self, body: &str, delay: Duration, deferrals: u32)
+        -> Result<String, QueueError>;
     /// The receive after which the queue moves a message to the dead-letter queue by itself
     /// (the redrive policy's maxReceiveCount), when known.
     fn max_receives(&self) -> Option<u32> {
@@ -308,10 +314,9 @@ impl Worker {
                 reason: Some(format!("tag {}={}", select.tag_key, select.tag_value)),
                 // Derived from the fan-out request: a redelivered fan-out does not rotate twice.
                 request_id: Some(format!("{request_id}/{arn}")),
-                deferrals: 0,
             })
             .expect("messages serialise");
-            if let Err(e) = self.queue.send(&body, Duration::ZERO).await {
+            if let Err(e) = self.queue.send(&body, Duration::ZERO, 0).await {
                 // Retry the whole fan-out: the copies already sent are skipped by request id.
                 return Err(RotationError::Secrets(SecretStoreError::Unavailable(
                     e.to_string(),
@@ -339,11 +344,23 @@ impl Worker {
                 handled
             }
             Err(RotationError::Interrupted(_)) => {
-                let _ = self.queue.hide_for(m, Duration::ZERO).await;
+                // On its last receive, a message made visible would go to the dead-letter queue
+                // at the next: it goes in again as a new message instead (a deferral of none).
+                let again = self.last_receive(m)
+                    && self
+                        .queue
+                        .send(&m.body, Duration::ZERO, m.deferrals)
+                        .await
+                        .is_ok();
+                if again {
+                    let _ = self.queue.delete(m).await;
+                } else {
+                    let _ = self.queue.hide_for(m, Duration::ZERO).await;
+                }
                 Handled::Interrupted
             }
             Err(e) => {
-                let deferrals = asked.map_or(0, |a| a.deferrals);
+                let deferrals = m.deferrals;
                 let disposition = disposition(
                     &e,
                     m.receive_count,
@@ -388,21 +405,27 @@ impl Worker {
     /// delay, and the original is deleted. Sent first: a failed delete only leaves a copy,
     /// which the request id makes harmless.
     async fn defer(&self, m: &Message, asked: &RotateMessage, e: RotationError) -> Handled {
-        let deferrals = asked.deferrals.saturating_add(1);
+        let deferrals = m.deferrals.saturating_add(1);
         let again = RotateMessage {
             request_id: Some(asked.request_id.clone().unwrap_or_else(|| m.id.clone())),
-            deferrals,
             ..asked.clone()
         };
         let body = serde_json::to_string(&again).expect("messages serialise");
         let delay = self.retry_delay(deferrals).min(MAX_DEFER_DELAY);
-        match self.queue.send(&body, delay).await {
+        match self.queue.send(&body, delay, deferrals).await {
             Ok(id) => {
                 info!(message_id = %m.id, new_message_id = %id, error = %e, deferrals,
                       retry_in = %humantime::format_duration(delay), "the rotation waits; the request was sent again");
                 if let Err(q) = self.queue.delete(m).await {
                     warn!(message_id = %m.id, error = %q, "could not delete the deferred message; its copy is harmless");
                 }
+            }
+            Err(q) if self.last_receive(m) => {
+                // SQS would move it to the dead-letter queue at its next receive, with no
+                // reason: now, with one.
+                let reason = format!("could not send the waiting request again ({q}): {e}");
+                error!(message_id = %m.id, error = %reason, "sending the message to the dead-letter queue");
+                return self.dead_letter(m, reason).await;
             }
             Err(q) => {
                 // Not sent: the original comes back instead, counting one receive.
@@ -414,6 +437,13 @@ impl Worker {
             delay,
             error: e.to_string(),
         }
+    }
+
+    /// This delivery is the last before the redrive policy moves the message.
+    fn last_receive(&self, m: &Message) -> bool {
+        self.queue
+            .max_receives()
+            .is_some_and(|max| m.receive_count >= max)
     }
 
     async fn dead_letter(&self, m: &Message, reason: String) -> Handled {
@@ -562,6 +592,7 @@ mod tests {
         hidden: Mutex<Vec<(String, Duration)>>,
         dead: Mutex<Vec<(String, String)>>,
         sent: Mutex<Vec<String>>,
+        sent_deferrals: Mutex<Vec<u32>>,
     }
 
     #[async_trait]
@@ -596,7 +627,13 @@ mod tests {
             self.waiting.lock().unwrap().push_back(again);
             Ok(())
         }
-        async fn send(&self, body: &str, _delay: Duration) -> Result<String, QueueError> {
+        async fn send(
+            &self,
+            body: &str,
+            _delay: Duration,
+            deferrals: u32,
+        ) -> Result<String, QueueError> {
+            self.sent_deferrals.lock().unwrap().push(deferrals);
             let mut sent = self.sent.lock().unwrap();
             sent.push(body.to_owned());
             Ok(format!("sent-{}", sent.len()))
@@ -632,6 +669,7 @@ mod tests {
                 secrets: Arc::new(w.clone()),
                 records: Arc::new(w.clone()),
                 db: Arc::new(w.clone()),
+                rds: Arc::new(crate::rotation::ports::NoRds),
                 reporter: Arc::new(w.clone()),
                 settings: Settings {
                     test_deadline: Duration::from_millis(200),
@@ -659,6 +697,7 @@ mod tests {
             receipt: format!("r-{id}"),
             body: body.to_string(),
             receive_count,
+            deferrals: 0,
         }
     }
 
@@ -831,9 +870,9 @@ mod tests {
                 ignore_in_use: false,
                 reason: Some("monthly".into()),
                 request_id: Some("m".into()),
-                deferrals: 1,
             }
         );
+        assert_eq!(*q.sent_deferrals.lock().unwrap(), [1]);
         // Once the session has ended, the request sent again resumes the rotation it began.
         w.state().sessions.clear();
         let body = q.sent.lock().unwrap()[0].clone();
@@ -843,6 +882,7 @@ mod tests {
                 receipt: "r".into(),
                 body,
                 receive_count: 1,
+                deferrals: 1,
             })
             .await;
         assert!(matches!(handled, Handled::Rotated { .. }), "{handled:?}");
@@ -853,7 +893,10 @@ mod tests {
         let mut wk = worker(&w, &q);
         wk.settings.max_deferrals = 3;
         let handled = wk
-            .process(&msg("late", json!({"secret_id": "app", "deferrals": 3}), 1))
+            .process(&Message {
+                deferrals: 3,
+                ..msg("late", json!({"secret_id": "app"}), 1)
+            })
             .await;
         assert!(
             matches!(handled, Handled::DeadLettered { .. }),

@@ -333,3 +333,22 @@ async fn a_held_session_of_the_idle_user_makes_rotate_wait_on_mariadb_until_it_e
     );
     pair.assert_rotated_to(&idle).await;
 }
+
+/// A reader the secret lists that is really the writer (an Aurora reader endpoint with no
+/// replica behind it, an instance that a failover made the writer; here `localhost` for
+/// 127.0.0.1): its process list shows the rotation's own session of the idle user, which must
+/// not count as in use. The server's identity tells the reader is the writer.
+#[tokio::test]
+async fn a_reader_that_is_the_writer_under_another_name_does_not_make_the_rotation_wait() {
+    let pair = MariaPair::new().await;
+    let port = my_stack().port;
+    pair.edit_app_secret(|app| app["reader_hosts"] = json!([format!("localhost:{port}")]))
+        .await;
+    let out = pair
+        .command(&["rotate", &pair.app_secret])
+        .env("ROTATOR_IN_USE", "refuse")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    pair.assert_rotated_to(&pair.users[1]).await;
+}

@@ -308,3 +308,97 @@ async fn a_worker_emits_metrics_and_publishes_result_events_without_secrets() {
         assert!(!published.contains(escaped.trim_matches('"')));
     }
 }
+
+/// The readers the in-use guard asks RDS for, against the emulator's RDS API: an instance's read
+/// replicas, and an Aurora cluster's readers whichever of its endpoints the secret names.
+#[tokio::test]
+async fn rds_lists_an_instances_read_replicas_and_a_clusters_readers() {
+    use rds_rotator::aws::rds::RdsInstances;
+    use rds_rotator::rotation::ports::RdsDirectory;
+    let aws = aws().await;
+    let rds = aws_sdk_rds::Client::new(&aws);
+    let id = format!("rt{}", suffix());
+    let instance = |name: String| {
+        rds.create_db_instance()
+            .db_instance_identifier(name)
+            .engine("postgres")
+            .db_instance_class("db.t4g.micro")
+            .master_username("postgres")
+            .master_user_password("not-used-here-1")
+            .allocated_storage(20)
+            .send()
+    };
+    instance(format!("{id}-w")).await.unwrap();
+    rds.create_db_instance_read_replica()
+        .db_instance_identifier(format!("{id}-r"))
+        .source_db_instance_identifier(format!("{id}-w"))
+        .send()
+        .await
+        .unwrap();
+    let directory = RdsInstances::new(&aws);
+    let host = |name: &str| format!("{name}.aaaaaaaaaa.us-east-1.rds.amazonaws.com");
+    let found = directory
+        .topology(&host(&format!("{id}-w")))
+        .await
+        .unwrap()
+        .expect("RDS knows the instance");
+    let readers: Vec<String> = found.readers.iter().map(|r| r.host.clone()).collect();
+    assert_eq!(readers, [host(&format!("{id}-r"))]);
+    assert!(
+        found.arns[0].ends_with(&format!(":db:{id}-w")),
+        "{:?}",
+        found.arns
+    );
+
+    // An Aurora cluster: a writer and two readers.
+    let cluster = rds
+        .create_db_cluster()
+        .db_cluster_identifier(format!("{id}-c"))
+        .engine("aurora-postgresql")
+        .master_username("postgres")
+        .master_user_password("not-used-here-1")
+        .send()
+        .await
+        .unwrap();
+    let cluster = cluster.db_cluster().unwrap();
+    for n in 1..=3 {
+        rds.create_db_instance()
+            .db_instance_identifier(format!("{id}-c{n}"))
+            .db_cluster_identifier(format!("{id}-c"))
+            .engine("aurora-postgresql")
+            .db_instance_class("db.r6g.large")
+            .send()
+            .await
+            .unwrap();
+    }
+    let want: Vec<String> = [2, 3].map(|n| host(&format!("{id}-c{n}"))).into();
+    for named in [
+        cluster.endpoint().unwrap().to_owned(),
+        cluster.reader_endpoint().unwrap().to_owned(),
+        host(&format!("{id}-c1")),
+    ] {
+        let found = directory
+            .topology(&named)
+            .await
+            .unwrap()
+            .expect("RDS knows it");
+        let mut readers: Vec<String> = found.readers.iter().map(|r| r.host.clone()).collect();
+        readers.sort();
+        assert_eq!(readers, want, "{named}");
+        assert_eq!(
+            found.arns.len(),
+            2,
+            "the cluster's and its writer's: {:?}",
+            found.arns
+        );
+    }
+    // Names that are not an RDS endpoint's ask nothing.
+    assert_eq!(directory.topology("127.0.0.1").await.unwrap(), None);
+    assert_eq!(
+        directory
+            .topology(&host(&format!("{id}-gone")))
+            .await
+            .unwrap(),
+        None
+    );
+}

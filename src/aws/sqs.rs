@@ -13,6 +13,9 @@ use crate::worker::{Message, Queue, QueueError};
 
 /// SQS caps visibility timeouts at 12 hours.
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+/// The message attribute that counts a request's deferrals (see `worker::Message::deferrals`).
+const DEFERRALS: &str = "rotator_deferrals";
+
 /// SQS's longest DelaySeconds.
 const MAX_DELAY: Duration = Duration::from_secs(900);
 
@@ -88,9 +91,20 @@ impl SqsQueue {
             .attribute_names(QueueAttributeName::RedrivePolicy)
             .send()
             .await
-            .map_err(map_err)?;
+            .map_err(map_err);
+        let attrs = match (attrs, dlq_url) {
+            (Ok(a), _) => Some(a),
+            // Given the dead-letter queue, the worker runs without the policy's limit: a
+            // transient failure then reaches it without a reason.
+            (Err(e), Some(_)) => {
+                tracing::warn!(queue = %url, error = %e, "cannot read the queue's redrive policy; its maxReceiveCount is unknown");
+                None
+            }
+            (Err(e), None) => return Err(e),
+        };
         let policy = attrs
-            .attributes()
+            .as_ref()
+            .and_then(|a| a.attributes())
             .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
             .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok());
         // A number in AWS's answers, a string in what Terraform and moto write.
@@ -206,6 +220,7 @@ impl Queue for SqsQueue {
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .visibility_timeout(visibility.min(MAX_VISIBILITY).as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names(DEFERRALS)
             // A long poll waits up to 20 s for its answer: longer than the usual per-call bound.
             .customize()
             .config_override(
@@ -233,6 +248,12 @@ impl Queue for SqsQueue {
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(1),
+                deferrals: m
+                    .message_attributes()
+                    .and_then(|a| a.get(DEFERRALS))
+                    .and_then(|v| v.string_value())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
                 id: m.message_id.unwrap_or_default(),
                 receipt: m.receipt_handle.unwrap_or_default(),
                 body: m.body.unwrap_or_default(),
@@ -263,16 +284,27 @@ impl Queue for SqsQueue {
         Ok(())
     }
 
-    async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
-        let out = self
+    async fn send(
+        &self,
+        body: &str,
+        delay: Duration,
+        deferrals: u32,
+    ) -> Result<String, QueueError> {
+        let mut send = self
             .client
             .send_message()
             .queue_url(&self.url)
             .message_body(body)
-            .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
-            .send()
-            .await
-            .map_err(map_err)?;
+            .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32);
+        if deferrals > 0 {
+            let count = MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value(deferrals.to_string())
+                .build()
+                .map_err(|e| QueueError::Refused(e.to_string()))?;
+            send = send.message_attributes(DEFERRALS, count);
+        }
+        let out = send.send().await.map_err(map_err)?;
         Ok(out.message_id.unwrap_or_default())
     }
 

@@ -68,6 +68,10 @@ pub struct State {
     pub reader_sessions: HashMap<String, Vec<crate::rotation::ports::SessionGroup>>,
     /// Hosts that answer no login.
     pub unreachable_hosts: std::collections::HashSet<String>,
+    /// What the RDS API says about any host: `None` when it knows none.
+    pub rds: Option<Result<RdsTopology, RdsError>>,
+    /// RDS calls made.
+    pub rds_calls: usize,
     /// database user -> the hosts of its accounts, when it has more than one
     pub accounts: HashMap<String, Vec<String>>,
     /// Only "master" may list accounts (as on MySQL, where that takes rights on `mysql.user`).
@@ -673,5 +677,14 @@ impl DbSession for FakeSession {
 impl Reporter for World {
     async fn report(&self, report: &RotationReport) {
         self.state().reports.push(report.clone());
+    }
+}
+
+#[async_trait]
+impl RdsDirectory for World {
+    async fn topology(&self, _host: &str) -> Result<Option<RdsTopology>, RdsError> {
+        let mut s = self.state();
+        s.rds_calls += 1;
+        s.rds.clone().transpose()
     }
 }

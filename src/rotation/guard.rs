@@ -35,8 +35,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
-use super::ports::{Database, InUse, SessionGroup};
+use super::ports::{Database, DbError, InUse, RdsDirectory, RdsError, RdsTopology, SessionGroup};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 /// What the guard does with a user in use.
@@ -117,17 +118,93 @@ pub fn verdict(
     }
 }
 
-/// What the readers said: the sessions found there (each client named with its reader), and the
-/// readers that could not be asked, each with why.
+/// RDS's answer about the database's readers, asked when a run starts, beside its first calls,
+/// and awaited by the guard: so it adds no wait of its own.
+#[derive(Default)]
+pub struct Discovery(Option<tokio::task::JoinHandle<Result<Option<RdsTopology>, RdsError>>>);
+
+impl Discovery {
+    pub fn start(rds: Arc<dyn RdsDirectory>, host: String) -> Self {
+        let ask = async move { rds.topology(&host).await };
+        let ask = crate::calls::carry(ask).instrument(tracing::Span::current());
+        Self(Some(tokio::spawn(ask)))
+    }
+
+    /// Asked, and not yet awaited.
+    pub fn started(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The readers RDS lists beside `listed` (the secret's `reader_hosts`), each once. A run
+    /// that started none, or asked already, has only `listed`.
+    pub async fn readers(
+        &mut self,
+        listed: &[Endpoint],
+        writer: &Endpoint,
+    ) -> Result<Vec<Endpoint>, RdsError> {
+        let found = match self.0.take() {
+            None => None,
+            Some(task) => task
+                .await
+                .map_err(|e| RdsError::Unavailable(format!("the look ended early: {e}")))??,
+        };
+        let mut all = listed.to_vec();
+        for r in found.map(|t| t.readers).unwrap_or_default() {
+            let same = |l: &Endpoint| l.port == r.port && l.host.eq_ignore_ascii_case(&r.host);
+            if !all.iter().any(same) {
+                all.push(Endpoint {
+                    dbname: writer.dbname.clone(),
+                    ..r
+                });
+            }
+        }
+        Ok(all)
+    }
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// What each reader said, in the order asked: the server's identity (MySQL and MariaDB) and the
+/// sessions found, or why it could not be asked.
 #[derive(Debug, Default)]
-pub struct OnReaders {
-    pub groups: Vec<SessionGroup>,
-    pub unchecked: Vec<String>,
+pub struct OnReaders(Vec<(Endpoint, Result<ReaderLook, DbError>)>);
+
+/// A reader's identity (MySQL, MariaDB) and the sessions it showed.
+type ReaderLook = (Option<String>, Vec<SessionGroup>);
+
+impl OnReaders {
+    /// The sessions found (each client named with its reader), and the readers that could not
+    /// be asked, each with why. A reader that says it is the writer (`writer`: its identity) is
+    /// left out: a reader endpoint that reaches the writer, an instance that became the writer
+    /// in a failover. Its sessions are the writer's look's, and on MySQL they include the
+    /// session about to change the password, which would count as in use. (PostgreSQL's
+    /// replicas share the writer's identity, and its looks leave this tool's sessions out.)
+    pub fn found(self, writer: Option<&str>) -> (Vec<SessionGroup>, Vec<String>) {
+        let (mut groups, mut unchecked) = (Vec::new(), Vec::new());
+        for (at, look) in self.0 {
+            match look {
+                Ok((Some(id), _)) if Some(id.as_str()) == writer => {}
+                Ok((_, found)) => groups.extend(found.into_iter().map(|g| SessionGroup {
+                    client: format!("{} on reader {at}", g.client),
+                    ..g
+                })),
+                Err(e) => unchecked.push(format!("{at}: {e}")),
+            }
+        }
+        (groups, unchecked)
+    }
 }
 
 /// Asks every reader at once for `user`'s recent sessions, each in a login of its own as
-/// `login` (a physical replica has the writer's users and passwords). Each login and statement
-/// is bounded by the database timeout.
+/// `login` (a physical replica has the writer's users and passwords); on MySQL and MariaDB also
+/// who it is (see `OnReaders::found`). Each login and statement is bounded by the database
+/// timeout.
 pub async fn on_readers(
     db: &Arc<dyn Database>,
     engine: Engine,
@@ -139,12 +216,18 @@ pub async fn on_readers(
     let mut asks = JoinSet::new();
     for (i, at) in readers.iter().cloned().enumerate() {
         let (db, login, user) = (db.clone(), login.clone(), user.to_owned());
-        asks.spawn(async move {
-            (
-                i,
-                db.recent_sessions(engine, &at, &login, &user, window).await,
-            )
-        });
+        let ask = async move {
+            let mut session = db.login(engine, &at, &login).await?;
+            let identity = match engine {
+                Engine::Postgres => None,
+                _ => session.identity().await.ok().map(|i| i.key),
+            };
+            let found = session.recent_sessions(&user, window).await?;
+            Ok((identity, found))
+        };
+        // Counted in the rotation's calls, logged in its span.
+        let ask = crate::calls::carry(ask).instrument(tracing::Span::current());
+        asks.spawn(async move { (i, ask.await) });
     }
     let mut answers = Vec::new();
     while let Some(joined) = asks.join_next().await {
@@ -152,17 +235,16 @@ pub async fn on_readers(
             answers.push(answer);
         }
     }
-    answers.sort_by_key(|(i, _)| *i);
     let mut out = OnReaders::default();
     for (i, at) in readers.iter().enumerate() {
-        match answers.iter_mut().find(|(j, _)| *j == i).map(|(_, r)| r) {
-            Some(Ok(groups)) => out.groups.extend(groups.drain(..).map(|g| SessionGroup {
-                client: format!("{} on reader {at}", g.client),
-                ..g
-            })),
-            Some(Err(e)) => out.unchecked.push(format!("{at}: {e}")),
-            None => out.unchecked.push(format!("{at}: the look ended early")),
-        }
+        let look = match answers.iter().position(|(j, _)| *j == i) {
+            Some(k) => answers.swap_remove(k).1,
+            None => Err(DbError::Unreachable {
+                at: at.to_string(),
+                reason: "the look ended early".into(),
+            }),
+        };
+        out.0.push((at.clone(), look));
     }
     out
 }

@@ -54,9 +54,9 @@ use crate::secret::{AppSecret, Credentials, Endpoint, Engine, SecretError, UserS
 pub use invocation::Invocation;
 use invocation::{invoked, Invoked};
 use ports::{
-    Accounts, At, Database, DbError, DbSession, InUse, Lease, PasswordRules, RecordStore,
-    RecordStoreError, ReportOutcome, Reporter, RotationReport, SecretMeta, SecretStore,
-    SecretStoreError, SecretVersion, Stage, UserClaim,
+    Accounts, At, Database, DbError, DbSession, InUse, Lease, PasswordRules, RdsDirectory,
+    RdsError, RecordStore, RecordStoreError, ReportOutcome, Reporter, RotationReport, SecretMeta,
+    SecretStore, SecretStoreError, SecretVersion, Stage, UserClaim,
 };
 use record::{now_ms, BeginIf, Plan, Step, StepRecord};
 
@@ -225,6 +225,8 @@ pub enum RotationError {
     },
     #[error("refusing to change a password that other accounts may keep: {why}. The password was not changed. Either set master_secret_id to a login that may read mysql.user (it changes every account of the user), or, if {account} is the user's only account, add \"account_host\": \"{}\" to the secret", account.rsplit_once('@').map_or(account.as_str(), |(_, h)| h))]
     AccountsUnlisted { account: String, why: String },
+    #[error("{source}. The in-use guard asks RDS for the database's readers: grant that action to the rotator's role, or turn the look off with --rds-discovery off (ROTATOR_RDS_DISCOVERY=off) and list the readers in the secret's reader_hosts")]
+    Rds { source: RdsError },
     #[error("cannot ask the database at {at} who it is (claims on its users are keyed by the server's own identity, never by a name): {tried}")]
     NoServerIdentity { at: String, tried: String },
     #[error("{found}, so an application still logs in with credentials from two rotations ago; the rotation of {secret} waits before changing the password, and resumes once those sessions stop (`rotate --ignore-in-use` goes on anyway)")]
@@ -309,6 +311,7 @@ impl RotationError {
             | Self::LeaseLost(_)
             | Self::Interrupted(_) => true,
             Self::Secrets(e) => e.is_retryable(),
+            Self::Rds { source } => matches!(source, RdsError::Unavailable(_)),
             Self::Records(e) => e.is_retryable(),
             Self::Database(e) => e.is_retryable(),
             Self::BadSecret { .. }
@@ -468,6 +471,8 @@ pub struct Rotator {
     pub secrets: Arc<dyn SecretStore>,
     pub records: Arc<dyn RecordStore>,
     pub db: Arc<dyn Database>,
+    /// The RDS API: a database's readers (`ports::NoRds` when turned off).
+    pub rds: Arc<dyn RdsDirectory>,
     /// Metrics and events: told how every `rotate` call ended.
     pub reporter: Arc<dyn Reporter>,
     pub settings: Settings,
@@ -792,8 +797,9 @@ impl Rotator {
         // that Secrets Manager names (its call, or its token taken over by a worker) may have a
         // value under that id already, from an attempt whose record was lost: AWS refuses the
         // same token with another value, so its steps look before they write.
-        let fresh = planned.is_some() && made_here && request.invocation.is_none();
-        if fresh && request.force {
+        let begins = planned.is_some() && request.invocation.is_none();
+        let fresh = begins && made_here;
+        if begins && request.force {
             if let Some(why) = too_soon(&record, request, now) {
                 warn!(secret = %meta.arn, %why, "forced: rotating inside the minimum interval");
             }
@@ -811,7 +817,7 @@ impl Rotator {
                 login,
             ))
         });
-        if fresh && !begun {
+        if begins && !begun {
             // Persisted before AWSPENDING is written: from here on, any process resumes this id.
             self.records.save(lease, &record).await?;
         }
@@ -831,6 +837,7 @@ impl Rotator {
             early,
             opened: None,
             guard_passed: false,
+            discovery: guard::Discovery::default(),
             resets: 0,
             unlisted_self: None,
             in_use: self
@@ -877,8 +884,10 @@ impl Rotator {
                             RotationError::LeaseLost(_)
                                 | RotationError::Interrupted(_)
                                 | RotationError::Records(RecordStoreError::Fenced(_))
-                                // Sessions do not end in seconds: a later run looks again.
+                                // Sessions do not end in seconds, nor do unreachable readers
+                                // come back: a later run looks again.
                                 | RotationError::UserInUse { .. }
+                                | RotationError::ReaderUnchecked { .. }
                         )
                         // The test waited its whole deadline already, unless it sent the
                         // rotation back to set the password again.
@@ -1180,26 +1189,30 @@ async fn look(
 /// So when that is `user@%`, no other account serves this address, and (for the rotator's
 /// subnet) `%` is the catch-all every other address falls back to. An account on a narrower
 /// host (`user@10.0.1.%`) means a catch-all may exist beside it, which would keep the old
-/// password: refused, unless the secret says this host is the only one (`account_host`).
+/// password: refused, unless the secret says this host is the only one (`account_host`). A
+/// secret that names a host the server did not match is wrong about the accounts: refused too.
 pub(crate) fn unlisted_account(
     user: &str,
     logged_in_as: &str,
     account_host: Option<&str>,
 ) -> Result<(), String> {
-    let host = logged_in_as
-        .rsplit_once('@')
-        .map_or(logged_in_as, |(_, h)| h);
-    if host == "%" || account_host == Some(host) {
-        return Ok(());
+    let (name, host) = logged_in_as.rsplit_once('@').unwrap_or(("", logged_in_as));
+    if name != user {
+        // An anonymous account (''@'%'), say: its password is not the user's.
+        return Err(format!(
+            "logging in as {user}, the rotator is matched to the account {logged_in_as}, which is not {user}'s"
+        ));
     }
-    Err(match account_host {
-        Some(declared) => format!(
+    match account_host {
+        None if host == "%" => Ok(()),
+        Some(declared) if declared == host => Ok(()),
+        Some(declared) => Err(format!(
             "the secret says {user}'s only account is on host {declared}, but the rotator logs in as {logged_in_as}"
-        ),
-        None => format!(
+        )),
+        None => Err(format!(
             "{user} logs in from here as {logged_in_as}, not as {user}@%, and may not list its accounts: another account of {user} (such as {user}@%, which serves other addresses and RDS Proxy) would keep its old password"
-        ),
-    })
+        )),
+    }
 }
 
 /// How a compare-and-swap of AWSCURRENT ended.
@@ -1448,6 +1461,8 @@ struct Run<'a> {
     /// The in-use guard let this run change the password: setting it again (the test step found
     /// the database refusing it) does not wait for the test's own pooled connection.
     guard_passed: bool,
+    /// RDS's readers of the database, asked when the run starts (see `guard::Discovery`).
+    discovery: guard::Discovery,
     /// Times this run went back from the test step to set the password again.
     resets: u32,
     /// The idle user's own login, handed over to the master secret because its accounts could not
@@ -1540,6 +1555,15 @@ impl Run<'_> {
     async fn drive(&mut self) -> Result<(), RotationError> {
         // A failure before the first step is not the last attempt's step's.
         self.trace.with(|t| t.last_step = None);
+        // The guard needs the database's readers as RDS lists them: asked now, beside the
+        // calls before set_password, so that the guard does not wait for RDS.
+        if self.record.step <= Step::SetPassword && self.in_use != guard::InUsePolicy::Off {
+            let current = self.current().await?;
+            if current.is_multi_user() {
+                let host = current.admin_endpoint().host.clone();
+                self.discovery = guard::Discovery::start(self.rotator.rds.clone(), host);
+            }
+        }
         self.check_current_label().await?;
         // The claims on the database users (see `lease::claim_users`) are taken beside the
         // first step of a new rotation (writing AWSPENDING changes no password), before any other.
@@ -1848,13 +1872,19 @@ impl Run<'_> {
                 }
             }
         }
-        // The master secret did not work either: the user's own login, whose other accounts (if
-        // any) could not be seen, is better than nothing (only_account warns).
+        // The master secret did not work either: the user's own login, whose other accounts
+        // could not be listed, goes ahead when it is the catch-all account (or the one the
+        // secret names): see `unlisted_account`.
         if let Some((label, login)) = self.unlisted_self.take() {
             let session = db.login(current.engine, at, &login).await;
             match self.change_with(session, &login, &pending, false).await {
                 Ok(()) => return Ok(self.password_set(&pending.username, &label).await),
                 Err(RotationError::Database(e)) if e.try_next_source() => {
+                    tried.push(format!("{label}, again: {e}"))
+                }
+                // Not the catch-all account: the master secret's own failure above is what
+                // to fix, and `tried` says it.
+                Err(e @ RotationError::AccountsUnlisted { .. }) => {
                     tried.push(format!("{label}, again: {e}"))
                 }
                 Err(e) => return Err(e),
@@ -1995,21 +2025,32 @@ impl Run<'_> {
         }
         let window = self.rotator.settings.in_use.window;
         let current = self.current().await?.clone();
+        let db = &self.rotator.db;
+        // Who the writer is, to know a reader that is the writer (MySQL: see `OnReaders::found`).
+        let ask_identity = current.engine != Engine::Postgres
+            && (!current.readers.is_empty() || self.discovery.started());
+        let discovery = &mut self.discovery;
         // Every server that serves the user's logins, at once: the writer in this session, the
-        // readers each in a login of its own.
-        let (writer, readers) = tokio::join!(
-            session.recent_sessions(user, window),
-            guard::on_readers(
-                &self.rotator.db,
-                current.engine,
-                &current.readers,
-                login,
-                user,
-                window
+        // readers (the secret's and RDS's) each in a login of its own.
+        let writer = async {
+            let identity = match ask_identity {
+                true => session.identity().await.ok().map(|i| i.key),
+                false => None,
+            };
+            (identity, session.recent_sessions(user, window).await)
+        };
+        let ((identity, writer), readers) = tokio::join!(writer, async {
+            let all = discovery
+                .readers(&current.readers, current.admin_endpoint())
+                .await?;
+            Ok::<_, RdsError>(
+                guard::on_readers(db, current.engine, &all, login, user, window).await,
             )
-        );
+        });
+        let readers = readers.map_err(|source| RotationError::Rds { source })?;
+        let (on_readers, unchecked) = readers.found(identity.as_deref());
         let mut groups = writer?;
-        groups.extend(readers.groups);
+        groups.extend(on_readers);
         let verdict = guard::verdict(self.in_use, user, window, groups);
         let found = match &verdict {
             guard::Verdict::Clear => None,
@@ -2031,10 +2072,10 @@ impl Run<'_> {
                 found,
             }),
         }?;
-        if readers.unchecked.is_empty() {
+        if unchecked.is_empty() {
             return Ok(());
         }
-        let unchecked = readers.unchecked.join("; ");
+        let unchecked = unchecked.join("; ");
         if self.in_use == guard::InUsePolicy::Warn {
             warn!(secret = %self.arn(), %user, %unchecked, policy = self.in_use.as_str(),
                   "could not look at the sessions on a reader; changing the password anyway");

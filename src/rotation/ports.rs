@@ -604,6 +604,48 @@ pub enum ReportOutcome {
     },
 }
 
+/// What RDS says about the database behind a host name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RdsTopology {
+    /// The writer's instance and, on Aurora, its cluster: what Blue/Green deployments name.
+    pub arns: Vec<String>,
+    /// Every other instance that serves logins: an Aurora cluster's readers, an instance's read
+    /// replicas in this region, by the endpoint RDS gives each.
+    pub readers: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RdsError {
+    #[error("RDS did not answer: {0}")]
+    Unavailable(String),
+    #[error("RDS refused rds:{action}: {reason}")]
+    Denied {
+        action: &'static str,
+        reason: String,
+    },
+    #[error("RDS refused the request: {0}")]
+    Refused(String),
+}
+
+/// The RDS API, read only. Its answers about a database change rarely (a reader added, a
+/// deployment begun), so an adapter may keep them for a few minutes.
+#[async_trait]
+pub trait RdsDirectory: Send + Sync {
+    /// `None` when `host` is not the name of an RDS instance or cluster endpoint (an address, a
+    /// CNAME, a proxy endpoint), or RDS knows no such database in this account and region.
+    async fn topology(&self, host: &str) -> Result<Option<RdsTopology>, RdsError>;
+}
+
+/// No RDS API (`--rds-discovery off`): nothing is discovered.
+pub struct NoRds;
+
+#[async_trait]
+impl RdsDirectory for NoRds {
+    async fn topology(&self, _host: &str) -> Result<Option<RdsTopology>, RdsError> {
+        Ok(None)
+    }
+}
+
 /// Where reports go: metrics on stdout, events on a bus. A reporter never fails a rotation.
 #[async_trait]
 pub trait Reporter: Send + Sync {

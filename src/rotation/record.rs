@@ -285,16 +285,25 @@ impl StepRecord {
     /// can land while its record does not (the write refused, the process killed), and the
     /// record still says create_pending. A version that was never written costs one read.
     pub fn unfinished_for(&self, target: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.is_unfinished() && self.target_user.as_deref() == Some(target) {
-            out.extend(self.rotation_id.clone());
-        }
+        let own = (self.is_unfinished() && self.target_user.as_deref() == Some(target))
+            .then(|| self.rotation_id.clone())
+            .flatten();
+        // Past create_pending the own version surely holds a password; at it, rarely (and most
+        // such ids were never written): it comes last, and never pushes out a carried one.
+        let (first, last) = if self.step > Step::CreatePending {
+            (own, None)
+        } else {
+            (None, own)
+        };
+        let mut out: Vec<String> = first.into_iter().collect();
         if self.target_user.is_none() || self.target_user.as_deref() == Some(target) {
             out.extend(self.unfinished_versions.iter().cloned());
         }
-        out.dedup();
         // The newest few: each one costs a read when the others fail.
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|v| seen.insert(v.clone()));
         out.truncate(MAX_UNFINISHED);
+        out.extend(last.filter(|v| !seen.contains(v)));
         out
     }
 
@@ -393,6 +402,28 @@ mod tests {
             seen.push(s);
         }
         assert_eq!(seen, Step::ALL);
+    }
+
+    #[test]
+    fn rotations_failed_at_create_pending_never_push_out_a_version_that_holds_a_password() {
+        // One rotation failed past set_password: its version holds b's password.
+        let mut r = StepRecord::begin("arn", "holds".into(), plan(), None, 0);
+        r.step = Step::UpdateProxy;
+        r.state = State::Failed;
+        // Then five in a row failed at create_pending (refused before AWSPENDING, say).
+        for i in 0..5 {
+            let mut next = StepRecord::begin("arn", format!("empty-{i}"), plan(), Some(&r), 0);
+            next.state = State::Failed;
+            r = next;
+        }
+        let known = r.unfinished_for("b");
+        assert_eq!(known[0], "holds", "{known:?}");
+        assert_eq!(
+            known.last().map(String::as_str),
+            Some("empty-4"),
+            "{known:?}"
+        );
+        assert!(known.len() <= MAX_UNFINISHED + 1, "{known:?}");
     }
 
     #[test]

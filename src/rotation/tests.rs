@@ -48,6 +48,7 @@ fn rotator(w: &World) -> Rotator {
         secrets: Arc::new(w.clone()),
         records: Arc::new(w.clone()),
         db: Arc::new(w.clone()),
+        rds: Arc::new(w.clone()),
         reporter: Arc::new(w.clone()),
         settings: Settings {
             test_deadline: Duration::from_millis(300),
@@ -422,8 +423,10 @@ fn only_the_catch_all_account_or_the_named_one_may_change_unlisted() {
         ("u@127.0.0.1", None, false),
         ("u@10.0.1.%", Some("10.0.1.%"), true),
         ("u@10.0.1.%", Some("%"), false),
-        ("u@%", Some("10.0.1.%"), true),
-        ("us@er@localhost", Some("localhost"), true),
+        ("u@%", Some("10.0.1.%"), false),
+        ("@%", None, false),
+        ("other@%", None, false),
+        ("u@localhost", Some("localhost"), true),
     ];
     for (account, declared, ok) in cases {
         assert_eq!(
@@ -1247,6 +1250,84 @@ async fn a_reader_the_guard_cannot_reach_defers_the_rotation_unless_the_guard_on
     .await;
     assert!(matches!(ignored, Outcome::Rotated(_)), "{ignored:?}");
     assert_rotated(&w, "alice", "bob", "alice-0");
+}
+
+#[tokio::test]
+async fn the_readers_rds_lists_are_looked_at_beside_the_ones_the_secret_names() {
+    use super::ports::RdsTopology;
+    let w = world_with_readers();
+    let reader = |host: &str, port| crate::secret::Endpoint {
+        host: host.into(),
+        port,
+        dbname: String::new(),
+    };
+    // One reader the secret names as well, and one only RDS knows, where bob is in use.
+    w.state().rds = Some(Ok(RdsTopology {
+        arns: vec!["arn:aws:rds:eu-west-1:1:cluster:orders".into()],
+        readers: vec![reader("reader-1", 5432), reader("reader-3", 5432)],
+    }));
+    w.state().reader_sessions.insert(
+        "reader-3".into(),
+        vec![super::ports::SessionGroup {
+            client: "10.0.2.9".into(),
+            application: "reports".into(),
+            sessions: 1,
+        }],
+    );
+    let err = rotate(&w).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("10.0.2.9 on reader reader-3:5432 (reports)"),
+        "{err}"
+    );
+    assert_eq!(w.state().db["bob"], "bob-0", "bob's password is unchanged");
+    w.state().reader_sessions.clear();
+    rotate(&w).await.unwrap();
+    assert_rotated(&w, "alice", "bob", "alice-0");
+}
+
+#[tokio::test]
+async fn an_rds_api_that_refuses_stops_the_rotation_naming_the_action_and_the_setting() {
+    use super::ports::RdsError;
+    let w = world();
+    w.state().rds = Some(Err(RdsError::Denied {
+        action: "DescribeDBInstances",
+        reason: "AccessDenied: not authorized".into(),
+    }));
+    let err = rotate(&w).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    let text = err.to_string();
+    for part in [
+        "rds:DescribeDBInstances",
+        "ROTATOR_RDS_DISCOVERY=off",
+        "reader_hosts",
+    ] {
+        assert!(text.contains(part), "{part}: {text}");
+    }
+    assert_eq!(w.state().db["bob"], "bob-0", "bob's password is unchanged");
+    // RDS that does not answer: the rotation waits, as for a reader it cannot reach.
+    let w = world();
+    w.state().rds = Some(Err(RdsError::Unavailable("503".into())));
+    let err = rotate(&w).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(w.state().db["bob"], "bob-0");
+}
+
+#[tokio::test]
+async fn rds_is_not_asked_when_the_guard_is_off_or_nobody_else_uses_the_user() {
+    let w = world();
+    let mut r = rotator(&w);
+    r.settings.in_use.policy = guard::InUsePolicy::Off;
+    r.rotate(APP, &Request::default(), LeaseWait::No)
+        .await
+        .unwrap();
+    assert_eq!(w.state().rds_calls, 0);
+    rotate(&w).await.unwrap();
+    assert_eq!(
+        w.state().rds_calls,
+        1,
+        "asked once, beside the run's first calls"
+    );
 }
 
 #[tokio::test]

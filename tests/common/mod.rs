@@ -677,6 +677,7 @@ impl Pair {
                 DbTls::new(TlsMode::Disable, None).unwrap(),
                 std::time::Duration::from_secs(10),
             )),
+            rds: Arc::new(rds_rotator::aws::rds::RdsInstances::new(&aws)),
             reporter: Arc::new(rds_rotator::rotation::ports::NoReports),
             settings,
             owner: format!("in-process-{}", suffix()),

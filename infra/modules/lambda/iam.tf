@@ -88,6 +88,19 @@ locals {
         Condition = null
       },
       {
+        # The in-use guard asks RDS for the readers and replicas of a database named by its RDS
+        # endpoint (ROTATOR_RDS_DISCOVERY). Read only, this account and region's instances and
+        # clusters.
+        Sid    = "DatabaseReaders"
+        Effect = "Allow"
+        Action = ["rds:DescribeDBInstances", "rds:DescribeDBClusters"]
+        Resource = [
+          "arn:${local.partition}:rds:${local.region}:${local.account_id}:db:*",
+          "arn:${local.partition}:rds:${local.region}:${local.account_id}:cluster:*",
+        ]
+        Condition = null
+      },
+      {
         # Describe calls have no resource-level permissions: IAM evaluates them against "*" only.
         Sid       = "NetworkInterfacesDescribe"
         Effect    = "Allow"
