@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::adopt::ports::{ProxyDirectory, ProxyError};
 use crate::db::tls::TlsMode;
-use crate::rotation::guard::{on_readers, verdict, Discovery, InUsePolicy, Verdict};
+use crate::rotation::guard::{look_everywhere, verdict, Discovery, InUsePolicy, Verdict};
 use crate::rotation::lease::{identify, user_key, uses, Uses};
 use crate::rotation::ports::{
     Accounts, At, DbError, PasswordRules, RdsError, SecretMeta, SecretStoreError, SessionGroup,
@@ -398,33 +398,31 @@ pub async fn check(
                 match db.login(app.engine, &admin_at, creds).await {
                     Ok(mut session) => {
                         if guard_on {
-                            // As the rotation does: the writer and every reader, at once.
-                            let all = discovery.readers(&app.readers, &admin_at).await;
-                            let (ask, rds_failed) = match &all {
-                                Ok(all) => (all.clone(), None),
-                                Err(e) => (app.readers.clone(), Some(e.to_string())),
-                            };
-                            let mysql = app.engine != Engine::Postgres && !ask.is_empty();
-                            let writer = async {
-                                let identity = match mysql {
-                                    true => session.identity().await.ok().map(|i| i.key),
-                                    false => None,
-                                };
-                                (identity, session.recent_sessions(user, guard.window).await)
-                            };
-                            let ((identity, writer), readers) = tokio::join!(
-                                writer,
-                                on_readers(db, app.engine, &ask, creds, user, guard.window)
-                            );
-                            let (on_readers, not_asked) = readers.found(identity.as_deref());
-                            looked = Some(writer.map(|mut groups| {
-                                groups.extend(on_readers);
+                            // As the rotation does: the writer and every reader.
+                            let found = look_everywhere(
+                                session.as_mut(),
+                                db,
+                                app.engine,
+                                &admin_at,
+                                &app.readers,
+                                &mut discovery,
+                                creds,
+                                user,
+                                guard.window,
+                            )
+                            .await;
+                            looked = Some(found.writer.map(|mut groups| {
+                                groups.extend(found.readers);
                                 groups
                             }));
-                            unchecked = not_asked;
-                            unchecked
-                                .extend(rds_failed.map(|e| format!("the readers RDS lists ({e})")));
-                            readers_seen = Some(all);
+                            unchecked = found.unchecked;
+                            readers_seen = Some(match found.rds {
+                                None => Ok(found.asked),
+                                Some(e) => {
+                                    unchecked.push(format!("the readers RDS lists ({e})"));
+                                    Err(e)
+                                }
+                            });
                         }
                         server = Some(session.preflight().await);
                         Ok(())

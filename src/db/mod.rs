@@ -124,13 +124,18 @@ impl DbSession for Bounded {
         &mut self,
         user: &str,
         within: Duration,
+        mine: &[u64],
     ) -> Result<Vec<SessionGroup>, DbError> {
         bounded(
             &self.at,
             self.timeout,
-            self.inner.recent_sessions(user, within),
+            self.inner.recent_sessions(user, within, mine),
         )
         .await
+    }
+
+    async fn session_id(&mut self) -> Result<Option<u64>, DbError> {
+        bounded(&self.at, self.timeout, self.inner.session_id()).await
     }
 
     async fn preflight(&mut self) -> Result<PasswordRules, DbError> {

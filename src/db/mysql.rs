@@ -508,6 +508,11 @@ impl DbSession for MySqlSession {
         Ok(self.facts().await?.rules)
     }
 
+    async fn session_id(&mut self) -> Result<Option<u64>, DbError> {
+        let id: Result<Option<u64>, _> = self.conn()?.query_first("SELECT CONNECTION_ID()").await;
+        id.map_err(|e| self.err(e, &[]))
+    }
+
     /// See `identity_from`.
     async fn identity(&mut self) -> Result<ServerIdentity, DbError> {
         let vars: Result<Vec<(String, String)>, _> = self.conn()?.query(IDENTITY_SQL).await;
@@ -543,15 +548,20 @@ impl DbSession for MySqlSession {
         &mut self,
         user: &str,
         within: Duration,
+        mine: &[u64],
     ) -> Result<Vec<SessionGroup>, DbError> {
         let (at, login) = (&self.at, &self.login);
         let Some(conn) = self.conn.as_mut() else {
             return Err(DbError::Refused("the session has ended".into()));
         };
+        // Ids are numbers: written into the statement, they cannot inject anything.
+        let others: String = mine.iter().map(|id| format!(", {id}")).collect();
         let rows: Result<Vec<(Option<String>, Option<String>, Option<i64>)>, DbError> = conn
             .exec(
-                "SELECT HOST, COMMAND, TIME FROM information_schema.PROCESSLIST \
-                 WHERE USER = ? AND ID <> CONNECTION_ID()",
+                format!(
+                    "SELECT HOST, COMMAND, TIME FROM information_schema.PROCESSLIST \
+                     WHERE USER = ? AND ID NOT IN (CONNECTION_ID(){others})"
+                ),
                 (user,),
             )
             .await

@@ -664,6 +664,7 @@ impl DbSession for FakeSession {
         &mut self,
         user: &str,
         _within: std::time::Duration,
+        _mine: &[u64],
     ) -> Result<Vec<crate::rotation::ports::SessionGroup>, DbError> {
         let s = self.world.state();
         if let Some(on_reader) = s.reader_sessions.get(&self.at.host) {

@@ -37,7 +37,9 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::ports::{Database, DbError, InUse, RdsDirectory, RdsError, RdsTopology, SessionGroup};
+use super::ports::{
+    Database, DbError, DbSession, InUse, RdsDirectory, RdsError, RdsTopology, SessionGroup,
+};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 /// What the guard does with a user in use.
@@ -170,83 +172,197 @@ impl Drop for Discovery {
     }
 }
 
-/// What each reader said, in the order asked: the server's identity (MySQL and MariaDB) and the
-/// sessions found, or why it could not be asked.
-#[derive(Debug, Default)]
-pub struct OnReaders(Vec<(Endpoint, Result<ReaderLook, DbError>)>);
+/// What the guard found on every server that serves the idle user's logins.
+pub struct Everywhere {
+    /// The writer's look, in the session that will change the password.
+    pub writer: Result<Vec<SessionGroup>, DbError>,
+    /// The readers' sessions, each client named with its reader.
+    pub readers: Vec<SessionGroup>,
+    /// Readers that could not be asked, each with why.
+    pub unchecked: Vec<String>,
+    /// The readers asked: the secret's and RDS's.
+    pub asked: Vec<Endpoint>,
+    /// RDS could not list the readers (then only the secret's were asked).
+    pub rds: Option<RdsError>,
+}
 
-/// A reader's identity (MySQL, MariaDB) and the sessions it showed.
-type ReaderLook = (Option<String>, Vec<SessionGroup>);
-
-impl OnReaders {
-    /// The sessions found (each client named with its reader), and the readers that could not
-    /// be asked, each with why. A reader that says it is the writer (`writer`: its identity) is
-    /// left out: a reader endpoint that reaches the writer, an instance that became the writer
-    /// in a failover. Its sessions are the writer's look's, and on MySQL they include the
-    /// session about to change the password, which would count as in use. (PostgreSQL's
-    /// replicas share the writer's identity, and its looks leave this tool's sessions out.)
-    pub fn found(self, writer: Option<&str>) -> (Vec<SessionGroup>, Vec<String>) {
-        let (mut groups, mut unchecked) = (Vec::new(), Vec::new());
-        for (at, look) in self.0 {
-            match look {
-                Ok((Some(id), _)) if Some(id.as_str()) == writer => {}
-                Ok((_, found)) => groups.extend(found.into_iter().map(|g| SessionGroup {
-                    client: format!("{} on reader {at}", g.client),
-                    ..g
-                })),
-                Err(e) => unchecked.push(format!("{at}: {e}")),
-            }
+/// Looks at `user`'s recent sessions on the writer (in `session`) and on every reader, the
+/// secret's (`listed`) and the ones RDS lists (`discovery`), in two rounds that each run at
+/// once on every server: logins and identities (the writer's in `session`), then the looks.
+#[allow(clippy::too_many_arguments)]
+pub async fn look_everywhere(
+    session: &mut dyn DbSession,
+    db: &Arc<dyn Database>,
+    engine: Engine,
+    writer_at: &Endpoint,
+    listed: &[Endpoint],
+    discovery: &mut Discovery,
+    login: &Credentials,
+    user: &str,
+    window: Duration,
+) -> Everywhere {
+    // Who the writer is, to know a reader that is the writer (MySQL: see `Readers::on_writer`).
+    let ask_identity = engine != Engine::Postgres && (!listed.is_empty() || discovery.started());
+    let who = async {
+        match ask_identity {
+            true => session.identity().await.ok().map(|i| i.key),
+            false => None,
         }
-        (groups, unchecked)
+    };
+    let (writer_identity, (asked, rds, readers)) = tokio::join!(who, async {
+        let (asked, rds) = match discovery.readers(listed, writer_at).await {
+            Ok(all) => (all, None),
+            Err(e) => (listed.to_vec(), Some(e)),
+        };
+        let readers = open_readers(db, engine, &asked, login).await;
+        (asked, rds, readers)
+    });
+    let mine = readers.on_writer(writer_identity.as_deref());
+    let (writer, (on_readers, unchecked)) = tokio::join!(
+        session.recent_sessions(user, window, &mine),
+        readers.look(writer_identity.as_deref(), user, window)
+    );
+    Everywhere {
+        writer,
+        readers: on_readers,
+        unchecked,
+        asked,
+        rds,
     }
 }
 
-/// Asks every reader at once for `user`'s recent sessions, each in a login of its own as
-/// `login` (a physical replica has the writer's users and passwords); on MySQL and MariaDB also
-/// who it is (see `OnReaders::found`). Each login and statement is bounded by the database
-/// timeout.
-pub async fn on_readers(
+/// The readers, each logged in to (or why not), and on MySQL and MariaDB who each says it is:
+/// the first half of the look (`open_readers`), run beside the writer's own question of who it is.
+pub struct Readers(Vec<(Endpoint, Result<Opened, DbError>)>);
+
+/// A reader's session, its server's identity and the session's id there (MySQL, MariaDB).
+struct Opened {
+    session: Box<dyn DbSession>,
+    identity: Option<String>,
+    id: Option<u64>,
+}
+
+/// Logs in to every reader at once, as `login` (a physical replica has the writer's users and
+/// passwords); on MySQL and MariaDB also asks who each is. Each login and statement is bounded
+/// by the database timeout.
+pub async fn open_readers(
     db: &Arc<dyn Database>,
     engine: Engine,
     readers: &[Endpoint],
     login: &Credentials,
-    user: &str,
-    window: Duration,
-) -> OnReaders {
-    let mut asks = JoinSet::new();
+) -> Readers {
+    let mut opens = JoinSet::new();
     for (i, at) in readers.iter().cloned().enumerate() {
-        let (db, login, user) = (db.clone(), login.clone(), user.to_owned());
-        let ask = async move {
+        let (db, login) = (db.clone(), login.clone());
+        let open = async move {
             let mut session = db.login(engine, &at, &login).await?;
-            let identity = match engine {
-                Engine::Postgres => None,
-                _ => session.identity().await.ok().map(|i| i.key),
+            let (identity, id) = match engine {
+                Engine::Postgres => (None, None),
+                _ => (
+                    session.identity().await.ok().map(|i| i.key),
+                    session.session_id().await?,
+                ),
             };
-            let found = session.recent_sessions(&user, window).await?;
-            Ok((identity, found))
+            Ok(Opened {
+                session,
+                identity,
+                id,
+            })
         };
         // Counted in the rotation's calls, logged in its span.
-        let ask = crate::calls::carry(ask).instrument(tracing::Span::current());
-        asks.spawn(async move { (i, ask.await) });
+        let open = crate::calls::carry(open).instrument(tracing::Span::current());
+        opens.spawn(async move { (i, open.await) });
     }
     let mut answers = Vec::new();
-    while let Some(joined) = asks.join_next().await {
+    while let Some(joined) = opens.join_next().await {
         if let Ok(answer) = joined {
             answers.push(answer);
         }
     }
-    let mut out = OnReaders::default();
+    let mut out = Vec::new();
     for (i, at) in readers.iter().enumerate() {
-        let look = match answers.iter().position(|(j, _)| *j == i) {
+        let opened = match answers.iter().position(|(j, _)| *j == i) {
             Some(k) => answers.swap_remove(k).1,
             None => Err(DbError::Unreachable {
                 at: at.to_string(),
-                reason: "the look ended early".into(),
+                reason: "the login ended early".into(),
             }),
         };
-        out.0.push((at.clone(), look));
+        out.push((at.clone(), opened));
     }
-    out
+    Readers(out)
+}
+
+impl Readers {
+    /// The ids of this tool's sessions that reached the writer itself: a reader endpoint with no
+    /// reader behind it, an instance that a failover made the writer (`writer`: the writer's
+    /// identity, MySQL and MariaDB). The writer's look leaves them out, or the rotation would
+    /// find its own session of the idle user in use. (PostgreSQL's looks leave this tool's
+    /// sessions out by their application name, and its replicas share the writer's identity.)
+    pub fn on_writer(&self, writer: Option<&str>) -> Vec<u64> {
+        self.0
+            .iter()
+            .filter_map(|(_, o)| o.as_ref().ok())
+            .filter(|o| o.identity.is_some() && o.identity.as_deref() == writer)
+            .filter_map(|o| o.id)
+            .collect()
+    }
+
+    /// The second half: every reader that is not the writer is asked for `user`'s recent
+    /// sessions, at once. Returns the sessions found (each client named with its reader), and
+    /// the readers that could not be asked, each with why.
+    pub async fn look(
+        self,
+        writer: Option<&str>,
+        user: &str,
+        window: Duration,
+    ) -> (Vec<SessionGroup>, Vec<String>) {
+        let mut unchecked = Vec::new();
+        let mut looks = JoinSet::new();
+        // Kept open until every look is done: a session that landed on the writer, closed,
+        // could linger in its process list.
+        let mut on_writer = Vec::new();
+        for (i, (at, opened)) in self.0.into_iter().enumerate() {
+            match opened {
+                Err(e) => unchecked.push((i, format!("{at}: {e}"))),
+                Ok(o) if o.identity.is_some() && o.identity.as_deref() == writer => {
+                    on_writer.push(o.session)
+                }
+                Ok(mut o) => {
+                    let user = user.to_owned();
+                    let look = async move {
+                        let found = o.session.recent_sessions(&user, window, &[]).await;
+                        (at, found)
+                    };
+                    let look = crate::calls::carry(look).instrument(tracing::Span::current());
+                    looks.spawn(async move { (i, look.await) });
+                }
+            }
+        }
+        let mut answers = Vec::new();
+        while let Some(joined) = looks.join_next().await {
+            match joined {
+                Ok(answer) => answers.push(answer),
+                Err(e) => {
+                    unchecked.push((usize::MAX, format!("a reader: the look ended early ({e})")))
+                }
+            }
+        }
+        drop(on_writer);
+        answers.sort_by_key(|(i, _)| *i);
+        let mut groups = Vec::new();
+        for (i, (at, found)) in answers {
+            match found {
+                Ok(found) => groups.extend(found.into_iter().map(|g| SessionGroup {
+                    client: format!("{} on reader {at}", g.client),
+                    ..g
+                })),
+                Err(e) => unchecked.push((i, format!("{at}: {e}"))),
+            }
+        }
+        unchecked.sort();
+        (groups, unchecked.into_iter().map(|(_, u)| u).collect())
+    }
 }
 
 #[cfg(test)]

@@ -2025,32 +2025,26 @@ impl Run<'_> {
         }
         let window = self.rotator.settings.in_use.window;
         let current = self.current().await?.clone();
-        let db = &self.rotator.db;
-        // Who the writer is, to know a reader that is the writer (MySQL: see `OnReaders::found`).
-        let ask_identity = current.engine != Engine::Postgres
-            && (!current.readers.is_empty() || self.discovery.started());
-        let discovery = &mut self.discovery;
-        // Every server that serves the user's logins, at once: the writer in this session, the
-        // readers (the secret's and RDS's) each in a login of its own.
-        let writer = async {
-            let identity = match ask_identity {
-                true => session.identity().await.ok().map(|i| i.key),
-                false => None,
-            };
-            (identity, session.recent_sessions(user, window).await)
-        };
-        let ((identity, writer), readers) = tokio::join!(writer, async {
-            let all = discovery
-                .readers(&current.readers, current.admin_endpoint())
-                .await?;
-            Ok::<_, RdsError>(
-                guard::on_readers(db, current.engine, &all, login, user, window).await,
-            )
-        });
-        let readers = readers.map_err(|source| RotationError::Rds { source })?;
-        let (on_readers, unchecked) = readers.found(identity.as_deref());
-        let mut groups = writer?;
-        groups.extend(on_readers);
+        // Every server that serves the user's logins: the writer in this session, the readers
+        // (the secret's and RDS's) each in a login of its own.
+        let found = guard::look_everywhere(
+            session,
+            &self.rotator.db,
+            current.engine,
+            current.admin_endpoint(),
+            &current.readers,
+            &mut self.discovery,
+            login,
+            user,
+            window,
+        )
+        .await;
+        if let Some(source) = found.rds {
+            return Err(RotationError::Rds { source });
+        }
+        let unchecked = found.unchecked;
+        let mut groups = found.writer?;
+        groups.extend(found.readers);
         let verdict = guard::verdict(self.in_use, user, window, groups);
         let found = match &verdict {
             guard::Verdict::Clear => None,

@@ -459,7 +459,7 @@ pub trait Database: Send + Sync {
     ) -> Result<Vec<SessionGroup>, DbError> {
         self.login(engine, at, login)
             .await?
-            .recent_sessions(user, within)
+            .recent_sessions(user, within, &[])
             .await
     }
 }
@@ -471,14 +471,21 @@ pub trait DbSession: Send {
     /// (PostgreSQL: a SCRAM verifier is sent).
     async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<(), DbError>;
     /// The sessions of `user` that ran a statement within `within` (or run one now), grouped by
-    /// client address and application; this session and this tool's own are left out. Idle
-    /// sessions do not count: a pool's connections (RDS Proxy's) stay open long after the last
-    /// application that used them moved on.
+    /// client address and application; this session and this tool's own are left out (and
+    /// `mine`, the ids of this tool's other sessions on the server, where the engine knows no
+    /// application name: MySQL). Idle sessions do not count: a pool's connections (RDS
+    /// Proxy's) stay open long after the last application that used them moved on.
     async fn recent_sessions(
         &mut self,
         user: &str,
         within: Duration,
+        mine: &[u64],
     ) -> Result<Vec<SessionGroup>, DbError>;
+    /// This session's id on its server, where `recent_sessions` needs it to leave this tool's
+    /// sessions out (MySQL's CONNECTION_ID()).
+    async fn session_id(&mut self) -> Result<Option<u64>, DbError> {
+        Ok(None)
+    }
     /// Before a password is made: `ReadOnly` on a replica, `PasswordRejected` when the server
     /// will refuse every change this adapter may send, else the rules a new password must meet.
     async fn preflight(&mut self) -> Result<PasswordRules, DbError>;
