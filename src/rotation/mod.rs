@@ -1557,7 +1557,11 @@ impl Run<'_> {
         self.trace.with(|t| t.last_step = None);
         // The guard needs the database's readers as RDS lists them: asked now, beside the
         // calls before set_password, so that the guard does not wait for RDS.
-        if self.record.step <= Step::SetPassword && self.in_use != guard::InUsePolicy::Off {
+        // (Not for a call of Secrets Manager's that stops before set_password.)
+        if self.record.step <= Step::SetPassword
+            && self.through.is_none_or(|t| t >= Step::SetPassword)
+            && self.in_use != guard::InUsePolicy::Off
+        {
             let current = self.current().await?;
             if current.is_multi_user() {
                 let host = current.admin_endpoint().host.clone();
