@@ -74,6 +74,7 @@ pub fn settings(args: &GlobalArgs) -> Settings {
             window: args.in_use_window,
         },
         rotation_functions: args.rotation_functions.clone(),
+        rds_discovery: args.rds_discovery == Switch::On,
     }
 }
 

@@ -295,7 +295,7 @@ pub async fn check(
         Discovery::default()
     };
     // What the guard looked at besides the writer, or why it could not learn it from RDS.
-    let mut readers_seen: Option<Result<Vec<Endpoint>, RdsError>> = None;
+    let mut readers_seen: Option<ReadersSeen> = None;
 
     // The application's login, as the application makes it.
     let mut tls_seen = TlsSeen::default();
@@ -417,7 +417,7 @@ pub async fn check(
                             }));
                             unchecked = found.unchecked;
                             readers_seen = Some(match found.rds {
-                                None => Ok(found.asked),
+                                None => Ok((found.asked, found.notes)),
                                 Some(e) => {
                                     unchecked.push(format!("the readers RDS lists ({e})"));
                                     Err(e)
@@ -510,7 +510,7 @@ pub async fn check(
     }
 
     if let Some(seen) = readers_seen {
-        check_readers(&app, seen, &mut report);
+        check_readers(&app, seen, rotator.settings.rds_discovery, &mut report);
     }
     if app.is_multi_user() {
         let last = last_record.as_ref();
@@ -754,19 +754,36 @@ async fn check_record(
     record
 }
 
+/// The readers the guard asked and what RDS could not cover, or why RDS could not list them.
+type ReadersSeen = Result<(Vec<Endpoint>, Vec<String>), RdsError>;
+
 /// Which servers besides the writer the guard looks at: the secret's `reader_hosts` and what RDS
 /// lists for the database's endpoint.
-fn check_readers(app: &AppSecret, seen: Result<Vec<Endpoint>, RdsError>, report: &mut CheckReport) {
+fn check_readers(app: &AppSecret, seen: ReadersSeen, discovery: bool, report: &mut CheckReport) {
+    let host = &app.admin_endpoint().host;
+    let named = crate::aws::rds::rds_name(host).is_some();
     match seen {
-        Ok(all) if all.is_empty() => report.push(
+        Ok((_, notes)) if !notes.is_empty() => {
+            report.push("readers", Status::Warn, notes.join("; "))
+        }
+        Ok((all, _)) if all.is_empty() && !discovery => report.push(
+            "readers",
+            Status::Warn,
+            "none listed in reader_hosts, and RDS is not asked (ROTATOR_RDS_DISCOVERY=off): a reader of this database would not be looked at".to_owned(),
+        ),
+        Ok((all, _)) if all.is_empty() && named => report.push(
             "readers",
             Status::Ok,
+            format!("none: the secret lists no reader_hosts, and RDS lists no reader or replica of {host}"),
+        ),
+        Ok((all, _)) if all.is_empty() => report.push(
+            "readers",
+            if host.contains(".proxy-") { Status::Warn } else { Status::Ok },
             format!(
-                "none: the secret lists no reader_hosts, and RDS lists no reader or replica for {}",
-                app.admin_endpoint().host
+                "none listed in reader_hosts; {host} is not an RDS instance or cluster endpoint, so none are found from RDS (name the database in direct_host, or list its readers)"
             ),
         ),
-        Ok(all) => {
+        Ok((all, _)) => {
             let named: Vec<String> = all
                 .iter()
                 .map(|r| {

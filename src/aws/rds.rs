@@ -82,12 +82,12 @@ impl ProxyDirectory for RdsProxies {
 
 /// What an RDS endpoint's name says: `<id>.<hash>.<region>.rds.amazonaws.com` is an instance's,
 /// `<id>.cluster-<hash>...` and `<id>.cluster-ro-<hash>...` a cluster's. A proxy's
-/// (`.proxy-`), a custom cluster endpoint's (named by the endpoint, not the cluster), an
-/// address or a CNAME say nothing.
+/// (`.proxy-`), a custom cluster endpoint's (named by the endpoint, not the cluster), a global
+/// database's, an address or a CNAME say nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RdsName {
-    Instance(String),
-    Cluster(String),
+    Instance { id: String, region: String },
+    Cluster { id: String, region: String },
 }
 
 pub fn rds_name(host: &str) -> Option<RdsName> {
@@ -96,37 +96,62 @@ pub fn rds_name(host: &str) -> Option<RdsName> {
         .strip_suffix(".rds.amazonaws.com")
         .or_else(|| host.strip_suffix(".rds.amazonaws.com.cn"))?;
     let labels: Vec<&str> = rest.split('.').collect();
-    let [id, kind, _region] = labels.as_slice() else {
+    let [id, kind, region] = labels.as_slice() else {
         return None;
     };
-    if id.is_empty() {
+    let (id, region) = ((*id).to_owned(), (*region).to_owned());
+    if id.is_empty() || region == "global" {
         return None;
     }
-    if kind.starts_with("cluster-custom-") || kind.starts_with("proxy-") {
+    if [
+        "cluster-custom-",
+        "proxy-",
+        "global-",
+        "limitless-",
+        "shardgrp-",
+    ]
+    .iter()
+    .any(|k| kind.starts_with(k))
+    {
         None
     } else if kind.starts_with("cluster-") {
-        Some(RdsName::Cluster((*id).to_owned()))
+        Some(RdsName::Cluster { id, region })
     } else {
-        Some(RdsName::Instance((*id).to_owned()))
+        Some(RdsName::Instance { id, region })
     }
 }
 
-/// The instances and clusters of this account and region, with answers kept `TOPOLOGY_TTL`.
+/// The instances and clusters of this account, in the region each endpoint names, with answers
+/// kept `TOPOLOGY_TTL`.
 pub struct RdsInstances {
-    client: Client,
+    config: aws_config::SdkConfig,
+    clients: Mutex<HashMap<String, Client>>,
     kept: Mutex<HashMap<String, (Instant, Option<RdsTopology>)>>,
 }
 
 impl RdsInstances {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         Self {
-            client: Client::from_conf(
-                aws_sdk_rds::config::Builder::from(config)
-                    .interceptor(super::CountCalls)
-                    .build(),
-            ),
+            config: config.clone(),
+            clients: Mutex::default(),
             kept: Mutex::default(),
         }
+    }
+
+    /// A client for the region the endpoint names, which need not be the process's.
+    fn client(&self, region: &str) -> Client {
+        let mut clients = self.clients.lock().expect("rds clients");
+        clients
+            .entry(region.to_owned())
+            .or_insert_with(|| {
+                Client::from_conf(
+                    aws_sdk_rds::config::Builder::from(&self.config)
+                        .region(aws_config::Region::new(region.to_owned()))
+                        .interceptor(super::CountCalls)
+                        .build(),
+                )
+            })
+            .clone()
     }
 
     fn refused<E>(action: &'static str, e: &SdkError<E, HttpResponse>) -> RdsError
@@ -148,7 +173,7 @@ impl RdsInstances {
 
     /// The instances a filter selects (`db-instance-id`, `db-cluster-id`).
     async fn instances(
-        &self,
+        client: &Client,
         filter: &str,
         values: Vec<String>,
     ) -> Result<Vec<DbInstance>, RdsError> {
@@ -159,8 +184,7 @@ impl RdsInstances {
         let mut found = Vec::new();
         let mut marker = None;
         loop {
-            let out = self
-                .client
+            let out = client
                 .describe_db_instances()
                 .filters(filter.clone())
                 .set_marker(marker)
@@ -175,13 +199,13 @@ impl RdsInstances {
         }
     }
 
-    async fn of_cluster(&self, id: &str) -> Result<Option<RdsTopology>, RdsError> {
+    async fn of_cluster(&self, client: &Client, id: &str) -> Result<Option<RdsTopology>, RdsError> {
         let (cluster, instances) = tokio::join!(
-            self.client
+            client
                 .describe_db_clusters()
                 .db_cluster_identifier(id)
                 .send(),
-            self.instances("db-cluster-id", vec![id.to_owned()])
+            Self::instances(client, "db-cluster-id", vec![id.to_owned()])
         );
         let cluster = match cluster {
             Ok(out) => out.db_clusters().first().cloned(),
@@ -203,7 +227,9 @@ impl RdsInstances {
                 .map(str::to_owned)
                 .into_iter()
                 .collect(),
-            readers: Vec::new(),
+            // Read-replica clusters (another cluster, perhaps another region) serve logins too.
+            not_covered: cluster.read_replica_identifiers().to_vec(),
+            ..RdsTopology::default()
         };
         for i in instances? {
             let writer = i
@@ -218,16 +244,18 @@ impl RdsInstances {
         Ok(Some(topology))
     }
 
-    async fn of_instance(&self, id: &str) -> Result<Option<RdsTopology>, RdsError> {
-        let found = self
-            .instances("db-instance-id", vec![id.to_owned()])
-            .await?;
+    async fn of_instance(
+        &self,
+        client: &Client,
+        id: &str,
+    ) -> Result<Option<RdsTopology>, RdsError> {
+        let found = Self::instances(client, "db-instance-id", vec![id.to_owned()]).await?;
         let Some(instance) = found.first() else {
             return Ok(None);
         };
         // An Aurora instance's endpoint: its cluster's readers serve the same logins.
         if let Some(cluster) = instance.db_cluster_identifier() {
-            return self.of_cluster(cluster).await;
+            return self.of_cluster(client, cluster).await;
         }
         let mut topology = RdsTopology {
             arns: instance
@@ -235,20 +263,33 @@ impl RdsInstances {
                 .map(str::to_owned)
                 .into_iter()
                 .collect(),
-            readers: Vec::new(),
+            ..RdsTopology::default()
         };
+        // Replicas, and theirs (MySQL, MariaDB and PostgreSQL allow chains), level by level.
         // Replicas in other regions are named by ARN, and this region's API cannot describe
-        // them: `reader_hosts` names them (see the README).
-        let replicas: Vec<String> = instance
-            .read_replica_db_instance_identifiers()
-            .iter()
-            .filter(|r| !r.starts_with("arn:"))
-            .cloned()
-            .collect();
-        if !replicas.is_empty() {
-            for r in self.instances("db-instance-id", replicas).await? {
-                topology.readers.extend(endpoint(&r));
+        // them; nor does it list read-replica clusters here.
+        let mut seen = std::collections::HashSet::from([id.to_owned()]);
+        let mut level = vec![instance.clone()];
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            for i in &level {
+                topology
+                    .not_covered
+                    .extend(i.read_replica_db_cluster_identifiers().iter().cloned());
+                for r in i.read_replica_db_instance_identifiers() {
+                    if r.starts_with("arn:") {
+                        topology.not_covered.push(r.clone());
+                    } else if seen.insert(r.clone()) {
+                        next.push(r.clone());
+                    }
+                }
             }
+            level = if next.is_empty() {
+                Vec::new()
+            } else {
+                Self::instances(client, "db-instance-id", next).await?
+            };
+            topology.readers.extend(level.iter().filter_map(endpoint));
         }
         Ok(Some(topology))
     }
@@ -278,14 +319,23 @@ impl RdsDirectory for RdsInstances {
             }
         }
         let found = match &name {
-            RdsName::Cluster(id) => self.of_cluster(id).await?,
-            RdsName::Instance(id) => self.of_instance(id).await?,
+            RdsName::Cluster { id, region } => self.of_cluster(&self.client(region), id).await?,
+            RdsName::Instance { id, region } => self.of_instance(&self.client(region), id).await?,
+        };
+        let Some(found) = found else {
+            let (kind, id, region) = match &name {
+                RdsName::Cluster { id, region } => ("cluster", id, region),
+                RdsName::Instance { id, region } => ("instance", id, region),
+            };
+            return Err(RdsError::NotFound(format!(
+                "{host} (no {kind} {id} in {region} in this account)"
+            )));
         };
         self.kept
             .lock()
             .expect("rds cache")
-            .insert(key, (Instant::now(), found.clone()));
-        Ok(found)
+            .insert(key, (Instant::now(), Some(found.clone())));
+        Ok(Some(found))
     }
 }
 
@@ -295,26 +345,34 @@ mod tests {
 
     #[test]
     fn an_endpoints_name_says_whether_it_is_an_instances_or_a_clusters() {
+        let inst = |id: &str, region: &str| RdsName::Instance {
+            id: id.into(),
+            region: region.into(),
+        };
+        let cluster = |id: &str, region: &str| RdsName::Cluster {
+            id: id.into(),
+            region: region.into(),
+        };
         let cases = [
             (
                 "orders-1.abcdefghij.eu-west-1.rds.amazonaws.com",
-                Some(RdsName::Instance("orders-1".into())),
+                Some(inst("orders-1", "eu-west-1")),
             ),
             (
                 "Orders-1.ABCDEFGHIJ.eu-west-1.rds.amazonaws.com.",
-                Some(RdsName::Instance("orders-1".into())),
+                Some(inst("orders-1", "eu-west-1")),
             ),
             (
                 "orders.cluster-abcdefghij.eu-west-1.rds.amazonaws.com",
-                Some(RdsName::Cluster("orders".into())),
+                Some(cluster("orders", "eu-west-1")),
             ),
             (
                 "orders.cluster-ro-abcdefghij.eu-west-1.rds.amazonaws.com",
-                Some(RdsName::Cluster("orders".into())),
+                Some(cluster("orders", "eu-west-1")),
             ),
             (
                 "orders-1.abcdefghij.cn-north-1.rds.amazonaws.com.cn",
-                Some(RdsName::Instance("orders-1".into())),
+                Some(inst("orders-1", "cn-north-1")),
             ),
             (
                 "analytics.cluster-custom-abcdefghij.eu-west-1.rds.amazonaws.com",
@@ -322,6 +380,11 @@ mod tests {
             ),
             (
                 "orders-proxy.proxy-abcdefghij.eu-west-1.rds.amazonaws.com",
+                None,
+            ),
+            ("orders.global-abcdefghij.global.rds.amazonaws.com", None),
+            (
+                "ro.endpoint.proxy-abcdefghij.eu-west-1.rds.amazonaws.com",
                 None,
             ),
             ("db.internal.example.com", None),

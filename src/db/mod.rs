@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::rotation::ports::{
-    Accounts, Database, DbError, DbSession, PasswordRules, ServerIdentity, SessionGroup,
+    Accounts, Database, DbError, DbSession, OwnSession, PasswordRules, ServerIdentity, SessionGroup,
 };
 use crate::secret::{Credentials, Endpoint, Engine};
 use async_trait::async_trait;
@@ -134,8 +134,8 @@ impl DbSession for Bounded {
         .await
     }
 
-    async fn session_id(&mut self) -> Result<Option<u64>, DbError> {
-        bounded(&self.at, self.timeout, self.inner.session_id()).await
+    async fn own_session(&mut self) -> Result<Option<OwnSession>, DbError> {
+        bounded(&self.at, self.timeout, self.inner.own_session()).await
     }
 
     async fn preflight(&mut self) -> Result<PasswordRules, DbError> {

@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 
 use super::tls::{DbTls, TlsMode};
 use crate::rotation::ports::{
-    Accounts, Database, DbError, DbSession, PasswordRules, ServerIdentity, SessionGroup,
+    Accounts, Database, DbError, DbSession, OwnSession, PasswordRules, ServerIdentity, SessionGroup,
 };
 use crate::secret::{Credentials, Endpoint, Engine};
 
@@ -508,9 +508,17 @@ impl DbSession for MySqlSession {
         Ok(self.facts().await?.rules)
     }
 
-    async fn session_id(&mut self) -> Result<Option<u64>, DbError> {
-        let id: Result<Option<u64>, _> = self.conn()?.query_first("SELECT CONNECTION_ID()").await;
-        id.map_err(|e| self.err(e, &[]))
+    async fn own_session(&mut self) -> Result<Option<OwnSession>, DbError> {
+        let row: Result<Option<(u64, i64)>, _> = self
+            .conn()?
+            .query_first("SELECT CONNECTION_ID(), @@global.read_only OR @@global.innodb_read_only")
+            .await;
+        Ok(row
+            .map_err(|e| self.err(e, &[]))?
+            .map(|(id, read_only)| OwnSession {
+                id,
+                writable: read_only == 0,
+            }))
     }
 
     /// See `identity_from`.

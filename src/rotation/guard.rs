@@ -38,7 +38,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::ports::{
-    Database, DbError, DbSession, InUse, RdsDirectory, RdsError, RdsTopology, SessionGroup,
+    Database, DbError, DbSession, InUse, OwnSession, RdsDirectory, RdsError, RdsTopology,
+    SessionGroup,
 };
 use crate::secret::{Credentials, Endpoint, Engine};
 
@@ -121,52 +122,88 @@ pub fn verdict(
 }
 
 /// RDS's answer about the database's readers, asked when a run starts, beside its first calls,
-/// and awaited by the guard: so it adds no wait of its own.
+/// and awaited by the guard: so it adds no wait of its own. Kept once known: set_password may
+/// run the guard again in the session of another source.
 #[derive(Default)]
-pub struct Discovery(Option<tokio::task::JoinHandle<Result<Option<RdsTopology>, RdsError>>>);
+pub struct Discovery(Asked);
+
+#[derive(Default)]
+enum Asked {
+    #[default]
+    Not,
+    Asking(tokio::task::JoinHandle<Result<Option<RdsTopology>, RdsError>>),
+    Known(Result<Option<RdsTopology>, RdsError>),
+}
+
+/// The readers to look at, and what RDS could not cover (for a warning).
+pub struct Found {
+    pub readers: Vec<Endpoint>,
+    pub notes: Vec<String>,
+}
 
 impl Discovery {
     pub fn start(rds: Arc<dyn RdsDirectory>, host: String) -> Self {
         let ask = async move { rds.topology(&host).await };
         let ask = crate::calls::carry(ask).instrument(tracing::Span::current());
-        Self(Some(tokio::spawn(ask)))
+        Self(Asked::Asking(tokio::spawn(ask)))
     }
 
-    /// Asked, and not yet awaited.
+    /// RDS was asked (or answered already).
     pub fn started(&self) -> bool {
-        self.0.is_some()
+        !matches!(self.0, Asked::Not)
     }
 
     /// The readers RDS lists beside `listed` (the secret's `reader_hosts`), each once. A run
-    /// that started none, or asked already, has only `listed`.
+    /// that asked RDS nothing has only `listed`. A database RDS does not know, and replicas it
+    /// cannot describe from here, are notes: the readers found are looked at all the same.
     pub async fn readers(
         &mut self,
         listed: &[Endpoint],
         writer: &Endpoint,
-    ) -> Result<Vec<Endpoint>, RdsError> {
-        let found = match self.0.take() {
-            None => None,
-            Some(task) => task
-                .await
-                .map_err(|e| RdsError::Unavailable(format!("the look ended early: {e}")))??,
+    ) -> Result<Found, RdsError> {
+        if let Asked::Asking(task) = &mut self.0 {
+            let answer = task.await.unwrap_or_else(|e| {
+                Err(RdsError::Unavailable(format!("the look ended early: {e}")))
+            });
+            self.0 = Asked::Known(answer);
+        }
+        let mut found = Found {
+            readers: listed.to_vec(),
+            notes: Vec::new(),
         };
-        let mut all = listed.to_vec();
-        for r in found.map(|t| t.readers).unwrap_or_default() {
+        let topology = match &self.0 {
+            Asked::Known(Ok(Some(t))) => t.clone(),
+            Asked::Known(Err(RdsError::NotFound(what))) => {
+                found.notes.push(format!(
+                    "RDS knows no database at {what}, so its readers are not found from RDS: list them in reader_hosts"
+                ));
+                return Ok(found);
+            }
+            Asked::Known(Err(e)) => return Err(e.clone()),
+            _ => return Ok(found),
+        };
+        for r in topology.readers {
             let same = |l: &Endpoint| l.port == r.port && l.host.eq_ignore_ascii_case(&r.host);
-            if !all.iter().any(same) {
-                all.push(Endpoint {
+            if !found.readers.iter().any(same) {
+                found.readers.push(Endpoint {
                     dbname: writer.dbname.clone(),
                     ..r
                 });
             }
         }
-        Ok(all)
+        if !topology.not_covered.is_empty() {
+            found.notes.push(format!(
+                "RDS names replicas it cannot describe from here ({}): list their endpoints in reader_hosts",
+                topology.not_covered.join(", ")
+            ));
+        }
+        Ok(found)
     }
 }
 
 impl Drop for Discovery {
     fn drop(&mut self) {
-        if let Some(task) = &self.0 {
+        if let Asked::Asking(task) = &self.0 {
             task.abort();
         }
     }
@@ -184,6 +221,8 @@ pub struct Everywhere {
     pub asked: Vec<Endpoint>,
     /// RDS could not list the readers (then only the secret's were asked).
     pub rds: Option<RdsError>,
+    /// What RDS could not cover, for a warning.
+    pub notes: Vec<String>,
 }
 
 /// Looks at `user`'s recent sessions on the writer (in `session`) and on every reader, the
@@ -209,13 +248,13 @@ pub async fn look_everywhere(
             false => None,
         }
     };
-    let (writer_identity, (asked, rds, readers)) = tokio::join!(who, async {
-        let (asked, rds) = match discovery.readers(listed, writer_at).await {
-            Ok(all) => (all, None),
-            Err(e) => (listed.to_vec(), Some(e)),
+    let (writer_identity, (asked, rds, notes, readers)) = tokio::join!(who, async {
+        let (asked, rds, notes) = match discovery.readers(listed, writer_at).await {
+            Ok(found) => (found.readers, None, found.notes),
+            Err(e) => (listed.to_vec(), Some(e), Vec::new()),
         };
         let readers = open_readers(db, engine, &asked, login).await;
-        (asked, rds, readers)
+        (asked, rds, notes, readers)
     });
     let mine = readers.on_writer(writer_identity.as_deref());
     let (writer, (on_readers, unchecked)) = tokio::join!(
@@ -228,6 +267,7 @@ pub async fn look_everywhere(
         unchecked,
         asked,
         rds,
+        notes,
     }
 }
 
@@ -235,11 +275,22 @@ pub async fn look_everywhere(
 /// the first half of the look (`open_readers`), run beside the writer's own question of who it is.
 pub struct Readers(Vec<(Endpoint, Result<Opened, DbError>)>);
 
-/// A reader's session, its server's identity and the session's id there (MySQL, MariaDB).
+/// A reader's session, its server's identity, and the session's id there and whether that
+/// server takes writes (MySQL, MariaDB).
 struct Opened {
     session: Box<dyn DbSession>,
     identity: Option<String>,
-    id: Option<u64>,
+    own: Option<OwnSession>,
+}
+
+impl Opened {
+    /// This is the writer: the same server (Aurora's instances may share one identity, so also
+    /// one that takes writes, which a reader does not).
+    fn is_writer(&self, writer: Option<&str>) -> bool {
+        self.identity.is_some()
+            && self.identity.as_deref() == writer
+            && self.own.is_some_and(|o| o.writable)
+    }
 }
 
 /// Logs in to every reader at once, as `login` (a physical replica has the writer's users and
@@ -256,17 +307,17 @@ pub async fn open_readers(
         let (db, login) = (db.clone(), login.clone());
         let open = async move {
             let mut session = db.login(engine, &at, &login).await?;
-            let (identity, id) = match engine {
+            let (identity, own) = match engine {
                 Engine::Postgres => (None, None),
                 _ => (
                     session.identity().await.ok().map(|i| i.key),
-                    session.session_id().await?,
+                    session.own_session().await?,
                 ),
             };
             Ok(Opened {
                 session,
                 identity,
-                id,
+                own,
             })
         };
         // Counted in the rotation's calls, logged in its span.
@@ -303,14 +354,16 @@ impl Readers {
         self.0
             .iter()
             .filter_map(|(_, o)| o.as_ref().ok())
-            .filter(|o| o.identity.is_some() && o.identity.as_deref() == writer)
-            .filter_map(|o| o.id)
+            .filter(|o| o.is_writer(writer))
+            .filter_map(|o| o.own.map(|o| o.id))
             .collect()
     }
 
     /// The second half: every reader that is not the writer is asked for `user`'s recent
-    /// sessions, at once. Returns the sessions found (each client named with its reader), and
-    /// the readers that could not be asked, each with why.
+    /// sessions, at once, once per server: two names of one reader (an instance endpoint RDS
+    /// lists, a name in `reader_hosts`) are looked at in one of their sessions, leaving the
+    /// others out by their ids (MySQL, MariaDB). Returns the sessions found (each client named
+    /// with its reader), and the readers that could not be asked, each with why.
     pub async fn look(
         self,
         writer: Option<&str>,
@@ -319,19 +372,50 @@ impl Readers {
     ) -> (Vec<SessionGroup>, Vec<String>) {
         let mut unchecked = Vec::new();
         let mut looks = JoinSet::new();
-        // Kept open until every look is done: a session that landed on the writer, closed,
-        // could linger in its process list.
-        let mut on_writer = Vec::new();
+        // Sessions not looked in (on the writer, or a second name of a reader): kept open until
+        // every look is done, since a closed one could linger in a process list, unexcluded.
+        let mut kept = Vec::new();
+        // Per server (by identity, where known): this tool's session ids there.
+        let mut ids_on: std::collections::HashMap<String, Vec<u64>> = Default::default();
+        for (_, o) in &self.0 {
+            if let (
+                Ok(Opened {
+                    identity: Some(id),
+                    own: Some(own),
+                    ..
+                }),
+                false,
+            ) = (o, o.as_ref().is_ok_and(|o| o.is_writer(writer)))
+            {
+                ids_on.entry(id.clone()).or_default().push(own.id);
+            }
+        }
+        let mut looked_at = std::collections::HashSet::new();
         for (i, (at, opened)) in self.0.into_iter().enumerate() {
             match opened {
                 Err(e) => unchecked.push((i, format!("{at}: {e}"))),
-                Ok(o) if o.identity.is_some() && o.identity.as_deref() == writer => {
-                    on_writer.push(o.session)
+                Ok(o) if o.is_writer(writer) => kept.push(o.session),
+                // Another name of a server looked at already.
+                Ok(o)
+                    if o.identity
+                        .as_ref()
+                        .is_some_and(|id| !looked_at.insert(id.clone())) =>
+                {
+                    kept.push(o.session)
                 }
                 Ok(mut o) => {
                     let user = user.to_owned();
+                    let mine: Vec<u64> = o
+                        .identity
+                        .as_ref()
+                        .and_then(|id| ids_on.get(id))
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .filter(|id| o.own.is_none_or(|own| own.id != *id))
+                        .collect();
                     let look = async move {
-                        let found = o.session.recent_sessions(&user, window, &[]).await;
+                        let found = o.session.recent_sessions(&user, window, &mine).await;
                         (at, found)
                     };
                     let look = crate::calls::carry(look).instrument(tracing::Span::current());
@@ -348,7 +432,7 @@ impl Readers {
                 }
             }
         }
-        drop(on_writer);
+        drop(kept);
         answers.sort_by_key(|(i, _)| *i);
         let mut groups = Vec::new();
         for (i, (at, found)) in answers {
@@ -403,6 +487,37 @@ mod tests {
         assert!(
             text.contains("10.0.1.5 (orders-api)") && text.contains("35m"),
             "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_rds_said_is_kept_for_a_second_look_and_a_database_it_does_not_know_is_a_note() {
+        use crate::rotation::fakes::World;
+        let at = |host: &str| Endpoint {
+            host: host.into(),
+            port: 5432,
+            dbname: "shop".into(),
+        };
+        let w = World::default();
+        w.state().rds = Some(Ok(RdsTopology {
+            readers: vec![at("r1")],
+            ..RdsTopology::default()
+        }));
+        let mut d = Discovery::start(Arc::new(w.clone()), "db".into());
+        for _ in 0..2 {
+            let found = d.readers(&[at("r1"), at("r2")], &at("db")).await.unwrap();
+            let hosts: Vec<&str> = found.readers.iter().map(|r| r.host.as_str()).collect();
+            assert_eq!(hosts, ["r1", "r2"], "listed and found, each once");
+        }
+        assert_eq!(w.state().rds_calls, 1);
+        w.state().rds = Some(Err(RdsError::NotFound("db (no instance db)".into())));
+        let mut d = Discovery::start(Arc::new(w.clone()), "db".into());
+        let found = d.readers(&[at("r2")], &at("db")).await.unwrap();
+        assert_eq!(found.readers.len(), 1);
+        assert!(
+            found.notes[0].contains("RDS knows no database at db"),
+            "{:?}",
+            found.notes
         );
     }
 

@@ -122,6 +122,9 @@ pub struct Settings {
     /// Lambda functions that are this tool (`rds-rotator lambda`): Secrets Manager rotation
     /// attached to one of them is not another rotator.
     pub rotation_functions: Vec<String>,
+    /// The RDS API is asked for a database's readers (`rds` is `ports::NoRds` otherwise):
+    /// `check` says when it is not.
+    pub rds_discovery: bool,
 }
 
 impl Default for Settings {
@@ -133,6 +136,7 @@ impl Default for Settings {
             retry: RetryPolicy::default(),
             in_use: guard::InUseGuard::default(),
             rotation_functions: Vec::new(),
+            rds_discovery: true,
         }
     }
 }
@@ -1830,6 +1834,8 @@ impl Run<'_> {
             match db.check_login(current.engine, at, &pending).await {
                 Ok(()) => {
                     self.record.database_login_seen = true;
+                    // The password changed already: nothing is left for the guard to protect.
+                    self.guard_passed = true;
                     if may_be_partial {
                         self.again_with_master(&current, &pending).await?;
                     }
@@ -2043,10 +2049,18 @@ impl Run<'_> {
             window,
         )
         .await;
-        if let Some(source) = found.rds {
-            return Err(RotationError::Rds { source });
+        for note in &found.notes {
+            warn!(secret = %self.arn(), %note, "readers the in-use guard may not see");
         }
-        let unchecked = found.unchecked;
+        let mut unchecked = found.unchecked;
+        match found.rds {
+            None => {}
+            // Told to go on whatever the guard finds: the readers RDS lists are unknown, say so.
+            Some(e) if self.in_use == guard::InUsePolicy::Warn => {
+                unchecked.push(format!("the readers RDS lists ({e})"))
+            }
+            Some(source) => return Err(RotationError::Rds { source }),
+        }
         let mut groups = found.writer?;
         groups.extend(found.readers);
         let verdict = guard::verdict(self.in_use, user, window, groups);

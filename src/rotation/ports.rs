@@ -482,8 +482,8 @@ pub trait DbSession: Send {
         mine: &[u64],
     ) -> Result<Vec<SessionGroup>, DbError>;
     /// This session's id on its server, where `recent_sessions` needs it to leave this tool's
-    /// sessions out (MySQL's CONNECTION_ID()).
-    async fn session_id(&mut self) -> Result<Option<u64>, DbError> {
+    /// sessions out (MySQL's CONNECTION_ID()), and whether the server takes writes.
+    async fn own_session(&mut self) -> Result<Option<OwnSession>, DbError> {
         Ok(None)
     }
     /// Before a password is made: `ReadOnly` on a replica, `PasswordRejected` when the server
@@ -494,6 +494,15 @@ pub trait DbSession: Send {
     async fn accounts(&mut self, user: &str) -> Result<Accounts, DbError>;
     /// What the server says it is (see `ServerIdentity`).
     async fn identity(&mut self) -> Result<ServerIdentity, DbError>;
+}
+
+/// A session as its server sees it (MySQL, MariaDB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnSession {
+    /// CONNECTION_ID(): what `recent_sessions` leaves out as this tool's.
+    pub id: u64,
+    /// Neither `read_only` nor `innodb_read_only` (an Aurora MySQL reader has the latter).
+    pub writable: bool,
 }
 
 /// A user's accounts, as one login sees them.
@@ -617,8 +626,11 @@ pub struct RdsTopology {
     /// The writer's instance and, on Aurora, its cluster: what Blue/Green deployments name.
     pub arns: Vec<String>,
     /// Every other instance that serves logins: an Aurora cluster's readers, an instance's read
-    /// replicas in this region, by the endpoint RDS gives each.
+    /// replicas (and theirs), by the endpoint RDS gives each.
     pub readers: Vec<Endpoint>,
+    /// Replicas RDS names but cannot describe from the database's region (other regions'
+    /// instances, read-replica clusters): for a warning.
+    pub not_covered: Vec<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -632,6 +644,9 @@ pub enum RdsError {
     },
     #[error("RDS refused the request: {0}")]
     Refused(String),
+    /// An RDS endpoint's name that RDS does not know (another account, a deleted database).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// The RDS API, read only. Its answers about a database change rarely (a reader added, a

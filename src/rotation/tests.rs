@@ -68,6 +68,7 @@ fn rotator(w: &World) -> Rotator {
             },
             in_use: Default::default(),
             rotation_functions: Vec::new(),
+            rds_discovery: true,
         },
         owner: "test".into(),
         shutdown: Shutdown::default(),
@@ -1265,6 +1266,7 @@ async fn the_readers_rds_lists_are_looked_at_beside_the_ones_the_secret_names() 
     w.state().rds = Some(Ok(RdsTopology {
         arns: vec!["arn:aws:rds:eu-west-1:1:cluster:orders".into()],
         readers: vec![reader("reader-1", 5432), reader("reader-3", 5432)],
+        not_covered: Vec::new(),
     }));
     w.state().reader_sessions.insert(
         "reader-3".into(),

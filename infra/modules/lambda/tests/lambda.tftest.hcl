@@ -156,9 +156,17 @@ run "zip_package" {
 
   assert {
     condition = toset([for s in jsondecode(aws_iam_role_policy.this.policy).Statement : s.Sid]) == toset([
-      "ManagedSecretsByArn", "LeaseTable", "Logs", "NetworkInterfacesCreate", "NetworkInterfacesManage", "NetworkInterfacesDescribe",
+      "ManagedSecretsByArn", "LeaseTable", "Logs", "NetworkInterfacesCreate", "NetworkInterfacesManage", "NetworkInterfacesDescribe", "DatabaseReaders",
     ])
-    error_message = "The policy has statements beyond secrets, table, logs and network interfaces."
+    error_message = "The policy has statements beyond secrets, table, logs, network interfaces and the readers' describe calls."
+  }
+
+  assert {
+    condition = one([for s in jsondecode(aws_iam_role_policy.this.policy).Statement : s if s.Sid == "DatabaseReaders"]) == {
+      Sid      = "DatabaseReaders", Effect = "Allow", Action = ["rds:DescribeDBInstances", "rds:DescribeDBClusters"],
+      Resource = ["arn:aws:rds:eu-west-1:123456789012:db:*", "arn:aws:rds:eu-west-1:123456789012:cluster:*"]
+    }
+    error_message = "The readers' describe calls are not read only on this account and region's instances and clusters."
   }
 
   assert {
