@@ -59,15 +59,16 @@ locals {
         Condition = null
       },
       {
-        # The in-use guard asks RDS for the readers and replicas of a database named by its RDS
-        # endpoint (ROTATOR_RDS_DISCOVERY). Read only, this account and region's instances and
+        # A rotation asks RDS for the readers, replicas and Blue/Green deployments of its
+        # database (ROTATOR_RDS_DISCOVERY). Read only, this account and region's instances and
         # clusters (RDS evaluates these describe calls against them).
         Sid    = "DatabaseReaders"
         Effect = "Allow"
-        Action = ["rds:DescribeDBInstances", "rds:DescribeDBClusters"]
+        Action = ["rds:DescribeDBInstances", "rds:DescribeDBClusters", "rds:DescribeBlueGreenDeployments"]
         Resource = [
           "arn:${local.partition}:rds:${local.region}:${local.account_id}:db:*",
           "arn:${local.partition}:rds:${local.region}:${local.account_id}:cluster:*",
+          "arn:${local.partition}:rds:${local.region}:${local.account_id}:deployment:*",
         ]
         Condition = null
       },

@@ -69,6 +69,12 @@ What differs from stock moto (each one checked against moto 5.2.5's code and beh
     concurrent calls did not show a race on stock moto, so this is a guarantee more than a fix
     (and it keeps the checks patched in above atomic).
 
+ 7. RDS Blue/Green switchover takes time, as in AWS: SwitchoverBlueGreenDeployment leaves the
+    deployment SWITCHOVER_IN_PROGRESS, and DescribeBlueGreenDeployments shows it so, for the
+    SwitchoverTimeout the caller gave (AWS: up to it; 300 s by default), and only then does
+    moto's switchover (names moved, SWITCHOVER_COMPLETED). moto switched over at once, and its
+    answer alone said SWITCHOVER_IN_PROGRESS.
+
 Everything else is stock moto.
 """
 
@@ -88,6 +94,7 @@ from moto.secretsmanager.exceptions import (
 )
 from moto.secretsmanager.models import FakeSecret, SecretsManagerBackend
 from moto.secretsmanager.responses import SecretsManagerResponse
+from moto.rds.models import RDSBackend
 
 TESTED_MOTO = "5.2.5"
 
@@ -355,6 +362,45 @@ def to_dict(self):
 SecretsManagerBackend.rotate_secret = rotate_secret
 SecretsManagerBackend.cancel_rotate_secret = cancel_rotate_secret
 FakeSecret.to_dict = to_dict
+
+
+# 7. Blue/Green switchovers that take time.
+_switchover_blue_green = original(RDSBackend, "switchover_blue_green_deployment")
+_describe_blue_green = original(RDSBackend, "describe_blue_green_deployments")
+SWITCHOVERS = {}  # deployment identifier -> monotonic time its switchover ends
+
+
+def switchover_blue_green_deployment(
+    self, blue_green_deployment_identifier, switchover_timeout=300, **kwargs
+):
+    bg = self.blue_green_deployments.get(blue_green_deployment_identifier)
+    if bg is None or bg.status != "AVAILABLE":
+        # moto's own refusals (not found, not available).
+        return _switchover_blue_green(
+            self, blue_green_deployment_identifier, switchover_timeout, **kwargs
+        )
+    bg.set_status(bg.SupportedStates.SWITCHOVER_IN_PROGRESS)
+    SWITCHOVERS[blue_green_deployment_identifier] = time.monotonic() + float(
+        switchover_timeout or 300
+    )
+    return bg
+
+
+def describe_blue_green_deployments(self, *args, **kwargs):
+    now = time.monotonic()
+    for ident, ends in list(SWITCHOVERS.items()):
+        bg = self.blue_green_deployments.get(ident)
+        if bg is None:
+            del SWITCHOVERS[ident]
+        elif now >= ends:
+            del SWITCHOVERS[ident]
+            bg.set_status(bg.SupportedStates.AVAILABLE)
+            _switchover_blue_green(self, ident)
+    return _describe_blue_green(self, *args, **kwargs)
+
+
+RDSBackend.switchover_blue_green_deployment = switchover_blue_green_deployment
+RDSBackend.describe_blue_green_deployments = describe_blue_green_deployments
 
 
 def main():

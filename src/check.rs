@@ -18,8 +18,8 @@ use crate::db::tls::TlsMode;
 use crate::rotation::guard::{look_everywhere, verdict, Discovery, InUsePolicy, Verdict};
 use crate::rotation::lease::{identify, user_key, uses, Uses};
 use crate::rotation::ports::{
-    Accounts, At, DbError, PasswordRules, RdsError, SecretMeta, SecretStoreError, SessionGroup,
-    Stage,
+    Accounts, At, DbError, PasswordRules, RdsError, RdsTopology, SecretMeta, SecretStoreError,
+    SessionGroup, Stage,
 };
 use crate::rotation::record::{now_ms, rfc3339, StepRecord};
 use crate::rotation::{left_by_us, unlisted_account, RotationError, Rotator};
@@ -287,13 +287,9 @@ pub async fn check(
         check_proxy_auth(proxies, name, &users, &proxy_arns, &meta.arn, &mut report).await;
     }
 
-    // The readers RDS lists for the database, asked now, beside the logins below.
-    let guard_on_early = app.is_multi_user() && rotator.settings.in_use.policy != InUsePolicy::Off;
-    let mut discovery = if guard_on_early {
-        Discovery::start(rotator.rds.clone(), app.admin_endpoint().host.clone())
-    } else {
-        Discovery::default()
-    };
+    // What RDS says about the database (readers, Blue/Green deployments), asked now, beside
+    // the logins below.
+    let mut discovery = Discovery::start(rotator.rds.clone(), app.rds_db());
     // What the guard looked at besides the writer, or why it could not learn it from RDS.
     let mut readers_seen: Option<ReadersSeen> = None;
 
@@ -512,6 +508,12 @@ pub async fn check(
     if let Some(seen) = readers_seen {
         check_readers(&app, seen, rotator.settings.rds_discovery, &mut report);
     }
+    check_blue_green(
+        &app,
+        discovery.topology().await,
+        rotator.settings.rds_discovery,
+        &mut report,
+    );
     if app.is_multi_user() {
         let last = last_record.as_ref();
         check_in_use(
@@ -752,6 +754,52 @@ async fn check_record(
         _ => {}
     }
     record
+}
+
+/// Whether a Blue/Green deployment of the database makes the next rotation wait (see
+/// `rotation::bluegreen`).
+fn check_blue_green(
+    app: &AppSecret,
+    seen: &Result<Option<RdsTopology>, RdsError>,
+    discovery: bool,
+    report: &mut CheckReport,
+) {
+    use crate::rotation::bluegreen::{verdict, Verdict};
+    let db = app.rds_db();
+    let (status, detail) = match seen {
+        _ if !discovery => (
+            Status::Warn,
+            "off (ROTATOR_RDS_DISCOVERY=off): a Blue/Green deployment whose green would not get the new password is not looked for".to_owned(),
+        ),
+        Ok(None) => (
+            Status::Ok,
+            format!("not looked for: {db} names no RDS instance or cluster (dbInstanceIdentifier or dbClusterIdentifier in the secret would)"),
+        ),
+        Ok(Some(t)) => match verdict(&t.deployments) {
+            Verdict::Clear => (
+                Status::Ok,
+                format!("no active Blue/Green deployment of {db}"),
+            ),
+            Verdict::GoOn(what) => (Status::Ok, what),
+            Verdict::Wait { deployment, why } => (
+                Status::Fail,
+                format!("deployment {deployment}: {why}: the next rotation waits"),
+            ),
+        },
+        Err(RdsError::NotFound(what)) => (
+            Status::Warn,
+            format!("RDS knows no database at {what}: no deployment can be looked for"),
+        ),
+        Err(e) => (
+            if matches!(e, RdsError::Unavailable(_)) {
+                Status::Warn
+            } else {
+                Status::Fail
+            },
+            RotationError::Rds { source: e.clone() }.to_string(),
+        ),
+    };
+    report.push("blue/green", status, detail);
 }
 
 /// The readers the guard asked and what RDS could not cover, or why RDS could not list them.

@@ -392,6 +392,10 @@ pub struct AppSecret {
     /// readers, read replicas, a hot standby): `reader_hosts`, `host` or `host:port` (the
     /// writer's port by default). The in-use guard looks at each.
     pub readers: Vec<Endpoint>,
+    /// The database as RDS names it (`dbClusterIdentifier`, `dbInstanceIdentifier`: AWS's own
+    /// RDS secrets carry them), when the secret says.
+    pub rds_cluster: Option<String>,
+    pub rds_instance: Option<String>,
     fields: Fields,
 }
 
@@ -521,8 +525,24 @@ impl AppSecret {
             });
         }
 
+        let rds_id = |key: &'static str| -> Result<Option<String>, SecretError> {
+            match fields.str(key)? {
+                Some(id) if id.trim().is_empty() => Err(SecretError::Invalid {
+                    key,
+                    reason: "is empty".into(),
+                }),
+                other => Ok(other.map(str::to_owned)),
+            }
+        };
+        let (rds_cluster, rds_instance) = (
+            rds_id("dbClusterIdentifier")?,
+            rds_id("dbInstanceIdentifier")?,
+        );
+
         Ok(Self {
             readers,
+            rds_cluster,
+            rds_instance,
             engine,
             endpoint,
             direct,
@@ -552,6 +572,17 @@ impl AppSecret {
             .position(|u| *u == self.credentials.username)
             .expect("parse checked that username is in rotation_usernames");
         &self.rotation_usernames[(i + 1) % self.rotation_usernames.len()]
+    }
+
+    /// How RDS knows the database: the cluster or instance the secret names, else the host name
+    /// of where passwords are changed.
+    pub fn rds_db(&self) -> crate::rotation::ports::RdsDb {
+        use crate::rotation::ports::RdsDb;
+        match (&self.rds_cluster, &self.rds_instance) {
+            (Some(c), _) => RdsDb::Cluster(c.clone()),
+            (None, Some(i)) => RdsDb::Instance(i.clone()),
+            (None, None) => RdsDb::Host(self.admin_endpoint().host.clone()),
+        }
     }
 
     /// Where passwords are changed: the database itself when known, else the application's path.

@@ -314,7 +314,7 @@ async fn a_worker_emits_metrics_and_publishes_result_events_without_secrets() {
 #[tokio::test]
 async fn rds_lists_an_instances_read_replicas_and_a_clusters_readers() {
     use rds_rotator::aws::rds::RdsInstances;
-    use rds_rotator::rotation::ports::RdsDirectory;
+    use rds_rotator::rotation::ports::{RdsDb, RdsDirectory};
     let aws = aws().await;
     let rds = aws_sdk_rds::Client::new(&aws);
     let id = format!("rt{}", suffix());
@@ -338,7 +338,7 @@ async fn rds_lists_an_instances_read_replicas_and_a_clusters_readers() {
     let directory = RdsInstances::new(&aws);
     let host = |name: &str| format!("{name}.aaaaaaaaaa.us-east-1.rds.amazonaws.com");
     let found = directory
-        .topology(&host(&format!("{id}-w")))
+        .topology(&RdsDb::Host(host(&format!("{id}-w"))))
         .await
         .unwrap()
         .expect("RDS knows the instance");
@@ -378,7 +378,7 @@ async fn rds_lists_an_instances_read_replicas_and_a_clusters_readers() {
         host(&format!("{id}-c1")),
     ] {
         let found = directory
-            .topology(&named)
+            .topology(&RdsDb::Host(named.clone()))
             .await
             .unwrap()
             .expect("RDS knows it");
@@ -393,13 +393,227 @@ async fn rds_lists_an_instances_read_replicas_and_a_clusters_readers() {
         );
     }
     // Names that are not an RDS endpoint's ask nothing; one RDS does not know is said so.
-    assert_eq!(directory.topology("127.0.0.1").await.unwrap(), None);
-    let gone = directory.topology(&host(&format!("{id}-gone"))).await;
+    assert_eq!(
+        directory
+            .topology(&RdsDb::Host("127.0.0.1".into()))
+            .await
+            .unwrap(),
+        None
+    );
+    let gone = directory
+        .topology(&RdsDb::Instance(format!("{id}-gone")))
+        .await;
     assert!(
         matches!(
             gone,
             Err(rds_rotator::rotation::ports::RdsError::NotFound(_))
         ),
         "{gone:?}"
+    );
+}
+
+/// A PostgreSQL instance in the emulator's RDS API, named `id`, at `version`: its ARN.
+async fn rds_instance(rds: &aws_sdk_rds::Client, id: &str, version: &str) -> String {
+    rds.create_db_instance()
+        .db_instance_identifier(id)
+        .engine("postgres")
+        .engine_version(version)
+        .db_instance_class("db.t4g.micro")
+        .master_username("postgres")
+        .master_user_password("not-used-here-1")
+        .allocated_storage(20)
+        .send()
+        .await
+        .unwrap()
+        .db_instance()
+        .unwrap()
+        .db_instance_arn()
+        .unwrap()
+        .to_owned()
+}
+
+/// Blue/Green deployments, against the emulator's RDS API; the secret names its database as
+/// AWS's own RDS secrets do (`dbInstanceIdentifier`). A deployment that upgrades the major
+/// version keeps green in sync by logical replication, which does not carry ALTER ROLE: the
+/// rotation waits, with nothing changed, and `check` says why. One within a major version
+/// (physical replication) does not stop it; `--rds-discovery off` does not look, and `check`
+/// says so. On the old binary the rotation went ahead under a logical deployment.
+#[tokio::test]
+async fn a_blue_green_deployment_green_would_not_follow_defers_the_rotation_and_check_says_why() {
+    let pair = Pair::new().await;
+    let rds = aws_sdk_rds::Client::new(&aws().await);
+    let id = format!("rt{}", suffix());
+    let blue = rds_instance(&rds, &id, "15.4").await;
+    let upgrade = rds
+        .create_blue_green_deployment()
+        .blue_green_deployment_name(format!("{id}-to-16"))
+        .source(&blue)
+        .target_engine_version("16.3")
+        .send()
+        .await
+        .unwrap();
+    let upgrade = upgrade
+        .blue_green_deployment()
+        .unwrap()
+        .blue_green_deployment_identifier()
+        .unwrap()
+        .to_owned();
+    pair.edit_app_secret(|app| app["dbInstanceIdentifier"] = json!(id))
+        .await;
+    let before = (
+        pair.versions(&pair.app_secret).await,
+        pair.versions(&pair.proxy_secrets[1]).await,
+    );
+
+    let out = pair.rotate();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(75), "{said}");
+    assert!(
+        said.contains(&format!("Blue/Green deployment {id}-to-16 ({upgrade})"))
+            && said.contains("logical replication"),
+        "{said}"
+    );
+    let after = (
+        pair.versions(&pair.app_secret).await,
+        pair.versions(&pair.proxy_secrets[1]).await,
+    );
+    assert_eq!(after, before, "nothing was written");
+    let (ok, report, shown) = check(&pair, &[]);
+    assert!(!ok, "{shown}");
+    let line = finding(&report, "blue/green");
+    assert_eq!(line["status"], "fail", "{line}");
+    assert!(
+        line["detail"]
+            .as_str()
+            .unwrap()
+            .contains("logical replication"),
+        "{line}"
+    );
+    // What an operator sees.
+    println!("{shown}");
+
+    // Not looked for: the rotation goes on, and check says the look is off.
+    let off = pair
+        .command(&["check", &pair.app_secret, "--json"])
+        .env("ROTATOR_RDS_DISCOVERY", "off")
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&off.stdout).unwrap();
+    let line = finding(&report, "blue/green");
+    assert_eq!(line["status"], "warn", "{line}");
+    assert!(
+        line["detail"].as_str().unwrap().starts_with("off"),
+        "{line}"
+    );
+    let out = pair
+        .command(&["rotate", &pair.app_secret])
+        .env("ROTATOR_RDS_DISCOVERY", "off")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    pair.assert_rotated_to(&pair.users[1]).await;
+
+    // Within one major version (physical replication), the change reaches green: no wait.
+    let id2 = format!("{id}-b");
+    let blue2 = rds_instance(&rds, &id2, "15.4").await;
+    let minor = rds
+        .create_blue_green_deployment()
+        .blue_green_deployment_name(format!("{id2}-minor"))
+        .source(&blue2)
+        .target_engine_version("15.7")
+        .send()
+        .await
+        .unwrap();
+    pair.edit_app_secret(|app| app["dbInstanceIdentifier"] = json!(id2))
+        .await;
+    let out = pair.run(&["rotate", &pair.app_secret, "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    pair.assert_rotated_to(&pair.users[0]).await;
+    let (_, report, _) = check(&pair, &[]);
+    let line = finding(&report, "blue/green");
+    assert_eq!(line["status"], "ok", "{line}");
+    assert!(
+        line["detail"]
+            .as_str()
+            .unwrap()
+            .contains("physical replication"),
+        "{line}"
+    );
+
+    // Its switchover begins: while it runs, the names move to green, and the rotation waits
+    // whatever the replication. (The emulator keeps it in progress for SwitchoverTimeout.)
+    let minor = minor
+        .blue_green_deployment()
+        .unwrap()
+        .blue_green_deployment_identifier()
+        .unwrap()
+        .to_owned();
+    rds.switchover_blue_green_deployment()
+        .blue_green_deployment_identifier(&minor)
+        .switchover_timeout(300)
+        .send()
+        .await
+        .unwrap();
+    let out = pair.run(&["rotate", &pair.app_secret, "--force"]);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    assert!(
+        text(&out).contains("switchover is in progress"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// An account where the rotator may not call RDS (here the emulator, behind a proxy that answers
+/// DescribeBlueGreenDeployments as IAM does when the role lacks it): the rotation stops before
+/// anything is written, with a message that names the action and the setting that turns the look
+/// off; `check` says the same. On the old binary the rotation went ahead without looking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rds_api_the_rotator_may_not_call_stops_the_rotation_naming_the_action_and_the_setting()
+{
+    let pair = Pair::new().await;
+    let rds = aws_sdk_rds::Client::new(&aws().await);
+    let id = format!("rt{}", suffix());
+    rds_instance(&rds, &id, "15.4").await;
+    pair.edit_app_secret(|app| app["dbInstanceIdentifier"] = json!(id))
+        .await;
+    let proxy = refusing_proxy().await;
+    proxy.refusals.refuse(
+        "rds.DescribeBlueGreenDeployments",
+        "",
+        "AccessDenied",
+        "User: arn:aws:sts::123456789012:assumed-role/rotator/task is not authorized to perform: rds:DescribeBlueGreenDeployments",
+    );
+    // The proxy runs in this test's runtime: the binary is waited for off it.
+    let via_proxy = |args: &[&str]| {
+        tokio::task::block_in_place(|| {
+            pair.command(args)
+                .env("AWS_ENDPOINT_URL", format!("http://{}", proxy.addr))
+                .output()
+                .unwrap()
+        })
+    };
+    let before = pair.versions(&pair.app_secret).await;
+    let out = via_proxy(&["rotate", &pair.app_secret]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    for part in [
+        "rds:DescribeBlueGreenDeployments",
+        "ROTATOR_RDS_DISCOVERY=off",
+    ] {
+        assert!(said.contains(part), "{part}: {said}");
+    }
+    assert_eq!(
+        pair.versions(&pair.app_secret).await,
+        before,
+        "nothing was written"
+    );
+    let out = via_proxy(&["check", &pair.app_secret]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out)
+            .lines()
+            .any(|l| l.contains("blue/green") && l.contains("rds:DescribeBlueGreenDeployments")),
+        "{}",
+        text(&out)
     );
 }

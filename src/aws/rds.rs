@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_rds::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_rds::types::{DbInstance, Filter};
+use aws_sdk_rds::types::{BlueGreenDeployment, DbInstance, Filter};
 use aws_sdk_rds::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use super::failure;
 use crate::adopt::ports::{ProxyAuth, ProxyDirectory, ProxyError};
-use crate::rotation::ports::{RdsDirectory, RdsError, RdsTopology};
+use crate::rotation::bluegreen::replication;
+use crate::rotation::ports::{BlueGreen, RdsDb, RdsDirectory, RdsError, RdsTopology};
 use crate::secret::Endpoint;
 
 /// How long an answer about a database is kept: readers and deployments come and go in minutes
@@ -138,18 +139,18 @@ impl RdsInstances {
         }
     }
 
-    /// A client for the region the endpoint names, which need not be the process's.
-    fn client(&self, region: &str) -> Client {
+    /// A client for the region an endpoint names, which need not be the process's (`None`: the
+    /// process's).
+    fn client(&self, region: Option<&str>) -> Client {
         let mut clients = self.clients.lock().expect("rds clients");
         clients
-            .entry(region.to_owned())
+            .entry(region.unwrap_or_default().to_owned())
             .or_insert_with(|| {
-                Client::from_conf(
-                    aws_sdk_rds::config::Builder::from(&self.config)
-                        .region(aws_config::Region::new(region.to_owned()))
-                        .interceptor(super::CountCalls)
-                        .build(),
-                )
+                let mut config = aws_sdk_rds::config::Builder::from(&self.config);
+                if let Some(region) = region {
+                    config = config.region(aws_config::Region::new(region.to_owned()));
+                }
+                Client::from_conf(config.interceptor(super::CountCalls).build())
             })
             .clone()
     }
@@ -231,6 +232,10 @@ impl RdsInstances {
             not_covered: cluster.read_replica_identifiers().to_vec(),
             ..RdsTopology::default()
         };
+        let engine = (
+            cluster.engine().unwrap_or_default().to_owned(),
+            cluster.engine_version().unwrap_or_default().to_owned(),
+        );
         for i in instances? {
             let writer = i
                 .db_instance_identifier()
@@ -241,6 +246,7 @@ impl RdsInstances {
                 topology.readers.extend(endpoint(&i));
             }
         }
+        topology.deployments = self.deployments(client, &topology.arns, &engine).await?;
         Ok(Some(topology))
     }
 
@@ -265,6 +271,10 @@ impl RdsInstances {
                 .collect(),
             ..RdsTopology::default()
         };
+        let engine = (
+            instance.engine().unwrap_or_default().to_owned(),
+            instance.engine_version().unwrap_or_default().to_owned(),
+        );
         // Replicas, and theirs (MySQL, MariaDB and PostgreSQL allow chains), level by level.
         // Replicas in other regions are named by ARN, and this region's API cannot describe
         // them; nor does it list read-replica clusters here.
@@ -291,7 +301,107 @@ impl RdsInstances {
             };
             topology.readers.extend(level.iter().filter_map(endpoint));
         }
+        topology.deployments = self.deployments(client, &topology.arns, &engine).await?;
         Ok(Some(topology))
+    }
+
+    /// The Blue/Green deployments whose source or target is one of `arns` (the database's
+    /// cluster and writer), each with how it replicates: for PostgreSQL, by the major versions of
+    /// the database (`engine`: its engine and version) and of the deployment's other side.
+    async fn deployments(
+        &self,
+        client: &Client,
+        arns: &[String],
+        (engine, version): &(String, String),
+    ) -> Result<Vec<BlueGreen>, RdsError> {
+        if arns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let named = |side: &str| {
+            Filter::builder()
+                .name(side)
+                .set_values(Some(arns.to_vec()))
+                .build()
+        };
+        let (as_source, as_target) = tokio::join!(
+            Self::blue_green(client, named("source")),
+            Self::blue_green(client, named("target"))
+        );
+        let mut found: Vec<BlueGreen> = Vec::new();
+        for d in as_source?.into_iter().chain(as_target?) {
+            let id = d.blue_green_deployment_identifier().unwrap_or_default();
+            if found.iter().any(|f| f.id == id) {
+                continue;
+            }
+            let ours = |arn: Option<&str>| arn.is_some_and(|a| arns.iter().any(|x| x == a));
+            let other = if ours(d.source()) {
+                d.target()
+            } else {
+                d.source()
+            };
+            // Only PostgreSQL's mode depends on the other side's version.
+            let other_version = match (engine.as_str(), other) {
+                ("postgres", Some(arn)) => Self::version_of(client, arn).await?,
+                _ => None,
+            };
+            found.push(BlueGreen {
+                id: id.to_owned(),
+                name: d
+                    .blue_green_deployment_name()
+                    .unwrap_or_default()
+                    .to_owned(),
+                status: d.status().unwrap_or_default().to_owned(),
+                replication: replication(engine, version, other_version.as_deref()),
+            });
+        }
+        Ok(found)
+    }
+
+    async fn blue_green(
+        client: &Client,
+        filter: Filter,
+    ) -> Result<Vec<BlueGreenDeployment>, RdsError> {
+        let mut found = Vec::new();
+        let mut marker = None;
+        loop {
+            let out = client
+                .describe_blue_green_deployments()
+                .filters(filter.clone())
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| Self::refused("DescribeBlueGreenDeployments", &e))?;
+            found.extend(out.blue_green_deployments().iter().cloned());
+            marker = out.marker().map(str::to_owned);
+            if marker.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// The engine version of the instance or cluster `arn` names (`None` once it is gone).
+    async fn version_of(client: &Client, arn: &str) -> Result<Option<String>, RdsError> {
+        if arn.contains(":cluster:") {
+            let asked = client
+                .describe_db_clusters()
+                .db_cluster_identifier(arn)
+                .send()
+                .await;
+            return match asked {
+                Ok(out) => Ok(out
+                    .db_clusters()
+                    .first()
+                    .and_then(|c| c.engine_version())
+                    .map(str::to_owned)),
+                Err(e) if failure(&e).code.as_deref() == Some("DBClusterNotFoundFault") => Ok(None),
+                Err(e) => Err(Self::refused("DescribeDBClusters", &e)),
+            };
+        }
+        let found = Self::instances(client, "db-instance-id", vec![arn.to_owned()]).await?;
+        Ok(found
+            .first()
+            .and_then(|i| i.engine_version())
+            .map(str::to_owned))
     }
 }
 
@@ -308,27 +418,33 @@ fn endpoint(i: &DbInstance) -> Option<Endpoint> {
 
 #[async_trait]
 impl RdsDirectory for RdsInstances {
-    async fn topology(&self, host: &str) -> Result<Option<RdsTopology>, RdsError> {
-        let Some(name) = rds_name(host) else {
-            return Ok(None);
+    async fn topology(&self, db: &RdsDb) -> Result<Option<RdsTopology>, RdsError> {
+        // An identifier from the secret is in the process's region (`None`).
+        let (cluster, id, region) = match db {
+            RdsDb::Cluster(id) => (true, id.clone(), None),
+            RdsDb::Instance(id) => (false, id.clone(), None),
+            RdsDb::Host(host) => match rds_name(host) {
+                Some(RdsName::Cluster { id, region }) => (true, id, Some(region)),
+                Some(RdsName::Instance { id, region }) => (false, id, Some(region)),
+                None => return Ok(None),
+            },
         };
-        let key = host.to_ascii_lowercase();
+        let key = db.to_string().to_ascii_lowercase();
         if let Some((at, kept)) = self.kept.lock().expect("rds cache").get(&key) {
             if at.elapsed() < TOPOLOGY_TTL {
                 return Ok(kept.clone());
             }
         }
-        let found = match &name {
-            RdsName::Cluster { id, region } => self.of_cluster(&self.client(region), id).await?,
-            RdsName::Instance { id, region } => self.of_instance(&self.client(region), id).await?,
+        let client = self.client(region.as_deref());
+        let found = match cluster {
+            true => self.of_cluster(&client, &id).await?,
+            false => self.of_instance(&client, &id).await?,
         };
         let Some(found) = found else {
-            let (kind, id, region) = match &name {
-                RdsName::Cluster { id, region } => ("cluster", id, region),
-                RdsName::Instance { id, region } => ("instance", id, region),
-            };
+            let kind = if cluster { "cluster" } else { "instance" };
+            let region = region.as_deref().unwrap_or("this region");
             return Err(RdsError::NotFound(format!(
-                "{host} (no {kind} {id} in {region} in this account)"
+                "{db} (no {kind} {id} in {region} in this account)"
             )));
         };
         self.kept

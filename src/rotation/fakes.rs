@@ -683,7 +683,7 @@ impl Reporter for World {
 
 #[async_trait]
 impl RdsDirectory for World {
-    async fn topology(&self, _host: &str) -> Result<Option<RdsTopology>, RdsError> {
+    async fn topology(&self, _db: &RdsDb) -> Result<Option<RdsTopology>, RdsError> {
         let mut s = self.state();
         s.rds_calls += 1;
         s.rds.clone().transpose()

@@ -38,7 +38,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::ports::{
-    Database, DbError, DbSession, InUse, OwnSession, RdsDirectory, RdsError, RdsTopology,
+    Database, DbError, DbSession, InUse, OwnSession, RdsDb, RdsDirectory, RdsError, RdsTopology,
     SessionGroup,
 };
 use crate::secret::{Credentials, Endpoint, Engine};
@@ -142,15 +142,25 @@ pub struct Found {
 }
 
 impl Discovery {
-    pub fn start(rds: Arc<dyn RdsDirectory>, host: String) -> Self {
-        let ask = async move { rds.topology(&host).await };
+    pub fn start(rds: Arc<dyn RdsDirectory>, db: RdsDb) -> Self {
+        let ask = async move { rds.topology(&db).await };
         let ask = crate::calls::carry(ask).instrument(tracing::Span::current());
         Self(Asked::Asking(tokio::spawn(ask)))
     }
 
-    /// RDS was asked (or answered already).
-    pub fn started(&self) -> bool {
-        !matches!(self.0, Asked::Not)
+    /// What RDS said (awaited once, then kept): `Ok(None)` when nothing was asked, or the
+    /// database is not named in a way RDS knows.
+    pub async fn topology(&mut self) -> &Result<Option<RdsTopology>, RdsError> {
+        if let Asked::Asking(task) = &mut self.0 {
+            let answer = task.await.unwrap_or_else(|e| {
+                Err(RdsError::Unavailable(format!("the look ended early: {e}")))
+            });
+            self.0 = Asked::Known(answer);
+        }
+        match &self.0 {
+            Asked::Known(answer) => answer,
+            _ => &Ok(None),
+        }
     }
 
     /// The readers RDS lists beside `listed` (the secret's `reader_hosts`), each once. A run
@@ -161,26 +171,20 @@ impl Discovery {
         listed: &[Endpoint],
         writer: &Endpoint,
     ) -> Result<Found, RdsError> {
-        if let Asked::Asking(task) = &mut self.0 {
-            let answer = task.await.unwrap_or_else(|e| {
-                Err(RdsError::Unavailable(format!("the look ended early: {e}")))
-            });
-            self.0 = Asked::Known(answer);
-        }
         let mut found = Found {
             readers: listed.to_vec(),
             notes: Vec::new(),
         };
-        let topology = match &self.0 {
-            Asked::Known(Ok(Some(t))) => t.clone(),
-            Asked::Known(Err(RdsError::NotFound(what))) => {
+        let topology = match self.topology().await {
+            Ok(Some(t)) => t.clone(),
+            Err(RdsError::NotFound(what)) => {
                 found.notes.push(format!(
                     "RDS knows no database at {what}, so its readers are not found from RDS: list them in reader_hosts"
                 ));
                 return Ok(found);
             }
-            Asked::Known(Err(e)) => return Err(e.clone()),
-            _ => return Ok(found),
+            Err(e) => return Err(e.clone()),
+            Ok(None) => return Ok(found),
         };
         for r in topology.readers {
             let same = |l: &Endpoint| l.port == r.port && l.host.eq_ignore_ascii_case(&r.host);
@@ -240,22 +244,20 @@ pub async fn look_everywhere(
     user: &str,
     window: Duration,
 ) -> Everywhere {
+    // RDS was asked when the run started: its answer is usually in.
+    let (asked, rds, notes) = match discovery.readers(listed, writer_at).await {
+        Ok(found) => (found.readers, None, found.notes),
+        Err(e) => (listed.to_vec(), Some(e), Vec::new()),
+    };
     // Who the writer is, to know a reader that is the writer (MySQL: see `Readers::on_writer`).
-    let ask_identity = engine != Engine::Postgres && (!listed.is_empty() || discovery.started());
+    let ask_identity = engine != Engine::Postgres && !asked.is_empty();
     let who = async {
         match ask_identity {
             true => session.identity().await.ok().map(|i| i.key),
             false => None,
         }
     };
-    let (writer_identity, (asked, rds, notes, readers)) = tokio::join!(who, async {
-        let (asked, rds, notes) = match discovery.readers(listed, writer_at).await {
-            Ok(found) => (found.readers, None, found.notes),
-            Err(e) => (listed.to_vec(), Some(e), Vec::new()),
-        };
-        let readers = open_readers(db, engine, &asked, login).await;
-        (asked, rds, notes, readers)
-    });
+    let (writer_identity, readers) = tokio::join!(who, open_readers(db, engine, &asked, login));
     let mine = readers.on_writer(writer_identity.as_deref());
     let (writer, (on_readers, unchecked)) = tokio::join!(
         session.recent_sessions(user, window, &mine),
@@ -503,7 +505,7 @@ mod tests {
             readers: vec![at("r1")],
             ..RdsTopology::default()
         }));
-        let mut d = Discovery::start(Arc::new(w.clone()), "db".into());
+        let mut d = Discovery::start(Arc::new(w.clone()), RdsDb::Host("db".into()));
         for _ in 0..2 {
             let found = d.readers(&[at("r1"), at("r2")], &at("db")).await.unwrap();
             let hosts: Vec<&str> = found.readers.iter().map(|r| r.host.as_str()).collect();
@@ -511,7 +513,7 @@ mod tests {
         }
         assert_eq!(w.state().rds_calls, 1);
         w.state().rds = Some(Err(RdsError::NotFound("db (no instance db)".into())));
-        let mut d = Discovery::start(Arc::new(w.clone()), "db".into());
+        let mut d = Discovery::start(Arc::new(w.clone()), RdsDb::Host("db".into()));
         let found = d.readers(&[at("r2")], &at("db")).await.unwrap();
         assert_eq!(found.readers.len(), 1);
         assert!(

@@ -28,6 +28,7 @@
 //! (`invocation`), so a rotation may be begun by one process and finished by another.
 
 pub mod abort;
+pub mod bluegreen;
 pub mod guard;
 pub mod invocation;
 pub mod lease;
@@ -229,8 +230,14 @@ pub enum RotationError {
     },
     #[error("refusing to change a password that other accounts may keep: {why}. The password was not changed. Either set master_secret_id to a login that may read mysql.user (it changes every account of the user), or, if {account} is the user's only account, add \"account_host\": \"{}\" to the secret", account.rsplit_once('@').map_or(account.as_str(), |(_, h)| h))]
     AccountsUnlisted { account: String, why: String },
-    #[error("{source}. The in-use guard asks RDS for the database's readers: grant that action to the rotator's role, or turn the look off with --rds-discovery off (ROTATOR_RDS_DISCOVERY=off) and list the readers in the secret's reader_hosts")]
+    #[error("{source}. The rotation asks RDS for the database's readers and Blue/Green deployments: grant that action to the rotator's role, or turn the look off with --rds-discovery off (ROTATOR_RDS_DISCOVERY=off) and list the readers in the secret's reader_hosts")]
     Rds { source: RdsError },
+    #[error("the database of {secret} is in Blue/Green deployment {deployment}: {why}. The rotation waits before changing the password and looks again; it goes on once the deployment is switched over or deleted (--rds-discovery off stops looking)")]
+    BlueGreen {
+        secret: String,
+        deployment: String,
+        why: String,
+    },
     #[error("cannot ask the database at {at} who it is (claims on its users are keyed by the server's own identity, never by a name): {tried}")]
     NoServerIdentity { at: String, tried: String },
     #[error("{found}, so an application still logs in with credentials from two rotations ago; the rotation of {secret} waits before changing the password, and resumes once those sessions stop (`rotate --ignore-in-use` goes on anyway)")]
@@ -295,6 +302,7 @@ impl RotationError {
             self,
             Self::UserInUse { .. }
                 | Self::ReaderUnchecked { .. }
+                | Self::BlueGreen { .. }
                 | Self::UserBusy { .. }
                 | Self::Busy { .. }
                 | Self::OtherRotation { .. }
@@ -310,6 +318,7 @@ impl RotationError {
             | Self::UserBusy { .. }
             | Self::UserInUse { .. }
             | Self::ReaderUnchecked { .. }
+            | Self::BlueGreen { .. }
             | Self::Busy { .. }
             | Self::OtherRotation { .. }
             | Self::LeaseLost(_)
@@ -892,6 +901,7 @@ impl Rotator {
                                 // come back: a later run looks again.
                                 | RotationError::UserInUse { .. }
                                 | RotationError::ReaderUnchecked { .. }
+                                | RotationError::BlueGreen { .. }
                         )
                         // The test waited its whole deadline already, unless it sent the
                         // rotation back to set the password again.
@@ -1559,18 +1569,12 @@ impl Run<'_> {
     async fn drive(&mut self) -> Result<(), RotationError> {
         // A failure before the first step is not the last attempt's step's.
         self.trace.with(|t| t.last_step = None);
-        // The guard needs the database's readers as RDS lists them: asked now, beside the
-        // calls before set_password, so that the guard does not wait for RDS.
-        // (Not for a call of Secrets Manager's that stops before set_password.)
-        if self.record.step <= Step::SetPassword
-            && self.through.is_none_or(|t| t >= Step::SetPassword)
-            && self.in_use != guard::InUsePolicy::Off
-        {
-            let current = self.current().await?;
-            if current.is_multi_user() {
-                let host = current.admin_endpoint().host.clone();
-                self.discovery = guard::Discovery::start(self.rotator.rds.clone(), host);
-            }
+        // What RDS says about the database (its readers for the guard, its Blue/Green
+        // deployments): asked now, beside the calls before AWSPENDING is written and the password
+        // set, so that neither waits for RDS.
+        if self.record.step <= Step::SetPassword {
+            let db = self.current().await?.rds_db();
+            self.discovery = guard::Discovery::start(self.rotator.rds.clone(), db);
         }
         self.check_current_label().await?;
         // The claims on the database users (see `lease::claim_users`) are taken beside the
@@ -1803,6 +1807,9 @@ impl Run<'_> {
             // the stored one, since AWS refuses a different value under the same token.
             let current = self.current().await?.clone();
             let rules = self.server_rules().await?;
+            // Not even AWSPENDING while the password could not reach green. (RDS was asked
+            // when the run started: its answer came beside the server's.)
+            self.blue_green().await?;
             let password = self
                 .rotator
                 .settings
@@ -1846,6 +1853,7 @@ impl Run<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.blue_green().await?;
         let mut tried = Vec::new();
         self.unlisted_self = None;
         let master_later = current.master_secret_id.is_some();
@@ -2020,6 +2028,30 @@ impl Run<'_> {
             }
         }
         Ok(PasswordRules::default())
+    }
+
+    /// A Blue/Green deployment of the database whose green would not get the new password, or
+    /// whose switchover runs, makes the rotation wait (see `bluegreen`). RDS was asked when the
+    /// run started.
+    async fn blue_green(&mut self) -> Result<(), RotationError> {
+        let deployments = match self.discovery.topology().await {
+            Ok(Some(t)) => t.deployments.clone(),
+            // Not an RDS name, RDS not asked, or a database RDS does not know (the guard warns).
+            Ok(None) | Err(RdsError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(RotationError::Rds { source: e.clone() }),
+        };
+        match bluegreen::verdict(&deployments) {
+            bluegreen::Verdict::Clear => Ok(()),
+            bluegreen::Verdict::GoOn(what) => {
+                info!(secret = %self.arn(), deployments = %what, "Blue/Green deployment: the password change reaches green");
+                Ok(())
+            }
+            bluegreen::Verdict::Wait { deployment, why } => Err(RotationError::BlueGreen {
+                secret: self.arn().to_owned(),
+                deployment,
+                why,
+            }),
+        }
     }
 
     /// The in-use guard (see `guard`), in the session that is about to change the password: an

@@ -1266,7 +1266,7 @@ async fn the_readers_rds_lists_are_looked_at_beside_the_ones_the_secret_names() 
     w.state().rds = Some(Ok(RdsTopology {
         arns: vec!["arn:aws:rds:eu-west-1:1:cluster:orders".into()],
         readers: vec![reader("reader-1", 5432), reader("reader-3", 5432)],
-        not_covered: Vec::new(),
+        ..Default::default()
     }));
     w.state().reader_sessions.insert(
         "reader-3".into(),
@@ -1315,20 +1315,70 @@ async fn an_rds_api_that_refuses_stops_the_rotation_naming_the_action_and_the_se
     assert_eq!(w.state().db["bob"], "bob-0");
 }
 
+/// RDS says the database is in one Blue/Green deployment.
+fn in_deployment(w: &World, status: &str, replication: super::ports::Replication) {
+    w.state().rds = Some(Ok(super::ports::RdsTopology {
+        arns: vec!["arn:aws:rds:eu-west-1:1:db:orders".into()],
+        deployments: vec![super::ports::BlueGreen {
+            id: "bgd-abc".into(),
+            name: "upgrade-16".into(),
+            status: status.into(),
+            replication,
+        }],
+        ..Default::default()
+    }));
+}
+
 #[tokio::test]
-async fn rds_is_not_asked_when_the_guard_is_off_or_nobody_else_uses_the_user() {
+async fn a_blue_green_deployment_by_logical_replication_or_in_switchover_defers_before_awspending()
+{
+    use super::ports::Replication::*;
+    for (status, replication) in [("AVAILABLE", Logical), ("SWITCHOVER_IN_PROGRESS", Physical)] {
+        let w = world();
+        in_deployment(&w, status, replication);
+        let err = rotate(&w).await.unwrap_err();
+        assert!(
+            matches!(err, RotationError::BlueGreen { .. }) && err.is_wait(),
+            "{status}: {err:?}"
+        );
+        assert!(err.to_string().contains("upgrade-16 (bgd-abc)"), "{err}");
+        assert!(
+            w.labelled(APP, Stage::Pending).is_none(),
+            "{status}: nothing written"
+        );
+        assert!(w.state().password_changes.is_empty());
+        // Once it is switched over, the rotation goes on.
+        in_deployment(&w, "SWITCHOVER_COMPLETED", replication);
+        rotate(&w).await.unwrap();
+        assert_rotated(&w, "alice", "bob", "alice-0");
+    }
+    // Physical replication carries the change to green: no wait.
     let w = world();
-    let mut r = rotator(&w);
-    r.settings.in_use.policy = guard::InUsePolicy::Off;
-    r.rotate(APP, &Request::default(), LeaseWait::No)
-        .await
-        .unwrap();
-    assert_eq!(w.state().rds_calls, 0);
+    in_deployment(&w, "AVAILABLE", Physical);
+    rotate(&w).await.unwrap();
+    // An RDS that refuses DescribeBlueGreenDeployments names it and the setting.
+    let w = world();
+    w.state().rds = Some(Err(super::ports::RdsError::Denied {
+        action: "DescribeBlueGreenDeployments",
+        reason: "AccessDenied".into(),
+    }));
+    let err = rotate(&w).await.unwrap_err().to_string();
+    assert!(
+        err.contains("rds:DescribeBlueGreenDeployments")
+            && err.contains("ROTATOR_RDS_DISCOVERY=off"),
+        "{err}"
+    );
+    assert!(w.labelled(APP, Stage::Pending).is_none(), "nothing written");
+}
+
+#[tokio::test]
+async fn rds_is_asked_once_per_run_however_often_its_answer_is_used() {
+    let w = world();
     rotate(&w).await.unwrap();
     assert_eq!(
         w.state().rds_calls,
         1,
-        "asked once, beside the run's first calls"
+        "asked once, beside the run's first calls, for Blue/Green and the readers"
     );
 }
 

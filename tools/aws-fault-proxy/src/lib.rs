@@ -155,21 +155,52 @@ pub async fn start(listen: SocketAddr, upstream: SocketAddr, faults: Faults) -> 
     })
 }
 
-/// The request's `X-Amz-Target` header, and where its body starts.
+/// The request's operation, and where its body starts. JSON protocols name it in the
+/// `X-Amz-Target` header (`secretsmanager.PutSecretValue`); the query protocol (RDS, SQS's
+/// older form) in the body's `Action=`, with the service in the signature's credential scope:
+/// that gives `rds.DescribeBlueGreenDeployments`.
 fn target_and_body(request: &[u8]) -> (String, usize) {
     let end = request
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(request.len(), |i| i + 4);
-    let target = String::from_utf8_lossy(&request[..end])
-        .lines()
-        .find_map(|l| {
+    let head = String::from_utf8_lossy(&request[..end]);
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
             l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("x-amz-target"))
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.trim().to_owned())
         })
-        .unwrap_or_default();
-    (target, end)
+    };
+    if let Some(target) = header("x-amz-target") {
+        return (target, end);
+    }
+    let body = String::from_utf8_lossy(&request[end..]);
+    let action = body
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("Action="))
+        .map(str::to_owned);
+    // Credential=KEY/DATE/REGION/SERVICE/aws4_request
+    let service = header("authorization").and_then(|a| {
+        let scope = a.split("Credential=").nth(1)?;
+        scope.split('/').nth(3).map(str::to_owned)
+    });
+    match (service, action) {
+        (Some(service), Some(action)) => (format!("{service}.{action}"), end),
+        _ => (String::new(), end),
+    }
+}
+
+/// An error as the query protocol answers it (XML), for requests that have no `X-Amz-Target`.
+fn query_error_response(status: &str, code: &str, message: &str) -> Vec<u8> {
+    let body = format!(
+        "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>"
+    );
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nx-amzn-RequestId: fault-proxy\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Reads one request: head (with `Connection: close` forced) and body.
@@ -240,9 +271,15 @@ async fn handle(
     let (target, body_at) = target_and_body(&request);
     if let Some(r) = refusals.matching(&target, &request[body_at..]) {
         refusals.refused.fetch_add(1, Ordering::Relaxed);
-        client
-            .write_all(&error_response("400 Bad Request", &r.code, &r.message))
-            .await?;
+        let json = String::from_utf8_lossy(&request[..body_at])
+            .to_ascii_lowercase()
+            .contains("x-amz-target");
+        let answer = if json {
+            error_response("400 Bad Request", &r.code, &r.message)
+        } else {
+            query_error_response("400 Bad Request", &r.code, &r.message)
+        };
+        client.write_all(&answer).await?;
         return Ok(());
     }
     let fault = pick(faults.rate);

@@ -163,8 +163,8 @@ run "zip_package" {
 
   assert {
     condition = one([for s in jsondecode(aws_iam_role_policy.this.policy).Statement : s if s.Sid == "DatabaseReaders"]) == {
-      Sid      = "DatabaseReaders", Effect = "Allow", Action = ["rds:DescribeDBInstances", "rds:DescribeDBClusters"],
-      Resource = ["arn:aws:rds:eu-west-1:123456789012:db:*", "arn:aws:rds:eu-west-1:123456789012:cluster:*"]
+      Sid      = "DatabaseReaders", Effect = "Allow", Action = ["rds:DescribeDBInstances", "rds:DescribeDBClusters", "rds:DescribeBlueGreenDeployments"],
+      Resource = ["arn:aws:rds:eu-west-1:123456789012:db:*", "arn:aws:rds:eu-west-1:123456789012:cluster:*", "arn:aws:rds:eu-west-1:123456789012:deployment:*"]
     }
     error_message = "The readers' describe calls are not read only on this account and region's instances and clusters."
   }
