@@ -18,8 +18,8 @@ use crate::db::tls::TlsMode;
 use crate::rotation::guard::{look_everywhere, verdict, Discovery, InUsePolicy, Verdict};
 use crate::rotation::lease::{identify, user_key, uses, Uses};
 use crate::rotation::ports::{
-    Accounts, At, DbError, PasswordRules, RdsError, RdsTopology, SecretMeta, SecretStoreError,
-    SessionGroup, Stage,
+    Accounts, At, DbError, PasswordRules, RdsDb, RdsError, RdsTopology, SecretMeta,
+    SecretStoreError, SessionGroup, Stage,
 };
 use crate::rotation::record::{now_ms, rfc3339, StepRecord};
 use crate::rotation::{left_by_us, unlisted_account, RotationError, Rotator};
@@ -809,7 +809,9 @@ type ReadersSeen = Result<(Vec<Endpoint>, Vec<String>), RdsError>;
 /// lists for the database's endpoint.
 fn check_readers(app: &AppSecret, seen: ReadersSeen, discovery: bool, report: &mut CheckReport) {
     let host = &app.admin_endpoint().host;
-    let named = crate::aws::rds::rds_name(host).is_some();
+    // RDS knows the database by the secret's identifier, or by an RDS endpoint's name.
+    let db = app.rds_db();
+    let named = !matches!(db, RdsDb::Host(_)) || crate::aws::rds::rds_name(host).is_some();
     match seen {
         Ok((_, notes)) if !notes.is_empty() => {
             report.push("readers", Status::Warn, notes.join("; "))
@@ -822,7 +824,7 @@ fn check_readers(app: &AppSecret, seen: ReadersSeen, discovery: bool, report: &m
         Ok((all, _)) if all.is_empty() && named => report.push(
             "readers",
             Status::Ok,
-            format!("none: the secret lists no reader_hosts, and RDS lists no reader or replica of {host}"),
+            format!("none: the secret lists no reader_hosts, and RDS lists no reader or replica of {db}"),
         ),
         Ok((all, _)) if all.is_empty() => report.push(
             "readers",
