@@ -772,7 +772,12 @@ fn check_blue_green(
             "off (ROTATOR_RDS_DISCOVERY=off): a Blue/Green deployment whose green would not get the new password is not looked for".to_owned(),
         ),
         Ok(None) => (
-            Status::Ok,
+            // A proxy in front of an RDS database: the database is surely RDS, and unseen.
+            if db.to_string().contains(".proxy-") {
+                Status::Warn
+            } else {
+                Status::Ok
+            },
             format!("not looked for: {db} names no RDS instance or cluster (dbInstanceIdentifier or dbClusterIdentifier in the secret would)"),
         ),
         Ok(Some(t)) => match verdict(&t.deployments) {
@@ -786,7 +791,7 @@ fn check_blue_green(
                 format!("deployment {deployment}: {why}: the next rotation waits"),
             ),
         },
-        Err(RdsError::NotFound(what)) => (
+        Err(RdsError::NotFound(what)) if matches!(db, RdsDb::Host(_)) => (
             Status::Warn,
             format!("RDS knows no database at {what}: no deployment can be looked for"),
         ),

@@ -579,8 +579,8 @@ impl AppSecret {
     pub fn rds_db(&self) -> crate::rotation::ports::RdsDb {
         use crate::rotation::ports::RdsDb;
         match (&self.rds_cluster, &self.rds_instance) {
-            (Some(c), _) => RdsDb::Cluster(c.clone()),
-            (None, Some(i)) => RdsDb::Instance(i.clone()),
+            (Some(c), _) => RdsDb::Cluster(c.clone(), self.admin_endpoint().host.clone()),
+            (None, Some(i)) => RdsDb::Instance(i.clone(), self.admin_endpoint().host.clone()),
             (None, None) => RdsDb::Host(self.admin_endpoint().host.clone()),
         }
     }

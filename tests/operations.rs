@@ -401,7 +401,7 @@ async fn rds_lists_an_instances_read_replicas_and_a_clusters_readers() {
         None
     );
     let gone = directory
-        .topology(&RdsDb::Instance(format!("{id}-gone")))
+        .topology(&RdsDb::Instance(format!("{id}-gone"), "127.0.0.1".into()))
         .await;
     assert!(
         matches!(

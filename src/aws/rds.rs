@@ -18,10 +18,10 @@ use crate::rotation::bluegreen::replication;
 use crate::rotation::ports::{BlueGreen, RdsDb, RdsDirectory, RdsError, RdsTopology};
 use crate::secret::Endpoint;
 
-/// How long an answer about a database is kept: readers and deployments come and go in minutes
-/// (an instance takes longer than this to create), and a worker rotating many secrets of one
-/// database asks once.
-pub const TOPOLOGY_TTL: Duration = Duration::from_secs(5 * 60);
+/// How long an answer about a database is kept: short, since a Blue/Green deployment may begin
+/// at any moment, and still long enough that a worker rotating many secrets of one database at
+/// once asks once.
+pub const TOPOLOGY_TTL: Duration = Duration::from_secs(30);
 
 pub struct RdsProxies {
     client: Client,
@@ -334,14 +334,16 @@ impl RdsInstances {
                 continue;
             }
             let ours = |arn: Option<&str>| arn.is_some_and(|a| arns.iter().any(|x| x == a));
-            let other = if ours(d.source()) {
-                d.target()
-            } else {
-                d.source()
-            };
-            // Only PostgreSQL's mode depends on the other side's version.
+            let is_green = !ours(d.source());
+            let other = if is_green { d.source() } else { d.target() };
+            let status = d.status().unwrap_or_default();
+            // Only PostgreSQL's mode depends on the other side's version, and while green is
+            // being made (PROVISIONING) its version may not be the one it is upgraded to yet:
+            // unknown then, which counts as logical.
             let other_version = match (engine.as_str(), other) {
-                ("postgres", Some(arn)) => Self::version_of(client, arn).await?,
+                ("postgres", Some(arn)) if status != "PROVISIONING" => {
+                    Self::version_of(client, arn).await?
+                }
                 _ => None,
             };
             found.push(BlueGreen {
@@ -350,8 +352,9 @@ impl RdsInstances {
                     .blue_green_deployment_name()
                     .unwrap_or_default()
                     .to_owned(),
-                status: d.status().unwrap_or_default().to_owned(),
+                status: status.to_owned(),
                 replication: replication(engine, version, other_version.as_deref()),
+                is_green,
             });
         }
         Ok(found)
@@ -419,10 +422,17 @@ fn endpoint(i: &DbInstance) -> Option<Endpoint> {
 #[async_trait]
 impl RdsDirectory for RdsInstances {
     async fn topology(&self, db: &RdsDb) -> Result<Option<RdsTopology>, RdsError> {
-        // An identifier from the secret is in the process's region (`None`).
+        // An identifier from the secret is in the region its host names, when it is an RDS
+        // endpoint's, else in the process's (`None`).
+        let region_of = |host: &str| match rds_name(host) {
+            Some(RdsName::Cluster { region, .. } | RdsName::Instance { region, .. }) => {
+                Some(region)
+            }
+            None => None,
+        };
         let (cluster, id, region) = match db {
-            RdsDb::Cluster(id) => (true, id.clone(), None),
-            RdsDb::Instance(id) => (false, id.clone(), None),
+            RdsDb::Cluster(id, host) => (true, id.clone(), region_of(host)),
+            RdsDb::Instance(id, host) => (false, id.clone(), region_of(host)),
             RdsDb::Host(host) => match rds_name(host) {
                 Some(RdsName::Cluster { id, region }) => (true, id, Some(region)),
                 Some(RdsName::Instance { id, region }) => (false, id, Some(region)),

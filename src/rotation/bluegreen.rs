@@ -60,6 +60,31 @@ pub fn verdict(deployments: &[BlueGreen]) -> Verdict {
             why: "its switchover is in progress: the names move to green while it runs".into(),
         };
     }
+    if let Some(d) = active.iter().find(|d| d.is_green) {
+        return Verdict::Wait {
+            deployment: named(d),
+            why: format!(
+                "this database is its green: a password changed here does not reach blue, and green's names change at the switchover (status {})",
+                d.status
+            ),
+        };
+    }
+    // Replication that may be broken, or a switchover that failed half-way: nothing says the
+    // change would reach green.
+    if let Some(d) = active.iter().find(|d| {
+        matches!(
+            d.status.as_str(),
+            "INVALID_CONFIGURATION" | "SWITCHOVER_FAILED"
+        )
+    }) {
+        return Verdict::Wait {
+            deployment: named(d),
+            why: format!(
+                "its status is {}: its replication may not carry the change to green",
+                d.status
+            ),
+        };
+    }
     if let Some(d) = active
         .iter()
         .find(|d| d.replication == Replication::Logical)
@@ -103,6 +128,7 @@ mod tests {
             name: "upgrade".into(),
             status: status.into(),
             replication,
+            is_green: false,
         }
     }
 
@@ -150,6 +176,21 @@ mod tests {
             verdict(&[deployment("AVAILABLE", Binlog)]),
             Verdict::GoOn(_)
         ));
+        assert!(matches!(
+            verdict(&[deployment("INVALID_CONFIGURATION", Physical)]),
+            Verdict::Wait { .. }
+        ));
+        assert!(matches!(
+            verdict(&[deployment("SWITCHOVER_FAILED", Binlog)]),
+            Verdict::Wait { .. }
+        ));
+        let green = BlueGreen {
+            is_green: true,
+            ..deployment("AVAILABLE", Physical)
+        };
+        assert!(
+            matches!(verdict(&[green]), Verdict::Wait { ref why, .. } if why.contains("its green"))
+        );
         assert_eq!(
             verdict(&[deployment("SWITCHOVER_COMPLETED", Logical)]),
             Verdict::Clear

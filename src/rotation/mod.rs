@@ -2034,10 +2034,22 @@ impl Run<'_> {
     /// whose switchover runs, makes the rotation wait (see `bluegreen`). RDS was asked when the
     /// run started.
     async fn blue_green(&mut self) -> Result<(), RotationError> {
+        let named_by_secret = {
+            let current = self.current().await?;
+            current.rds_cluster.is_some() || current.rds_instance.is_some()
+        };
+        let arn = self.arn().to_owned();
         let deployments = match self.discovery.topology().await {
             Ok(Some(t)) => t.deployments.clone(),
-            // Not an RDS name, RDS not asked, or a database RDS does not know (the guard warns).
-            Ok(None) | Err(RdsError::NotFound(_)) => return Ok(()),
+            // Not an RDS name, or RDS not asked (`--rds-discovery off`).
+            Ok(None) => return Ok(()),
+            // An endpoint's name RDS does not know (another account, a name between owners in a
+            // switchover): nothing to look at.
+            Err(RdsError::NotFound(what)) if !named_by_secret => {
+                warn!(secret = %arn, %what, "RDS knows no such database: no Blue/Green deployment can be looked for");
+                return Ok(());
+            }
+            // The secret names a database RDS does not know, or RDS would not answer.
             Err(e) => return Err(RotationError::Rds { source: e.clone() }),
         };
         match bluegreen::verdict(&deployments) {

@@ -621,19 +621,20 @@ pub enum ReportOutcome {
 }
 
 /// How a database is named to RDS: by the secret (`dbClusterIdentifier`, `dbInstanceIdentifier`,
-/// as AWS's own RDS secrets carry them), else by its endpoint's host name.
+/// as AWS's own RDS secrets carry them; with the host, whose name may say the region), else by
+/// its endpoint's host name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RdsDb {
-    Cluster(String),
-    Instance(String),
+    Cluster(String, String),
+    Instance(String, String),
     Host(String),
 }
 
 impl std::fmt::Display for RdsDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RdsDb::Cluster(id) => write!(f, "cluster {id}"),
-            RdsDb::Instance(id) => write!(f, "instance {id}"),
+            RdsDb::Cluster(id, _) => write!(f, "cluster {id}"),
+            RdsDb::Instance(id, _) => write!(f, "instance {id}"),
             RdsDb::Host(h) => write!(f, "{h}"),
         }
     }
@@ -660,6 +661,8 @@ pub struct BlueGreen {
     /// PROVISIONING, AVAILABLE, SWITCHOVER_IN_PROGRESS, ...
     pub status: String,
     pub replication: Replication,
+    /// The database is the deployment's green (its target), not its blue.
+    pub is_green: bool,
 }
 
 /// What RDS says about a database.

@@ -1324,6 +1324,7 @@ fn in_deployment(w: &World, status: &str, replication: super::ports::Replication
             name: "upgrade-16".into(),
             status: status.into(),
             replication,
+            is_green: false,
         }],
         ..Default::default()
     }));
