@@ -9,7 +9,7 @@
 //! |----------------------------------|------------------------------------------------------|
 //! | rotated, or skipped              | deleted                                              |
 //! | transient error                  | made visible again after a growing delay             |
-//! | a wait (the in-use guard, a lease or a user another rotation holds) | sent again as a new message after a growing delay, same request id; the original deleted |
+//! | a wait (`RotationError::is_wait`: the in-use guard, an unreachable reader, a Blue/Green deployment, a lease or a user another rotation holds) | sent again as a new message after a growing delay, same request id; the original deleted |
 //! | fatal error, malformed message   | sent to the dead-letter queue with its reason, deleted |
 //! | transient error on the queue's last receive, or a wait past `max_deferrals` | the same: a person must act |
 //! | shutdown before it finished      | made visible again at once, for another worker       |

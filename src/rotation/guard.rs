@@ -27,9 +27,10 @@
 //! connections of the user they left have been idle for an hour or more.
 //!
 //! Readers and replicas keep sessions of their own, which the writer does not show, and take
-//! the new password by replication. So the guard asks each one the secret lists
-//! (`reader_hosts`), at the same time as the writer, each in a login of its own. A reader that
-//! cannot be asked makes the rotation wait like a session in use: its sessions are unknown.
+//! the new password by replication. So the guard asks each one, those RDS lists (`Discovery`)
+//! and those the secret lists (`reader_hosts`), at the same time as the writer, each in a login
+//! of its own. A reader that cannot be asked makes the rotation wait like a session in use: its
+//! sessions are unknown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,9 +122,9 @@ pub fn verdict(
     }
 }
 
-/// RDS's answer about the database's readers, asked when a run starts, beside its first calls,
-/// and awaited by the guard: so it adds no wait of its own. Kept once known: set_password may
-/// run the guard again in the session of another source.
+/// RDS's answer about the database (its readers, its Blue/Green deployments), asked when a run
+/// starts, beside its first calls, and awaited where it is needed: so it adds no wait of its
+/// own. Kept once known: set_password may look again in the session of another source.
 #[derive(Default)]
 pub struct Discovery(Asked);
 
@@ -379,16 +380,9 @@ impl Readers {
         let mut kept = Vec::new();
         // Per server (by identity, where known): this tool's session ids there.
         let mut ids_on: std::collections::HashMap<String, Vec<u64>> = Default::default();
-        for (_, o) in &self.0 {
-            if let (
-                Ok(Opened {
-                    identity: Some(id),
-                    own: Some(own),
-                    ..
-                }),
-                false,
-            ) = (o, o.as_ref().is_ok_and(|o| o.is_writer(writer)))
-            {
+        let opened = self.0.iter().filter_map(|(_, o)| o.as_ref().ok());
+        for o in opened.filter(|o| !o.is_writer(writer)) {
+            if let (Some(id), Some(own)) = (&o.identity, o.own) {
                 ids_on.entry(id.clone()).or_default().push(own.id);
             }
         }

@@ -2096,15 +2096,11 @@ impl Run<'_> {
         for note in &found.notes {
             warn!(secret = %self.arn(), %note, "readers the in-use guard may not see");
         }
-        let mut unchecked = found.unchecked;
-        match found.rds {
-            None => {}
-            // Told to go on whatever the guard finds: the readers RDS lists are unknown, say so.
-            Some(e) if self.in_use == guard::InUsePolicy::Warn => {
-                unchecked.push(format!("the readers RDS lists ({e})"))
-            }
-            Some(source) => return Err(RotationError::Rds { source }),
+        // RDS's answer failed the Blue/Green look first (`blue_green`): fail-closed here too.
+        if let Some(source) = found.rds {
+            return Err(RotationError::Rds { source });
         }
+        let unchecked = found.unchecked;
         let mut groups = found.writer?;
         groups.extend(found.readers);
         let verdict = guard::verdict(self.in_use, user, window, groups);
