@@ -724,6 +724,7 @@ async fn main() -> Result<()> {
         settings: Settings::default(),
         owner: format!("bench-{}", id()),
         shutdown: Shutdown::default(),
+        clock: rds_rotator::rotation::SystemClock::shared(),
     };
     let mut warm = Vec::new();
     for i in 0..28 {

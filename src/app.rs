@@ -19,6 +19,7 @@ use crate::rotation::guard::InUseGuard;
 use crate::rotation::ports::{NoRds, RecordStore, Reporter, Reporters, SecretStore};
 use crate::rotation::{
     LeaseWait, Outcome, Request, RetryPolicy, RotationError, Rotator, Settings, Shutdown,
+    SystemClock,
 };
 use crate::worker::{check_health, Queue, Worker, WorkerSettings};
 
@@ -147,6 +148,7 @@ fn rotator(
         settings: settings(args),
         owner: owner_id(),
         shutdown,
+        clock: SystemClock::shared(),
     })
 }
 

@@ -26,7 +26,8 @@ use tracing::{info, warn};
 
 use crate::adopt::ports::ProxyDirectory;
 use crate::db::tls::TlsMode;
-use crate::rotation::record::{now_ms, Step};
+use crate::rotation::clock::{Clock, SystemClock};
+use crate::rotation::record::Step;
 use crate::rotation::{Invocation, LeaseWait, Outcome, Request, Rotator, Shutdown};
 
 /// Time kept before Lambda's deadline to write down where the rotation stopped.
@@ -150,7 +151,7 @@ impl Function {
         // so the record says where, the lease is released, and Secrets Manager's retry resumes.
         rotator.shutdown = Shutdown::default();
         let stop = rotator.shutdown.clone();
-        let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
+        let left = Duration::from_millis(deadline_ms.saturating_sub(SystemClock.now_ms()));
         let deadline = tokio::spawn(async move {
             tokio::time::sleep(left.saturating_sub(DEADLINE_MARGIN)).await;
             stop.stop_now();

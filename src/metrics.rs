@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use crate::calls;
+use crate::rotation::clock::{Clock, SystemClock};
 use crate::rotation::ports::{ReportOutcome, Reporter, RotationReport};
-use crate::rotation::record::now_ms;
 
 pub const DEFAULT_NAMESPACE: &str = "RdsRotator";
 
@@ -59,7 +59,7 @@ impl Emf {
 impl Reporter for Emf {
     async fn report(&self, report: &RotationReport) {
         let mut out = self.out.lock().expect("metrics writer lock");
-        for line in lines(&self.namespace, report, now_ms()) {
+        for line in lines(&self.namespace, report, SystemClock.now_ms()) {
             // A full disk or closed stdout must not fail a rotation; the logs say what happened.
             let _ = writeln!(out, "{line}");
         }

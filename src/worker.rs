@@ -30,8 +30,8 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::message::{self, Job, RotateMessage, TagSelector};
+use crate::rotation::clock::{Clock, SystemClock};
 use crate::rotation::ports::SecretStoreError;
-use crate::rotation::record::now_ms;
 use crate::rotation::{LeaseWait, Outcome, Request, RotationError, Rotator};
 
 /// A received message.
@@ -468,7 +468,7 @@ impl Worker {
     fn touch_health(&self) {
         if let Some(path) = &self.settings.health_file {
             let tmp = path.with_extension("tmp");
-            let ok = std::fs::write(&tmp, now_ms().to_string())
+            let ok = std::fs::write(&tmp, SystemClock.now_ms().to_string())
                 .and_then(|()| std::fs::rename(&tmp, path));
             if let Err(e) = ok {
                 warn!(path = %path.display(), error = %e, "could not write the health file");
@@ -565,7 +565,7 @@ pub fn check_health(path: &std::path::Path, max_age: Duration) -> Result<Duratio
         .trim()
         .parse()
         .map_err(|_| format!("the heartbeat file {} is unreadable", path.display()))?;
-    let age = Duration::from_millis(now_ms().saturating_sub(at));
+    let age = Duration::from_millis(SystemClock.now_ms().saturating_sub(at));
     if age > max_age {
         return Err(format!(
             "the worker loop last ran {} ago (limit {})",
@@ -686,6 +686,7 @@ mod tests {
                 },
                 owner: "w".into(),
                 shutdown: Shutdown::default(),
+                clock: crate::rotation::SystemClock::shared(),
             },
             settings: WorkerSettings::default(),
         }
@@ -970,9 +971,9 @@ mod tests {
         assert!(check_health(&path, Duration::from_secs(60))
             .unwrap_err()
             .contains("no worker heartbeat"));
-        std::fs::write(&path, now_ms().to_string()).unwrap();
+        std::fs::write(&path, SystemClock.now_ms().to_string()).unwrap();
         assert!(check_health(&path, Duration::from_secs(60)).is_ok());
-        std::fs::write(&path, (now_ms() - 120_000).to_string()).unwrap();
+        std::fs::write(&path, (SystemClock.now_ms() - 120_000).to_string()).unwrap();
         assert!(check_health(&path, Duration::from_secs(60))
             .unwrap_err()
             .contains("last ran"));

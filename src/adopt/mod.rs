@@ -216,7 +216,11 @@ impl Adopter {
         failpoint::hit("before:adopt.lease").await;
         let lease = self.take_lease(&meta.arn).await?;
         // Renewed while adoption runs; each step first looks whether it may be lost.
-        let flags = Flags::new(&lease, self.rotator.settings.lease_duration);
+        let flags = Flags::new(
+            self.rotator.clock.clone(),
+            &lease,
+            self.rotator.settings.lease_duration,
+        );
         // Stopped inside a step too, as a rotation is: a rerun completes what it left.
         let work = async {
             tokio::select! {

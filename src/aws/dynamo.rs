@@ -21,10 +21,11 @@ use aws_sdk_dynamodb::Client;
 use tracing::info;
 
 use super::failure;
+use crate::rotation::clock::{Clock, SystemClock};
 use crate::rotation::ports::{
     Acquired, Claimed, Lease, LeaseSeen, RecordStore, RecordStoreError, UserClaim,
 };
-use crate::rotation::record::{now_ms, BeginIf, State, Step, StepRecord};
+use crate::rotation::record::{BeginIf, State, Step, StepRecord};
 
 /// The table's partition key. Changing it is a breaking change (see the README).
 pub const KEY: &str = "secret_arn";
@@ -409,7 +410,7 @@ impl RecordStore for DynamoRecords {
         take_over: Option<&LeaseSeen>,
     ) -> Result<Acquired, RecordStoreError> {
         let sent = tokio::time::Instant::now();
-        let expires = now_ms() + ttl.as_millis() as u64;
+        let expires = SystemClock.now_ms() + ttl.as_millis() as u64;
         let mut req = self
             .client
             .update_item()
@@ -466,7 +467,7 @@ impl RecordStore for DynamoRecords {
         cond: &BeginIf,
     ) -> Result<Acquired, RecordStoreError> {
         let sent = tokio::time::Instant::now();
-        let expires = now_ms() + ttl.as_millis() as u64;
+        let expires = SystemClock.now_ms() + ttl.as_millis() as u64;
         let mut req = self
             .client
             .update_item()
@@ -540,7 +541,7 @@ impl RecordStore for DynamoRecords {
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<(), RecordStoreError> {
-        let expires = now_ms() + ttl.as_millis() as u64;
+        let expires = SystemClock.now_ms() + ttl.as_millis() as u64;
         self.client
             .update_item()
             .table_name(&self.table)

@@ -5,13 +5,11 @@
 //! record keeps the rotation id, so the next rotation of that user tries the aborted pending
 //! version as a known credential (`KnownSource::Unfinished`), and needs no master secret.
 
-use std::time::Instant;
-
 use tracing::info;
 
 use super::lease::{self, Taken};
 use super::ports::{ReportOutcome, RotationReport, SecretStoreError, Stage};
-use super::record::{now_ms, State};
+use super::record::State;
 use super::{LeaseWait, RotationError, Rotator};
 
 /// What `abort` did.
@@ -35,7 +33,7 @@ impl Rotator {
         reason: &str,
         wait: LeaseWait,
     ) -> Result<Aborted, RotationError> {
-        let started = Instant::now();
+        let started = self.clock.now();
         let tally = crate::calls::Tally::default();
         let result = tally
             .scope(self.abort_under_lease(secret_id, reason, wait))
@@ -52,7 +50,7 @@ impl Rotator {
                         from_user: None,
                         to_user: None,
                         resumed: false,
-                        duration: started.elapsed(),
+                        duration: self.clock.now() - started,
                         steps: Vec::new(),
                         last_step: done.step.parse().ok(),
                         retries: 0,
@@ -126,7 +124,7 @@ impl Rotator {
                     now: false,
                 });
             }
-            let now = now_ms();
+            let now = self.clock.now_ms();
             record.state = State::Aborted;
             record.last_error = Some(format!("aborted at step {step}: {reason}"));
             record.updated_at = Some(now);

@@ -11,7 +11,12 @@
 //! A deployment whose switchover completed, or that is being deleted, replicates nothing more:
 //! it does not count.
 
+use tracing::{info, warn};
+
+use super::errors::RotationError;
+use super::ports::RdsError;
 use super::ports::{BlueGreen, Replication};
+use super::run::Run;
 
 /// How the deployment between a database of `engine` at version `blue` and its counterpart at
 /// `green` (unknown: `None`) replicates.
@@ -115,6 +120,44 @@ pub fn verdict(deployments: &[BlueGreen]) -> Verdict {
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
+    }
+}
+
+impl Run<'_> {
+    /// A Blue/Green deployment of the database whose green would not get the new password, or
+    /// whose switchover runs, makes the rotation wait (see `bluegreen`). RDS was asked when the
+    /// run started.
+    pub(super) async fn blue_green(&mut self) -> Result<(), RotationError> {
+        let named_by_secret = {
+            let current = self.current().await?;
+            current.rds_cluster.is_some() || current.rds_instance.is_some()
+        };
+        let arn = self.arn().to_owned();
+        let deployments = match self.discovery.topology().await {
+            Ok(Some(t)) => t.deployments.clone(),
+            // Not an RDS name, or RDS not asked (`--rds-discovery off`).
+            Ok(None) => return Ok(()),
+            // An endpoint's name RDS does not know (another account, a name between owners in a
+            // switchover): nothing to look at.
+            Err(RdsError::NotFound(what)) if !named_by_secret => {
+                warn!(secret = %arn, %what, "RDS knows no such database: no Blue/Green deployment can be looked for");
+                return Ok(());
+            }
+            // The secret names a database RDS does not know, or RDS would not answer.
+            Err(e) => return Err(RotationError::Rds { source: e.clone() }),
+        };
+        match verdict(&deployments) {
+            Verdict::Clear => Ok(()),
+            Verdict::GoOn(what) => {
+                info!(secret = %self.arn(), deployments = %what, "Blue/Green deployment: the password change reaches green");
+                Ok(())
+            }
+            Verdict::Wait { deployment, why } => Err(RotationError::BlueGreen {
+                secret: self.arn().to_owned(),
+                deployment,
+                why,
+            }),
+        }
     }
 }
 

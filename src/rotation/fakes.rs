@@ -11,8 +11,9 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
+use super::clock::{Clock, SystemClock};
 use super::ports::*;
-use super::record::{now_ms, StepRecord};
+use super::record::StepRecord;
 use crate::secret::{Credentials, Endpoint, Engine};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,7 +378,7 @@ impl RecordStore for World {
             });
         }
         entry.0 = owner.to_owned();
-        entry.1 = (entry.1 + 1).max(now_ms() + ttl.as_millis() as u64);
+        entry.1 = (entry.1 + 1).max(SystemClock.now_ms() + ttl.as_millis() as u64);
         entry.2 += 1;
         let granted = Acquired::Granted {
             lease: Lease {
@@ -401,7 +402,7 @@ impl RecordStore for World {
         if entry.2 != lease.fence || entry.0 != lease.owner {
             return Err(RecordStoreError::Fenced(lease.fence));
         }
-        entry.1 = (entry.1 + 1).max(now_ms() + ttl.as_millis() as u64);
+        entry.1 = (entry.1 + 1).max(SystemClock.now_ms() + ttl.as_millis() as u64);
         Ok(())
     }
 

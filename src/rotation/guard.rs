@@ -32,11 +32,14 @@
 //! of its own. A reader that cannot be asked makes the rotation wait like a session in use: its
 //! sessions are unknown.
 
+use super::errors::RotationError;
+use super::record::rfc3339;
+use super::run::Run;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
-use tracing::Instrument;
+use tracing::{warn, Instrument};
 
 use super::ports::{
     Database, DbError, DbSession, InUse, OwnSession, RdsDb, RdsDirectory, RdsError, RdsTopology,
@@ -442,6 +445,82 @@ impl Readers {
         }
         unchecked.sort();
         (groups, unchecked.into_iter().map(|(_, u)| u).collect())
+    }
+}
+
+impl Run<'_> {
+    /// The in-use guard (see `guard`), in the session that is about to change the password: an
+    /// application that still logs in as this user would fail its next login.
+    pub(super) async fn guard(
+        &mut self,
+        session: &mut dyn DbSession,
+        login: &Credentials,
+        user: &str,
+    ) -> Result<(), RotationError> {
+        if self.in_use == InUsePolicy::Off {
+            return Ok(());
+        }
+        let window = self.rotator.settings.in_use.window;
+        let current = self.current().await?.clone();
+        // Every server that serves the user's logins: the writer in this session, the readers
+        // (the secret's and RDS's) each in a login of its own.
+        let found = look_everywhere(
+            session,
+            &self.rotator.db,
+            current.engine,
+            current.admin_endpoint(),
+            &current.readers,
+            &mut self.discovery,
+            login,
+            user,
+            window,
+        )
+        .await;
+        for note in &found.notes {
+            warn!(secret = %self.arn(), %note, "readers the in-use guard may not see");
+        }
+        // RDS's answer failed the Blue/Green look first (`blue_green`): fail-closed here too.
+        if let Some(source) = found.rds {
+            return Err(RotationError::Rds { source });
+        }
+        let unchecked = found.unchecked;
+        let mut groups = found.writer?;
+        groups.extend(found.readers);
+        let verdict = verdict(self.in_use, user, window, groups);
+        let found = match &verdict {
+            Verdict::Clear => None,
+            Verdict::GoOn(f) | Verdict::Wait(f) => Some(f.clone()),
+        };
+        self.record.in_use = found
+            .as_ref()
+            .map(|f| format!("{}: {f}", rfc3339(self.rotator.clock.now_ms())));
+        self.trace.with(|t| t.in_use.clone_from(&found));
+        match verdict {
+            Verdict::Clear => Ok(()),
+            Verdict::GoOn(found) => {
+                warn!(secret = %self.arn(), in_use = %found, policy = self.in_use.as_str(),
+                      "the idle user is in use; changing its password anyway");
+                Ok(())
+            }
+            Verdict::Wait(found) => Err(RotationError::UserInUse {
+                secret: self.arn().to_owned(),
+                found,
+            }),
+        }?;
+        if unchecked.is_empty() {
+            return Ok(());
+        }
+        let unchecked = unchecked.join("; ");
+        if self.in_use == InUsePolicy::Warn {
+            warn!(secret = %self.arn(), %user, %unchecked, policy = self.in_use.as_str(),
+                  "could not look at the sessions on a reader; changing the password anyway");
+            return Ok(());
+        }
+        Err(RotationError::ReaderUnchecked {
+            secret: self.arn().to_owned(),
+            user: user.to_owned(),
+            unchecked,
+        })
     }
 }
 

@@ -3,18 +3,19 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use tracing::warn;
 
+use super::clock::Clock;
 use super::ports::{
     Acquired, At, Claimed, DbError, Lease, LeaseSeen, RecordStoreError, SecretStoreError,
     ServerIdentity, Stage, UserClaim,
 };
-use super::record::{now_ms, BeginIf, StepRecord};
+use super::record::{BeginIf, StepRecord};
 use super::{LeaseWait, RotationError, Rotator};
 use crate::secret::{Credentials, Endpoint, Engine};
 
@@ -54,7 +55,8 @@ pub(crate) async fn acquire(
         rotator.owner,
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let started = Instant::now();
+    let clock = &rotator.clock;
+    let started = clock.now();
     let mut give_up_at = match wait {
         LeaseWait::No => started,
         LeaseWait::UpTo(d) => started + d,
@@ -75,7 +77,7 @@ pub(crate) async fn acquire(
     loop {
         let take_over = watching
             .as_ref()
-            .filter(|(seen, since)| since.elapsed() >= seen.ttl)
+            .filter(|(seen, since)| clock.now() - *since >= seen.ttl)
             .map(|(seen, _)| seen);
         let acquired = match begin.take() {
             Some((record, cond)) => {
@@ -105,12 +107,12 @@ pub(crate) async fn acquire(
                 if let Some(why) = answered(record) {
                     return Ok(Taken::Answered(why));
                 }
-                let now = Instant::now();
+                let now = clock.now();
                 if watching.as_ref().is_none_or(|(w, _)| *w != seen) {
                     // New, or renewed since: the period starts again, from now.
                     if watching.is_none()
                         && matches!(wait, LeaseWait::No)
-                        && seen.expires_hint_ms < now_ms()
+                        && seen.expires_hint_ms < clock.now_ms()
                     {
                         // By its own clock the holder stopped renewing: worth one period's wait.
                         give_up_at = now + seen.ttl + Duration::from_secs(1);
@@ -130,7 +132,9 @@ pub(crate) async fn acquire(
                       "another process holds the lease; waiting for it to finish, or to stop renewing for a whole lease period");
                 // Often enough to see a release soon after it happens.
                 let poll = (seen.ttl / 3).clamp(Duration::from_millis(100), POLL_MAX);
-                tokio::time::sleep_until(take_at.min(now + poll).min(give_up_at)).await;
+                clock
+                    .sleep_until(take_at.min(now + poll).min(give_up_at))
+                    .await;
                 waited = true;
             }
         }
@@ -392,14 +396,16 @@ pub(crate) struct Flags {
     /// Until when the lease is ours by our monotonic clock: the send time of the last write that
     /// took or renewed it, plus `holder_window`.
     valid_until: Mutex<Instant>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Flags {
-    pub fn new(lease: &Lease, ttl: Duration) -> Self {
+    pub fn new(clock: Arc<dyn Clock>, lease: &Lease, ttl: Duration) -> Self {
         Self {
             lost: AtomicBool::new(false),
             released: AtomicBool::new(false),
             valid_until: Mutex::new(lease.sent_at + holder_window(ttl)),
+            clock,
         }
     }
 
@@ -410,7 +416,7 @@ impl Flags {
     /// The lease may be someone else's now: a renewal said so, or renewals have failed (say,
     /// the state table is unreachable) until it ran out by our own clock.
     pub fn may_be_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst) || Instant::now() >= self.valid_until()
+        self.lost.load(Ordering::SeqCst) || self.clock.now() >= self.valid_until()
     }
 
     /// Resolves once `may_be_lost`: the work racing it is stopped there, inside a step, before
@@ -419,8 +425,8 @@ impl Flags {
         while !self.may_be_lost() {
             let until = self
                 .valid_until()
-                .min(Instant::now() + Duration::from_millis(50));
-            tokio::time::sleep_until(until).await;
+                .min(self.clock.now() + Duration::from_millis(50));
+            self.clock.sleep_until(until).await;
         }
     }
 }
@@ -441,22 +447,29 @@ pub(crate) async fn heartbeat<T>(
     );
     // The lease is fresh: the first renewal is due a period from now. (Not `interval`'s
     // immediate first tick, which waits for the timer's next millisecond.)
-    let period = ttl / 3;
-    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (clock, period) = (&rotator.clock, ttl / 3);
+    let mut due = clock.now() + period;
     // Beside the work, not inside a select arm: the work goes on while a renewal waits.
     let renewals = async {
         loop {
-            tick.tick().await;
+            clock.sleep_until(due).await;
+            // A renewal late by more than a moment (a slow one before it) pushes the next one
+            // back, rather than sending two at once.
+            let now = clock.now();
+            due = if now > due + Duration::from_millis(5) {
+                now + period
+            } else {
+                due + period
+            };
             if lost.load(Ordering::SeqCst) || flags.released.load(Ordering::SeqCst) {
                 continue;
             }
             // Counted from the send: the taker's period starts no earlier than the write lands.
-            let sent = Instant::now();
+            let sent = clock.now();
             // A renewal that takes longer than the lease is worth nothing.
-            let renewed =
-                tokio::time::timeout(holder_window(ttl), rotator.records.renew(lease, advertised))
-                    .await;
+            let renewed = clock
+                .timeout(holder_window(ttl), rotator.records.renew(lease, advertised))
+                .await;
             match renewed {
                 Ok(Ok(())) => {
                     *flags.valid_until.lock().expect("lease flags") = sent + holder_window(ttl);

@@ -691,6 +691,7 @@ impl Pair {
             settings,
             owner: format!("in-process-{}", suffix()),
             shutdown: Shutdown::default(),
+            clock: rds_rotator::rotation::SystemClock::shared(),
         }
     }
 

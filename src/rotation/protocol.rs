@@ -1,0 +1,494 @@
+//! The rotation protocol: the step table and the five steps, in table order.
+//!
+//! Where everything else went (for the next reader):
+//! - `begin`: what to do with a request (begin, resume, retry, skip, refuse), as pure decisions;
+//!   `rotator`: the reads around them and the lease, then a `Run`;
+//! - `run`: the run's state and `drive`, which runs these steps with the record writes, lease
+//!   checks and shutdown around them; `retry`: the loop around `drive`;
+//! - `sources`: where the idle user's current password may be known (`KnownSource`);
+//!   `accounts`: MySQL's accounts per host; `guard`: the in-use guard; `bluegreen`: RDS
+//!   Blue/Green deployments; `lease`: the lease and the claims on database users;
+//! - `versions`: idempotent reads and writes of secret versions; `invocation`: Secrets
+//!   Manager's calls; `record`: the persisted step record; `ports`: the narrow traits;
+//!   `clock`: time; `errors`, `settings`, `request`, `report`, `shutdown`: what they say.
+//!
+//! A secret names a pair (or ring) of database users. Applications use the user in AWSCURRENT;
+//! the rotation changes the password of the *next* user, the idle one, so no application ever
+//! holds credentials that stop working. Each rotation runs these steps under a fenced lease.
+//! Each step begins with its "already done?" check (skipped only when nothing can be done yet,
+//! `Earlier::Nothing`) and returns the next step, which `drive` records:
+//!
+//! | step           | effect                                              | already done when                         |
+//! |----------------|-----------------------------------------------------|-------------------------------------------|
+//! | (begin)        | record: rotation id, current version, users (with the lease) | a record in progress exists: resume it |
+//! | create_pending | AWSPENDING version, ClientRequestToken = rotation id; beside it, the claim on the idle user | version `rotation id` exists |
+//! | set_password   | the idle user's password in the database, unless it is still in use (`guard`) | the pending credentials log in |
+//! | update_proxy   | the idle user's RDS Proxy secret = new password (staged, then CAS on the planned version) | version `proxy_token(rotation id)` is AWSCURRENT |
+//! | test           | pending credentials log in along the app's path      | (read-only: always re-run)                |
+//! | finish         | AWSPENDING still ours? AWSCURRENT -> pending (CAS on the old version), drop AWSPENDING | AWSCURRENT is the rotation id |
+//!
+//! The rotation id is persisted before AWSPENDING is written, so a crash at any instant resumes
+//! with the same id, and the resumed run reads the password back from that version instead of
+//! generating a new one. A rotation that fails or is aborted after set_password leaves its id in
+//! the record, and the next one logs in with that version's password (`KnownSource`).
+//!
+//! Planning refuses, before anything is written, a secret that another rotator also works on:
+//! Secrets Manager's own rotation attached to a function that is not this tool, or an AWSPENDING
+//! that no rotation of ours made (nor Secrets Manager, for this tool's function).
+//!
+//! Secrets Manager's rotation function (`crate::lambda`) runs these same steps: each of its calls
+//! names the rotation by its ClientRequestToken and runs the steps up to its own
+//! (`invocation`), so a rotation may be begun by one process and finished by another.
+
+use std::sync::Mutex;
+
+use backon::Retryable;
+use tracing::info;
+
+use super::accounts::{only_account, UNLISTED};
+use super::clock::ClockSleeper;
+use super::early_login::ProxyLogin;
+use super::errors::RotationError;
+use super::ports::{At, DbError, DbSession, SecretStoreError, Stage};
+use super::record::Step;
+use super::run::{Earlier, Guard, Run, Saved, SetAgain};
+use super::sources::KnownSource;
+use super::versions::{proxy_token, Swap};
+use crate::failpoint;
+use crate::secret::{Credentials, Endpoint, Engine};
+
+impl Run<'_> {
+    /// The step table, as code.
+    pub(super) async fn run_step(&mut self, step: Step) -> Result<Step, RotationError> {
+        match step {
+            Step::CreatePending => self.create_pending().await,
+            Step::SetPassword => self.set_password().await,
+            Step::UpdateProxy => self.update_proxy().await,
+            Step::Test => self.test().await,
+            Step::Finish => self.finish().await,
+            Step::Done => Ok(Step::Done),
+        }
+    }
+
+    async fn create_pending(&mut self) -> Result<Step, RotationError> {
+        let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
+        // Already done? A version cannot carry an id made moments ago.
+        let exists = self.earlier == Earlier::Unknown
+            && self
+                .rotator
+                .secrets
+                .get(&arn, At::Version(&id))
+                .await?
+                .is_some();
+        if !exists {
+            // Only ever generated here, for a version that does not exist yet: a resumed run reads
+            // the stored one, since AWS refuses a different value under the same token.
+            let current = self.current().await?.clone();
+            let rules = self.server_rules().await?;
+            // Not even AWSPENDING while the password could not reach green. (RDS was asked
+            // when the run started: its answer came beside the server's.)
+            self.blue_green().await?;
+            let password = self
+                .rotator
+                .settings
+                .password
+                .generate_for(current.engine, &rules)?;
+            let creds = Credentials::new(self.target_user(), password);
+            let value = current.render_with(&creds);
+            self.rotator
+                .put_once(&arn, &id, &value, Stage::Pending)
+                .await?;
+            // What we just stored; a resumed run reads it back instead.
+            self.pending = Some(creds);
+        }
+        self.pending().await?;
+        Ok(Step::SetPassword)
+    }
+
+    async fn set_password(&mut self) -> Result<Step, RotationError> {
+        let pending = self.pending().await?;
+        let current = self.current().await?.clone();
+        let at = current.admin_endpoint();
+        let db = &self.rotator.db;
+        // Already set by an earlier attempt? A fresh run knows it is not. On MySQL an earlier
+        // attempt may have changed some of the user's accounts (one per host) and not all: with a
+        // master secret, which changes them all, set them again (it is the same password).
+        let may_be_partial =
+            current.engine != Engine::Postgres && current.master_secret_id.is_some();
+        if self.earlier == Earlier::Unknown {
+            match db.check_login(current.engine, at, &pending).await {
+                Ok(()) => {
+                    self.record.database_login_seen = true;
+                    // The password changed already: nothing is left for the guard to protect.
+                    self.guard = Guard::Passed;
+                    if may_be_partial {
+                        self.again_with_master(&current, &pending).await?;
+                    }
+                    self.record.unfinished_versions.clear();
+                    return Ok(Step::UpdateProxy);
+                }
+                Err(e) if e.try_next_source() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.blue_green().await?;
+        let mut tried = Vec::new();
+        // The idle user's own login, handed over to the master secret because its accounts
+        // could not be listed: the last resort if the master secret does not work.
+        let mut unlisted_self = None;
+        let master_later = current.master_secret_id.is_some();
+        // Read one source at a time: the first usually works, and the others cost calls. A
+        // source that logs in but may not make the change (a privilege, a pg_hba rule, a
+        // connection limit, an account on another host) hands over to the next one.
+        for source in KnownSource::ALL {
+            for (label, login) in self.known_credentials(source, &current).await? {
+                let Some(login) = login else {
+                    tried.push(label);
+                    continue;
+                };
+                // The proxy secret's login may be open already (see `run`).
+                let session = match (source, self.login.take()) {
+                    (KnownSource::ProxySecret, ProxyLogin::Opened(session)) => session,
+                    (KnownSource::ProxySecret, ProxyLogin::Opening(early)) => early.session().await,
+                    _ => db.login(current.engine, at, &login).await,
+                };
+                let master_later = master_later && !matches!(source, KnownSource::Master);
+                let changed = self
+                    .change_with(session, &login, &pending, master_later)
+                    .await;
+                if master_later
+                    && matches!(&changed, Err(RotationError::Database(DbError::NotPermitted(m))) if m.contains(UNLISTED))
+                {
+                    unlisted_self = Some((label.clone(), login.clone()));
+                }
+                match changed {
+                    Ok(()) => return Ok(self.password_set(&pending.username, &label).await),
+                    Err(RotationError::Database(e)) if e.try_next_source() => {
+                        tried.push(format!("{label}: {e}"))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        // The master secret did not work either: the user's own login, whose other accounts
+        // could not be listed, goes ahead when it is the catch-all account (or the one the
+        // secret names): see `unlisted_account`.
+        if let Some((label, login)) = unlisted_self {
+            let session = db.login(current.engine, at, &login).await;
+            match self.change_with(session, &login, &pending, false).await {
+                Ok(()) => return Ok(self.password_set(&pending.username, &label).await),
+                Err(RotationError::Database(e)) if e.try_next_source() => {
+                    tried.push(format!("{label}, again: {e}"))
+                }
+                // Not the catch-all account: the master secret's own failure above is what
+                // to fix, and `tried` says it.
+                Err(e @ RotationError::AccountsUnlisted { .. }) => {
+                    tried.push(format!("{label}, again: {e}"))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RotationError::NoKnownCredentials {
+            user: pending.username,
+            tried: tried.join("; "),
+        })
+    }
+
+    /// set_password's end, whichever source did it.
+    async fn password_set(&mut self, user: &str, via: &str) -> Step {
+        info!(secret = %self.arn(), %user, %via, "password set");
+        // The pending version knows the password now; older ones know nothing.
+        self.record.unfinished_versions.clear();
+        failpoint::hit("inside:set_password").await;
+        Step::UpdateProxy
+    }
+
+    /// Changes the idle user's password in `session`, logged in as `login`.
+    pub(super) async fn change_with(
+        &mut self,
+        session: Result<Box<dyn DbSession>, DbError>,
+        login: &Credentials,
+        pending: &Credentials,
+        master_later: bool,
+    ) -> Result<(), RotationError> {
+        let mut session = session?;
+        if login.username == pending.username {
+            self.record.database_login_seen = true;
+        }
+        // Single-user rotation changes the user in use by design (it warned).
+        if self.current().await?.is_multi_user() && self.guard == Guard::ToLook {
+            self.guard(session.as_mut(), login, &pending.username)
+                .await?;
+            self.guard = Guard::Passed;
+        }
+        if login.username == pending.username {
+            let host = self.current().await?.account_host.clone();
+            only_account(
+                session.as_mut(),
+                &pending.username,
+                master_later,
+                host.as_deref(),
+            )
+            .await?;
+        }
+        session
+            .set_password(&pending.username, &pending.password)
+            .await?;
+        Ok(())
+    }
+
+    /// The proxy secret's new version goes in under this tool's own label, then AWSCURRENT moves
+    /// to it by compare-and-swap from the version planning read: a proxy secret that someone
+    /// else changed since (another rotation of the same user, a person) is not overwritten.
+    async fn update_proxy(&mut self) -> Result<Step, RotationError> {
+        let Some(proxy_id) = self.record.proxy_secret_id.clone() else {
+            return Ok(Step::Test);
+        };
+        let pending = self.pending().await?;
+        let token = proxy_token(self.rotation_id());
+        let secrets = &self.rotator.secrets;
+        // Already done?
+        let written = if self.earlier == Earlier::Nothing {
+            None
+        } else {
+            secrets.get(&proxy_id, At::Version(&token)).await?
+        };
+        if written.as_ref().is_some_and(|v| v.has(Stage::Current)) {
+            return Ok(Step::Test);
+        }
+        if written.is_none() {
+            let proxy = match self.proxy.clone() {
+                Some(p) => Some(p),
+                None => {
+                    self.rotator
+                        .read_user_secret(&proxy_id, At::Stage(Stage::Current))
+                        .await?
+                }
+            };
+            let proxy = proxy.ok_or_else(|| RotationError::Inconsistent {
+                secret: proxy_id.clone(),
+                reason: "the proxy secret does not exist or has no AWSCURRENT version".into(),
+            })?;
+            if proxy.username() != pending.username {
+                return Err(RotationError::Inconsistent {
+                    secret: proxy_id,
+                    reason: format!(
+                        "it now holds user {}, not {}",
+                        proxy.username(),
+                        pending.username
+                    ),
+                });
+            }
+            let value = proxy.render_with_password(&pending.password);
+            self.rotator
+                .put_once(&proxy_id, &token, &value, Stage::Staged)
+                .await?;
+        }
+        // Planning stores it with the proxy secret's id.
+        let from = self.record.proxy_version.clone().unwrap_or_default();
+        if let Swap::Moved(found) = self.rotator.swap_current(&proxy_id, &token, &from).await? {
+            return Err(RotationError::Inconsistent {
+                secret: proxy_id,
+                reason: format!(
+                    "its AWSCURRENT moved from version {from} to {} since the rotation began (another rotation of user {}, or a person); not overwriting it",
+                    found.as_deref().unwrap_or("nothing"),
+                    pending.username
+                ),
+            });
+        }
+        failpoint::hit("inside:update_proxy").await;
+        Ok(Step::Test)
+    }
+
+    /// Logs in with the pending credentials where the application does, until the deadline: the
+    /// proxy may take a while to read its changed secret. And, beside it, where passwords are
+    /// changed: RDS Proxy checks a client against its own copy of the secret and may hand it a
+    /// pooled connection opened with the old password, so only the database itself shows that
+    /// it took the new one.
+    async fn test(&mut self) -> Result<Step, RotationError> {
+        let pending = self.pending().await?;
+        let current = self.current().await?.clone();
+        let deadline = self.rotator.settings.test_deadline;
+        let db = &self.rotator.db;
+        let (engine, app_path) = (current.engine, &current.endpoint);
+        // Only where this run saw the idle user log in: some setups let it in only from the
+        // application's network.
+        let database = Some(current.admin_endpoint())
+            .filter(|at| *at != app_path && self.record.database_login_seen);
+        let creds = &pending;
+        let login = |at: &Endpoint| {
+            let at = at.clone();
+            async move {
+                db.check_login(engine, &at, creds)
+                    .await
+                    .map_err(|error| Probe { at, error })
+            }
+        };
+        let attempt = || async {
+            match database {
+                None => login(app_path).await,
+                Some(database) => {
+                    let (proxy, direct) = tokio::join!(login(app_path), login(database));
+                    proxy.and(direct)
+                }
+            }
+        };
+        let waits = |p: &Probe| {
+            matches!(
+                p.error,
+                DbError::LoginRejected(_) | DbError::LoginForbidden { .. }
+            ) || p.error.is_retryable()
+        };
+        // The deadline bounds wall time, not only the sum of the pauses: a login that gets no
+        // answer (a path that accepts and never answers) ends with it.
+        let clock = self.rotator.clock.clone();
+        let end = clock.now() + deadline;
+        let timed_out = |last: String| RotationError::TestTimedOut {
+            user: pending.username.clone(),
+            at: app_path.to_string(),
+            deadline: humantime::format_duration(deadline).to_string(),
+            last,
+        };
+        let no_answer = || timed_out("a login got no answer by then".to_owned());
+        // Usually the first login passes. If not, the proxy may take minutes to read its secret:
+        // the record says the rotation waits here (status shows it, and a crash while waiting
+        // resumes here rather than before the proxy step).
+        let Ok(first) = clock.timeout_at(end, attempt()).await else {
+            return Err(no_answer());
+        };
+        // The last refusal, for the end: the deadline may come in the middle of a probe.
+        let last: Mutex<Option<Refused>> = Mutex::new(None);
+        let note = |p: &Probe| {
+            *last.lock().expect("last probe") = Some(Refused {
+                at: p.at.clone(),
+                rejected: matches!(p.error, DbError::LoginRejected(_)),
+                error: p.error.to_string(),
+            });
+        };
+        match first {
+            Ok(()) => return Ok(Step::Finish),
+            Err(p) if waits(&p) => {
+                note(&p);
+                self.trace.with(|t| t.retries += 1);
+                info!(user = %pending.username, at = %p.at, error = %p.error, "new credentials not accepted yet");
+                self.save_if_behind().await?;
+            }
+            Err(p) => return Err(p.error.into()),
+        }
+        let retried = attempt
+            .retry(
+                self.rotator
+                    .settings
+                    .retry
+                    .backoff()
+                    .with_max_delay(self.rotator.settings.retry.probe_max_delay)
+                    .with_max_times(usize::MAX)
+                    .with_total_delay(Some(deadline)),
+            )
+            .sleep(ClockSleeper(clock.clone()))
+            .when(waits)
+            .notify(|p, delay| {
+                note(p);
+                self.trace.with(|t| t.retries += 1);
+                info!(user = %pending.username, at = %p.at, error = %p.error, retry_in = ?delay, "new credentials not accepted yet");
+            });
+        let refused = match clock.timeout_at(end, retried).await {
+            Ok(Ok(())) => return Ok(Step::Finish),
+            Ok(Err(p)) if waits(&p) => {
+                note(&p);
+                last.lock().expect("last probe").take()
+            }
+            Ok(Err(p)) => return Err(p.error.into()),
+            // In the middle of a probe: the one before it says why.
+            Err(_) => last.lock().expect("last probe").take(),
+        };
+        let Some(refused) = refused else {
+            return Err(no_answer());
+        };
+        let database = database.cloned();
+        if database.as_ref() == Some(&refused.at)
+            && refused.rejected
+            && self.set_again == SetAgain::Allowed
+        {
+            // The database does not take the password set_password set (someone changed it
+            // since): the next attempt sets it again, once, rather than wait here.
+            self.set_again = SetAgain::Spent;
+            self.record.step = Step::SetPassword;
+            self.saved = Saved::Behind;
+        }
+        Err(RotationError::TestTimedOut {
+            user: pending.username,
+            at: if database.as_ref() == Some(&refused.at) {
+                format!("the database at {} (the proxy took them)", refused.at)
+            } else {
+                refused.at.to_string()
+            },
+            deadline: humantime::format_duration(deadline).to_string(),
+            last: refused.error,
+        })
+    }
+
+    async fn finish(&mut self) -> Result<Step, RotationError> {
+        let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
+        let secrets = &self.rotator.secrets;
+        let expected = self.record.current_version.clone().unwrap_or_default();
+        // Right before the compare-and-swap, look where the labels are, fresh run or not: the CAS
+        // checks AWSCURRENT, but not that AWSPENDING is still ours. Another rotator that took it
+        // (Secrets Manager's own, attached since we began) may be changing this user's password.
+        let meta = secrets.describe(&arn).await?;
+        let pending_at = meta.version_with(Stage::Pending).map(str::to_owned);
+        match meta.version_with(Stage::Current) {
+            Some(v) if v == id => {}
+            Some(v) if v == expected => {
+                if pending_at.as_deref() != Some(id.as_str()) {
+                    return Err(RotationError::PendingMoved {
+                        secret: arn,
+                        expected: id,
+                        found: pending_at.unwrap_or_else(|| "nothing".into()),
+                    });
+                }
+                if let Swap::Moved(found) = self.rotator.swap_current(&arn, &id, &expected).await? {
+                    return Err(RotationError::CurrentMoved {
+                        secret: arn,
+                        expected,
+                        found: found.unwrap_or_else(|| "nothing".into()),
+                    });
+                }
+            }
+            found => {
+                return Err(RotationError::CurrentMoved {
+                    secret: arn,
+                    expected,
+                    found: found.unwrap_or("nothing").to_owned(),
+                })
+            }
+        }
+        // Drop our AWSPENDING, so nothing pending outlives the rotation. On another version it is
+        // not ours (a later rotation's, or another tool's): it stays.
+        if pending_at.as_deref() == Some(id.as_str()) {
+            match secrets.remove_stage(&arn, Stage::Pending, &id).await {
+                Ok(()) => {}
+                // Not there: an earlier attempt whose answer was lost removed it, or someone
+                // moved it. Either way nothing of ours is left to drop.
+                Err(SecretStoreError::Refused(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        info!(secret = %arn, rotation_id = %id, user = %self.target_user(), "AWSCURRENT moved to the new credentials");
+        Ok(Step::Done)
+    }
+}
+
+/// A login of the test step that failed, and where.
+struct Probe {
+    at: Endpoint,
+    error: DbError,
+}
+
+/// What the test step keeps of its last refused login.
+struct Refused {
+    at: Endpoint,
+    /// The password was refused (not an unreachable server).
+    rejected: bool,
+    error: String,
+}

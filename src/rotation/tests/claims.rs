@@ -1,0 +1,55 @@
+//! Users that two secrets share.
+
+use super::*;
+
+/// A second application secret naming the same users.
+fn add_copy(w: &World, name: &str) {
+    let value = w.labelled(APP, Stage::Current).unwrap();
+    w.add_secret(name, value);
+}
+
+async fn rotate_secret(w: &World, id: &str) -> Result<Outcome, RotationError> {
+    rotator(w)
+        .rotate(id, &Request::default(), LeaseWait::No)
+        .await
+}
+
+#[tokio::test]
+async fn a_user_that_another_secret_has_in_awscurrent_keeps_its_password() {
+    let w = world();
+    add_copy(&w, "copy");
+    rotate(&w).await.unwrap(); // app: alice -> bob
+    let passwords = w.state().db.clone();
+    // The copy still uses alice and would change bob, app's user now.
+    let e = rotate_secret(&w, "copy").await.unwrap_err();
+    assert!(
+        matches!(&e, RotationError::UserShared { user, secret } if user == "bob" && secret.ends_with(APP)),
+        "{e}"
+    );
+    assert!(!e.is_retryable());
+    // And app may not change alice, which the copy marked as its own when it tried.
+    let e = rotate(&w).await.unwrap_err();
+    assert!(
+        matches!(&e, RotationError::UserShared { user, secret } if user == "alice" && secret.ends_with("copy")),
+        "{e}"
+    );
+    assert_eq!(w.state().db, passwords, "no password changed");
+}
+
+#[tokio::test]
+async fn a_user_claimed_by_a_rotation_in_progress_waits_for_it() {
+    let w = world();
+    add_copy(&w, "copy");
+    // app's rotation stops after its password step and stays in progress.
+    w.state().proxy_frozen = true;
+    let e = rotate(&w).await.unwrap_err();
+    assert!(matches!(e, RotationError::TestTimedOut { .. }), "{e}");
+    let e = rotate_secret(&w, "copy").await.unwrap_err();
+    assert!(
+        matches!(&e, RotationError::UserBusy { user, .. } if user == "bob"),
+        "{e}"
+    );
+    assert!(e.is_retryable());
+    w.state().proxy_frozen = false;
+    rotate(&w).await.unwrap();
+}
