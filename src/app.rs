@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::adopt::{AdoptError, AdoptRequest, Adopter, DbCloner};
+use crate::adopt::{AdoptError, AdoptRequest, Adopter};
 use crate::aws::events::EventBus;
 use crate::aws::rds::{RdsInstances, RdsProxies};
 use crate::aws::{self, dynamo::DynamoRecords, secrets::SecretsManager, sqs::SqsQueue};
 use crate::cli::{Cli, Command, GlobalArgs, Metrics, RequestArgs, Switch};
-use crate::db::{tls::DbTls, Databases};
+use crate::db::{cloner::DbCloner, tls::DbTls, Adapters, Databases};
 use crate::message::{RotateMessage, SelectMessage, TagSelector};
 use crate::metrics::Emf;
 use crate::password::PasswordPolicy;
@@ -130,16 +130,31 @@ fn rotator(
     aws: &aws_config::SdkConfig,
     worker: bool,
 ) -> Result<Rotator, ExitCode> {
+    let db = db_adapters(args)?;
+    Ok(rotator_over(args, aws, worker, &db))
+}
+
+/// The database adapters, built once: the rotation's `Databases` and adopt's cloner share them.
+fn db_adapters(args: &GlobalArgs) -> Result<Adapters, ExitCode> {
     let tls =
         DbTls::new(args.db_tls, args.db_ca_bundle.as_deref()).map_err(|e| fail(exit::FAILED, e))?;
+    Ok(Adapters::new(tls, args.db_timeout))
+}
+
+fn rotator_over(
+    args: &GlobalArgs,
+    aws: &aws_config::SdkConfig,
+    worker: bool,
+    db: &Adapters,
+) -> Rotator {
     let shutdown = Shutdown::default();
     on_signals(shutdown.clone());
-    Ok(Rotator {
+    Rotator {
         secrets: Arc::new(
             SecretsManager::new(aws).with_write_limit(Arc::new(RateLimit::new(args.sm_write_tps))),
         ),
         records: Arc::new(DynamoRecords::new(aws, &args.table)),
-        db: Arc::new(Databases::new(tls, args.db_timeout)),
+        db: Arc::new(Databases::over(db)),
         rds: match args.rds_discovery {
             Switch::On => Arc::new(RdsInstances::new(aws)),
             Switch::Off => Arc::new(NoRds),
@@ -149,7 +164,7 @@ fn rotator(
         owner: owner_id(),
         shutdown,
         clock: SystemClock::shared(),
-    })
+    }
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
@@ -600,19 +615,15 @@ async fn adopt(
     lease_wait: std::time::Duration,
     json: bool,
 ) -> ExitCode {
-    let rotator = match rotator(args, aws, false) {
-        Ok(r) => r,
+    let db = match db_adapters(args) {
+        Ok(d) => d,
         Err(code) => return code,
     };
-    let tls = match DbTls::new(args.db_tls, args.db_ca_bundle.as_deref()) {
-        Ok(t) => t,
-        Err(e) => return fail(exit::FAILED, e),
-    };
     let adopter = Adopter {
-        rotator,
+        rotator: rotator_over(args, aws, false, &db),
         catalog: Arc::new(SecretsManager::new(aws)),
         proxies: Arc::new(RdsProxies::new(aws)),
-        cloner: Arc::new(DbCloner::new(tls)),
+        cloner: Arc::new(DbCloner::new(db.postgres.clone(), db.mysql.clone())),
         lease_wait,
     };
     let give_up = std::time::Instant::now() + lease_wait;

@@ -7,7 +7,12 @@ use std::time::Duration;
 use rds_rotator::aws::dynamo::DynamoRecords;
 use rds_rotator::calls::Tally;
 use rds_rotator::rotation::ports::{Acquired, Lease, RecordStore, RecordStoreError};
-use rds_rotator::rotation::record::{now_ms, BeginIf, Plan, State, Step, StepRecord};
+use rds_rotator::rotation::record::{BeginIf, Plan, State, Step, StepRecord};
+use rds_rotator::rotation::{Clock, SystemClock};
+
+fn now_ms() -> u64 {
+    SystemClock.now_ms()
+}
 
 async fn table() -> DynamoRecords {
     let records = DynamoRecords::new(&common::aws().await, format!("rt-{}", common::suffix()));

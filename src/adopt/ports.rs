@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 use crate::rotation::ports::{DbError, SecretStoreError};
+use crate::secret::{Credentials, Endpoint, Engine};
 
 /// A secret to create.
 #[derive(Debug)]
@@ -94,4 +95,15 @@ pub trait CloneSession: Send {
     async fn rehearse(&mut self, plan: &ClonePlan, password: &SecretString) -> Result<(), DbError>;
     /// Runs the plan's statements with `password`.
     async fn apply(&mut self, plan: &ClonePlan, password: &SecretString) -> Result<(), DbError>;
+}
+
+/// Opens a session that can clone users, for the secret's engine.
+#[async_trait::async_trait]
+pub trait Cloner: Send + Sync {
+    async fn open(
+        &self,
+        engine: Engine,
+        at: &Endpoint,
+        login: &Credentials,
+    ) -> Result<Box<dyn CloneSession>, DbError>;
 }

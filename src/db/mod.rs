@@ -1,10 +1,13 @@
-//! Database adapters, one module per engine, behind the `Database` port.
+//! Database adapters, one module per engine, behind the `Database` port; adopt's `Cloner` over
+//! the same adapters (`cloner`).
 
+pub mod cloner;
 pub mod mysql;
 pub mod postgres;
 pub mod tls;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::rotation::ports::{
@@ -19,13 +22,23 @@ use secrecy::SecretString;
 /// never as a rotation that waits forever. The drivers' own timeouts do not cover it:
 /// tokio-postgres bounds only the TCP connect, mysql_async nothing.
 pub struct Databases {
-    postgres: postgres::Postgres,
-    mysql: mysql::MySql,
+    postgres: Arc<postgres::Postgres>,
+    mysql: Arc<mysql::MySql>,
     /// The bound on each call: a login (connect, TLS, authentication) or one statement.
     timeout: Duration,
 }
 
-impl Databases {
+/// The engines' adapters, built once by the composition root (`app`) and shared: the rotation's
+/// `Databases` and adopt's `cloner::DbCloner` use the same instances.
+#[derive(Clone)]
+pub struct Adapters {
+    pub postgres: Arc<postgres::Postgres>,
+    pub mysql: Arc<mysql::MySql>,
+    /// The bound on each call: a login (connect, TLS, authentication) or one statement.
+    pub timeout: Duration,
+}
+
+impl Adapters {
     pub fn new(tls: tls::DbTls, timeout: Duration) -> Self {
         // The server's own bound on a statement, beside the client's (see the adapters).
         let mut postgres = postgres::Postgres::new(tls.clone());
@@ -33,16 +46,31 @@ impl Databases {
         let mut mysql = mysql::MySql::new(tls);
         mysql.statement_timeout = Some(timeout);
         Self {
-            postgres,
-            mysql,
+            postgres: Arc::new(postgres),
+            mysql: Arc::new(mysql),
             timeout,
+        }
+    }
+}
+
+impl Databases {
+    pub fn new(tls: tls::DbTls, timeout: Duration) -> Self {
+        Self::over(&Adapters::new(tls, timeout))
+    }
+
+    /// Over adapters the caller shares with others (adopt's cloner).
+    pub fn over(adapters: &Adapters) -> Self {
+        Self {
+            postgres: adapters.postgres.clone(),
+            mysql: adapters.mysql.clone(),
+            timeout: adapters.timeout,
         }
     }
 
     fn engine(&self, engine: Engine) -> Result<&dyn Database, DbError> {
         match engine {
-            Engine::Postgres => Ok(&self.postgres),
-            Engine::Mysql | Engine::Mariadb => Ok(&self.mysql),
+            Engine::Postgres => Ok(self.postgres.as_ref()),
+            Engine::Mysql | Engine::Mariadb => Ok(self.mysql.as_ref()),
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
@@ -108,14 +108,6 @@ impl FromStr for State {
         .find(|state| state.as_str() == s)
         .ok_or_else(|| format!("unknown state {s:?}"))
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// RFC 3339 in UTC, millisecond precision.
