@@ -14,9 +14,7 @@
 //! The DynamoDB lease on the application secret is held throughout, so no rotation of it runs
 //! meanwhile. RDS Proxy is not changed: the command prints the call that attaches the secrets.
 
-pub mod mysql;
 pub mod ports;
-pub mod postgres;
 mod proxy_secrets;
 pub mod report;
 mod steps;

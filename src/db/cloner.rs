@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::{mysql::MySql, postgres::Postgres};
+use super::{mysql_clone, postgres_clone};
 use crate::adopt::ports::{CloneSession, Cloner};
-use crate::adopt::{mysql, postgres};
 use crate::rotation::ports::DbError;
 use crate::secret::{Credentials, Endpoint, Engine};
 
@@ -31,10 +31,10 @@ impl Cloner for DbCloner {
     ) -> Result<Box<dyn CloneSession>, DbError> {
         Ok(match engine {
             Engine::Postgres => {
-                Box::new(postgres::PgCloneSession::open(&self.pg, at, login).await?)
+                Box::new(postgres_clone::PgCloneSession::open(&self.pg, at, login).await?)
             }
             Engine::Mysql | Engine::Mariadb => {
-                Box::new(mysql::MyCloneSession::open(&self.my, at, login).await?)
+                Box::new(mysql_clone::MyCloneSession::open(&self.my, at, login).await?)
             }
         })
     }

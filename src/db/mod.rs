@@ -3,7 +3,9 @@
 
 pub mod cloner;
 pub mod mysql;
+pub mod mysql_clone;
 pub mod postgres;
+pub mod postgres_clone;
 pub mod tls;
 
 use std::future::Future;

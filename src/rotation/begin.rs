@@ -186,7 +186,7 @@ pub(super) fn new_record(
     record
 }
 
-/// `run`'s rules for beginning a new rotation, as conditions the store can check in the write that
+/// `decide`'s rules for beginning a new rotation, as conditions the store can check in the write that
 /// takes the lease: no rotation in progress, no reason to skip (`skip_reason`), labels not stale
 /// (`labels_stale`).
 pub(super) fn begin_if(plan: &Plan, request: &Request, now: u64) -> BeginIf {
@@ -205,4 +205,299 @@ pub(super) fn begin_if(plan: &Plan, request: &Request, now: u64) -> BeginIf {
 /// before the lease may be stale.
 pub(super) fn labels_stale(r: &StepRecord, current_version: Option<&str>) -> bool {
     !r.is_in_progress() && r.rotation_id.is_some() && r.rotation_id.as_deref() != current_version
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rotation::invocation::Invocation;
+    use crate::rotation::record::{State, Step};
+
+    const HOUR: u64 = 3_600_000;
+    const NOW: u64 = 100 * HOUR;
+    const OWN: &str = "arn:aws:lambda:r:1:function:rds-rotator";
+
+    fn meta(pending: Option<&str>, function: Option<&str>) -> SecretMeta {
+        let mut versions = vec![("v0".to_owned(), vec!["AWSCURRENT".to_owned()])];
+        versions.extend(pending.map(|p| (p.to_owned(), vec!["AWSPENDING".to_owned()])));
+        SecretMeta {
+            deleted: false,
+            arn: "arn:s".into(),
+            versions,
+            rotation_enabled: function.is_some(),
+            rotation_lambda: function.map(str::to_owned),
+            name: "s".into(),
+            kms_key_id: None,
+            tags: Vec::new(),
+        }
+    }
+
+    fn plan(pending: Option<&str>) -> Plan {
+        Plan {
+            current_version: "v0".into(),
+            current_user: "alice".into(),
+            target_user: "bob".into(),
+            proxy_secret_id: None,
+            proxy_version: None,
+            pending_version: pending.map(str::to_owned),
+        }
+    }
+
+    /// A record of rotation `id`, in `state`, whose last success was `ago` before `NOW`.
+    fn record(id: &str, state: State, ago: Option<u64>) -> Option<StepRecord> {
+        let mut r = StepRecord::begin("arn:s", id.into(), plan(None), None, NOW - 4 * HOUR);
+        r.state = state;
+        r.step = match state {
+            State::InProgress | State::Failed => Step::SetPassword,
+            _ => Step::Done,
+        };
+        r.last_success_at = ago.map(|ago| NOW - ago);
+        r.request_id = Some(format!("request-{id}"));
+        Some(r)
+    }
+
+    fn queue(force: bool, request: Option<&str>) -> Request {
+        Request {
+            force,
+            min_interval: Some(std::time::Duration::from_millis(2 * HOUR)),
+            request_id: request.map(str::to_owned),
+            ..Request::default()
+        }
+    }
+
+    fn call(token: &str, through: Step) -> Request {
+        Request {
+            invocation: Some(Invocation {
+                token: token.into(),
+                through,
+            }),
+            min_interval: Some(std::time::Duration::from_millis(2 * HOUR)),
+            ..Request::default()
+        }
+    }
+
+    fn said(decided: Result<Decision, RotationError>) -> String {
+        match decided {
+            Ok(Decision::Answer(Outcome::NotBegun { .. })) => "answer: not begun".into(),
+            Ok(Decision::Answer(Outcome::Skipped { why, .. })) => format!("answer: {why}"),
+            Ok(Decision::Answer(other)) => format!("answer: {other:?}"),
+            Ok(Decision::Skip(_)) => "skip".into(),
+            Ok(Decision::Resume(r)) => format!("resume {} (attempt {})", r.step, r.attempts),
+            Ok(Decision::Retry(r)) => format!("retry {} ({})", r.step, r.state.as_str()),
+            Ok(Decision::Begin(None)) => "begin".into(),
+            Ok(Decision::Begin(Some(p))) => format!("begin after {}", p.state.as_str()),
+            Err(e) if e.is_retryable() => "refuse, retryable".into(),
+            Err(_) => "refuse, fatal".into(),
+        }
+    }
+
+    #[test]
+    fn a_request_begins_resumes_retries_skips_or_is_refused_by_the_record_it_finds() {
+        use State::*;
+        let rows = [
+            ("nothing recorded", None, queue(false, None), "begin"),
+            (
+                "in progress",
+                record("r1", InProgress, None),
+                queue(false, None),
+                "resume set_password (attempt 2)",
+            ),
+            (
+                "in progress, forced",
+                record("r1", InProgress, None),
+                queue(true, None),
+                "resume set_password (attempt 2)",
+            ),
+            (
+                "success 1 h ago",
+                record("r1", Finished, Some(HOUR)),
+                queue(false, None),
+                "skip",
+            ),
+            (
+                "success 1 h ago, forced",
+                record("r1", Finished, Some(HOUR)),
+                queue(true, None),
+                "begin after finished",
+            ),
+            (
+                "success 3 h ago",
+                record("r1", Finished, Some(3 * HOUR)),
+                queue(false, None),
+                "begin after finished",
+            ),
+            (
+                "the same request again, forced",
+                record("r1", Finished, Some(3 * HOUR)),
+                queue(true, Some("request-r1")),
+                "skip",
+            ),
+            (
+                "the last one failed",
+                record("r1", Failed, None),
+                queue(false, None),
+                "begin after failed",
+            ),
+            (
+                "the last one was aborted",
+                record("r1", Aborted, Some(3 * HOUR)),
+                queue(false, None),
+                "begin after aborted",
+            ),
+            (
+                "createSecret, nothing recorded",
+                None,
+                call("t", Step::CreatePending),
+                "begin",
+            ),
+            (
+                "setSecret, nothing recorded",
+                None,
+                call("t", Step::SetPassword),
+                "answer: not begun",
+            ),
+            (
+                "a call of its failed rotation",
+                record("t", Failed, None),
+                call("t", Step::Test),
+                "retry set_password (in_progress)",
+            ),
+            (
+                "a call of its rotation in progress",
+                record("t", InProgress, None),
+                call("t", Step::Test),
+                "resume set_password (attempt 2)",
+            ),
+            (
+                "a call while another rotation runs",
+                record("r1", InProgress, None),
+                call("t", Step::Test),
+                "refuse, retryable",
+            ),
+            (
+                "a call of its aborted rotation",
+                record("t", Aborted, None),
+                call("t", Step::Test),
+                "refuse, fatal",
+            ),
+            (
+                "createSecret after a success 1 h ago",
+                record("r1", Finished, Some(HOUR)),
+                call("t", Step::CreatePending),
+                "begin after finished",
+            ),
+        ];
+        for (case, found, request, expected) in rows {
+            let decided = decide(&meta(Some("t"), None), found, &request, NOW);
+            assert_eq!(said(decided), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_new_rotation_takes_a_new_id_unless_awspending_names_one_it_may_take_over() {
+        let settings = Settings {
+            rotation_functions: vec![OWN.into()],
+            ..Settings::default()
+        };
+        let said = |r: Result<(String, Earlier), RotationError>| match r {
+            Ok((id, earlier)) => format!("{id}, {earlier:?}"),
+            Err(RotationError::ForeignPending { .. }) => "foreign pending".into(),
+            Err(RotationError::NotStartedBySecretsManager { .. }) => "not Secrets Manager's".into(),
+            Err(RotationError::TooSoon { .. }) => "too soon".into(),
+            Err(e) => format!("{e}"),
+        };
+        let failed_at_p = {
+            let mut r = record("p", State::Failed, Some(3 * HOUR)).unwrap();
+            r.unfinished_versions.clear();
+            r
+        };
+        let recent = record("r1", State::Finished, Some(HOUR)).unwrap();
+        let rows = [
+            (
+                "AWSPENDING free",
+                None,
+                None,
+                None,
+                queue(false, None),
+                "new, Nothing",
+            ),
+            (
+                "AWSPENDING left by our failed rotation",
+                Some("p"),
+                None,
+                Some(&failed_at_p),
+                queue(false, None),
+                "new, Nothing",
+            ),
+            (
+                "AWSPENDING nobody here made",
+                Some("p"),
+                None,
+                None,
+                queue(false, None),
+                "foreign pending",
+            ),
+            (
+                "AWSPENDING another function made",
+                Some("p"),
+                Some("arn:aws:lambda:r:1:function:other"),
+                None,
+                queue(false, None),
+                "foreign pending",
+            ),
+            (
+                "AWSPENDING our function's rotation made",
+                Some("p"),
+                Some(OWN),
+                None,
+                queue(false, None),
+                "p, Unknown",
+            ),
+            (
+                "createSecret for AWSPENDING",
+                Some("t"),
+                Some(OWN),
+                None,
+                call("t", Step::CreatePending),
+                "t, Unknown",
+            ),
+            (
+                "createSecret for another version",
+                Some("p"),
+                Some(OWN),
+                None,
+                call("t", Step::CreatePending),
+                "not Secrets Manager's",
+            ),
+            (
+                "createSecret, nothing pending",
+                None,
+                Some(OWN),
+                None,
+                call("t", Step::CreatePending),
+                "not Secrets Manager's",
+            ),
+            (
+                "createSecret 1 h after a success",
+                Some("t"),
+                Some(OWN),
+                Some(&recent),
+                call("t", Step::CreatePending),
+                "too soon",
+            ),
+        ];
+        for (case, pending, function, previous, request, expected) in rows {
+            let m = meta(pending, function);
+            let r = new_rotation(
+                &m,
+                &plan(pending),
+                previous,
+                &request,
+                &settings,
+                NOW,
+                "new".into(),
+            );
+            assert_eq!(said(r), expected, "{case}");
+        }
+    }
 }

@@ -125,7 +125,7 @@ pub fn verdict(deployments: &[BlueGreen]) -> Verdict {
 
 impl Run<'_> {
     /// A Blue/Green deployment of the database whose green would not get the new password, or
-    /// whose switchover runs, makes the rotation wait (see `bluegreen`). RDS was asked when the
+    /// whose switchover runs, makes the rotation wait (`verdict`). RDS was asked when the
     /// run started.
     pub(super) async fn blue_green(&mut self) -> Result<(), RotationError> {
         let named_by_secret = {

@@ -449,7 +449,7 @@ impl Readers {
 }
 
 impl Run<'_> {
-    /// The in-use guard (see `guard`), in the session that is about to change the password: an
+    /// The in-use guard (this module's `look_everywhere` and `verdict`), in the session that is about to change the password: an
     /// application that still logs in as this user would fail its next login.
     pub(super) async fn guard(
         &mut self,

@@ -1,5 +1,5 @@
 //! A call of Secrets Manager's rotation function (`crate::lambda`): which rotation it may run,
-//! decided from the step record before `Rotator::run`'s usual rules.
+//! decided from the step record before `begin::decide`'s usual rules.
 
 use super::ports::{SecretMeta, Stage};
 use super::record::{State, Step, StepRecord};
@@ -22,7 +22,7 @@ impl Invocation {
     }
 }
 
-/// What a call of Secrets Manager's finds in the record, before `run`'s usual rules.
+/// What a call of Secrets Manager's finds in the record, before `begin::decide`'s usual rules.
 pub(super) enum Invoked {
     /// Not a call, or one the usual rules serve: resume what is in progress, or begin.
     Record(Option<StepRecord>),

@@ -98,7 +98,7 @@ pub(crate) async fn acquire(
             Acquired::Begun { lease, record } => return Ok(Taken::Begun(lease, record)),
             Acquired::NotBegun { record } => {
                 // The lease is free, but the record said no: answered from it, or taken alone
-                // (next pass) so that `run` decides.
+                // (next pass) so that `begin::decide` decides.
                 if let Some(why) = answered(record) {
                     return Ok(Taken::Answered(why));
                 }
@@ -445,8 +445,7 @@ pub(crate) async fn heartbeat<T>(
         rotator.settings.lease_duration,
         takeover_period(&rotator.settings),
     );
-    // The lease is fresh: the first renewal is due a period from now. (Not `interval`'s
-    // immediate first tick, which waits for the timer's next millisecond.)
+    // The lease is fresh: the first renewal is due a period from now.
     let (clock, period) = (&rotator.clock, ttl / 3);
     let mut due = clock.now() + period;
     // Beside the work, not inside a select arm: the work goes on while a renewal waits.

@@ -110,7 +110,7 @@ impl Run<'_> {
         let current = self.current().await?.clone();
         let at = current.admin_endpoint();
         let db = &self.rotator.db;
-        // Already set by an earlier attempt? A fresh run knows it is not. On MySQL an earlier
+        // Already set by an earlier attempt? With `Earlier::Nothing` it is not. On MySQL an earlier
         // attempt may have changed some of the user's accounts (one per host) and not all: with a
         // master secret, which changes them all, set them again (it is the same password).
         let may_be_partial =
@@ -146,7 +146,7 @@ impl Run<'_> {
                     tried.push(label);
                     continue;
                 };
-                // The proxy secret's login may be open already (see `run`).
+                // The proxy secret's login may be open already (see `Rotator::run`).
                 let session = match (source, self.login.take()) {
                     (KnownSource::ProxySecret, ProxyLogin::Opened(session)) => session,
                     (KnownSource::ProxySecret, ProxyLogin::Opening(early)) => early.session().await,
@@ -432,7 +432,7 @@ impl Run<'_> {
         let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
         let secrets = &self.rotator.secrets;
         let expected = self.record.current_version.clone().unwrap_or_default();
-        // Right before the compare-and-swap, look where the labels are, fresh run or not: the CAS
+        // Right before the compare-and-swap, look where the labels are, whatever came earlier: the CAS
         // checks AWSCURRENT, but not that AWSPENDING is still ours. Another rotator that took it
         // (Secrets Manager's own, attached since we began) may be changing this user's password.
         let meta = secrets.describe(&arn).await?;

@@ -185,7 +185,7 @@ pub struct Plan {
     pub proxy_secret_id: Option<String>,
     pub proxy_version: Option<String>,
     /// AWSPENDING's version, when that is not AWSCURRENT's: a rotation that stopped, ours or
-    /// another tool's (`Rotator::run` tells which from the record).
+    /// another tool's (`begin::new_rotation` tells which from the record).
     pub pending_version: Option<String>,
 }
 
@@ -334,7 +334,7 @@ impl StepRecord {
 
 /// When a new rotation may begin without reading the record first. The store checks it in the
 /// same write that takes the lease (`RecordStore::begin`), so a plain rotation costs one write
-/// instead of two. The rules are `Rotator::run`'s: no rotation in progress (that one is resumed),
+/// instead of two. The rules are `begin::decide`'s: no rotation in progress (that one is resumed),
 /// labels not stale, and no reason to skip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BeginIf {
@@ -357,7 +357,7 @@ impl BeginIf {
                 .as_ref()
                 .is_none_or(|id| *id == self.current_version)
             // The new record must carry these on (`StepRecord::begin`), and the write that takes
-            // the lease cannot copy them from the old one: `run` begins such a rotation.
+            // the lease cannot copy them from the old one: `begin::decide` begins such a rotation.
             && r.unfinished_versions.is_empty()
             && (self.request_id.is_none() || r.request_id != self.request_id)
             && match (self.last_success_by, r.last_success_at) {

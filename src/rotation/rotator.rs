@@ -232,9 +232,10 @@ impl Rotator {
         request: &Request,
         trace: &Trace,
     ) -> Result<Outcome, RotationError> {
+        let now = self.clock.now_ms();
         let begun_with_lease = matches!(start, Start::Begun { .. });
         let (record, resumed, earlier, planned) =
-            match self.open(lease, meta, start, request).await? {
+            match self.open(lease, meta, start, request, now).await? {
                 Opened::Answer(outcome) => return Ok(outcome),
                 Opened::Run {
                     record,
@@ -246,7 +247,7 @@ impl Rotator {
         trace.record(&record, resumed);
         let begins = planned.is_some() && request.invocation.is_none();
         if begins && request.force {
-            if let Some(why) = begin::too_soon(&record, request, self.clock.now_ms()) {
+            if let Some(why) = begin::too_soon(&record, request, now) {
                 warn!(secret = %meta.arn, %why, "forced: rotating inside the minimum interval");
             }
         }
@@ -304,8 +305,8 @@ impl Rotator {
         meta: &SecretMeta,
         start: Start,
         request: &Request,
+        now: u64,
     ) -> Result<Opened, RotationError> {
-        let now = self.clock.now_ms();
         let (existing, plan) = match start {
             Start::Begun {
                 record,
@@ -357,7 +358,7 @@ impl Rotator {
                 previous.as_ref(),
                 request,
                 &self.settings,
-                now,
+                self.clock.now_ms(),
                 begin::new_id(),
             )?;
             Ok((id, earlier, plan, current, proxy))

@@ -174,7 +174,7 @@ impl Run<'_> {
 
     /// Runs the steps in order. Every step checks what an earlier attempt did, so the record
     /// need not be written after each one; it is written where that buys something:
-    /// - a new rotation's record before its first step (with the lease, or in `run`), so that
+    /// - a new rotation's record before its first step (with the lease, or in `Rotator::run`), so that
     ///   the rotation id is stored before AWSPENDING is written;
     /// - beside set_password: the write's fence check stops a worker that lost its lease before
     ///   the proxy secret changes. Setting the password again is harmless: it is the same

@@ -102,7 +102,7 @@ async fn a_copy_that_finds_the_lease_held_is_answered_from_the_record_without_wa
 }
 
 /// The conditions the store checks when it begins a rotation with the lease say exactly what
-/// `run` would decide from the same record: resume, skip and re-plan never begin.
+/// `begin::decide` would decide from the same record: resume, skip and re-plan never begin.
 #[test]
 fn a_rotation_begins_with_the_lease_exactly_when_run_would_begin_it() {
     let now = 1_000_000_000;

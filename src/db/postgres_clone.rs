@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use tokio_postgres::Client;
 
-use super::ports::{ClonePlan, CloneSession, CloneState, PASSWORD_SLOT};
-use crate::db::postgres::{classify, quote_ident, quote_literal, verifier, Postgres};
+use super::postgres::{classify, quote_ident, quote_literal, verifier, Postgres};
+use crate::adopt::ports::{ClonePlan, CloneSession, CloneState, PASSWORD_SLOT};
 use crate::rotation::ports::DbError;
 use crate::secret::{Credentials, Endpoint};
 

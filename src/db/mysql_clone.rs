@@ -16,10 +16,10 @@ use mysql_async::Conn;
 use secrecy::{ExposeSecret, SecretString};
 use sha1::{Digest, Sha1};
 
-use super::ports::{ClonePlan, CloneSession, CloneState, PASSWORD_SLOT};
-use crate::db::mysql::{
+use super::mysql::{
     classify, literal, native_password_hash, normalise_grant, without_credentials, MySql,
 };
+use crate::adopt::ports::{ClonePlan, CloneSession, CloneState, PASSWORD_SLOT};
 use crate::rotation::ports::DbError;
 use crate::secret::{Credentials, Endpoint};
 
