@@ -291,11 +291,24 @@ async fn a_run_whose_lease_ran_out_by_its_own_clock_stops_before_its_next_step()
 /// never two writers.
 #[tokio::test(start_paused = true)]
 async fn a_holder_cut_off_from_the_state_table_stops_before_a_taker_takes_its_lease() {
+    cut_off_holder(0, 0).await;
+}
+
+/// The same with the two processes' wall clocks two hours apart: nothing about the lease
+/// compares them, so nothing changes.
+#[tokio::test(start_paused = true)]
+async fn a_lease_hand_over_is_the_same_whatever_the_two_wall_clocks_say() {
+    cut_off_holder(3_600_000, -3_600_000).await;
+}
+
+/// The holder and the taker, each with its wall clock `offset` ms off.
+async fn cut_off_holder(holder_offset: i64, taker_offset: i64) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let w = world();
     let before = w.version_id_with(APP, Stage::Current);
     let cut = Arc::new(AtomicBool::new(false));
     let mut holder = rotator(&w);
+    holder.clock = Arc::new(OffsetClock::new(holder_offset));
     let partition = cut.clone();
     holder.records = Tapped::new(&w, move |_| {
         if partition.load(Ordering::SeqCst) {
@@ -322,6 +335,7 @@ async fn a_holder_cut_off_from_the_state_table_stops_before_a_taker_takes_its_le
 
     let granted = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut taker = rotator(&w);
+    taker.clock = Arc::new(OffsetClock::new(taker_offset));
     let grants = granted.clone();
     taker.records = Tapped::new(&w, move |call| {
         if matches!(call, Call::Granted) {
