@@ -7,14 +7,18 @@ pub mod calls;
 pub mod check;
 pub mod cli;
 pub mod db;
+pub mod entropy;
 pub mod failpoint;
 pub mod lambda;
 pub mod message;
 pub mod metrics;
+pub mod mutants;
 pub mod password;
 pub mod ratelimit;
 pub mod rotation;
 pub mod secret;
+#[cfg(test)]
+mod sim;
 pub mod telemetry;
 pub mod worker;
 

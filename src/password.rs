@@ -1,7 +1,5 @@
 //! New passwords, from the operating system's CSPRNG.
 
-use rand::rngs::OsRng;
-use rand::TryRngCore;
 use secrecy::SecretString;
 
 use crate::rotation::ports::PasswordRules;
@@ -143,14 +141,12 @@ impl PasswordPolicy {
 /// A character class: lower-case letters, say.
 type Class = fn(&u8) -> bool;
 
-/// An unbiased index below `n` (rejection sampling over the OS RNG).
+/// An unbiased index below `n` (rejection sampling over the OS RNG, `crate::entropy`).
 fn uniform_index(n: usize) -> usize {
     let n = n as u32;
     let zone = u32::MAX - (u32::MAX % n);
     loop {
-        let v = OsRng
-            .try_next_u32()
-            .expect("the operating system's random source failed");
+        let v = crate::entropy::next_u32();
         if v < zone {
             return (v % n) as usize;
         }

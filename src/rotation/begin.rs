@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use uuid::Uuid;
-
 use super::errors::RotationError;
 use super::invocation::{invoked, Invoked};
 use super::ports::SecretMeta;
@@ -13,6 +11,7 @@ use super::record::{BeginIf, Plan, StepRecord};
 use super::request::{Outcome, Request};
 use super::run::Earlier;
 use super::settings::Settings;
+use crate::mutants::{self, Mutant};
 
 /// What to do with a request, given the record as the lease found it.
 #[derive(Debug)]
@@ -103,7 +102,14 @@ pub(super) fn new_rotation(
     match pending {
         None => Ok((fresh_id, Earlier::Nothing)),
         Some(v) if left_by_us(v, previous) => Ok((fresh_id, Earlier::Nothing)),
-        Some(v) if settings.rotated_by_own_function(meta) => Ok((v.to_owned(), Earlier::Unknown)),
+        Some(v) if settings.rotated_by_own_function(meta) => {
+            let earlier = if mutants::on(Mutant::NoTakeoverRead) {
+                Earlier::Nothing
+            } else {
+                Earlier::Unknown
+            };
+            Ok((v.to_owned(), earlier))
+        }
         Some(v) => Err(RotationError::ForeignPending {
             secret: meta.arn.clone(),
             version: v.to_owned(),
@@ -168,7 +174,7 @@ pub(super) fn too_soon(record: &StepRecord, request: &Request, now: u64) -> Opti
 }
 
 pub(super) fn new_id() -> String {
-    Uuid::new_v4().to_string()
+    crate::entropy::uuid_v4().to_string()
 }
 
 /// A new rotation's record.

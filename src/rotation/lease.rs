@@ -17,6 +17,7 @@ use super::ports::{
 };
 use super::record::{BeginIf, StepRecord};
 use super::{LeaseWait, RotationError, Rotator};
+use crate::mutants::{self, Mutant};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 /// What [`acquire`] got.
@@ -53,7 +54,7 @@ pub(crate) async fn acquire(
     let owner = format!(
         "{}#{}",
         rotator.owner,
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
+        &crate::entropy::uuid_v4().simple().to_string()[..8]
     );
     let clock = &rotator.clock;
     let started = clock.now();
@@ -108,6 +109,11 @@ pub(crate) async fn acquire(
                     return Ok(Taken::Answered(why));
                 }
                 let now = clock.now();
+                if mutants::on(Mutant::LeaseByWallClock) && seen.expires_hint_ms < clock.now_ms() {
+                    // The defect: the holder's expiry, on its clock, compared with ours.
+                    watching = Some((seen.clone(), now.checked_sub(seen.ttl).unwrap_or(now)));
+                    continue;
+                }
                 if watching.as_ref().is_none_or(|(w, _)| *w != seen) {
                     // New, or renewed since: the period starts again, from now.
                     if watching.is_none()
@@ -221,6 +227,9 @@ pub(crate) async fn identify(
 /// keys of the server's identity. The mark goes first in effect, even when the claim is refused:
 /// another secret then sees it.
 pub(super) async fn claim_users(rotator: &Rotator, c: UserClaims) -> Result<(), RotationError> {
+    if mutants::on(Mutant::NoUserClaim) {
+        return Ok(());
+    }
     let asked = match c.asked {
         Some(rx) => rx.await.ok().and_then(Result::ok),
         None => None,
@@ -229,6 +238,14 @@ pub(super) async fn claim_users(rotator: &Rotator, c: UserClaims) -> Result<(), 
         Some(server) => server,
         // That login failed (or there was none): another login asks.
         None => identify(rotator, c.engine, &c.server, &c.logins, c.master.as_deref()).await?,
+    };
+    let server = if mutants::on(Mutant::ClaimsByHostName) {
+        ServerIdentity {
+            key: format!("host:{}", c.server),
+            detail: c.server.to_string(),
+        }
+    } else {
+        server
     };
     let (target_key, in_use_key) = (
         user_key(c.engine, &server, &c.target),
@@ -487,6 +504,8 @@ pub(crate) async fn heartbeat<T>(
     tokio::pin!(work);
     tokio::pin!(renewals);
     tokio::select! {
+        // In order, not at random: a simulated run replays exactly (renewals never end anyway).
+        biased;
         out = &mut work => out,
         _ = &mut renewals => unreachable!("renewals never end"),
     }

@@ -55,6 +55,7 @@ use super::run::{Earlier, Guard, Run, Saved, SetAgain};
 use super::sources::KnownSource;
 use super::versions::{proxy_token, Swap};
 use crate::failpoint;
+use crate::mutants::{self, Mutant};
 use crate::secret::{Credentials, Endpoint, Engine};
 
 impl Run<'_> {
@@ -216,7 +217,10 @@ impl Run<'_> {
             self.record.database_login_seen = true;
         }
         // Single-user rotation changes the user in use by design (it warned).
-        if self.current().await?.is_multi_user() && self.guard == Guard::ToLook {
+        if self.current().await?.is_multi_user()
+            && self.guard == Guard::ToLook
+            && !mutants::on(Mutant::NoGuard)
+        {
             self.guard(session.as_mut(), login, &pending.username)
                 .await?;
             self.guard = Guard::Passed;
@@ -306,6 +310,9 @@ impl Run<'_> {
     /// pooled connection opened with the old password, so only the database itself shows that
     /// it took the new one.
     async fn test(&mut self) -> Result<Step, RotationError> {
+        if mutants::on(Mutant::CurrentBeforeTest) {
+            return Ok(Step::Finish);
+        }
         let pending = self.pending().await?;
         let current = self.current().await?.clone();
         let deadline = self.rotator.settings.test_deadline;

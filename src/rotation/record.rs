@@ -279,7 +279,11 @@ impl StepRecord {
     pub fn unfinished_for(&self, target: &str) -> Vec<String> {
         let own = (self.is_unfinished() && self.target_user.as_deref() == Some(target))
             .then(|| self.rotation_id.clone())
-            .flatten();
+            .flatten()
+            .filter(|_| {
+                !(crate::mutants::on(crate::mutants::Mutant::ForgetsUnsavedPassword)
+                    && self.step == Step::CreatePending)
+            });
         // Past create_pending the own version surely holds a password; at it, rarely (and most
         // such ids were never written): it comes last, and never pushes out a carried one.
         let (first, last) = if self.step > Step::CreatePending {
