@@ -112,6 +112,8 @@ struct Process {
     proc: Proc,
     rotator: Rotator,
     inbox: mpsc::UnboundedReceiver<Action>,
+    /// Its own inbox, for what it asks of itself later.
+    me: mpsc::UnboundedSender<Action>,
 }
 
 /// The outcome of the last request of each secret, for liveness.
@@ -158,7 +160,7 @@ async fn scenario(seed: u64, mutant: Option<Mutant>) -> Report {
     for id in 0..count {
         let offset = rng.random_range(-45_000..=45_000);
         let (tx, rx) = mpsc::unbounded_channel();
-        processes.push(process(id, &shared, offset, rx));
+        processes.push(process(id, &shared, offset, rx, tx.clone()));
         inboxes.push(tx);
     }
     if faulty {
@@ -479,6 +481,7 @@ fn process(
     shared: &Arc<Shared>,
     offset: i64,
     inbox: mpsc::UnboundedReceiver<Action>,
+    me: mpsc::UnboundedSender<Action>,
 ) -> Process {
     let clock = Arc::new(SimClock {
         start: shared.start,
@@ -516,6 +519,7 @@ fn process(
         proc,
         rotator,
         inbox,
+        me,
     }
 }
 
@@ -535,11 +539,11 @@ async fn process_loop(
                 let mut w = p.proc.shared.world();
                 w.stats.crashes += 1;
                 w.note(format!("p{} died", p.proc.id));
-                true
+                Some(VISIBILITY)
             }
         };
         if let (
-            true,
+            Some(after),
             Action::Request {
                 secret,
                 id,
@@ -547,7 +551,7 @@ async fn process_loop(
             },
         ) = (redeliver, &action)
         {
-            if *deliveries < 24 {
+            if *deliveries < 16 {
                 let to = inboxes[(p.proc.id + *deliveries as usize) % inboxes.len()].clone();
                 let again = Action::Request {
                     secret: secret.clone(),
@@ -555,7 +559,7 @@ async fn process_loop(
                     deliveries: deliveries + 1,
                 };
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(5 * MIN)).await;
+                    tokio::time::sleep(Duration::from_millis(after)).await;
                     let _ = to.send(again);
                 });
             }
@@ -563,8 +567,14 @@ async fn process_loop(
     }
 }
 
-/// Runs one action; `true` when a queue message should come back.
-async fn act(p: &Process, action: &Action, outcomes: &Outcomes) -> bool {
+/// A queue message whose handling failed comes back after this long (ms)...
+const VISIBILITY: u64 = 5 * MIN;
+/// ...and one that waits (for sessions, a lease, a deployment) is sent again this much later,
+/// as the worker does (SQS's longest delay).
+const DEFERRAL: u64 = 15 * MIN;
+
+/// Runs one action; `Some(ms)` when a queue message should come back that much later.
+async fn act(p: &Process, action: &Action, outcomes: &Outcomes) -> Option<u64> {
     let r = &p.rotator;
     let asked = |id: Option<String>| Request {
         request_id: id,
@@ -576,15 +586,31 @@ async fn act(p: &Process, action: &Action, outcomes: &Outcomes) -> bool {
             let out = r
                 .rotate(secret, &asked(Some(id.clone())), LeaseWait::No)
                 .await;
-            let again = out.as_ref().is_err_and(RotationError::is_retryable);
+            let again = match &out {
+                Err(e) if e.is_wait() => Some(DEFERRAL),
+                Err(e) if e.is_retryable() => Some(VISIBILITY),
+                _ => None,
+            };
             record(p, secret, "request", &out, outcomes);
+            // An operator answers some failures' alarms with `abort`.
+            let failed = out.as_ref().is_err_and(|e| !e.is_wait());
+            if failed && p.proc.operator_aborts() {
+                let abort = Action::Abort {
+                    secret: secret.clone(),
+                };
+                let me = p.me.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(2 * MIN)).await;
+                    let _ = me.send(abort);
+                });
+            }
             again
         }
         Action::Rotate { secret } => {
             let wait = LeaseWait::UpTo(Duration::from_secs(60));
             let out = r.rotate(secret, &asked(None), wait).await;
             record(p, secret, "rotate", &out, outcomes);
-            false
+            None
         }
         Action::Abort { secret } => {
             let out = r
@@ -600,18 +626,18 @@ async fn act(p: &Process, action: &Action, outcomes: &Outcomes) -> bool {
                 p.proc.id,
                 out.map(|a| a.now)
             ));
-            false
+            None
         }
         Action::Managed { secret } => {
             managed(p, secret, outcomes).await;
-            false
+            None
         }
     }
 }
 
 /// Secrets Manager's rotation: RotateSecret labels AWSPENDING on a value-less version named by
 /// its token (or, when a rotation is unfinished, asks again for that one), then the function's
-/// four calls, each retried twice.
+/// four calls. A failed call fails the rotation; the next schedule asks again.
 async fn managed(p: &Process, secret: &str, outcomes: &Outcomes) {
     let token = {
         let mut w = p.proc.shared.world();
@@ -637,26 +663,18 @@ async fn managed(p: &Process, secret: &str, outcomes: &Outcomes) {
         Step::Test,
         Step::Finish,
     ] {
-        let mut done = false;
-        for _ in 0..3 {
-            let request = Request {
-                invocation: Some(Invocation {
-                    token: token.clone(),
-                    through,
-                }),
-                min_interval: Some(Duration::from_millis(INTERVAL)),
-                ..Request::default()
-            };
-            let wait = LeaseWait::UpTo(Duration::from_secs(30));
-            let out = p.rotator.rotate(secret, &request, wait).await;
-            done = out.is_ok();
-            record(p, secret, "function", &out, outcomes);
-            if done {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(MIN)).await;
-        }
-        if !done {
+        let request = Request {
+            invocation: Some(Invocation {
+                token: token.clone(),
+                through,
+            }),
+            min_interval: Some(Duration::from_millis(INTERVAL)),
+            ..Request::default()
+        };
+        let wait = LeaseWait::UpTo(Duration::from_secs(30));
+        let out = p.rotator.rotate(secret, &request, wait).await;
+        record(p, secret, "function", &out, outcomes);
+        if out.is_err() {
             return;
         }
     }
@@ -803,15 +821,77 @@ fn liveness(w: &mut World, outcomes: &BTreeMap<String, (String, bool)>) {
     }
 }
 
+/// What a sweep of seeds found: totals, and the lowest failing seed's report.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    pub seeds: u64,
+    pub stats: Stats,
+    pub processes: usize,
+    pub failed: Option<Report>,
+}
+
+/// Runs seeds `0..seeds` with `mutant`, on as many threads as the machine has (each seed on
+/// one thread, so each replays exactly), and stops past the lowest seed that breaks an
+/// invariant: every seed below it ran.
+pub fn sweep(seeds: u64, mutant: Option<Mutant>) -> Sweep {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let lowest = AtomicU64::new(u64::MAX);
+    let results: Vec<Sweep> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let lowest = &lowest;
+                scope.spawn(move || {
+                    let mut mine = Sweep::default();
+                    let mut seed = t;
+                    while seed < seeds && seed < lowest.load(Ordering::SeqCst) {
+                        let r = run(seed, mutant);
+                        mine.seeds += 1;
+                        mine.stats.rotations += r.stats.rotations;
+                        mine.stats.crashes += r.stats.crashes;
+                        mine.stats.faults += r.stats.faults;
+                        mine.processes += r.processes;
+                        if !r.violations.is_empty() {
+                            lowest.fetch_min(seed, Ordering::SeqCst);
+                            mine.failed = Some(r);
+                            break;
+                        }
+                        seed += threads;
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a simulation thread"))
+            .collect()
+    });
+    let mut total = Sweep::default();
+    for r in results {
+        total.seeds += r.seeds;
+        total.stats.rotations += r.stats.rotations;
+        total.stats.crashes += r.stats.crashes;
+        total.stats.faults += r.stats.faults;
+        total.processes += r.processes;
+        if let Some(f) = r.failed {
+            if total.failed.as_ref().is_none_or(|t| f.seed < t.seed) {
+                total.failed = Some(f);
+            }
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn seeds() -> u64 {
-        std::env::var("SIM_SEEDS")
+    fn env(name: &str, default: u64) -> u64 {
+        std::env::var(name)
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(200)
+            .unwrap_or(default)
     }
 
     #[test]
@@ -823,22 +903,42 @@ mod tests {
         }
     }
 
+    /// `SIM_SEEDS` schedules (200 by default; CI's simulate stage runs 20,000 in release).
     #[test]
     fn every_schedule_keeps_every_invariant() {
-        let n = seeds();
-        let mut total = Stats::default();
-        let mut processes = 0;
-        for seed in 0..n {
-            let r = run(seed, None);
-            assert!(r.violations.is_empty(), "{}", r.explain(None));
-            total.rotations += r.stats.rotations;
-            total.crashes += r.stats.crashes;
-            total.faults += r.stats.faults;
-            processes += r.processes;
+        let started = std::time::Instant::now();
+        let s = sweep(env("SIM_SEEDS", 200), None);
+        if let Some(r) = &s.failed {
+            panic!("{}", r.explain(None));
         }
         println!(
-            "simulation: seeds={n} rotations={} processes={processes} crashes={} faults={} violations=0",
-            total.rotations, total.crashes, total.faults
+            "simulation: seeds={} rotations={} processes={} crashes={} faults={} violations=0",
+            s.seeds, s.stats.rotations, s.processes, s.stats.crashes, s.stats.faults
+        );
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "simulation speed: {:.0} schedules/s, {:.0} simulated rotations/s",
+            s.seeds as f64 / secs,
+            s.stats.rotations as f64 / secs
+        );
+    }
+
+    /// Every known defect (`crate::mutants`) breaks an invariant within `SIM_MUTANT_SEEDS`.
+    #[test]
+    fn the_simulator_finds_every_mutant() {
+        let budget = env("SIM_MUTANT_SEEDS", 300);
+        let mut missed = Vec::new();
+        for mutant in Mutant::ALL {
+            match sweep(budget, Some(mutant)).failed {
+                Some(r) => println!("mutant {mutant:?}: seed {}: {}", r.seed, r.violations[0]),
+                None => missed.push(mutant),
+            }
+        }
+        let all = Mutant::ALL.len();
+        println!("simulation mutants: {} of {all} found", all - missed.len());
+        assert!(
+            missed.is_empty(),
+            "not found within {budget} seeds: {missed:?}"
         );
     }
 
@@ -846,10 +946,7 @@ mod tests {
     /// without them.
     #[test]
     fn replay() {
-        let seed = std::env::var("SIM_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let seed = env("SIM_SEED", 0);
         let mutant = std::env::var("SIM_MUTANT")
             .ok()
             .and_then(|m| Mutant::ALL.into_iter().find(|x| format!("{x:?}") == m));

@@ -231,6 +231,12 @@ impl Proc {
         std::future::pending().await
     }
 
+    /// Whether an operator aborts after a failure (a quarter of the time, while faults last).
+    pub fn operator_aborts(&self) -> bool {
+        let mut c = self.shared.chaos.lock().expect("chaos");
+        c.on && c.rng.random_bool(0.25)
+    }
+
     fn hint(&self, ttl: Duration) -> u64 {
         self.clock.now_ms() + ttl.as_millis() as u64
     }

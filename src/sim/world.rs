@@ -445,9 +445,16 @@ impl World {
             .items
             .get_mut(key)
             .ok_or(RecordStoreError::Fenced(fence))?;
-        if item.fence != fence && !no_fence {
-            return Err(RecordStoreError::Fenced(fence));
+        if item.fence != fence {
+            if !no_fence {
+                return Err(RecordStoreError::Fenced(fence));
+            }
+            let now = item.fence;
+            self.violation(format!(
+                "{key}: a record write under fence {fence} landed while fence {now} holds the lease"
+            ));
         }
+        let item = self.items.get_mut(key).expect("looked up above");
         item.record = Some(record.clone());
         if release && item.fence == fence {
             item.owner.clear();
