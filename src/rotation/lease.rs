@@ -15,7 +15,7 @@ use super::ports::{
     Acquired, At, Claimed, DbError, Lease, LeaseSeen, RecordStoreError, SecretStoreError,
     ServerIdentity, Stage, UserClaim,
 };
-use super::record::{BeginIf, StepRecord};
+use super::record::{elsewhere, BeginIf, StepRecord};
 use super::{LeaseWait, RotationError, Rotator};
 use crate::mutants::{self, Mutant};
 use crate::secret::{Credentials, Endpoint, Engine};
@@ -226,9 +226,14 @@ pub(crate) async fn identify(
 /// Marks the user in use as this secret's, and claims the target (`claim_user`), at once, under
 /// keys of the server's identity. The mark goes first in effect, even when the claim is refused:
 /// another secret then sees it.
-pub(super) async fn claim_users(rotator: &Rotator, c: UserClaims) -> Result<(), RotationError> {
+/// Returns the pending version of another secret's rotation that held the claim and ended
+/// unfinished (`record::elsewhere`): it may have set the password, and then only it knows it.
+pub(super) async fn claim_users(
+    rotator: &Rotator,
+    c: UserClaims,
+) -> Result<Option<String>, RotationError> {
     if mutants::on(Mutant::NoUserClaim) {
-        return Ok(());
+        return Ok(None);
     }
     let asked = match c.asked {
         Some(rx) => rx.await.ok().and_then(Result::ok),
@@ -272,7 +277,9 @@ pub(crate) async fn claim_existing_user(
         secret: secret.to_owned(),
         rotation_id: "adopt".to_owned(),
     };
-    claim_user(rotator, &user_key(engine, server, user), user, &claim).await
+    claim_user(rotator, &user_key(engine, server, user), user, &claim)
+        .await
+        .map(drop)
 }
 
 /// Claims the database user that `claim`'s rotation changes, so that no other secret naming the
@@ -288,8 +295,9 @@ async fn claim_user(
     user_key: &str,
     user: &str,
     claim: &UserClaim,
-) -> Result<(), RotationError> {
+) -> Result<Option<String>, RotationError> {
     let mut replacing: Option<UserClaim> = None;
+    let mut inherited = None;
     // Each pass finds a newer holder; a few passes in a row mean a live contest.
     for _ in 0..3 {
         let holder = match rotator
@@ -315,14 +323,17 @@ async fn claim_user(
                         }
                     }
                 }
-                return Ok(());
+                return Ok(inherited);
             }
             Claimed::HeldBy(holder) => holder,
         };
         let record = rotator.records.load(&holder.secret).await?;
-        if record.is_some_and(|r| {
-            r.is_in_progress() && r.rotation_id.as_deref() == Some(holder.rotation_id.as_str())
-        }) {
+        let its_own =
+            |r: &StepRecord| r.rotation_id.as_deref() == Some(holder.rotation_id.as_str());
+        if record
+            .as_ref()
+            .is_some_and(|r| r.is_in_progress() && its_own(r))
+        {
             return Err(RotationError::UserBusy {
                 user: user.to_owned(),
                 secret: holder.secret,
@@ -337,6 +348,11 @@ async fn claim_user(
                 secret: holder.secret,
             });
         }
+        // Ended without finishing (failed, aborted): it may have set the password, which then
+        // only its pending version knows, in its own secret.
+        inherited = record
+            .filter(|r| r.is_unfinished() && its_own(r) && holder.secret != claim.secret)
+            .map(|_| elsewhere(&holder.secret, &holder.rotation_id));
         replacing = Some(holder);
     }
     let last = replacing.expect("every pass that does not return finds a holder");

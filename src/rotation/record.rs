@@ -110,6 +110,17 @@ impl FromStr for State {
     }
 }
 
+/// A version of another secret, as `unfinished_versions` holds it: the pending version of a
+/// rotation of that secret that changed a user both secrets name, and did not finish.
+pub fn elsewhere(secret: &str, version: &str) -> String {
+    format!("{secret}#{version}")
+}
+
+/// `elsewhere`'s (secret, version), when `entry` is one.
+pub fn parse_elsewhere(entry: &str) -> Option<(&str, &str)> {
+    entry.rsplit_once('#')
+}
+
 /// RFC 3339 in UTC, millisecond precision.
 pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
@@ -141,7 +152,7 @@ pub struct StepRecord {
     /// expected value.
     pub proxy_version: Option<String>,
     /// Pending versions of earlier rotations of the target user that failed or were aborted,
-    /// newest first. Such a rotation may have set the password before it stopped, and then only
+    /// newest first; one of another secret that names the same user is `elsewhere`'s form. Such a rotation may have set the password before it stopped, and then only
     /// its pending version knows it, so `set_password` tries them (see `KnownSource`).
     pub unfinished_versions: Vec<String>,
     /// The request that started this rotation (SQS message, event or enqueue id): a redelivered

@@ -143,6 +143,16 @@ impl<'a> Run<'a> {
         self.login = ProxyLogin::NotOpened;
     }
 
+    /// Another secret's unfinished pending version, found with the claim (`lease::claim_users`):
+    /// set_password tries it, and the record keeps it until the password changes.
+    fn inherit(&mut self, version: Option<String>) {
+        let Some(version) = version else { return };
+        if !self.record.unfinished_versions.contains(&version) {
+            self.record.unfinished_versions.insert(0, version);
+            self.saved = Saved::Behind;
+        }
+    }
+
     /// Writes the record if the run is ahead of the store.
     pub(super) async fn save_if_behind(&mut self) -> Result<(), RotationError> {
         if self.saved == Saved::Behind {
@@ -234,7 +244,8 @@ impl Run<'_> {
         };
         if self.record.step != Step::CreatePending {
             if let Some(claims) = claims.take() {
-                lease::claim_users(self.rotator, claims).await?;
+                let inherited = lease::claim_users(self.rotator, claims).await?;
+                self.inherit(inherited);
             }
         }
         while self.record.step != Step::Done && self.record.step <= self.through {
@@ -306,22 +317,27 @@ impl Run<'_> {
             let rotator = self.rotator;
             let (next, claimed) =
                 tokio::join!(self.run_step(step), lease::claim_users(rotator, claims));
-            if let Err(e) = claimed {
-                // Refused for good: this rotation will not run, so its AWSPENDING goes too
-                // (no password changed). A wait keeps it, to resume.
-                if next.is_ok() && !e.is_retryable() {
-                    let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
-                    if let Err(undo) = rotator
-                        .secrets
-                        .remove_stage(&arn, Stage::Pending, &id)
-                        .await
-                    {
-                        warn!(secret = %arn, error = %undo, "could not remove AWSPENDING of a refused rotation");
+            let inherited = match claimed {
+                Ok(inherited) => inherited,
+                Err(e) => {
+                    // Refused for good: this rotation will not run, so its AWSPENDING goes too
+                    // (no password changed). A wait keeps it, to resume.
+                    if next.is_ok() && !e.is_retryable() {
+                        let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
+                        if let Err(undo) = rotator
+                            .secrets
+                            .remove_stage(&arn, Stage::Pending, &id)
+                            .await
+                        {
+                            warn!(secret = %arn, error = %undo, "could not remove AWSPENDING of a refused rotation");
+                        }
                     }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-            next?
+            };
+            let next = next?;
+            self.inherit(inherited);
+            next
         } else if step == Step::SetPassword {
             let (rotator, lease, record) = (self.rotator, self.lease, self.record.clone());
             let write = async move {

@@ -7,6 +7,7 @@ use super::accounts::look;
 use super::early_login::ProxyLogin;
 use super::errors::RotationError;
 use super::ports::{At, PasswordRules, Stage};
+use super::record::parse_elsewhere;
 use super::run::Run;
 use crate::secret::{AppSecret, Credentials};
 
@@ -152,13 +153,26 @@ impl Run<'_> {
             }
             KnownSource::Unfinished => {
                 let mut found = Vec::new();
-                for id in self.record.unfinished_versions.clone() {
-                    let label = format!("pending version {id} of an unfinished rotation");
-                    let read = self
-                        .rotator
-                        .secrets
-                        .get(self.arn(), At::Version(&id))
-                        .await?;
+                for entry in self.record.unfinished_versions.clone() {
+                    // Ours, or (`record::elsewhere`) another secret's that names the same user.
+                    let (secret, id) = match parse_elsewhere(&entry) {
+                        Some((secret, id)) => (secret.to_owned(), id.to_owned()),
+                        None => (self.arn().to_owned(), entry.clone()),
+                    };
+                    let label = if secret == self.arn() {
+                        format!("pending version {id} of an unfinished rotation")
+                    } else {
+                        format!("pending version {id} of an unfinished rotation of {secret}")
+                    };
+                    let read = match self.rotator.secrets.get(&secret, At::Version(&id)).await {
+                        Ok(read) => read,
+                        // Another secret may be denied to us, or deleted: one source less.
+                        Err(e) if secret != self.arn() && !e.is_retryable() => {
+                            found.push((format!("{label}: unreadable ({e})"), None));
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     found.push(match read.map(|v| AppSecret::parse(&v.value)) {
                         None => (format!("{label}: gone"), None),
                         Some(Ok(p)) if p.credentials.username == target => {

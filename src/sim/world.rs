@@ -12,7 +12,7 @@ use crate::rotation::ports::{
     Acquired, Claimed, LeaseSeen, RecordStoreError, SecretMeta, SecretStoreError, SecretVersion,
     Stage, UserClaim,
 };
-use crate::rotation::record::{BeginIf, State, StepRecord};
+use crate::rotation::record::{parse_elsewhere, BeginIf, State, StepRecord};
 
 /// The same `rand` generator the run's faults and schedule come from.
 pub type Rng = StdRng;
@@ -637,7 +637,10 @@ impl World {
                 .flatten();
             own.into_iter()
                 .chain(r.unfinished_versions.iter().map(String::as_str))
-                .filter_map(|id| s.version(id))
+                .filter_map(|entry| match parse_elsewhere(entry) {
+                    Some((other, id)) => self.secrets.get(name_of(other))?.version(id),
+                    None => s.version(entry),
+                })
                 .any(holds)
         });
         labelled || recorded

@@ -53,3 +53,29 @@ async fn a_user_claimed_by_a_rotation_in_progress_waits_for_it() {
     w.state().proxy_frozen = false;
     rotate(&w).await.unwrap();
 }
+
+/// Found by the simulator (seed 651): two secrets name the same users; one's rotation sets the
+/// idle user's password and stops before its proxy secret changes (a refused write, an abort).
+/// Then the other secret rotates that user: only the first one's pending version knows its
+/// password, and the claim it left says where that is.
+#[tokio::test]
+async fn a_password_that_another_secrets_unfinished_rotation_set_is_found_through_its_claim() {
+    let w = world();
+    add_copy(&w, "copy");
+    w.state().deny_puts.insert("proxy-bob".into());
+    let e = rotate(&w).await.unwrap_err();
+    assert!(matches!(e, RotationError::Secrets(_)), "{e}");
+    assert_eq!(w.state().password_changes, vec!["bob".to_owned()]);
+    w.state().deny_puts.clear();
+    // The copy uses alice too, and rotates bob, whose password only app's pending version knows.
+    let Outcome::Rotated(done) = rotate_secret(&w, "copy").await.unwrap() else {
+        panic!("the copy did not rotate");
+    };
+    assert_eq!(done.current_user, "bob");
+    let current = w.labelled("copy", Stage::Current).unwrap();
+    assert_eq!(
+        w.state().db["bob"],
+        current["password"].as_str().unwrap(),
+        "the copy's AWSCURRENT logs in"
+    );
+}
