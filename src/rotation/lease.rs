@@ -169,6 +169,9 @@ pub(super) struct UserClaims {
     pub logins: Vec<(String, Credentials)>,
     /// The master secret, the last login to try.
     pub master: Option<String>,
+    /// The rotation's record as it stands, saved with another secret's unfinished version
+    /// before that secret's claim is replaced (see `claim_user`).
+    pub record: StepRecord,
 }
 
 /// The key of a database user's claim: engine, the server's own identity, and the user's name.
@@ -226,14 +229,17 @@ pub(crate) async fn identify(
 /// Marks the user in use as this secret's, and claims the target (`claim_user`), at once, under
 /// keys of the server's identity. The mark goes first in effect, even when the claim is refused:
 /// another secret then sees it.
-/// Returns the pending version of another secret's rotation that held the claim and ended
-/// unfinished (`record::elsewhere`): it may have set the password, and then only it knows it.
+/// `inherited` gets the pending version of another secret's rotation that held the claim and
+/// ended unfinished (`record::elsewhere`): it may have set the password, and then only it knows
+/// it. Set even when a later call fails: the claim that pointed to it may be replaced already.
 pub(super) async fn claim_users(
     rotator: &Rotator,
+    lease: &Lease,
     c: UserClaims,
-) -> Result<Option<String>, RotationError> {
+    inherited: &mut Option<String>,
+) -> Result<(), RotationError> {
     if mutants::on(Mutant::NoUserClaim) {
-        return Ok(None);
+        return Ok(());
     }
     let asked = match c.asked {
         Some(rx) => rx.await.ok().and_then(Result::ok),
@@ -257,7 +263,13 @@ pub(super) async fn claim_users(
         user_key(c.engine, &server, &c.in_use),
     );
     let (claimed, marked) = tokio::join!(
-        claim_user(rotator, &target_key, &c.target, &c.claim),
+        claim_user(
+            rotator,
+            &target_key,
+            &c.target,
+            &c.claim,
+            Some((lease, &c.record, inherited))
+        ),
         rotator.records.mark_in_use(&in_use_key, &c.claim.secret)
     );
     marked?;
@@ -277,9 +289,7 @@ pub(crate) async fn claim_existing_user(
         secret: secret.to_owned(),
         rotation_id: "adopt".to_owned(),
     };
-    claim_user(rotator, &user_key(engine, server, user), user, &claim)
-        .await
-        .map(drop)
+    claim_user(rotator, &user_key(engine, server, user), user, &claim, None).await
 }
 
 /// Claims the database user that `claim`'s rotation changes, so that no other secret naming the
@@ -295,9 +305,10 @@ async fn claim_user(
     user_key: &str,
     user: &str,
     claim: &UserClaim,
-) -> Result<Option<String>, RotationError> {
+    persist: Option<(&Lease, &StepRecord, &mut Option<String>)>,
+) -> Result<(), RotationError> {
     let mut replacing: Option<UserClaim> = None;
-    let mut inherited = None;
+    let mut persist = persist;
     // Each pass finds a newer holder; a few passes in a row mean a live contest.
     for _ in 0..3 {
         let holder = match rotator
@@ -323,7 +334,7 @@ async fn claim_user(
                         }
                     }
                 }
-                return Ok(inherited);
+                return Ok(());
             }
             Claimed::HeldBy(holder) => holder,
         };
@@ -350,9 +361,19 @@ async fn claim_user(
         }
         // Ended without finishing (failed, aborted): it may have set the password, which then
         // only its pending version knows, in its own secret.
-        inherited = record
+        let version = record
             .filter(|r| r.is_unfinished() && its_own(r) && holder.secret != claim.secret)
             .map(|_| elsewhere(&holder.secret, &holder.rotation_id));
+        // Stored before the claim that points to it is replaced: a crash in between must not
+        // leave the only reference gone.
+        if let (Some(version), Some((lease, record, inherited))) = (version, persist.as_mut()) {
+            if !record.unfinished_versions.contains(&version) {
+                let mut record = (*record).clone();
+                record.unfinished_versions.insert(0, version.clone());
+                rotator.records.save(lease, &record).await?;
+            }
+            **inherited = Some(version);
+        }
         replacing = Some(holder);
     }
     let last = replacing.expect("every pass that does not return finds a holder");

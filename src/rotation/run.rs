@@ -240,12 +240,16 @@ impl Run<'_> {
                 server: current.admin_endpoint().clone(),
                 logins,
                 master: current.master_secret_id.clone(),
+                record: self.record.clone(),
             })
         };
         if self.record.step != Step::CreatePending {
             if let Some(claims) = claims.take() {
-                let inherited = lease::claim_users(self.rotator, claims).await?;
+                let mut inherited = None;
+                let claimed =
+                    lease::claim_users(self.rotator, self.lease, claims, &mut inherited).await;
                 self.inherit(inherited);
+                claimed?;
             }
         }
         while self.record.step != Step::Done && self.record.step <= self.through {
@@ -314,11 +318,16 @@ impl Run<'_> {
         claims: Option<lease::UserClaims>,
     ) -> Result<Step, RotationError> {
         Ok(if let Some(claims) = claims {
-            let rotator = self.rotator;
-            let (next, claimed) =
-                tokio::join!(self.run_step(step), lease::claim_users(rotator, claims));
-            let inherited = match claimed {
-                Ok(inherited) => inherited,
+            let (rotator, lease) = (self.rotator, self.lease);
+            let mut inherited = None;
+            let (next, claimed) = tokio::join!(
+                self.run_step(step),
+                lease::claim_users(rotator, lease, claims, &mut inherited)
+            );
+            // Kept whatever else failed: the claim that pointed to it may be replaced already.
+            self.inherit(inherited);
+            match claimed {
+                Ok(()) => {}
                 Err(e) => {
                     // Refused for good: this rotation will not run, so its AWSPENDING goes too
                     // (no password changed). A wait keeps it, to resume.
@@ -334,10 +343,8 @@ impl Run<'_> {
                     }
                     return Err(e);
                 }
-            };
-            let next = next?;
-            self.inherit(inherited);
-            next
+            }
+            next?
         } else if step == Step::SetPassword {
             let (rotator, lease, record) = (self.rotator, self.lease, self.record.clone());
             let write = async move {
