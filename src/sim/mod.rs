@@ -452,6 +452,8 @@ fn add_secret(
             .entry(user.into())
             .or_insert(pw.clone());
         let proxy = format!("proxy-{user}");
+        // The proxy read its secrets when it was set up.
+        w.proxy.cache.entry(user.into()).or_insert((pw.clone(), 0));
         if !w.secrets.contains_key(&proxy) {
             let value = json!({"username": user, "password": pw}).to_string();
             w.secrets
@@ -683,14 +685,21 @@ async fn managed(p: &Process, secret: &str, outcomes: &Outcomes) {
 /// Errors that say the protocol lost track of something, which only a person could mend: a
 /// violation whenever they happen. (`PendingMoved` is not one: a resumed rotation that finds
 /// Secrets Manager's newer AWSPENDING steps aside, and the next rotation takes that over.)
+/// Nor is a proxy secret that moved since the rotation planned: another secret naming the
+/// same user rotated it meanwhile, and the next rotation plans again.
 fn broken(e: &RotationError) -> bool {
-    matches!(
-        e,
+    match e {
         RotationError::NoKnownCredentials { .. }
-            | RotationError::Inconsistent { .. }
-            | RotationError::CurrentMoved { .. }
-            | RotationError::ForeignPending { .. }
-    )
+        | RotationError::CurrentMoved { .. }
+        | RotationError::ForeignPending { .. } => true,
+        // Someone wrote under this rotation's token, or its pending version names another
+        // user: only a bug of ours does that here.
+        RotationError::Inconsistent { reason, .. } => {
+            reason.contains("already exists with another value")
+                || reason.contains("pending version")
+        }
+        _ => false,
+    }
 }
 
 /// Ends that leave nothing to do, or wait for something that is not a fault.
@@ -924,7 +933,9 @@ mod tests {
     }
 
     /// Every known defect (`crate::mutants`) breaks an invariant within `SIM_MUTANT_SEEDS`.
+    /// Thousands of runs: release builds only (`make simulate`, CI's simulate stage).
     #[test]
+    #[cfg_attr(debug_assertions, ignore = "release builds only: `make simulate`")]
     fn the_simulator_finds_every_mutant() {
         let budget = env("SIM_MUTANT_SEEDS", 300);
         let mut missed = Vec::new();
