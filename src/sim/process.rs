@@ -64,6 +64,9 @@ pub struct Chaos {
     pub p_slow: f64,
     /// The process dies right after the effect, before it sees the answer.
     pub p_crash_after: f64,
+    /// A process that dies after an effect far more often: Secrets Manager's function, which
+    /// Lambda stops at its deadline.
+    pub fragile: Option<usize>,
     /// (process, service, from, to) in ms of true time: calls get no answer.
     pub partitions: Vec<(usize, Service, u64, u64)>,
 }
@@ -135,7 +138,13 @@ impl Proc {
             Fate::Lost
         } else if roll < d {
             Fate::Slow(Duration::from_millis(c.rng.random_range(1_000..60_000)))
-        } else if roll < d + c.p_crash_after {
+        } else if roll
+            < d + c.p_crash_after.max(if c.fragile == Some(self.id) {
+                0.03
+            } else {
+                0.0
+            })
+        {
             Fate::CrashAfter
         } else {
             Fate::Answer
