@@ -12,13 +12,17 @@ STACK_ENV := .local-stack/env
 TEST_ARGS ?=
 # Extra arguments for cargo-deny's check, e.g.  make deny DENY_ARGS=advisories
 DENY_ARGS ?=
+# make simulate: schedules to run, and the seeds each known defect (src/mutants.rs) may take to be found
+SEEDS ?= 20000
+MUTANT_SEEDS ?= 3000
 
-.PHONY: help stack-up stack-down stack-status test load-run demo bench lint fmt deny ci
+.PHONY: help stack-up stack-down stack-status test load-run demo bench simulate lint fmt deny ci
 
 help:
 	@echo 'make test        start the local stack, cargo nextest run --all-targets $$TEST_ARGS, the 15 slowest tests, stop the stack'
 	@echo 'make demo        start the local stack, cargo build, scripts/demo, stop the stack'
 	@echo 'make bench       start the local stack, build release and the image, print the benchmark table (scripts/bench)'
+	@echo 'make simulate    the deterministic simulator (src/sim): $$SEEDS schedules, then every known defect found within $$MUTANT_SEEDS'
 	@echo 'make lint        cargo fmt --check and cargo clippy -D warnings'
 	@echo 'make deny        cargo-deny (advisories offline from ../shared/advisory-db, licenses, bans, sources)'
 	@echo 'make stack-up    start PostgreSQL, MariaDB and moto and print their env (eval "$$(scripts/local-stack start)")'
@@ -27,6 +31,13 @@ help:
 
 bench:
 	@scripts/bench
+
+# The simulator runs the real engine against modelled services, in release (no services needed):
+# prints `simulation: seeds=...`, its speed, and `simulation mutants: K of K found`. A failing seed
+# prints its trace and the command that replays it.
+simulate:
+	SIM_SEEDS=$(SEEDS) SIM_MUTANT_SEEDS=$(MUTANT_SEEDS) cargo test --release --locked --lib -- \
+		--nocapture --test-threads 1 every_schedule_keeps_every_invariant the_simulator_finds_every_mutant
 
 stack-up:
 	@$(STACK) start
