@@ -97,7 +97,10 @@ impl Rotator {
         let started = self.clock.now();
         let (tally, trace) = (Tally::default(), Trace::default());
         let result = tally
-            .scope(self.rotate_traced(secret_id, request, wait, &trace))
+            // Boxed: the whole rotation is one large future, kept off the caller's stack.
+            .scope(Box::pin(
+                self.rotate_traced(secret_id, request, wait, &trace),
+            ))
             .await;
         let took = self.clock.now() - started;
         let report = trace.report(secret_id, &result, took, &tally);
