@@ -263,7 +263,12 @@ pub async fn check(
             .map(|r| r.unfinished_for(user))
             .unwrap_or_default()
         {
-            if let Ok(Some(v)) = secrets.get(&meta.arn, At::Version(&id)).await {
+            // Ours, or (`record::elsewhere`) another secret's that names the same user.
+            let (secret, id) = match crate::rotation::record::parse_elsewhere(&id) {
+                Some((secret, id)) => (secret.to_owned(), id.to_owned()),
+                None => (meta.arn.clone(), id),
+            };
+            if let Ok(Some(v)) = secrets.get(&secret, At::Version(&id)).await {
                 if let Ok(p) = AppSecret::parse(&v.value) {
                     if p.credentials.username == *user {
                         sources.push((

@@ -15,7 +15,7 @@ use super::ports::{
     Acquired, At, Claimed, DbError, Lease, LeaseSeen, RecordStoreError, SecretStoreError,
     ServerIdentity, Stage, UserClaim,
 };
-use super::record::{elsewhere, BeginIf, StepRecord};
+use super::record::{elsewhere, parse_elsewhere, BeginIf, StepRecord};
 use super::{LeaseWait, RotationError, Rotator};
 use crate::mutants::{self, Mutant};
 use crate::secret::{Credentials, Endpoint, Engine};
@@ -229,14 +229,15 @@ pub(crate) async fn identify(
 /// Marks the user in use as this secret's, and claims the target (`claim_user`), at once, under
 /// keys of the server's identity. The mark goes first in effect, even when the claim is refused:
 /// another secret then sees it.
-/// `inherited` gets the pending version of another secret's rotation that held the claim and
-/// ended unfinished (`record::elsewhere`): it may have set the password, and then only it knows
-/// it. Set even when a later call fails: the claim that pointed to it may be replaced already.
+/// `inherited` gets the pending versions of another secret's rotations that held the claim and
+/// ended unfinished (`record::elsewhere`): they may have set the password, and then only they
+/// know it. Filled even when a later call fails: the claim that pointed to them may be replaced
+/// already.
 pub(super) async fn claim_users(
     rotator: &Rotator,
     lease: &Lease,
     c: UserClaims,
-    inherited: &mut Option<String>,
+    inherited: &mut Vec<String>,
 ) -> Result<(), RotationError> {
     if mutants::on(Mutant::NoUserClaim) {
         return Ok(());
@@ -305,7 +306,7 @@ async fn claim_user(
     user_key: &str,
     user: &str,
     claim: &UserClaim,
-    persist: Option<(&Lease, &StepRecord, &mut Option<String>)>,
+    persist: Option<(&Lease, &StepRecord, &mut Vec<String>)>,
 ) -> Result<(), RotationError> {
     let mut replacing: Option<UserClaim> = None;
     let mut persist = persist;
@@ -359,20 +360,34 @@ async fn claim_user(
                 secret: holder.secret,
             });
         }
-        // Ended without finishing (failed, aborted): it may have set the password, which then
-        // only its pending version knows, in its own secret.
-        let version = record
-            .filter(|r| r.is_unfinished() && its_own(r) && holder.secret != claim.secret)
-            .map(|_| elsewhere(&holder.secret, &holder.rotation_id));
-        // Stored before the claim that points to it is replaced: a crash in between must not
-        // leave the only reference gone.
-        if let (Some(version), Some((lease, record, inherited))) = (version, persist.as_mut()) {
-            if !record.unfinished_versions.contains(&version) {
-                let mut record = (*record).clone();
-                record.unfinished_versions.insert(0, version.clone());
-                rotator.records.save(lease, &record).await?;
+        // Ended. Another secret's rotations that did not finish (this one, and those its record
+        // carries) may have set the password, which then only their pending versions know.
+        if holder.secret != claim.secret {
+            let theirs = record
+                .map(|r| r.unfinished_for(user))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|entry| match parse_elsewhere(&entry) {
+                    // One that it had from us is ours again.
+                    Some((secret, id)) if secret == claim.secret => id.to_owned(),
+                    Some(_) => entry,
+                    None => elsewhere(&holder.secret, &entry),
+                });
+            if let Some((lease, record, inherited)) = persist.as_mut() {
+                let new: Vec<String> = theirs
+                    .filter(|v| !record.unfinished_versions.contains(v) && !inherited.contains(v))
+                    .collect();
+                if !new.is_empty() {
+                    inherited.extend(new);
+                    // Stored before the claim that points to them is replaced: a crash in
+                    // between must not leave the only reference gone.
+                    let mut stored = (*record).clone();
+                    stored
+                        .unfinished_versions
+                        .splice(0..0, inherited.iter().cloned());
+                    rotator.records.save(lease, &stored).await?;
+                }
             }
-            **inherited = Some(version);
         }
         replacing = Some(holder);
     }

@@ -116,9 +116,12 @@ pub fn elsewhere(secret: &str, version: &str) -> String {
     format!("{secret}#{version}")
 }
 
-/// `elsewhere`'s (secret, version), when `entry` is one.
+/// `elsewhere`'s (secret, version), when `entry` is one. A secret's ARN has no '#'; a version
+/// id (any ClientRequestToken) may.
 pub fn parse_elsewhere(entry: &str) -> Option<(&str, &str)> {
-    entry.rsplit_once('#')
+    entry
+        .split_once('#')
+        .filter(|(secret, _)| secret.starts_with("arn:"))
 }
 
 /// RFC 3339 in UTC, millisecond precision.
@@ -152,8 +155,9 @@ pub struct StepRecord {
     /// expected value.
     pub proxy_version: Option<String>,
     /// Pending versions of earlier rotations of the target user that failed or were aborted,
-    /// newest first; one of another secret that names the same user is `elsewhere`'s form. Such a rotation may have set the password before it stopped, and then only
-    /// its pending version knows it, so `set_password` tries them (see `KnownSource`).
+    /// newest first; one of another secret that names the same user is in `elsewhere`'s form.
+    /// Such a rotation may have set the password before it stopped, and then only its pending
+    /// version knows it, so `set_password` tries them (see `KnownSource`).
     pub unfinished_versions: Vec<String>,
     /// The request that started this rotation (SQS message, event or enqueue id): a redelivered
     /// request with the same id does not rotate again.
@@ -295,9 +299,10 @@ impl StepRecord {
                 !(crate::mutants::on(crate::mutants::Mutant::ForgetsUnsavedPassword)
                     && self.step == Step::CreatePending)
             });
-        // Past create_pending the own version surely holds a password; at it, rarely (and most
-        // such ids were never written): it comes last, and never pushes out a carried one.
-        let (first, last) = if self.step > Step::CreatePending {
+        // Past set_password the own version surely holds the password; at it, or before it, it
+        // may (a record write beside set_password that was refused) or not: it comes last, and
+        // never pushes out a carried one.
+        let (first, last) = if self.step > Step::SetPassword {
             (own, None)
         } else {
             (None, own)

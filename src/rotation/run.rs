@@ -143,12 +143,16 @@ impl<'a> Run<'a> {
         self.login = ProxyLogin::NotOpened;
     }
 
-    /// Another secret's unfinished pending version, found with the claim (`lease::claim_users`):
-    /// set_password tries it, and the record keeps it until the password changes.
-    fn inherit(&mut self, version: Option<String>) {
-        let Some(version) = version else { return };
-        if !self.record.unfinished_versions.contains(&version) {
-            self.record.unfinished_versions.insert(0, version);
+    /// Another secret's unfinished pending versions, found with the claim
+    /// (`lease::claim_users`): set_password tries them, and the record keeps them until the
+    /// password changes.
+    fn inherit(&mut self, versions: Vec<String>) {
+        let new: Vec<String> = versions
+            .into_iter()
+            .filter(|v| !self.record.unfinished_versions.contains(v))
+            .collect();
+        if !new.is_empty() {
+            self.record.unfinished_versions.splice(0..0, new);
             self.saved = Saved::Behind;
         }
     }
@@ -245,7 +249,7 @@ impl Run<'_> {
         };
         if self.record.step != Step::CreatePending {
             if let Some(claims) = claims.take() {
-                let mut inherited = None;
+                let mut inherited = Vec::new();
                 let claimed =
                     lease::claim_users(self.rotator, self.lease, claims, &mut inherited).await;
                 self.inherit(inherited);
@@ -319,7 +323,7 @@ impl Run<'_> {
     ) -> Result<Step, RotationError> {
         Ok(if let Some(claims) = claims {
             let (rotator, lease) = (self.rotator, self.lease);
-            let mut inherited = None;
+            let mut inherited = Vec::new();
             let (next, claimed) = tokio::join!(
                 self.run_step(step),
                 lease::claim_users(rotator, lease, claims, &mut inherited)

@@ -110,3 +110,30 @@ async fn a_crash_anywhere_in_the_second_secrets_rotation_does_not_lose_the_first
         }
     }
 }
+
+/// The other secret's later rotation of the user stopped before it changed the password (the
+/// guard waited, then an operator aborted it): the password is the one an earlier rotation of
+/// that secret set, which its record carries on, and so does the claim's new holder.
+#[tokio::test]
+async fn the_other_secrets_earlier_unfinished_rotations_are_known_too() {
+    let w = world();
+    add_copy(&w, "copy");
+    w.state().deny_puts.insert("proxy-bob".into());
+    rotate(&w).await.unwrap_err();
+    w.state().deny_puts.clear();
+    sessions_of(&w, "bob", 1);
+    let e = rotate(&w).await.unwrap_err();
+    assert!(matches!(e, RotationError::UserInUse { .. }), "{e}");
+    rotator(&w)
+        .abort(APP, "the operator", LeaseWait::No)
+        .await
+        .unwrap();
+    w.state().sessions.clear();
+    assert_eq!(w.state().password_changes, vec!["bob".to_owned()]);
+    let Outcome::Rotated(done) = rotate_secret(&w, "copy").await.unwrap() else {
+        panic!("the copy did not rotate");
+    };
+    assert_eq!(done.current_user, "bob");
+    let current = w.labelled("copy", Stage::Current).unwrap();
+    assert_eq!(w.state().db["bob"], current["password"].as_str().unwrap());
+}

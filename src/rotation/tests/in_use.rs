@@ -2,17 +2,6 @@
 
 use super::*;
 
-fn sessions_of(w: &World, user: &str, n: u32) {
-    w.state().sessions.insert(
-        user.into(),
-        vec![crate::rotation::ports::SessionGroup {
-            client: "10.0.1.5".into(),
-            application: "orders-api".into(),
-            sessions: n,
-        }],
-    );
-}
-
 #[tokio::test]
 async fn an_idle_user_still_in_use_keeps_its_password_until_its_sessions_stop() {
     let w = world();

@@ -151,3 +151,15 @@ fn with_master(w: &World) {
     w.add_secret("master", json!({"username": "master", "password": "m"}));
     w.state().db.insert("master".into(), "m".into());
 }
+
+/// `n` sessions of `user` that ran a statement recently: what the in-use guard sees.
+fn sessions_of(w: &World, user: &str, n: u32) {
+    w.state().sessions.insert(
+        user.into(),
+        vec![crate::rotation::ports::SessionGroup {
+            client: "10.0.1.5".into(),
+            application: "orders-api".into(),
+            sessions: n,
+        }],
+    );
+}
