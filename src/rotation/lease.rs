@@ -462,6 +462,10 @@ pub(crate) struct Flags {
     pub lost: AtomicBool,
     /// The work gave the lease back with its last write: nothing is left to renew or release.
     pub released: AtomicBool,
+    /// The work was stopped inside a step: a statement it sent may still land (within the
+    /// server's bound, `--db-timeout`), so the lease is left to expire rather than released,
+    /// and a taker waits out `takeover_period`, which covers that bound.
+    pub cut: AtomicBool,
     /// Until when the lease is ours by our monotonic clock: the send time of the last write that
     /// took or renewed it, plus `holder_window`.
     valid_until: Mutex<Instant>,
@@ -473,6 +477,7 @@ impl Flags {
         Self {
             lost: AtomicBool::new(false),
             released: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
             valid_until: Mutex::new(lease.sent_at + holder_window(ttl)),
             clock,
         }

@@ -219,6 +219,10 @@ impl Rotator {
         if flags.released.load(Ordering::SeqCst) {
             return result;
         }
+        if flags.cut.load(Ordering::SeqCst) {
+            warn!(secret = %meta.arn, "stopped inside a step: the lease is left to expire, so that nothing it sent lands after another process takes over");
+            return result;
+        }
         if let Err(e) = self.records.release(&lease).await {
             warn!(secret = %meta.arn, error = %e, "could not release the lease; it will expire");
         }

@@ -274,8 +274,12 @@ impl Run<'_> {
             let next = tokio::select! {
                 // Checked first: a step ready at the same moment does not send another request.
                 biased;
-                _ = flags.until_lost() => return Err(RotationError::LeaseLost(self.arn().to_owned())),
+                _ = flags.until_lost() => {
+                    flags.cut.store(true, Ordering::SeqCst);
+                    return Err(RotationError::LeaseLost(self.arn().to_owned()));
+                }
                 _ = shutdown.wait_now() => {
+                    flags.cut.store(true, Ordering::SeqCst);
                     if self.saved == Saved::Behind {
                         // Lambda's margin is short: a save that gets no answer is left behind.
                         let save = self.rotator.records.save(self.lease, &self.record);

@@ -367,3 +367,33 @@ async fn cut_off_holder(holder_offset: i64, taker_offset: i64) {
     assert_rotated(&w, "alice", "bob", "alice-0");
     assert_eq!(w.state().password_changes, vec!["bob".to_owned()]);
 }
+
+/// Found by the simulator (seed 934): a run stopped inside a step (its lease ran out by its own
+/// clock, or Lambda's deadline) may have a statement in flight, which the database applies up
+/// to `--db-timeout` later. Released, the lease would be free at once, and a later rotation's
+/// password could be overwritten by that late statement; left to expire, a taker waits out the
+/// takeover period, which covers it.
+#[tokio::test]
+async fn a_run_stopped_inside_a_step_leaves_its_lease_to_expire() {
+    let w = world();
+    let mut r = rotator(&w);
+    r.records = Tapped::new(&w, |call| match call {
+        Call::Renew => Err(RecordStoreError::Unavailable(
+            "the table is unreachable".into(),
+        )),
+        _ => Ok(()),
+    });
+    r.db = Arc::new(SlowProxy(w.clone(), Duration::from_millis(400)));
+    r.settings.lease_duration = Duration::from_millis(200);
+    r.settings.test_deadline = Duration::from_secs(5);
+    let err = r
+        .rotate(APP, &Request::default(), LeaseWait::No)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RotationError::LeaseLost(_)), "{err}");
+    let next = rotator(&w)
+        .rotate(APP, &Request::default(), LeaseWait::No)
+        .await
+        .unwrap_err();
+    assert!(matches!(next, RotationError::Busy { .. }), "{next}");
+}
