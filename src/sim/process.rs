@@ -173,14 +173,8 @@ impl Proc {
         if faulted {
             self.shared.world().stats.faults += 1;
         }
-        let apply = |shared: &Shared, effect: Box<dyn FnOnce(&mut World) -> T + Send>| {
-            let mut w = shared.world();
-            let out = effect(&mut w);
-            w.note(format!("p{id} {what}"));
-            w.check();
-            out
-        };
-        let effect: Box<dyn FnOnce(&mut World) -> T + Send> = Box::new(effect);
+        let apply = |shared: &Shared, effect: Effect<T>| land(shared, id, &what, effect);
+        let effect: Effect<T> = Box::new(effect);
         match fate {
             Fate::Answer => Ok(apply(&self.shared, effect)),
             Fate::Refused => {
@@ -205,14 +199,17 @@ impl Proc {
             }
             // A database statement lands within the server's own bound (`db_timeout`); an AWS
             // request may land after the client gave up.
-            Fate::Slow(d) if service == Service::Database => {
+            // Once sent, the request lands whatever becomes of the sender (it may die while it
+            // waits for the answer).
+            Fate::Slow(d) if service == Service::Database || d <= limit => {
                 let d = d.min(limit);
-                tokio::time::sleep(d).await;
-                Ok(apply(&self.shared, effect))
-            }
-            Fate::Slow(d) if d <= limit => {
-                tokio::time::sleep(d).await;
-                Ok(apply(&self.shared, effect))
+                let (shared, (tx, rx)) = (self.shared.clone(), tokio::sync::oneshot::channel());
+                let what = what.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    let _ = tx.send(land(&shared, id, &what, effect));
+                });
+                rx.await.map_err(|_| unavailable("the runtime ended"))
             }
             Fate::Slow(d) => {
                 let shared = self.shared.clone();
@@ -249,6 +246,18 @@ impl Proc {
     fn hint(&self, ttl: Duration) -> u64 {
         self.clock.now_ms() + ttl.as_millis() as u64
     }
+}
+
+/// What a call does to the world when it lands.
+type Effect<T> = Box<dyn FnOnce(&mut World) -> T + Send>;
+
+/// A call lands: its effect, a line of the trace, the invariants.
+fn land<T>(shared: &Shared, id: usize, what: &str, effect: Effect<T>) -> T {
+    let mut w = shared.world();
+    let out = effect(&mut w);
+    w.note(format!("p{id} {what}"));
+    w.check();
+    out
 }
 
 fn sm_err(e: String) -> SecretStoreError {
@@ -617,9 +626,12 @@ impl DbSession for SimSession {
             self.proc.id,
         );
         let what = format!("db.set_password {user} at {host}");
+        // The lease the process holds when it sends the statement: still its own when the
+        // statement lands?
+        let held = self.proc.shared.world().holding.get(&p).cloned();
         self.proc
             .call(Service::Database, what, move |w| {
-                w.check_holder(p, &user);
+                w.check_holder(p, held, &user);
                 if let Some(i) = w.server_at(&host) {
                     w.servers[i].passwords.insert(user, pw);
                 }
