@@ -18,7 +18,8 @@ pub enum Mutant {
     /// The claim on the idle user is not taken.
     NoUserClaim,
     /// A rotation id taken over from another process (Secrets Manager's token) skips the
-    /// "already written?" read in create_pending.
+    /// "already written?" read in create_pending, and a version found under the token when the
+    /// write is refused is not taken as the rotation's own.
     NoTakeoverRead,
     /// The in-use guard does not look.
     NoGuard,

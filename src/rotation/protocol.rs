@@ -73,7 +73,8 @@ impl Run<'_> {
 
     async fn create_pending(&mut self) -> Result<Step, RotationError> {
         let (arn, id) = (self.arn().to_owned(), self.rotation_id().to_owned());
-        // Already done? A version cannot carry an id made moments ago.
+        // Already done? A version cannot carry an id made moments ago. (A write of an earlier
+        // attempt may still land after this read: see the put's answer below.)
         let exists = self.earlier == Earlier::Unknown
             && self
                 .rotator
@@ -96,11 +97,24 @@ impl Run<'_> {
                 .generate_for(current.engine, &rules)?;
             let creds = Credentials::new(self.target_user(), password);
             let value = current.render_with(&creds);
-            self.rotator
-                .put_once(&arn, &id, &value, Stage::Pending)
-                .await?;
-            // What we just stored; a resumed run reads it back instead.
-            self.pending = Some(creds);
+            let secrets = &self.rotator.secrets;
+            match secrets.put(&arn, &id, &value, Stage::Pending).await {
+                // What we just stored; a resumed run reads it back instead.
+                Ok(()) => self.pending = Some(creds),
+                // An earlier attempt's write under this token landed after this run looked (its
+                // answer was lost, or it was slower than the timeout): it is this rotation's,
+                // and its password may be set already. `pending` reads it back below.
+                Err(SecretStoreError::VersionExists(_)) if !mutants::on(Mutant::NoTakeoverRead) => {
+                    info!(secret = %arn, rotation_id = %id, "an earlier attempt's pending version landed late; its password is kept");
+                }
+                Err(SecretStoreError::VersionExists(_)) => {
+                    self.rotator
+                        .put_once(&arn, &id, &value, Stage::Pending)
+                        .await?;
+                    self.pending = Some(creds);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         self.pending().await?;
         Ok(Step::SetPassword)

@@ -272,3 +272,104 @@ fn each_rotation_id_has_its_own_proxy_token_uuid_or_not() {
     assert_ne!(a, b);
     assert!(Uuid::parse_str(&b).is_ok());
 }
+
+/// Secrets Manager with one slow write: the first PutSecretValue of AWSPENDING lands, but the
+/// client gives up on it first, and the next read by id does not see it yet.
+struct LateWrite(World, std::sync::Mutex<(u8, String)>);
+
+#[async_trait::async_trait]
+impl crate::rotation::ports::SecretStore for LateWrite {
+    async fn describe(
+        &self,
+        id: &str,
+    ) -> Result<crate::rotation::ports::SecretMeta, SecretStoreError> {
+        self.0.describe(id).await
+    }
+    async fn get(
+        &self,
+        id: &str,
+        at: crate::rotation::ports::At<'_>,
+    ) -> Result<Option<crate::rotation::ports::SecretVersion>, SecretStoreError> {
+        let unseen = {
+            let mut seen = self.1.lock().unwrap();
+            let unseen =
+                seen.0 == 1 && matches!(at, crate::rotation::ports::At::Version(v) if v == seen.1);
+            if unseen {
+                seen.0 = 2;
+            }
+            unseen
+        };
+        if unseen {
+            return Ok(None);
+        }
+        self.0.get(id, at).await
+    }
+    async fn put(
+        &self,
+        id: &str,
+        token: &str,
+        value: &secrecy::SecretString,
+        stage: Stage,
+    ) -> Result<(), SecretStoreError> {
+        let landed = self.0.put(id, token, value, stage).await;
+        let first = {
+            let mut seen = self.1.lock().unwrap();
+            let first = seen.0 == 0 && stage == Stage::Pending;
+            if first {
+                *seen = (1, token.to_owned());
+            }
+            first
+        };
+        if first {
+            return Err(SecretStoreError::Unavailable("timed out".into()));
+        }
+        landed
+    }
+    async fn move_stage(
+        &self,
+        id: &str,
+        stage: Stage,
+        to: &str,
+        from: &str,
+    ) -> Result<(), SecretStoreError> {
+        self.0.move_stage(id, stage, to, from).await
+    }
+    async fn remove_stage(
+        &self,
+        id: &str,
+        stage: Stage,
+        from: &str,
+    ) -> Result<(), SecretStoreError> {
+        self.0.remove_stage(id, stage, from).await
+    }
+}
+
+/// Found by the simulator (seed 18852): a write of AWSPENDING that the client gave up on landed
+/// after the next attempt looked, and that attempt's own write was refused under the same token.
+/// The stored version is this rotation's: it is kept, where the rotation used to fail for good.
+#[tokio::test]
+async fn a_pending_version_that_landed_after_its_attempt_gave_up_is_kept() {
+    let w = world();
+    let mut r = rotator(&w);
+    r.secrets = Arc::new(LateWrite(
+        w.clone(),
+        std::sync::Mutex::new((0, String::new())),
+    ));
+    let first = r.rotate(APP, &Request::default(), LeaseWait::No).await;
+    assert!(first.is_err_and(|e| e.is_retryable()));
+    let stored = w.state().secrets[APP].last().unwrap().value.clone();
+    let Outcome::Rotated(done) = r
+        .rotate(APP, &Request::default(), LeaseWait::No)
+        .await
+        .unwrap()
+    else {
+        panic!("the rotation did not finish");
+    };
+    assert!(done.resumed);
+    let current = w.labelled(APP, Stage::Current).unwrap();
+    assert_eq!(
+        current.to_string(),
+        serde_json::from_str::<Value>(&stored).unwrap().to_string()
+    );
+    assert_rotated(&w, "alice", "bob", "alice-0");
+}
