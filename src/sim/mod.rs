@@ -76,6 +76,11 @@ impl Report {
 
 /// Runs seed `seed`, with `mutant` switched on.
 pub fn run(seed: u64, mutant: Option<Mutant>) -> Report {
+    run_with(seed, mutant, true)
+}
+
+/// `run`, keeping the trace or not (formatting it is a good part of a run's cost).
+fn run_with(seed: u64, mutant: Option<Mutant>, tracing: bool) -> Report {
     crate::entropy::seed(seed ^ 0x9e37_79b9_7f4a_7c15);
     fastrand::seed(seed);
     mutants::set(mutant);
@@ -84,7 +89,7 @@ pub fn run(seed: u64, mutant: Option<Mutant>) -> Report {
         .start_paused(true)
         .build()
         .expect("a runtime");
-    let report = runtime.block_on(scenario(seed, mutant));
+    let report = runtime.block_on(scenario(seed, mutant, tracing));
     drop(runtime);
     mutants::set(None);
     crate::entropy::unseed();
@@ -119,10 +124,11 @@ struct Process {
 /// The outcome of the last request of each secret, for liveness.
 type Outcomes = Arc<Mutex<BTreeMap<String, (String, bool)>>>;
 
-async fn scenario(seed: u64, mutant: Option<Mutant>) -> Report {
+async fn scenario(seed: u64, mutant: Option<Mutant>, tracing: bool) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     let start = Instant::now();
-    let world = build_world(&mut rng, mutant);
+    let mut world = build_world(&mut rng, mutant);
+    world.tracing = tracing;
     let secrets: Vec<String> = world
         .secrets
         .keys()
@@ -876,7 +882,7 @@ pub fn sweep(seeds: u64, mutant: Option<Mutant>) -> Sweep {
                     let mut mine = Sweep::default();
                     let mut seed = t;
                     while seed < seeds && seed < lowest.load(Ordering::SeqCst) {
-                        let r = run(seed, mutant);
+                        let r = run_with(seed, mutant, false);
                         mine.seeds += 1;
                         mine.stats.rotations += r.stats.rotations;
                         mine.stats.crashes += r.stats.crashes;
@@ -884,7 +890,8 @@ pub fn sweep(seeds: u64, mutant: Option<Mutant>) -> Sweep {
                         mine.processes += r.processes;
                         if !r.violations.is_empty() {
                             lowest.fetch_min(seed, Ordering::SeqCst);
-                            mine.failed = Some(r);
+                            // Again, with its trace: the same run.
+                            mine.failed = Some(run(seed, mutant));
                             break;
                         }
                         seed += threads;

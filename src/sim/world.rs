@@ -147,7 +147,10 @@ pub struct World {
     /// What happened, for a failing seed's report.
     pub trace: Vec<String>,
     pub violations: Vec<String>,
-    /// The record store does not check the fence (`Mutant::NoFence`).
+    /// Keep the trace (a sweep runs without, and runs a failing seed again with it).
+    pub tracing: bool,
+    /// The record store does not check the fence (`Mutant::NoFence`): a stale holder's write
+    /// lands, and the invariant that only the lease's holder writes the record breaks.
     pub no_fence: bool,
     /// process -> the lease it believes it holds: (key, fence)
     pub holding: BTreeMap<usize, (String, u64)>,
@@ -170,6 +173,9 @@ fn name_of(id: &str) -> &str {
 
 impl World {
     pub fn note(&mut self, line: String) {
+        if !self.tracing {
+            return;
+        }
         let at = self.now_ms as f64 / 1000.0;
         self.trace.push(format!("{at:>9.3}s {line}"));
     }
@@ -449,11 +455,17 @@ impl World {
             .items
             .get_mut(key)
             .ok_or(RecordStoreError::Fenced(fence))?;
-        // `Mutant::NoFence` lets a stale holder's write land: the invariants downstream must
-        // catch the harm.
-        if item.fence != fence && !no_fence {
-            return Err(RecordStoreError::Fenced(fence));
+        if item.fence != fence {
+            if !no_fence {
+                return Err(RecordStoreError::Fenced(fence));
+            }
+            // Only the lease's holder writes the record.
+            let now = item.fence;
+            self.violation(format!(
+                "{key}: a record write under fence {fence} landed while fence {now} holds the lease"
+            ));
         }
+        let item = self.items.get_mut(key).expect("looked up above");
         item.record = Some(record.clone());
         if release && item.fence == fence {
             item.owner.clear();
@@ -581,6 +593,18 @@ impl World {
         for s in self.secrets.values() {
             if !s.name.starts_with("app-") || s.deletion != Deletion::No {
                 continue;
+            }
+            // The record agrees with the labels: a finished rotation's version is AWSCURRENT
+            // (until the next one finishes, which writes its own record first).
+            let record = self.items.get(&s.arn()).and_then(|i| i.record.as_ref());
+            let current_id = s.labelled("AWSCURRENT").map(|v| v.id.as_str());
+            if let Some(r) = record.filter(|r| r.state == State::Finished) {
+                if r.rotation_id.as_deref() != current_id {
+                    found.push(format!(
+                        "{}: the record says rotation {:?} finished, AWSCURRENT is on {current_id:?}",
+                        s.name, r.rotation_id
+                    ));
+                }
             }
             let Some((user, pw)) = s.labelled("AWSCURRENT").and_then(|v| v.login.clone()) else {
                 found.push(format!("{}: no AWSCURRENT", s.name));
