@@ -257,12 +257,11 @@ impl Database for SlowProxy {
     }
 }
 
-#[tokio::test]
-async fn a_run_whose_lease_ran_out_by_its_own_clock_stops_before_its_next_step() {
-    let w = world();
-    let before = w.version_id_with(APP, Stage::Current);
-    let mut r = rotator(&w);
-    r.records = Tapped::new(&w, |call| match call {
+/// A rotator whose lease renewals are refused, with a 200 ms lease and logins through the
+/// proxy that take 400 ms: it stops inside the test step, by its own clock.
+fn renewals_refused(w: &World) -> Rotator {
+    let mut r = rotator(w);
+    r.records = Tapped::new(w, |call| match call {
         Call::Renew => Err(RecordStoreError::Unavailable(
             "the table is unreachable".into(),
         )),
@@ -271,6 +270,14 @@ async fn a_run_whose_lease_ran_out_by_its_own_clock_stops_before_its_next_step()
     r.db = Arc::new(SlowProxy(w.clone(), Duration::from_millis(400)));
     r.settings.lease_duration = Duration::from_millis(200);
     r.settings.test_deadline = Duration::from_secs(5);
+    r
+}
+
+#[tokio::test]
+async fn a_run_whose_lease_ran_out_by_its_own_clock_stops_before_its_next_step() {
+    let w = world();
+    let before = w.version_id_with(APP, Stage::Current);
+    let r = renewals_refused(&w);
     let err = r
         .rotate(APP, &Request::default(), LeaseWait::No)
         .await
@@ -376,16 +383,7 @@ async fn cut_off_holder(holder_offset: i64, taker_offset: i64) {
 #[tokio::test]
 async fn a_run_stopped_inside_a_step_leaves_its_lease_to_expire() {
     let w = world();
-    let mut r = rotator(&w);
-    r.records = Tapped::new(&w, |call| match call {
-        Call::Renew => Err(RecordStoreError::Unavailable(
-            "the table is unreachable".into(),
-        )),
-        _ => Ok(()),
-    });
-    r.db = Arc::new(SlowProxy(w.clone(), Duration::from_millis(400)));
-    r.settings.lease_duration = Duration::from_millis(200);
-    r.settings.test_deadline = Duration::from_secs(5);
+    let r = renewals_refused(&w);
     let err = r
         .rotate(APP, &Request::default(), LeaseWait::No)
         .await
