@@ -455,7 +455,7 @@ impl RecordStore for Proc {
         self.call(Service::Records, what, move |w| {
             let saved = w.save(&k, f, &r, true);
             if saved.is_ok() {
-                w.holding.remove(&p);
+                w.let_go(p, &k, f);
             }
             saved
         })
@@ -470,7 +470,7 @@ impl RecordStore for Proc {
             format!("ddb.release {k} fence {f}"),
             move |w| {
                 w.release(&k, f);
-                w.holding.remove(&p);
+                w.let_go(p, &k, f);
             },
         )
         .await

@@ -669,6 +669,14 @@ impl World {
         labelled || recorded
     }
 
+    /// `process` gave back the lease `key` under `fence` (a late write of an earlier lease must
+    /// not end the one it holds now).
+    pub fn let_go(&mut self, process: usize, key: &str, fence: u64) {
+        if self.holding.get(&process) == Some(&(key.to_owned(), fence)) {
+            self.holding.remove(&process);
+        }
+    }
+
     /// A process changed a password: it must still hold the lease it believes it holds.
     pub fn check_holder(&mut self, process: usize, held: Option<(String, u64)>, user: &str) {
         let Some((key, fence)) = held else {
