@@ -111,26 +111,41 @@ impl Clock for SystemClock {
 }
 
 /// A process's clock in a test: its wall clock is `offset_ms` away from the system's (a skewed
-/// machine), and both of its clocks move with tokio's, so a test that pauses time
+/// machine), and may jump; both of its clocks move with tokio's, so a test that pauses time
 /// (`start_paused`, `tokio::time::advance`) moves every process's clock at once.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct OffsetClock {
     wall_at_start: u64,
     start: Instant,
+    offset_ms: std::sync::atomic::AtomicI64,
 }
 
 impl OffsetClock {
     pub fn new(offset_ms: i64) -> Self {
+        Self::starting_at(SystemClock.now_ms(), offset_ms)
+    }
+
+    /// The true wall clock reads `wall_ms` now (a simulator's runs all start at one date, so
+    /// that a seed replays exactly).
+    pub fn starting_at(wall_ms: u64, offset_ms: i64) -> Self {
         Self {
-            wall_at_start: SystemClock.now_ms().saturating_add_signed(offset_ms),
+            wall_at_start: wall_ms,
             start: Instant::now(),
+            offset_ms: offset_ms.into(),
         }
+    }
+
+    /// The wall clock jumps by `by_ms` (an NTP step, a VM restored).
+    pub fn jump(&self, by_ms: i64) {
+        self.offset_ms
+            .fetch_add(by_ms, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 impl Clock for OffsetClock {
     fn now_ms(&self) -> u64 {
-        self.wall_at_start + self.start.elapsed().as_millis() as u64
+        let offset = self.offset_ms.load(std::sync::atomic::Ordering::Relaxed);
+        (self.wall_at_start + self.start.elapsed().as_millis() as u64).saturating_add_signed(offset)
     }
 
     fn now(&self) -> Instant {

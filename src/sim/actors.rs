@@ -2,16 +2,16 @@
 //! Manager's rotation, and how each outcome is judged.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::process::{until_dead, Proc, Shared, SimClock};
+use super::process::{until_dead, Proc, Shared, EPOCH_MS};
 use super::world::Deletion;
 use super::{INTERVAL, LAMBDA, MIN};
 use crate::rotation::guard::InUseGuard;
+use crate::rotation::OffsetClock;
 use crate::rotation::{
     Invocation, LeaseWait, Outcome, Request, RetryPolicy, RotationError, Rotator, Settings,
     Shutdown,
@@ -52,10 +52,7 @@ pub(super) fn process(
     inbox: mpsc::UnboundedReceiver<Action>,
     me: mpsc::UnboundedSender<Action>,
 ) -> Process {
-    let clock = Arc::new(SimClock {
-        start: shared.start,
-        offset_ms: AtomicI64::new(offset),
-    });
+    let clock = Arc::new(OffsetClock::starting_at(EPOCH_MS, offset));
     let proc = Proc {
         id,
         shared: shared.clone(),

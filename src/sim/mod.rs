@@ -339,10 +339,7 @@ fn happen(
             procs[p].dead.send_replace(true);
         }
         Event::ClockJump(p, by) => {
-            procs[p]
-                .clock
-                .offset_ms
-                .fetch_add(by, std::sync::atomic::Ordering::Relaxed);
+            procs[p].clock.jump(by);
             w.note(format!("p{p}: wall clock jumps {by} ms"));
         }
         Event::Proxy(frozen) => {

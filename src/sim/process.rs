@@ -2,7 +2,7 @@
 //! the faults the seed chose between the process and each service.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -12,36 +12,14 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
 use super::world::{Rng, World};
-use crate::rotation::clock::{Clock, Sleep};
+use crate::rotation::clock::Clock;
 use crate::rotation::ports::*;
 use crate::rotation::record::{BeginIf, StepRecord};
+use crate::rotation::OffsetClock;
 use crate::secret::{Credentials, Endpoint, Engine};
 
 /// Wall-clock milliseconds at the start of every run (a date in 2027).
-const EPOCH_MS: u64 = 1_800_000_000_000;
-
-/// A process's clocks: its wall clock is `offset_ms` off the true time (and may jump), its
-/// monotonic clock is tokio's, which the run pauses and advances.
-#[derive(Debug)]
-pub struct SimClock {
-    pub start: Instant,
-    pub offset_ms: AtomicI64,
-}
-
-impl Clock for SimClock {
-    fn now_ms(&self) -> u64 {
-        let true_ms = EPOCH_MS + self.start.elapsed().as_millis() as u64;
-        true_ms.saturating_add_signed(self.offset_ms.load(Ordering::Relaxed))
-    }
-
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-
-    fn sleep_until(&self, at: Instant) -> Sleep {
-        Box::pin(tokio::time::sleep_until(at))
-    }
-}
+pub const EPOCH_MS: u64 = 1_800_000_000_000;
 
 /// The services a process talks to, for partitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -102,7 +80,9 @@ impl Shared {
 pub struct Proc {
     pub id: usize,
     pub shared: Arc<Shared>,
-    pub clock: Arc<SimClock>,
+    /// Its clocks: the wall clock off the true time (and may jump), the monotonic one tokio's,
+    /// which the run pauses and advances.
+    pub clock: Arc<OffsetClock>,
     /// Set when the process dies (a fault, or the run's crash schedule): its task stops at
     /// once (`until_dead`).
     pub dead: Arc<tokio::sync::watch::Sender<bool>>,
