@@ -10,6 +10,9 @@ STACK_ENV := .local-stack/env
 # Extra arguments for cargo nextest run, e.g.  make test TEST_ARGS='--test postgres_rotation --no-capture'
 # or TEST_ARGS='-E "test(/kill/)"'
 TEST_ARGS ?=
+# The extra PostgreSQL majors the PostgreSQL-facing tests run on again after the full suite
+# (scripts/test-majors), unless TEST_ARGS narrows the run; PG_MAJORS= skips them.
+PG_MAJORS ?= 16 17
 # Extra arguments for cargo-deny's check, e.g.  make deny DENY_ARGS=advisories
 DENY_ARGS ?=
 # make simulate: schedules to run, and the seeds each known defect (src/mutants.rs) may take to be found
@@ -19,7 +22,7 @@ MUTANT_SEEDS ?= 3000
 .PHONY: help stack-up stack-down stack-status test load-run demo bench simulate lint fmt deny ci
 
 help:
-	@echo 'make test        start the local stack, cargo nextest run --all-targets $$TEST_ARGS, the 15 slowest tests, stop the stack'
+	@echo 'make test        start the local stack, cargo nextest run --all-targets $$TEST_ARGS, the PostgreSQL tests on 16 and 17, the 15 slowest tests, stop the stack'
 	@echo 'make demo        start the local stack, cargo build, scripts/demo, stop the stack'
 	@echo 'make bench       start the local stack, build release and the image, print the benchmark table (scripts/bench)'
 	@echo 'make simulate    the deterministic simulator (src/sim): $$SEEDS schedules, then every known defect found within $$MUTANT_SEEDS'
@@ -63,6 +66,7 @@ test:
 	set -a; . ./$(STACK_ENV); set +a; \
 	rm -rf $(REPORTS) target/nextest/default/junit.xml; \
 	scripts/nextest run --workspace --all-targets --locked $(TEST_ARGS); rc=$$?; \
+	if [ -z '$(TEST_ARGS)' ] && [ -n '$(PG_MAJORS)' ]; then scripts/test-majors $(PG_MAJORS) || rc=1; fi; \
 	if ls $(REPORTS)/*.txt >/dev/null 2>&1; then echo; echo "== reports"; cat $(REPORTS)/*.txt; fi; \
 	echo; scripts/slowest-tests 15 || true; \
 	exit $$rc

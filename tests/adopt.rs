@@ -62,8 +62,10 @@ async fn create_secret(sm: &Sm, name: &str, value: &Value) -> String {
 }
 
 impl Single {
-    /// PostgreSQL: the user owns a table, belongs to a group role, has per-role settings; the
-    /// master user has CREATEROLE (as on RDS), not SUPERUSER.
+    /// PostgreSQL: the user owns a table, belongs to a group role, has per-role settings. The
+    /// master secret holds the stack's master, shaped like RDS's (CREATEROLE and CREATEDB, not
+    /// SUPERUSER), which made the user and its group role, so on 16+ it holds ADMIN OPTION on
+    /// them as an RDS master does on the roles it made.
     async fn postgres(user_len: Option<usize>) -> Self {
         let id = suffix();
         let dbname = format!("ad_{id}");
@@ -74,8 +76,6 @@ impl Single {
             }
         }
         let password = awkward_password();
-        let master = format!("master_{id}");
-        let master_password = suffix() + &suffix();
         let admin_db = admin("postgres").await;
         let v = |pw: &str| postgres_protocol::password::scram_sha_256(pw.as_bytes());
         admin_db
@@ -89,11 +89,8 @@ impl Single {
                  GRANT readers_{id} TO {user};
                  GRANT ALL ON DATABASE {dbname} TO {user};
                  ALTER ROLE {user} SET statement_timeout = '30s';
-                 ALTER ROLE {user} IN DATABASE {dbname} SET search_path = \"$user\", public;
-                 CREATE ROLE {master} LOGIN CREATEROLE PASSWORD '{}';
-                 GRANT ALL ON DATABASE {dbname} TO {master};",
+                 ALTER ROLE {user} IN DATABASE {dbname} SET search_path = \"$user\", public;",
                 v(&password),
-                v(&master_password)
             ))
             .await
             .unwrap();
@@ -118,6 +115,7 @@ impl Single {
         )
         .await;
         let s = stack();
+        let (master, master_password) = (&s.admin_user, &s.admin_password);
         let proxy = rds_proxy_standin::StandIn::spawn_in_thread(
             rds_proxy_standin::Config {
                 listen: "127.0.0.1:0".parse().unwrap(),
@@ -241,6 +239,28 @@ impl Single {
             .await
             .map(|_| ())
             .map_err(|e| pg_error(&e))
+    }
+
+    /// Makes ROLE (as the superuser, so the stack's master holds nothing on it) with OPTIONS,
+    /// and puts it in the master secret (PostgreSQL).
+    async fn use_master(&self, role: &str, options: &str) {
+        let password = suffix() + &suffix();
+        superuser("postgres")
+            .await
+            .batch_execute(&format!(
+                "CREATE ROLE {role} {options} PASSWORD '{password}';
+                 GRANT ALL ON DATABASE {} TO {role};",
+                self.dbname
+            ))
+            .await
+            .unwrap();
+        self.sm
+            .put_secret_value()
+            .secret_id(&self.master_secret)
+            .secret_string(json!({"username": role, "password": password}).to_string())
+            .send()
+            .await
+            .unwrap();
     }
 
     fn clone_name(&self) -> String {
@@ -813,11 +833,9 @@ async fn refused(single: &Single, extra: &[&str], says: &str) {
 async fn bad_input_is_refused_with_a_clear_error_and_nothing_changed() {
     // A master secret whose user may not create roles.
     let single = Single::postgres(None).await;
-    admin("postgres")
-        .await
-        .batch_execute(&format!("ALTER ROLE master_{} NOCREATEROLE", single.id))
-        .await
-        .unwrap();
+    single
+        .use_master(&format!("weak_{}", single.id), "LOGIN")
+        .await;
     refused(&single, &[], "neither CREATEROLE nor SUPERUSER").await;
 
     // A clone that exists with other rights.
@@ -929,6 +947,40 @@ async fn the_tag_fan_out_leaves_out_the_proxy_secrets_adopt_made() {
         .await
         .unwrap();
     assert_eq!(found, vec![app.arn().unwrap().to_owned()]);
+}
+
+/// PostgreSQL 16 changed what CREATEROLE may do: only roles held WITH ADMIN OPTION may be
+/// granted or altered, and a role's creator holds it. A master secret naming an administrator
+/// that did not make the user (another team's, or one made before an upgrade) is refused on 16+,
+/// naming the roles and the GRANT that fixes it, with nothing changed; on 15, CREATEROLE alone
+/// suffices and the same adoption goes through.
+#[tokio::test]
+async fn a_user_another_administrator_created_is_refused_on_16_naming_the_admin_option_it_lacks() {
+    let single = Single::postgres(None).await;
+    let dba = format!("dba_{}", single.id);
+    single.use_master(&dba, "LOGIN CREATEROLE").await;
+    if pg_major() >= 16 {
+        refused(&single, &[], "lacks ADMIN OPTION on").await;
+        let err = String::from_utf8_lossy(&single.adopt(&[]).stderr).into_owned();
+        for role in [&single.user, &format!("readers_{}", single.id)] {
+            assert!(err.contains(role.as_str()), "{role} is not named in: {err}");
+        }
+        assert!(
+            err.contains(&format!("TO {dba} WITH ADMIN OPTION")),
+            "the fix is not named in: {err}"
+        );
+        // What it names is enough: the same adoption then goes through.
+        superuser("postgres")
+            .await
+            .batch_execute(&format!(
+                "GRANT {}, readers_{} TO {dba} WITH ADMIN OPTION",
+                single.user, single.id
+            ))
+            .await
+            .unwrap();
+    }
+    let out = single.adopt(&[]);
+    assert!(out.status.success(), "adopt: {}", text(&out));
 }
 
 /// Clone users set up by hand: one with the original's rights is taken over (it gets a new

@@ -202,22 +202,36 @@ async fn a_session_idle_for_longer_than_the_window_does_not_count_as_in_use() {
         .expect("an open session survives its user's password change");
 }
 
-/// An application process: tests/clients/cached_client.py, reading the secret through AWS's
-/// caching client.
+/// An application process: tests/clients/cached_client.py, reading the secret through one of
+/// AWS's clients: its caching client, or its driver wrapper's Secrets Manager plugin.
 struct App(Child);
+
+#[derive(Clone, Copy)]
+enum Client {
+    Caching,
+    Wrapper,
+}
 
 impl App {
     fn start(pair: &Pair, mode: &str, refresh_s: u32, name: &str) -> Self {
+        Self::start_with(Client::Caching, pair, mode, refresh_s, name)
+    }
+
+    fn start_with(client: Client, pair: &Pair, mode: &str, refresh_s: u32, name: &str) -> Self {
         let python = std::env::var("ROTATOR_TEST_PYTHON").unwrap_or_else(|_| {
-            panic!("ROTATOR_TEST_PYTHON is not set: run the tests with `make test` (scripts/local-stack start installs aws-secretsmanager-caching and pg8000 into the venv)")
+            panic!("ROTATOR_TEST_PYTHON is not set: run the tests with `make test` (scripts/local-stack start installs AWS's clients into the venv)")
         });
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/clients/cached_client.py"
         );
+        let client = match client {
+            Client::Caching => "caching",
+            Client::Wrapper => "wrapper",
+        };
         let child = Command::new(python)
             .args([script, &pair.app_secret, "--mode", mode, "--app", name])
-            .args(["--refresh", &refresh_s.to_string()])
+            .args(["--refresh", &refresh_s.to_string(), "--client", client])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -285,8 +299,20 @@ impl Tally {
     }
 }
 
+/// AWS's two clients for applications, one after the other on one pair of users, under the
+/// production guard:
+/// - the caching client (aws-secretsmanager-caching) re-reads after its refresh interval, so with
+///   the minimum interval above it, it follows every rotation; a task that holds a connection
+///   defers the rotation that would change its user;
+/// - the driver wrapper (aws-advanced-python-wrapper) re-reads only when a login is refused (its
+///   expiry is swept every 30 min), so it keeps the user it read: the guard defers every rotation
+///   that would change that user while the applications log in. Where the guard cannot see them
+///   (ROTATOR_IN_USE=off, as for sessions on a reader it cannot list), the password changes under
+///   them and the wrapper's own retry (one refused login, a re-read, the login again) hides it.
+///
+/// Not one login the applications asked for fails.
 #[tokio::test]
-async fn applications_reading_through_aws_caching_client_never_fail_a_login_and_a_held_connection_defers_its_rotation(
+async fn applications_reading_through_aws_clients_never_fail_a_login_and_a_user_in_use_defers_its_rotation(
 ) {
     let pair = Pair::new().await;
     // Refresh after 1-2 s (the library picks a random time in [interval/2, interval]); the
@@ -368,10 +394,96 @@ async fn applications_reading_through_aws_caching_client_never_fail_a_login_and_
             "a cached client failed to log in: {seen}"
         );
     }
+
+    // Phase 3: the driver wrapper. Its applications read AWSCURRENT once and keep that user.
+    let wrapped: Vec<App> = (0..2)
+        .map(|i| {
+            App::start_with(
+                Client::Wrapper,
+                &pair,
+                "connect",
+                2,
+                &format!("orders-wrapper-{i}"),
+            )
+        })
+        .chain([App::start_with(
+            Client::Wrapper,
+            &pair,
+            "hold",
+            2,
+            "batch-wrapper",
+        )])
+        .collect();
+    wait_until_connected(&pair, "orders-wrapper-0").await;
+    wait_until_connected(&pair, "batch-wrapper").await;
+    let kept = pair
+        .secret_at(&pair.app_secret, "AWSCURRENT")
+        .await
+        .unwrap()["username"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The next rotation changes the other user; every one after it would change theirs.
+    let mut outcome = "";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while outcome != "rotated" {
+        assert!(Instant::now() < deadline, "no rotation in 30 s: {tally:?}");
+        outcome = tally.rotate(&pair, &env);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let deferred_before = tally.deferred;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        assert_ne!(
+            tally.rotate(&pair, &env),
+            "rotated",
+            "the user the wrapper's applications keep had its password changed: {tally:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(tally.deferred > deferred_before, "{tally:?}");
+    let reason = tally.reasons.last().unwrap();
+    assert!(
+        reason.contains(&format!("user {kept} has")) && reason.contains("orders-wrapper-"),
+        "{reason}"
+    );
+
+    // Phase 4: a guard that cannot see them. Each rotation changes a password the wrapper's
+    // applications still use; the wrapper's retry after the refused login hides it.
+    let unguarded = [
+        ("ROTATOR_MIN_INTERVAL", interval),
+        ("ROTATOR_IN_USE", "off"),
+    ];
+    let rotations_before = tally.rotations;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tally.rotations < rotations_before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no 2 rotations in 60 s: {tally:?}"
+        );
+        tally.rotate(&pair, &unguarded);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for app in wrapped {
+        let seen = app.stop();
+        connections += seen["connections"].as_u64().unwrap();
+        failed += seen["failed"].as_u64().unwrap();
+        assert_eq!(
+            seen["failed"], 0,
+            "a wrapper's application failed to log in: {seen}"
+        );
+        assert!(seen["queries"].as_u64().unwrap() > 10, "{seen}");
+        if seen["mode"] == "connect" {
+            // It logged in as the other user only after a refused login made it read again.
+            let users = seen["users"].as_object().unwrap();
+            assert_eq!(users.len(), 2, "the wrapper followed the rotations: {seen}");
+        }
+    }
     report(
         "cached_clients",
         &format!(
-            "cached clients: rotations={} connections={connections} failed={failed} deferred={}",
+            "cached clients: rotations={} connections={connections} failed={failed} deferred={} (caching, wrapper)",
             tally.rotations, tally.deferred
         ),
     );

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{admin, eventually, stack, text, Harness, Options, Pair};
+use common::{admin, eventually, stack, superuser, text, Harness, Options, Pair};
 use serde_json::{json, Value};
 
 fn env(name: &str) -> String {
@@ -15,7 +15,7 @@ fn env(name: &str) -> String {
     })
 }
 
-/// A master secret holding the stack's superuser, named by the application secret.
+/// A master secret holding the stack's master (shaped like RDS's), named by the application secret.
 async fn add_master(pair: &Pair) {
     let s = stack();
     pair.add_master(&s.admin_user, &s.admin_password).await;
@@ -23,6 +23,16 @@ async fn add_master(pair: &Pair) {
 
 async fn sql(pair: &Pair, statements: &str) {
     admin(&pair.dbname)
+        .await
+        .batch_execute(statements)
+        .await
+        .unwrap_or_else(|e| panic!("{statements}: {}", common::pg_error(&e)));
+}
+
+/// What the stack's pg_hba roles stand for is the server's own configuration: the superuser
+/// grants them (on 16+ the master could only by being their member, which pg_hba matches).
+async fn as_superuser(pair: &Pair, statements: &str) {
+    superuser(&pair.dbname)
         .await
         .batch_execute(statements)
         .await
@@ -143,7 +153,7 @@ async fn a_role_refused_by_pg_hba_is_reported_as_such_not_as_a_wrong_password() 
     let pair = Pair::new().await;
     let idle = &pair.users[1];
     let reject = env("ROTATOR_TEST_PG_HBA_REJECT_ROLE");
-    sql(&pair, &format!("GRANT {reject} TO {idle}")).await;
+    as_superuser(&pair, &format!("GRANT {reject} TO {idle}")).await;
     // No source may change it: a clear, fatal error that names the rule, before any change.
     let before = pair.versions(&pair.proxy_secrets[1]).await;
     let out = pair.rotate();
@@ -163,7 +173,7 @@ async fn a_role_refused_by_pg_hba_is_reported_as_such_not_as_a_wrong_password() 
         !said.contains(&format!("login rejected for user {idle}")),
         "{said}"
     );
-    sql(&pair, &format!("REVOKE {reject} FROM {idle}")).await;
+    as_superuser(&pair, &format!("REVOKE {reject} FROM {idle}")).await;
     pair.login(idle, &pair.initial_passwords[1])
         .await
         .expect("the idle user's password did not change");
@@ -176,7 +186,7 @@ async fn a_nologin_idle_user_is_named_as_such_and_the_master_path_does_not_touch
     let idle = &pair.users[1];
     sql(&pair, &format!("ALTER ROLE {idle} NOLOGIN")).await;
     let stored = || async {
-        let row = admin("postgres")
+        let row = superuser("postgres")
             .await
             .query_one(
                 "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
@@ -252,17 +262,18 @@ async fn with_password_encryption_md5_the_verifier_is_md5_and_md5_logins_work() 
     let md5 = env("ROTATOR_TEST_PG_HBA_MD5_ROLE");
     let [a, b] = &pair.users;
     // A server that still serves MD5-only clients: md5 in pg_hba.conf, md5 verifiers.
+    as_superuser(&pair, &format!("GRANT {md5} TO {a}, {b}")).await;
     sql(
         &pair,
         &format!(
-            "GRANT {md5} TO {a}, {b}; ALTER DATABASE {} SET password_encryption = 'md5'",
+            "ALTER DATABASE {} SET password_encryption = 'md5'",
             pair.dbname
         ),
     )
     .await;
     assert_ok(&pair.rotate());
     pair.assert_rotated_to(b).await;
-    let stored: String = admin("postgres")
+    let stored: String = superuser("postgres")
         .await
         .query_one("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[b])
         .await

@@ -49,7 +49,8 @@ async fn login(mode: TlsMode, bundle: Option<&Path>, host: &str) -> Result<(), D
 }
 
 async fn set_ssl(on: Option<(&Path, &Path)>) {
-    let db = admin("postgres").await;
+    // The server's configuration: on RDS a parameter group, so the superuser here.
+    let db = superuser("postgres").await;
     // One statement each: ALTER SYSTEM refuses to run in the implicit transaction of a batch.
     let statements = match on {
         Some((cert, key)) => vec![

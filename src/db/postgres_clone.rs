@@ -366,12 +366,16 @@ impl CloneSession for PgCloneSession {
             )));
         }
         if self.version >= 160_000 {
-            // PostgreSQL 16: CREATEROLE grants only roles held WITH ADMIN OPTION (a role's
-            // creator holds it; a role made by another admin or before an upgrade may not).
-            let roles: Vec<String> = self
-                .want
-                .iter()
-                .flat_map(|w| w.memberships.iter().map(|m| m.role.clone()))
+            // PostgreSQL 16: CREATEROLE grants and alters only roles held WITH ADMIN OPTION (a
+            // role's creator holds it; a role made by another admin or before an upgrade may
+            // not). The user itself too: the clone is made its member, and every rotation sets
+            // its password.
+            let roles: Vec<String> = std::iter::once(plan.user.clone())
+                .chain(
+                    self.want
+                        .iter()
+                        .flat_map(|w| w.memberships.iter().map(|m| m.role.clone())),
+                )
                 .collect();
             let lacking: Vec<String> = self
                 .client
@@ -388,10 +392,11 @@ impl CloneSession for PgCloneSession {
                 .collect();
             if !lacking.is_empty() {
                 return Err(DbError::NotPermitted(format!(
-                    "{} lacks ADMIN OPTION on {}, which PostgreSQL 16 and later require to grant them to {}; an administrator can run GRANT {} TO {} WITH ADMIN OPTION",
+                    "{} lacks ADMIN OPTION on {}, which PostgreSQL 16 and later require to grant them to {} and to set {}'s password; an administrator (the role that made them, or a superuser) can run GRANT {} TO {} WITH ADMIN OPTION",
                     self.login,
                     lacking.join(", "),
                     plan.clone,
+                    plan.user,
                     lacking.iter().map(|r| quote_ident(r)).collect::<Vec<_>>().join(", "),
                     quote_ident(&self.login)
                 )));

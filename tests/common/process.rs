@@ -102,6 +102,14 @@ pub fn pausing_at(
 /// Writes a report line for `make test` to print after the run (cargo test hides the output of
 /// passing tests), and prints it for `--nocapture` runs.
 pub fn report(name: &str, line: &str) {
+    // On an extra PostgreSQL major (scripts/test-majors) the line says which, and is kept apart.
+    let (name, line) = match std::env::var("ROTATOR_TEST_PG_MAJOR") {
+        Ok(major) => (
+            format!("{name}-pg{major}"),
+            format!("postgres {major}: {line}"),
+        ),
+        Err(_) => (name.to_owned(), line.to_owned()),
+    };
     eprintln!("{line}");
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports");
     std::fs::create_dir_all(&dir).unwrap();

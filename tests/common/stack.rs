@@ -18,8 +18,16 @@ fn env(name: &str) -> String {
 pub struct Stack {
     pub pg_host: String,
     pub pg_port: u16,
+    /// The master, shaped like RDS's: CREATEROLE and CREATEDB, a member of rds_superuser, not a
+    /// superuser. Every test that needs a master uses it.
     pub admin_user: String,
     pub admin_password: String,
+    /// The bootstrap superuser (`rdsadmin`, as on RDS), for what AWS does there, not a customer:
+    /// ALTER SYSTEM, pg_authid, the stack's pg_hba roles, and "another administrator".
+    pub superuser: String,
+    pub superuser_password: String,
+    /// The server's `server_version`, e.g. "16.14".
+    pub pg_version: String,
     pub pg_log: String,
     pub aws_endpoint: String,
 }
@@ -33,6 +41,9 @@ pub fn stack() -> &'static Stack {
             .expect("ROTATOR_TEST_PG_PORT is a port"),
         admin_user: env("ROTATOR_TEST_PG_ADMIN_USER"),
         admin_password: env("ROTATOR_TEST_PG_ADMIN_PASSWORD"),
+        superuser: env("ROTATOR_TEST_PG_SUPERUSER"),
+        superuser_password: env("ROTATOR_TEST_PG_SUPERUSER_PASSWORD"),
+        pg_version: env("ROTATOR_TEST_PG_VERSION"),
         pg_log: env("ROTATOR_TEST_PG_LOG"),
         aws_endpoint: env("AWS_ENDPOINT_URL"),
     })
@@ -81,6 +92,28 @@ pub async fn admin(dbname: &str) -> tokio_postgres::Client {
                 s.pg_host, s.pg_port
             )
         })
+}
+
+/// A connection as the superuser, for what only AWS may do on RDS.
+pub async fn superuser(dbname: &str) -> tokio_postgres::Client {
+    let s = stack();
+    pg_connect(dbname, &s.superuser, &s.superuser_password)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot log in to PostgreSQL at {}:{} as the superuser ({e}); {HOW_TO_START}",
+                s.pg_host, s.pg_port
+            )
+        })
+}
+
+/// The server's major version (15, 16, 17, ...).
+pub fn pg_major() -> u32 {
+    let v = &stack().pg_version;
+    v.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("ROTATOR_TEST_PG_VERSION={v:?} has no major version"))
 }
 
 pub async fn aws() -> aws_config::SdkConfig {
