@@ -966,7 +966,7 @@ async fn a_user_another_administrator_created_is_refused_on_16_naming_the_admin_
             assert!(err.contains(role.as_str()), "{role} is not named in: {err}");
         }
         assert!(
-            err.contains(&format!("TO {dba} WITH ADMIN OPTION")),
+            err.contains(&format!("TO \"{dba}\" WITH ADMIN OPTION")),
             "the fix is not named in: {err}"
         );
         // What it names is enough: the same adoption then goes through.

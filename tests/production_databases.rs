@@ -104,6 +104,83 @@ async fn users_that_act_as_a_shared_owner_role_by_a_role_setting_rotate_both_way
     assert_eq!(owner_of, owner);
 }
 
+/// PostgreSQL 16: a CREATEROLE master alters only roles it holds ADMIN OPTION on. A master secret
+/// naming an administrator that did not make the idle user gets the server's own rule in a
+/// clear error, AWSCURRENT and the password stay, and once an administrator grants it, the same
+/// rotation goes through without a person's help. On 15 CREATEROLE alone suffices.
+#[tokio::test]
+async fn a_master_without_admin_option_on_the_idle_user_is_refused_on_16_and_the_rotation_resumes_once_granted(
+) {
+    let pair = Pair::new().await;
+    let idle = &pair.users[1];
+    let dba = format!("dba_{}", pair.dbname);
+    let password = format!("pw-{}", common::suffix());
+    superuser("postgres")
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {dba} LOGIN CREATEROLE PASSWORD '{password}'"
+        ))
+        .await
+        .unwrap();
+    pair.add_master(&dba, &password).await;
+    // Its own login fails, so only the master can set the idle user's password.
+    sql(
+        &pair,
+        &format!("ALTER ROLE {idle} VALID UNTIL '2001-01-01'"),
+    )
+    .await;
+    let verifier = || async {
+        superuser("postgres")
+            .await
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[idle],
+            )
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    let before = verifier().await;
+    let current = pair
+        .secret_at(&pair.app_secret, "AWSCURRENT")
+        .await
+        .unwrap();
+    let rotate = || {
+        pair.command(&["rotate", &pair.app_secret])
+            .env("ROTATOR_TEST_DEADLINE", "5s")
+            .output()
+            .unwrap()
+    };
+    if common::pg_major() >= 16 {
+        let out = rotate();
+        let said = text(&out);
+        assert!(!out.status.success(), "{said}");
+        assert!(
+            said.contains("ADMIN option"),
+            "the server's rule is not named: {said}"
+        );
+        assert!(
+            said.contains(idle.as_str()),
+            "the user is not named: {said}"
+        );
+        assert_eq!(verifier().await, before, "the password changed");
+        assert_eq!(
+            pair.secret_at(&pair.app_secret, "AWSCURRENT")
+                .await
+                .unwrap(),
+            current
+        );
+        superuser("postgres")
+            .await
+            .batch_execute(&format!("GRANT {idle} TO {dba} WITH ADMIN OPTION"))
+            .await
+            .unwrap();
+    }
+    assert_ok(&rotate());
+    pair.assert_rotated_to(idle).await;
+    assert_ne!(verifier().await, before);
+}
+
 #[tokio::test]
 async fn an_expired_valid_until_fails_check_and_the_master_path_clears_it() {
     let pair = Pair::new().await;

@@ -376,7 +376,12 @@ impl CloneSession for PgCloneSession {
                         .iter()
                         .flat_map(|w| w.memberships.iter().map(|m| m.role.clone())),
                 )
-                .collect();
+                .fold(Vec::new(), |mut roles, r| {
+                    if !roles.contains(&r) {
+                        roles.push(r);
+                    }
+                    roles
+                });
             let lacking: Vec<String> = self
                 .client
                 .query(
