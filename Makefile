@@ -11,7 +11,8 @@ STACK_ENV := .local-stack/env
 # or TEST_ARGS='-E "test(/kill/)"'
 TEST_ARGS ?=
 # The extra PostgreSQL majors the PostgreSQL-facing tests run on again after the full suite
-# (scripts/test-majors), unless TEST_ARGS narrows the run; PG_MAJORS= skips them.
+# (scripts/test-majors), unless TEST_ARGS narrows the run; PG_MAJORS= skips them (and the stack
+# then starts no extra major, so needs no npm).
 PG_MAJORS ?= 16 17
 # Extra arguments for cargo-deny's check, e.g.  make deny DENY_ARGS=advisories
 DENY_ARGS ?=
@@ -62,11 +63,12 @@ REPORTS := $(TARGET_DIR)/tmp/reports
 
 test:
 	@trap '$(STACK) stop' EXIT; trap 'exit 130' INT TERM; \
-	$(STACK) start >/dev/null || exit $$?; \
+	majors='$(if $(TEST_ARGS),,$(PG_MAJORS))'; \
+	ROTATOR_PG_MAJORS="$$majors" $(STACK) start >/dev/null || exit $$?; \
 	set -a; . ./$(STACK_ENV); set +a; \
 	rm -rf $(REPORTS) target/nextest/default/junit.xml; \
 	scripts/nextest run --workspace --all-targets --locked $(TEST_ARGS); rc=$$?; \
-	if [ -z '$(TEST_ARGS)' ] && [ -n '$(PG_MAJORS)' ]; then scripts/test-majors $(PG_MAJORS) || rc=1; fi; \
+	if [ -n "$$majors" ]; then scripts/test-majors $$majors || rc=1; fi; \
 	if ls $(REPORTS)/*.txt >/dev/null 2>&1; then echo; echo "== reports"; cat $(REPORTS)/*.txt; fi; \
 	echo; scripts/slowest-tests 15 || true; \
 	exit $$rc
@@ -77,7 +79,7 @@ load-run:
 
 demo:
 	@trap '$(STACK) stop' EXIT; trap 'exit 130' INT TERM; \
-	$(STACK) start >/dev/null || exit $$?; \
+	ROTATOR_PG_MAJORS= $(STACK) start >/dev/null || exit $$?; \
 	set -a; . ./$(STACK_ENV); set +a; \
 	cargo build && scripts/demo
 

@@ -397,11 +397,15 @@ impl CloneSession for PgCloneSession {
                 .collect();
             if !lacking.is_empty() {
                 return Err(DbError::NotPermitted(format!(
-                    "{} lacks ADMIN OPTION on {}, which PostgreSQL 16 and later require to grant them to {} and to set {}'s password; an administrator (the role that made them, or a superuser) can run GRANT {} TO {} WITH ADMIN OPTION",
+                    "{} lacks ADMIN OPTION on {}, which PostgreSQL 16 and later require to grant them to {}{}; an administrator (the role that made them, or a superuser) can run GRANT {} TO {} WITH ADMIN OPTION",
                     self.login,
                     lacking.join(", "),
                     plan.clone,
-                    plan.user,
+                    if lacking.contains(&plan.user) {
+                        format!(" and to set {}'s password", plan.user)
+                    } else {
+                        String::new()
+                    },
                     lacking.iter().map(|r| quote_ident(r)).collect::<Vec<_>>().join(", "),
                     quote_ident(&self.login)
                 )));

@@ -100,6 +100,19 @@ def wrapper_client(a, stats):
         }
 
     target = address()
+    # Every GetSecretValue the wrapper makes from here on: the first, and one after each refused
+    # login (its expiry sweep is 30 minutes away). Counted where every boto3 client calls AWS.
+    import botocore.client
+
+    make_api_call = botocore.client.BaseClient._make_api_call
+
+    def counted(self, operation, params):
+        if operation == "GetSecretValue":
+            stats["secret_reads"] += 1
+        return make_api_call(self, operation, params)
+
+    botocore.client.BaseClient._make_api_call = counted
+    stats["secret_reads"] = 0
     options = {
         "plugins": "aws_secrets_manager",
         "wrapper_dialect": "pg",
