@@ -3,7 +3,7 @@
 //! P1 time per rotation (in a running process, and as `rds-rotator rotate` with process start),
 //! P2 calls per rotation, P3 a thousand secrets for 1 and 4 worker processes against the stack's
 //! ceiling, P4 worker memory, P5 sizes and start-up, P6 the Secrets Manager write limit as the
-//! emulator sees it. Run by `scripts/bench`, which starts the stack and builds the release binary
+//! emulator sees it, P7 serial round trips to AWS (a fixed delay on every AWS call). Run by `scripts/bench`, which starts the stack and builds the release binary
 //! and the image first; every figure is measured here, none is assumed.
 
 use std::collections::BTreeMap;
@@ -482,6 +482,7 @@ async fn round(
             aws_fault_proxy::Faults {
                 rate: 0.0,
                 slow_delay: Duration::ZERO,
+                fixed_delay: Duration::ZERO,
             },
         )
         .await?;
@@ -793,6 +794,72 @@ async fn main() -> Result<()> {
             by_op.join(", ")
         ),
     );
+
+    // P7: serial round trips to AWS. Every AWS call goes through a fault proxy that holds each
+    // request for a fixed delay, once with none and once with `delay`: each serial round trip
+    // adds the delay once, calls made at once add it once between them, so the difference of
+    // the medians over the delay counts the serial ones. (The database is not delayed.)
+    if part("p7") {
+        let delay = Duration::from_millis(40);
+        let mut medians = Vec::new();
+        for fixed_delay in [Duration::ZERO, delay] {
+            let proxy = aws_fault_proxy::start(
+                "127.0.0.1:0".parse()?,
+                env("AWS_ENDPOINT_URL")?
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .parse()?,
+                aws_fault_proxy::Faults {
+                    rate: 0.0,
+                    slow_delay: Duration::ZERO,
+                    fixed_delay,
+                },
+            )
+            .await?;
+            let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .endpoint_url(format!("http://{}", proxy.addr))
+                .load()
+                .await;
+            let delayed = Rotator {
+                secrets: Arc::new(SecretsManager::new(&aws)),
+                records: Arc::new(DynamoRecords::new(&aws, &table)),
+                db: rotator.db.clone(),
+                rds: Arc::new(rds_rotator::aws::rds::RdsInstances::new(&aws)),
+                reporter: reports.clone(),
+                settings: Settings::default(),
+                owner: format!("bench-{}", id()),
+                shutdown: Shutdown::default(),
+                clock: rds_rotator::rotation::SystemClock::shared(),
+            };
+            let mut times = Vec::new();
+            for i in 0..12 {
+                let t = Instant::now();
+                match delayed
+                    .rotate(&one.arn, &Request::default(), LeaseWait::No)
+                    .await?
+                {
+                    Outcome::Rotated(_) => {}
+                    other => bail!("P7 rotation {i}: {other:?}"),
+                }
+                if i >= 2 {
+                    times.push(ms(t.elapsed()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            medians.push(stats(times).0);
+        }
+        let serial = (medians[1] - medians[0]) / ms(delay);
+        row(
+            "P7 serial round trips",
+            format!(
+                "{:.0} (delay {} ms, rotation {:.0} ms; {:.0} ms without it; {serial:.1} measured)",
+                serial.round(),
+                delay.as_millis(),
+                medians[1],
+                medians[0]
+            ),
+        );
+    }
 
     // P5: start-up to the first SQS receive (the loop's first pass writes its health file).
     let mut idle_rss = 0;

@@ -28,10 +28,13 @@ pub enum Mutant {
     /// A password change whose record write was lost is forgotten: the rotation's own pending
     /// version is not a known source once it stops at create_pending or set_password.
     ForgetsUnsavedPassword,
+    /// The proxy secret's new version, written beside the database's change, goes straight to
+    /// AWSCURRENT: before the guard let the change happen and the database took it.
+    ProxyCurrentBesidePassword,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 8] = [
+    pub const ALL: [Mutant; 9] = [
         Mutant::LeaseByWallClock,
         Mutant::ClaimsByHostName,
         Mutant::NoFence,
@@ -40,6 +43,7 @@ impl Mutant {
         Mutant::NoGuard,
         Mutant::CurrentBeforeTest,
         Mutant::ForgetsUnsavedPassword,
+        Mutant::ProxyCurrentBesidePassword,
     ];
 }
 

@@ -13,6 +13,7 @@ async fn with_thirty_percent_faults_twenty_rotations_all_complete() {
     let faults = fault_proxy(aws_fault_proxy::Faults {
         rate: 0.3,
         slow_delay: Duration::from_millis(300),
+        fixed_delay: Duration::ZERO,
     })
     .await;
     let endpoint = format!("http://{}", faults.addr);

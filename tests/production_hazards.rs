@@ -310,7 +310,9 @@ async fn a_refused_cas_on_an_unmoved_awscurrent_is_retryable() {
 async fn a_version_under_our_token_with_another_value_stops_the_rotation() {
     let pair = Pair::new().await;
     let idle_proxy = pair.proxy_secrets[1].clone();
-    let (mut child, lines) = rotate_pausing_at(&pair, "before:update_proxy", 4000);
+    // Paused before the step that writes under that token: set_password stages the proxy
+    // secret's version beside the database's change.
+    let (mut child, lines) = rotate_pausing_at(&pair, "before:set_password", 4000);
     let rotation_id = pair.status()["rotation_id"].as_str().unwrap().to_owned();
     let token = rds_rotator::rotation::proxy_token(&rotation_id);
     pair.sm

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::errors::RotationError;
 use super::invocation::{invoked, Invoked};
 use super::ports::SecretMeta;
-use super::record::{BeginIf, Plan, StepRecord};
+use super::record::{BeginIf, Plan, State, StepRecord};
 use super::request::{Outcome, Request};
 use super::run::Earlier;
 use super::settings::Settings;
@@ -131,10 +131,13 @@ pub(super) fn recorded_refusal(e: &RotationError) -> bool {
 }
 
 /// `version` is the pending version of a rotation of ours that failed or was aborted, as the
-/// record (the last one written for the secret) says.
+/// record (the last one written for the secret) says; or the version a finished rotation of ours
+/// made AWSCURRENT, where finish leaves AWSPENDING, which a later PutSecretValue (a person's edit)
+/// strands on it once AWSCURRENT moves on.
 pub(crate) fn left_by_us(version: &str, record: Option<&StepRecord>) -> bool {
     record.is_some_and(|p| {
-        (p.is_unfinished() && p.rotation_id.as_deref() == Some(version))
+        ((p.is_unfinished() || p.state == State::Finished)
+            && p.rotation_id.as_deref() == Some(version))
             || p.unfinished_versions.iter().any(|v| v == version)
     })
 }
@@ -433,6 +436,14 @@ mod tests {
                 None,
                 Some(&failed_at_p),
                 queue(false, None),
+                "new, Nothing",
+            ),
+            (
+                "AWSPENDING stranded on our finished rotation's version by an edit since",
+                Some("r1"),
+                None,
+                Some(&recent),
+                queue(true, None),
                 "new, Nothing",
             ),
             (

@@ -23,9 +23,29 @@
 //! | (begin)        | record: rotation id, current version, users (with the lease) | a record in progress exists: resume it |
 //! | create_pending | AWSPENDING version, ClientRequestToken = rotation id; beside it, the claim on the idle user | version `rotation id` exists |
 //! | set_password   | the idle user's password in the database, unless it is still in use (`guard`) | the pending credentials log in |
-//! | update_proxy   | the idle user's RDS Proxy secret = new password (staged, then CAS on the planned version) | version `proxy_token(rotation id)` is AWSCURRENT |
+//! | update_proxy   | the idle user's RDS Proxy secret = new password (staged, beside set_password in a fresh rotation; then CAS on the planned version) | version `proxy_token(rotation id)` is AWSCURRENT |
 //! | test           | pending credentials log in along the app's path      | (read-only: always re-run)                |
-//! | finish         | AWSPENDING still ours? AWSCURRENT -> pending (CAS on the old version), drop AWSPENDING | AWSCURRENT is the rotation id |
+//! | finish         | AWSPENDING still ours? AWSCURRENT -> pending (CAS on the old version); AWSPENDING stays on it | AWSCURRENT is the rotation id |
+//!
+//! What each call needs, for an undisturbed rotation (`||` runs at once; each line is one serial
+//! round trip to AWS, eight in all; the database's own round trips are not AWS's):
+//!
+//! | # | calls | needs |
+//! |---|-------|-------|
+//! | 1 | GetSecretValue(AWSCURRENT) \|\| DescribeSecret | the secret's id |
+//! | 2 | the idle user's proxy secret: GetSecretValue(AWSCURRENT) \|\| DescribeSecret | AWSCURRENT's value (its proxy secret ids, the idle user) |
+//! | 3 | DynamoDB: the lease, with the new record | the plan (1, 2) |
+//! | 4 | PutSecretValue(AWSPENDING) \|\| DynamoDB: the claims on both users | the lease (the fence), the generated password |
+//! | 5 | beside the database's password change: PutSecretValue(proxy secret, staged) \|\| DynamoDB: the record | the pending version (its password), the lease |
+//! | 6 | UpdateSecretVersionStage(proxy secret: AWSCURRENT, CAS on the version planning read) | 5 (the staged version), the database took the password |
+//! | 7 | UpdateSecretVersionStage(AWSCURRENT, CAS on the old version) | the test's logins passed, and beside them DescribeSecret (AWSPENDING still ours) |
+//! | 8 | DynamoDB: the record, finished, with the release | 7 |
+//!
+//! 14 calls: Secrets Manager's 9 (3 DescribeSecret, 2 GetSecretValue, 2 PutSecretValue, 2
+//! UpdateSecretVersionStage) and DynamoDB's 5 writes. 4 writes to Secrets Manager: AWSPENDING stays
+//! on the version that becomes AWSCURRENT, as AWS's own rotation functions leave it. RDS's
+//! DescribeDBInstances/Clusters (the guard's readers, Blue/Green) are counted apart and go beside
+//! other calls (`guard::Discovery`).
 //!
 //! The rotation id is persisted before AWSPENDING is written, so a crash at any instant resumes
 //! with the same id, and the resumed run reads the password back from that version instead of
@@ -120,7 +140,55 @@ impl Run<'_> {
         Ok(Step::SetPassword)
     }
 
+    /// The password in the database and, beside it in a fresh rotation, the proxy secret's
+    /// staged version: it is not AWSCURRENT, so RDS Proxy does not read it, and the database's
+    /// change takes a round trip to the database anyway.
     async fn set_password(&mut self) -> Result<Step, RotationError> {
+        let Some((proxy_id, token, value)) = self.proxy_to_stage().await? else {
+            return self.set_password_in_db().await;
+        };
+        let rotator = self.rotator;
+        let stage = match mutants::on(Mutant::ProxyCurrentBesidePassword) {
+            true => Stage::Current,
+            false => Stage::Staged,
+        };
+        let (next, staged) = tokio::join!(
+            self.set_password_in_db(),
+            rotator.put_once(&proxy_id, &token, &value, stage)
+        );
+        match staged {
+            Ok(()) => self.proxy_staged = true,
+            // update_proxy writes it (or finds that this write landed) and says why it cannot.
+            Err(e) => {
+                info!(secret = %proxy_id, error = %e, "the proxy secret's staged version was not written beside the password; update_proxy writes it")
+            }
+        }
+        next
+    }
+
+    /// What set_password stages beside the database's change: only in a rotation whose id this
+    /// run made (no earlier attempt can have written under its token), from the proxy secret
+    /// planning read, when it names the idle user (update_proxy says why not, otherwise).
+    async fn proxy_to_stage(
+        &mut self,
+    ) -> Result<Option<(String, String, secrecy::SecretString)>, RotationError> {
+        if self.earlier != Earlier::Nothing || self.proxy_staged {
+            return Ok(None);
+        }
+        let (Some(proxy_id), Some(proxy)) =
+            (self.record.proxy_secret_id.clone(), self.proxy.clone())
+        else {
+            return Ok(None);
+        };
+        let pending = self.pending().await?;
+        if proxy.username() != pending.username {
+            return Ok(None);
+        }
+        let value = proxy.render_with_password(&pending.password);
+        Ok(Some((proxy_id, proxy_token(self.rotation_id()), value)))
+    }
+
+    async fn set_password_in_db(&mut self) -> Result<Step, RotationError> {
         let pending = self.pending().await?;
         let current = self.current().await?.clone();
         let at = current.admin_endpoint();
@@ -274,7 +342,7 @@ impl Run<'_> {
         if written.as_ref().is_some_and(|v| v.has(Stage::Current)) {
             return Ok(Step::Test);
         }
-        if written.is_none() {
+        if written.is_none() && !self.proxy_staged {
             let proxy = match self.proxy.clone() {
                 Some(p) => Some(p),
                 None => {
@@ -374,7 +442,21 @@ impl Run<'_> {
         // Usually the first login passes. If not, the proxy may take minutes to read its secret:
         // the record says the rotation waits here (status shows it, and a crash while waiting
         // resumes here rather than before the proxy step).
-        let Ok(first) = clock.timeout_at(end, attempt()).await else {
+        // Beside the first login, where the labels are: finish checks them right before its
+        // compare-and-swap, and when this login passes, finish comes next. (A run that stops
+        // after the test, or retries it, has finish read them itself.)
+        let (secrets, arn) = (&self.rotator.secrets, self.arn().to_owned());
+        let finishes = self.through == Step::Done;
+        let labels = async {
+            match finishes {
+                true => secrets.describe(&arn).await.ok(),
+                false => None,
+            }
+        };
+        let Ok((first, labels)) = clock
+            .timeout_at(end, async { tokio::join!(attempt(), labels) })
+            .await
+        else {
             return Err(no_answer());
         };
         // The last refusal, for the end: the deadline may come in the middle of a probe.
@@ -387,7 +469,10 @@ impl Run<'_> {
             });
         };
         match first {
-            Ok(()) => return Ok(Step::Finish),
+            Ok(()) => {
+                self.labels_at_test = labels;
+                return Ok(Step::Finish);
+            }
             Err(p) if waits(&p) => {
                 note(&p);
                 self.trace.with(|t| t.retries += 1);
@@ -456,7 +541,11 @@ impl Run<'_> {
         // Right before the compare-and-swap, look where the labels are, whatever came earlier: the CAS
         // checks AWSCURRENT, but not that AWSPENDING is still ours. Another rotator that took it
         // (Secrets Manager's own, attached since we began) may be changing this user's password.
-        let meta = secrets.describe(&arn).await?;
+        // The test's passing login read them beside it, one round trip ago.
+        let meta = match self.labels_at_test.take() {
+            Some(meta) => meta,
+            None => secrets.describe(&arn).await?,
+        };
         let pending_at = meta.version_with(Stage::Pending).map(str::to_owned);
         match meta.version_with(Stage::Current) {
             Some(v) if v == id => {}
@@ -484,9 +573,12 @@ impl Run<'_> {
                 })
             }
         }
-        // Drop our AWSPENDING, so nothing pending outlives the rotation. On another version it is
-        // not ours (a later rotation's, or another tool's): it stays.
-        if pending_at.as_deref() == Some(id.as_str()) {
+        // AWSPENDING stays on the version that is now AWSCURRENT, as AWS's rotation functions leave
+        // it: one Secrets Manager write less. Planning and `check` ignore it there, and take it
+        // for ours (`begin::left_by_us`) once an edit moves AWSCURRENT on; the next rotation's
+        // PutSecretValue moves it. Secrets Manager's own RotateSecret would refuse after such an
+        // edit, so its calls drop it.
+        if self.managed && pending_at.as_deref() == Some(id.as_str()) {
             match secrets.remove_stage(&arn, Stage::Pending, &id).await {
                 Ok(()) => {}
                 // Not there: an earlier attempt whose answer was lost removed it, or someone

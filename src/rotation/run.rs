@@ -49,6 +49,16 @@ pub(super) struct Run<'a> {
     /// The last step to run: a call of Secrets Manager's runs up to its own, anything else to
     /// `Done`.
     pub(super) through: Step,
+    /// Run for a call of Secrets Manager's (`rds-rotator lambda`): finish drops AWSPENDING, since
+    /// Secrets Manager's RotateSecret refuses to start once AWSPENDING sits on a version other
+    /// than AWSCURRENT (as after a person's edit), and only a rotation of ours would move it.
+    pub(super) managed: bool,
+    /// The idle user's proxy secret holds the staged version already: set_password wrote it
+    /// beside the database's change (a fresh rotation), so update_proxy only moves the label.
+    pub(super) proxy_staged: bool,
+    /// Where the labels were when the test's first login passed (read beside it): finish uses
+    /// them instead of reading them again.
+    pub(super) labels_at_test: Option<SecretMeta>,
 }
 
 /// What earlier attempts may have left of this rotation.
@@ -110,6 +120,7 @@ pub(super) struct Begun<'a> {
     pub login: ProxyLogin,
     pub in_use: guard::InUsePolicy,
     pub through: Step,
+    pub managed: bool,
 }
 
 impl<'a> Run<'a> {
@@ -132,6 +143,9 @@ impl<'a> Run<'a> {
             discovery: guard::Discovery::default(),
             in_use: b.in_use,
             through: b.through,
+            managed: b.managed,
+            proxy_staged: false,
+            labels_at_test: None,
         }
     }
 
@@ -141,6 +155,7 @@ impl<'a> Run<'a> {
         self.earlier = Earlier::Unknown;
         self.labels = Labels::ReadAgain;
         self.login = ProxyLogin::NotOpened;
+        self.labels_at_test = None;
     }
 
     /// Another secret's unfinished pending versions, found with the claim

@@ -57,6 +57,7 @@ pub async fn refusing_proxy() -> aws_fault_proxy::FaultProxy {
     fault_proxy(aws_fault_proxy::Faults {
         rate: 0.0,
         slow_delay: Duration::ZERO,
+        fixed_delay: Duration::ZERO,
     })
     .await
 }

@@ -3,6 +3,8 @@
 //! - throttling: HTTP 400 `ThrottlingException` (the SDK retries it with backoff);
 //! - server errors: HTTP 500 `InternalServiceError`;
 //! - slowness: the request is forwarded after a delay;
+//! - a fixed delay on every request it forwards (`fixed_delay`), as a faraway region adds to each
+//!   round trip: the benchmark counts a rotation's serial round trips with it;
 //! - lost answers: the request is forwarded and takes effect, but the client gets a 500, as when
 //!   a response is lost on the way back. The SDK retries, so every write must be idempotent.
 //!
@@ -28,6 +30,8 @@ pub struct Faults {
     pub rate: f64,
     /// How long a slow response waits before it is forwarded.
     pub slow_delay: Duration,
+    /// How long every request waits before it is forwarded, whatever the rate says.
+    pub fixed_delay: Duration,
 }
 
 /// What was done, for the test's report.
@@ -311,6 +315,9 @@ async fn handle(
             tokio::time::sleep(faults.slow_delay).await;
         }
         Some(Fault::LostResponse) | None => {}
+    }
+    if !faults.fixed_delay.is_zero() {
+        tokio::time::sleep(faults.fixed_delay).await;
     }
     counts.forwarded.fetch_add(1, Ordering::Relaxed);
     counts

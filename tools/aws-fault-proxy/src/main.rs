@@ -17,6 +17,9 @@ struct Args {
     rate: f64,
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     slow_delay: Duration,
+    /// A delay every request waits before it is forwarded (a faraway region's round trip).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    fixed_delay: Duration,
 }
 
 #[tokio::main]
@@ -28,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
         aws_fault_proxy::Faults {
             rate: args.rate,
             slow_delay: args.slow_delay,
+            fixed_delay: args.fixed_delay,
         },
     )
     .await?;
