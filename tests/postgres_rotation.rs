@@ -364,8 +364,8 @@ async fn an_uninterrupted_rotation_stays_within_its_call_budget() {
         ),
     );
     // Reads: AWSCURRENT and the idle user's proxy secret, each with DescribeSecret beside it
-    // (Secrets Manager's own rotation, where AWSPENDING is), and DescribeSecret beside the test's
-    // login (AWSPENDING still ours, for finish's CAS). Writes (4, the bound): the pending
+    // (Secrets Manager's own rotation, where AWSPENDING is), and DescribeSecret beside the proxy
+    // secret's CAS (AWSPENDING still ours, for finish's CAS). Writes (4, the bound): the pending
     // version, the proxy secret's staged version and its CAS, AWSCURRENT's CAS. AWSPENDING stays
     // on the version that became AWSCURRENT.
     assert!(sm <= 9, "{sm} Secrets Manager calls: {calls}");

@@ -37,8 +37,8 @@
 //! | 3 | DynamoDB: the lease, with the new record | the plan (1, 2) |
 //! | 4 | PutSecretValue(AWSPENDING) \|\| DynamoDB: the claims on both users | the lease (the fence), the generated password |
 //! | 5 | beside the database's password change: PutSecretValue(proxy secret, staged) \|\| DynamoDB: the record | the pending version (its password), the lease |
-//! | 6 | UpdateSecretVersionStage(proxy secret: AWSCURRENT, CAS on the version planning read) | 5 (the staged version), the database took the password |
-//! | 7 | UpdateSecretVersionStage(AWSCURRENT, CAS on the old version) | the test's logins passed, and beside them DescribeSecret (AWSPENDING still ours) |
+//! | 6 | UpdateSecretVersionStage(proxy secret: AWSCURRENT, CAS on the version planning read) \|\| DescribeSecret(app secret) | 5 (the staged version), the database took the password |
+//! | 7 | UpdateSecretVersionStage(AWSCURRENT, CAS on the old version) | the test's logins passed; DescribeSecret (AWSPENDING still ours) went beside 6 |
 //! | 8 | DynamoDB: the record, finished, with the release | 7 |
 //!
 //! 14 calls: Secrets Manager's 9 (3 DescribeSecret, 2 GetSecretValue, 2 PutSecretValue, 2
@@ -140,30 +140,12 @@ impl Run<'_> {
         Ok(Step::SetPassword)
     }
 
-    /// The password in the database and, beside it in a fresh rotation, the proxy secret's
-    /// staged version: it is not AWSCURRENT, so RDS Proxy does not read it, and the database's
-    /// change takes a round trip to the database anyway.
+    /// The password in the database and, in a fresh rotation, beside the statement that changes
+    /// it (once the guard let it, so a refusal leaves the proxy secret as it was), the proxy
+    /// secret's staged version: not AWSCURRENT, so RDS Proxy does not read it.
     async fn set_password(&mut self) -> Result<Step, RotationError> {
-        let Some((proxy_id, token, value)) = self.proxy_to_stage().await? else {
-            return self.set_password_in_db().await;
-        };
-        let rotator = self.rotator;
-        let stage = match mutants::on(Mutant::ProxyCurrentBesidePassword) {
-            true => Stage::Current,
-            false => Stage::Staged,
-        };
-        let (next, staged) = tokio::join!(
-            self.set_password_in_db(),
-            rotator.put_once(&proxy_id, &token, &value, stage)
-        );
-        match staged {
-            Ok(()) => self.proxy_staged = true,
-            // update_proxy writes it (or finds that this write landed) and says why it cannot.
-            Err(e) => {
-                info!(secret = %proxy_id, error = %e, "the proxy secret's staged version was not written beside the password; update_proxy writes it")
-            }
-        }
-        next
+        self.to_stage = self.proxy_to_stage().await?;
+        self.set_password_in_db().await
     }
 
     /// What set_password stages beside the database's change: only in a rotation whose id this
@@ -317,9 +299,29 @@ impl Run<'_> {
             )
             .await?;
         }
-        session
-            .set_password(&pending.username, &pending.password)
-            .await?;
+        let Some((proxy_id, token, value)) = self.to_stage.take() else {
+            session
+                .set_password(&pending.username, &pending.password)
+                .await?;
+            return Ok(());
+        };
+        let rotator = self.rotator;
+        let stage = match mutants::on(Mutant::ProxyCurrentBesidePassword) {
+            true => Stage::Current,
+            false => Stage::Staged,
+        };
+        let (set, staged) = tokio::join!(
+            session.set_password(&pending.username, &pending.password),
+            rotator.put_once(&proxy_id, &token, &value, stage)
+        );
+        match staged {
+            Ok(()) => self.proxy_staged = true,
+            // update_proxy writes it (or finds that this write landed) and says why it cannot.
+            Err(e) => {
+                info!(secret = %proxy_id, error = %e, "the proxy secret's staged version was not written beside the password; update_proxy writes it")
+            }
+        }
+        set?;
         Ok(())
     }
 
@@ -372,7 +374,21 @@ impl Run<'_> {
         }
         // Planning stores it with the proxy secret's id.
         let from = self.record.proxy_version.clone().unwrap_or_default();
-        if let Swap::Moved(found) = self.rotator.swap_current(&proxy_id, &token, &from).await? {
+        // Beside this compare-and-swap, where the app secret's labels are: finish looks at them
+        // right before its own, and the test between the two is a login to the database. (A run
+        // that stops after the test, or waits in it, has finish read them itself.)
+        let (secrets, arn) = (&self.rotator.secrets, self.arn().to_owned());
+        let finishes = self.through == Step::Done;
+        let labels = async {
+            match finishes {
+                true => secrets.describe(&arn).await.ok(),
+                false => None,
+            }
+        };
+        let (swapped, labels) =
+            tokio::join!(self.rotator.swap_current(&proxy_id, &token, &from), labels);
+        self.labels_ahead = labels;
+        if let Swap::Moved(found) = swapped? {
             return Err(RotationError::Inconsistent {
                 secret: proxy_id,
                 reason: format!(
@@ -442,21 +458,7 @@ impl Run<'_> {
         // Usually the first login passes. If not, the proxy may take minutes to read its secret:
         // the record says the rotation waits here (status shows it, and a crash while waiting
         // resumes here rather than before the proxy step).
-        // Beside the first login, where the labels are: finish checks them right before its
-        // compare-and-swap, and when this login passes, finish comes next. (A run that stops
-        // after the test, or retries it, has finish read them itself.)
-        let (secrets, arn) = (&self.rotator.secrets, self.arn().to_owned());
-        let finishes = self.through == Step::Done;
-        let labels = async {
-            match finishes {
-                true => secrets.describe(&arn).await.ok(),
-                false => None,
-            }
-        };
-        let Ok((first, labels)) = clock
-            .timeout_at(end, async { tokio::join!(attempt(), labels) })
-            .await
-        else {
+        let Ok(first) = clock.timeout_at(end, attempt()).await else {
             return Err(no_answer());
         };
         // The last refusal, for the end: the deadline may come in the middle of a probe.
@@ -469,11 +471,10 @@ impl Run<'_> {
             });
         };
         match first {
-            Ok(()) => {
-                self.labels_at_test = labels;
-                return Ok(Step::Finish);
-            }
+            Ok(()) => return Ok(Step::Finish),
             Err(p) if waits(&p) => {
+                // Waiting for the proxy: the labels read beside its compare-and-swap grow stale.
+                self.labels_ahead = None;
                 note(&p);
                 self.trace.with(|t| t.retries += 1);
                 info!(user = %pending.username, at = %p.at, error = %p.error, "new credentials not accepted yet");
@@ -541,8 +542,8 @@ impl Run<'_> {
         // Right before the compare-and-swap, look where the labels are, whatever came earlier: the CAS
         // checks AWSCURRENT, but not that AWSPENDING is still ours. Another rotator that took it
         // (Secrets Manager's own, attached since we began) may be changing this user's password.
-        // The test's passing login read them beside it, one round trip ago.
-        let meta = match self.labels_at_test.take() {
+        // update_proxy read them beside its own compare-and-swap, one step ago.
+        let meta = match self.labels_ahead.take() {
             Some(meta) => meta,
             None => secrets.describe(&arn).await?,
         };

@@ -56,9 +56,11 @@ pub(super) struct Run<'a> {
     /// The idle user's proxy secret holds the staged version already: set_password wrote it
     /// beside the database's change (a fresh rotation), so update_proxy only moves the label.
     pub(super) proxy_staged: bool,
-    /// Where the labels were when the test's first login passed (read beside it): finish uses
-    /// them instead of reading them again.
-    pub(super) labels_at_test: Option<SecretMeta>,
+    /// What set_password stages beside its statement, until it does (`proxy_to_stage`).
+    pub(super) to_stage: Option<(String, String, secrecy::SecretString)>,
+    /// The app secret's labels, read beside the proxy secret's compare-and-swap: finish uses them
+    /// instead of reading them again, unless the test waited in between.
+    pub(super) labels_ahead: Option<SecretMeta>,
 }
 
 /// What earlier attempts may have left of this rotation.
@@ -145,7 +147,8 @@ impl<'a> Run<'a> {
             through: b.through,
             managed: b.managed,
             proxy_staged: false,
-            labels_at_test: None,
+            to_stage: None,
+            labels_ahead: None,
         }
     }
 
@@ -155,7 +158,8 @@ impl<'a> Run<'a> {
         self.earlier = Earlier::Unknown;
         self.labels = Labels::ReadAgain;
         self.login = ProxyLogin::NotOpened;
-        self.labels_at_test = None;
+        self.labels_ahead = None;
+        self.to_stage = None;
     }
 
     /// Another secret's unfinished pending versions, found with the claim
