@@ -25,7 +25,7 @@
 //! | set_password   | the idle user's password in the database, unless it is still in use (`guard`) | the pending credentials log in |
 //! | update_proxy   | the idle user's RDS Proxy secret = new password (staged, beside set_password in a fresh rotation; then CAS on the planned version) | version `proxy_token(rotation id)` is AWSCURRENT |
 //! | test           | pending credentials log in along the app's path      | (read-only: always re-run)                |
-//! | finish         | AWSPENDING still ours? AWSCURRENT -> pending (CAS on the old version); AWSPENDING stays on it | AWSCURRENT is the rotation id |
+//! | finish         | AWSPENDING still ours? AWSCURRENT -> pending (CAS on the old version); AWSPENDING dropped beside the release | AWSCURRENT is the rotation id |
 //!
 //! What each call needs, for an undisturbed rotation (`||` runs at once; each line is one serial
 //! round trip to AWS, eight in all; the database's own round trips are not AWS's):
@@ -39,11 +39,13 @@
 //! | 5 | beside the database's password change: PutSecretValue(proxy secret, staged) \|\| DynamoDB: the record | the pending version (its password), the lease |
 //! | 6 | UpdateSecretVersionStage(proxy secret: AWSCURRENT, CAS on the version planning read) \|\| DescribeSecret(app secret) | 5 (the staged version), the database took the password |
 //! | 7 | UpdateSecretVersionStage(AWSCURRENT, CAS on the old version) | the test's logins passed; DescribeSecret (AWSPENDING still ours) went beside 6 |
-//! | 8 | DynamoDB: the record, finished, with the release | 7 |
+//! | 8 | DynamoDB: the record, finished, with the release \|\| UpdateSecretVersionStage(drop AWSPENDING from the rotation's version) | 7 |
 //!
-//! 14 calls: Secrets Manager's 9 (3 DescribeSecret, 2 GetSecretValue, 2 PutSecretValue, 2
-//! UpdateSecretVersionStage) and DynamoDB's 5 writes. 4 writes to Secrets Manager: AWSPENDING stays
-//! on the version that becomes AWSCURRENT, as AWS's own rotation functions leave it. RDS's
+//! 15 calls: Secrets Manager's 10 (3 DescribeSecret, 2 GetSecretValue, 2 PutSecretValue, 3
+//! UpdateSecretVersionStage) and DynamoDB's 5 writes; 5 of them writes to Secrets Manager. The
+//! fifth, dropping AWSPENDING, could go (AWS's contract lets it stay on the version that becomes
+//! AWSCURRENT), but an edit then strands it on an older version, which Secrets Manager's
+//! RotateSecret refuses to rotate past and which only the last record names as ours. RDS's
 //! DescribeDBInstances/Clusters (the guard's readers, Blue/Green) are counted apart and go beside
 //! other calls (`guard::Discovery`).
 //!
@@ -344,6 +346,24 @@ impl Run<'_> {
         if written.as_ref().is_some_and(|v| v.has(Stage::Current)) {
             return Ok(Step::Test);
         }
+        // A version under our token that holds other credentials was written by someone else:
+        // never moved to AWSCURRENT. (Ours hold the pending ones: written beside set_password or
+        // below, from the pending version.)
+        if let Some(v) = &written {
+            let ours = crate::secret::UserSecret::parse(&v.value).is_ok_and(|s| {
+                use secrecy::ExposeSecret;
+                s.username() == pending.username
+                    && s.credentials.password.expose_secret() == pending.password.expose_secret()
+            });
+            if !ours {
+                return Err(RotationError::Inconsistent {
+                    secret: proxy_id,
+                    reason: format!(
+                        "version {token} already exists with another value: something other than this rotation wrote under its token"
+                    ),
+                });
+            }
+        }
         if written.is_none() && !self.proxy_staged {
             let proxy = match self.proxy.clone() {
                 Some(p) => Some(p),
@@ -387,7 +407,7 @@ impl Run<'_> {
         };
         let (swapped, labels) =
             tokio::join!(self.rotator.swap_current(&proxy_id, &token, &from), labels);
-        self.labels_ahead = labels;
+        self.labels_ahead = labels.map(|l| (l, self.rotator.clock.now()));
         if let Swap::Moved(found) = swapped? {
             return Err(RotationError::Inconsistent {
                 secret: proxy_id,
@@ -542,10 +562,12 @@ impl Run<'_> {
         // Right before the compare-and-swap, look where the labels are, whatever came earlier: the CAS
         // checks AWSCURRENT, but not that AWSPENDING is still ours. Another rotator that took it
         // (Secrets Manager's own, attached since we began) may be changing this user's password.
-        // update_proxy read them beside its own compare-and-swap, one step ago.
+        // update_proxy read them beside its own compare-and-swap, one step ago: used while
+        // fresh (a login through a busy proxy may take minutes and still pass).
+        let now = self.rotator.clock.now();
         let meta = match self.labels_ahead.take() {
-            Some(meta) => meta,
-            None => secrets.describe(&arn).await?,
+            Some((meta, read)) if now.saturating_duration_since(read) < LABELS_FRESH => meta,
+            _ => secrets.describe(&arn).await?,
         };
         let pending_at = meta.version_with(Stage::Pending).map(str::to_owned);
         match meta.version_with(Stage::Current) {
@@ -574,24 +596,21 @@ impl Run<'_> {
                 })
             }
         }
-        // AWSPENDING stays on the version that is now AWSCURRENT, as AWS's rotation functions leave
-        // it: one Secrets Manager write less. Planning and `check` ignore it there, and take it
-        // for ours (`begin::left_by_us`) once an edit moves AWSCURRENT on; the next rotation's
-        // PutSecretValue moves it. Secrets Manager's own RotateSecret would refuse after such an
-        // edit, so its calls drop it.
-        if self.managed && pending_at.as_deref() == Some(id.as_str()) {
-            match secrets.remove_stage(&arn, Stage::Pending, &id).await {
-                Ok(()) => {}
-                // Not there: an earlier attempt whose answer was lost removed it, or someone
-                // moved it. Either way nothing of ours is left to drop.
-                Err(SecretStoreError::Refused(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
+        // AWSPENDING goes from the version that is now AWSCURRENT, beside the release (`drive`):
+        // left there, an edit (a PutSecretValue) strands it on an older version, which Secrets
+        // Manager's RotateSecret refuses to rotate past. On another version it is not ours (a
+        // later rotation's, or another tool's): it stays.
+        if pending_at.as_deref() == Some(id.as_str()) {
+            self.drop_pending = Some((arn.clone(), id.clone()));
         }
         info!(secret = %arn, rotation_id = %id, user = %self.target_user(), "AWSCURRENT moved to the new credentials");
         Ok(Step::Done)
     }
 }
+
+/// How long finish trusts the labels update_proxy read beside its compare-and-swap: about the
+/// test's login, not the minutes a login through a busy proxy may take.
+const LABELS_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A login of the test step that failed, and where.
 struct Probe {

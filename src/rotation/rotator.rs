@@ -300,7 +300,6 @@ impl Rotator {
                     .invocation
                     .as_ref()
                     .map_or(Step::Done, |c| c.through),
-                managed: request.invocation.is_some(),
             },
         );
         self.drive_with_retries(run, request, resumed).await

@@ -11,7 +11,7 @@ use super::early_login::ProxyLogin;
 use super::errors::RotationError;
 use super::guard;
 use super::lease;
-use super::ports::{Lease, RecordStoreError, SecretMeta, Stage, UserClaim};
+use super::ports::{Lease, RecordStoreError, SecretMeta, SecretStoreError, Stage, UserClaim};
 use super::record::{Step, StepRecord};
 use super::report::Trace;
 use super::rotator::Rotator;
@@ -49,18 +49,17 @@ pub(super) struct Run<'a> {
     /// The last step to run: a call of Secrets Manager's runs up to its own, anything else to
     /// `Done`.
     pub(super) through: Step,
-    /// Run for a call of Secrets Manager's (`rds-rotator lambda`): finish drops AWSPENDING, since
-    /// Secrets Manager's RotateSecret refuses to start once AWSPENDING sits on a version other
-    /// than AWSCURRENT (as after a person's edit), and only a rotation of ours would move it.
-    pub(super) managed: bool,
     /// The idle user's proxy secret holds the staged version already: set_password wrote it
     /// beside the database's change (a fresh rotation), so update_proxy only moves the label.
     pub(super) proxy_staged: bool,
     /// What set_password stages beside its statement, until it does (`proxy_to_stage`).
     pub(super) to_stage: Option<(String, String, secrecy::SecretString)>,
-    /// The app secret's labels, read beside the proxy secret's compare-and-swap: finish uses them
-    /// instead of reading them again, unless the test waited in between.
-    pub(super) labels_ahead: Option<SecretMeta>,
+    /// The app secret's labels, read beside the proxy secret's compare-and-swap, and when: finish
+    /// uses them instead of reading them again while they are fresh (`LABELS_FRESH`).
+    pub(super) labels_ahead: Option<(SecretMeta, tokio::time::Instant)>,
+    /// AWSPENDING to drop from the version finish made AWSCURRENT, beside the last record write
+    /// and the release (`drive`): no round trip of its own.
+    pub(super) drop_pending: Option<(String, String)>,
 }
 
 /// What earlier attempts may have left of this rotation.
@@ -122,7 +121,6 @@ pub(super) struct Begun<'a> {
     pub login: ProxyLogin,
     pub in_use: guard::InUsePolicy,
     pub through: Step,
-    pub managed: bool,
 }
 
 impl<'a> Run<'a> {
@@ -145,10 +143,10 @@ impl<'a> Run<'a> {
             discovery: guard::Discovery::default(),
             in_use: b.in_use,
             through: b.through,
-            managed: b.managed,
             proxy_staged: false,
             to_stage: None,
             labels_ahead: None,
+            drop_pending: None,
         }
     }
 
@@ -160,6 +158,8 @@ impl<'a> Run<'a> {
         self.login = ProxyLogin::NotOpened;
         self.labels_ahead = None;
         self.to_stage = None;
+        // Looked for again: `written` says whether an earlier attempt's staged version landed.
+        self.proxy_staged = false;
     }
 
     /// Another secret's unfinished pending versions, found with the claim
@@ -318,8 +318,30 @@ impl Run<'_> {
             self.saved = Saved::Behind;
             if next == Step::Done {
                 self.record.calls = crate::calls::snapshot();
-                let records = &self.rotator.records;
-                match records.save_and_release(self.lease, &self.record).await {
+                let (records, secrets) = (&self.rotator.records, &self.rotator.secrets);
+                // Beside the release: its RemoveFromVersionId names this rotation's version, so a
+                // late answer cannot take the label off a later rotation's.
+                let drop_pending = async {
+                    let Some((arn, id)) = self.drop_pending.take() else {
+                        return;
+                    };
+                    match secrets.remove_stage(&arn, Stage::Pending, &id).await {
+                        Ok(()) => {}
+                        // Not there: an earlier attempt whose answer was lost removed it, or
+                        // someone moved it.
+                        Err(SecretStoreError::Refused(_)) => {}
+                        // Harmless on AWSCURRENT's version: planning ignores it there, and takes
+                        // it for ours (`begin::left_by_us`) if an edit strands it.
+                        Err(e) => {
+                            warn!(secret = %arn, error = %e, "could not drop AWSPENDING from the rotation's version; it stays on AWSCURRENT's")
+                        }
+                    }
+                };
+                let (saved, ()) = tokio::join!(
+                    records.save_and_release(self.lease, &self.record),
+                    drop_pending
+                );
+                match saved {
                     Ok(()) => self.flags.released.store(true, Ordering::SeqCst),
                     // The rotation is complete whatever the record says: the next run for this
                     // secret finds AWSCURRENT on the rotation id and only writes the record. Not
