@@ -335,6 +335,57 @@ async fn a_version_under_our_token_with_another_value_stops_the_rotation() {
     assert_eq!(pair.violations(false).await, Vec::<String>::new());
 }
 
+/// The same on a resumed run: the first process dies before set_password, someone writes under
+/// the rotation's proxy token meanwhile, and the rerun (which looks before it writes) finds that
+/// version. It stops instead of moving the proxy secret's AWSCURRENT there. (Before, a resumed
+/// update_proxy trusted any version under its token and moved AWSCURRENT to it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_rotation_never_moves_the_proxy_secret_to_a_foreign_version_under_its_token() {
+    let pair = Pair::new().await;
+    let idle_proxy = pair.proxy_secrets[1].clone();
+    let mut child = pair.rotate_until("before:set_password", "2s");
+    let rotation_id = pair.status()["rotation_id"].as_str().unwrap().to_owned();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let token = rds_rotator::rotation::proxy_token(&rotation_id);
+    pair.sm
+        .put_secret_value()
+        .secret_id(&idle_proxy)
+        .client_request_token(&token)
+        .secret_string(json!({"username": pair.users[1], "password": "not-ours"}).to_string())
+        .version_stages("SOMEONE_ELSE")
+        .send()
+        .await
+        .unwrap();
+    // The killed holder's lease runs out (the harness's lease is short), then the rerun resumes.
+    let out = eventually_rotate(&pair).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("already exists with another value"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pair.status()["rotation_id"], json!(rotation_id));
+    assert_ne!(
+        pair.secret_at(&idle_proxy, "AWSCURRENT").await.unwrap()["password"],
+        json!("not-ours"),
+        "the foreign version became the proxy secret's AWSCURRENT"
+    );
+    assert_eq!(pair.violations(false).await, Vec::<String>::new());
+}
+
+/// `rotate` until it gets past a lease a killed process left (exit 75 while it waits).
+async fn eventually_rotate(pair: &Pair) -> std::process::Output {
+    for _ in 0..40 {
+        let out = pair.rotate();
+        if out.status.code() != Some(75) {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("the killed process's lease never ran out");
+}
+
 /// An operator ends a rotation that stopped right after the password changed: AWSPENDING goes,
 /// the record says aborted with the reason, and the next rotation (no master secret) succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
