@@ -275,6 +275,36 @@ struct Tally {
 }
 
 impl Tally {
+    /// A scheduler asking every half second: one rotation (of the other user) within 30 s, then
+    /// for `secs` only deferrals and skips, at least one deferral: the next would change the
+    /// user that `who`.
+    async fn one_rotation_then_only_deferrals(
+        &mut self,
+        pair: &Pair,
+        env: &[(&str, &str)],
+        secs: u64,
+        who: &str,
+    ) {
+        let mut outcome = "";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while outcome != "rotated" {
+            assert!(Instant::now() < deadline, "no rotation in 30 s: {self:?}");
+            outcome = self.rotate(pair, env);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let deferred_before = self.deferred;
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            assert_ne!(
+                self.rotate(pair, env),
+                "rotated",
+                "the user {who} had its password changed: {self:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(self.deferred > deferred_before, "{self:?}");
+    }
+
     /// One `rotate`, as a scheduler would run it: rotated, skipped, or deferred by the guard.
     fn rotate(&mut self, pair: &Pair, env: &[(&str, &str)]) -> &'static str {
         let out = production(pair, &["rotate", &pair.app_secret], env);
@@ -346,24 +376,9 @@ async fn applications_reading_through_aws_clients_never_fail_a_login_and_a_user_
         .unwrap()
         .to_owned();
     // The next rotation changes the other user; the one after would change the holder's.
-    let mut outcome = "";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while outcome != "rotated" {
-        assert!(Instant::now() < deadline, "no rotation in 30 s: {tally:?}");
-        outcome = tally.rotate(&pair, &env);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let deferred_before = tally.deferred;
-    let deadline = Instant::now() + Duration::from_secs(12);
-    while Instant::now() < deadline {
-        assert_ne!(
-            tally.rotate(&pair, &env),
-            "rotated",
-            "the user a running task holds had its password changed: {tally:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(tally.deferred > deferred_before, "{tally:?}");
+    tally
+        .one_rotation_then_only_deferrals(&pair, &env, 12, "a running task holds")
+        .await;
     let reason = tally.reasons.last().unwrap();
     assert!(
         reason.contains(&format!("user {held_user} has 1 session(s)"))
@@ -424,24 +439,9 @@ async fn applications_reading_through_aws_clients_never_fail_a_login_and_a_user_
         .unwrap()
         .to_owned();
     // The next rotation changes the other user; every one after it would change theirs.
-    let mut outcome = "";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while outcome != "rotated" {
-        assert!(Instant::now() < deadline, "no rotation in 30 s: {tally:?}");
-        outcome = tally.rotate(&pair, &env);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let deferred_before = tally.deferred;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        assert_ne!(
-            tally.rotate(&pair, &env),
-            "rotated",
-            "the user the wrapper's applications keep had its password changed: {tally:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(tally.deferred > deferred_before, "{tally:?}");
+    tally
+        .one_rotation_then_only_deferrals(&pair, &env, 10, "the wrapper's applications keep")
+        .await;
     // The guard sees a snapshot: the held connection is always in it, the connect-mode
     // applications' short sessions only now and then.
     let reason = tally.reasons.last().unwrap();
