@@ -368,10 +368,7 @@ async fn applications_reading_through_aws_clients_never_fail_a_login_and_a_user_
     let holder = App::start(&pair, "hold", 3600, "batch-holder");
     // Connected, so it holds the credentials it read before the rotations below.
     wait_until_connected(&pair, "batch-holder").await;
-    let held_user = pair
-        .secret_at(&pair.app_secret, "AWSCURRENT")
-        .await
-        .unwrap()["username"]
+    let held_user = pair.current().await["username"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -431,10 +428,7 @@ async fn applications_reading_through_aws_clients_never_fail_a_login_and_a_user_
         .collect();
     wait_until_connected(&pair, "orders-wrapper-0").await;
     wait_until_connected(&pair, "batch-wrapper").await;
-    let kept = pair
-        .secret_at(&pair.app_secret, "AWSCURRENT")
-        .await
-        .unwrap()["username"]
+    let kept = pair.current().await["username"]
         .as_str()
         .unwrap()
         .to_owned();

@@ -314,16 +314,7 @@ async fn a_version_under_our_token_with_another_value_stops_the_rotation() {
     // secret's version beside the database's change.
     let (mut child, lines) = rotate_pausing_at(&pair, "before:set_password", 4000);
     let rotation_id = pair.status()["rotation_id"].as_str().unwrap().to_owned();
-    let token = rds_rotator::rotation::proxy_token(&rotation_id);
-    pair.sm
-        .put_secret_value()
-        .secret_id(&idle_proxy)
-        .client_request_token(&token)
-        .secret_string(json!({"username": pair.users[1], "password": "not-ours"}).to_string())
-        .version_stages("SOMEONE_ELSE")
-        .send()
-        .await
-        .unwrap();
+    put_under_proxy_token(&pair, &idle_proxy, &rotation_id).await;
     let status = wait_exit(&mut child, Duration::from_secs(60));
     let err = lines.join().unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
@@ -347,16 +338,7 @@ async fn a_resumed_rotation_never_moves_the_proxy_secret_to_a_foreign_version_un
     let rotation_id = pair.status()["rotation_id"].as_str().unwrap().to_owned();
     child.kill().unwrap();
     child.wait().unwrap();
-    let token = rds_rotator::rotation::proxy_token(&rotation_id);
-    pair.sm
-        .put_secret_value()
-        .secret_id(&idle_proxy)
-        .client_request_token(&token)
-        .secret_string(json!({"username": pair.users[1], "password": "not-ours"}).to_string())
-        .version_stages("SOMEONE_ELSE")
-        .send()
-        .await
-        .unwrap();
+    put_under_proxy_token(&pair, &idle_proxy, &rotation_id).await;
     // The killed holder's lease runs out (the harness's lease is short), then the rerun resumes.
     let out = eventually_rotate(&pair).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -372,6 +354,19 @@ async fn a_resumed_rotation_never_moves_the_proxy_secret_to_a_foreign_version_un
         "the foreign version became the proxy secret's AWSCURRENT"
     );
     assert_eq!(pair.violations(false).await, Vec::<String>::new());
+}
+
+/// Someone else's version of the idle user's proxy secret, under the rotation's own proxy token.
+async fn put_under_proxy_token(pair: &Pair, idle_proxy: &str, rotation_id: &str) {
+    pair.sm
+        .put_secret_value()
+        .secret_id(idle_proxy)
+        .client_request_token(rds_rotator::rotation::proxy_token(rotation_id))
+        .secret_string(json!({"username": pair.users[1], "password": "not-ours"}).to_string())
+        .version_stages("SOMEONE_ELSE")
+        .send()
+        .await
+        .unwrap();
 }
 
 /// `rotate` until it gets past a lease a killed process left (exit 75 while it waits).
