@@ -47,6 +47,7 @@ fn record(key: &str, rotation_id: &str) -> StepRecord {
         proxy_secret_id: Some("arn:proxy".into()),
         proxy_version: Some("pv0".into()),
         pending_version: None,
+        pending_left: None,
     };
     StepRecord::begin(key, rotation_id.into(), plan, None, now_ms())
 }
@@ -362,6 +363,7 @@ fn plan_from(current_version: &str) -> Plan {
         proxy_secret_id: None,
         proxy_version: None,
         pending_version: None,
+        pending_left: None,
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{admin, eventually, stack, superuser, text, Harness, Options, Pair};
+use common::{admin, assert_ok, eventually, stack, superuser, text, Harness, Options, Pair};
 use serde_json::{json, Value};
 
 fn env(name: &str) -> String {
@@ -37,10 +37,6 @@ async fn as_superuser(pair: &Pair, statements: &str) {
         .batch_execute(statements)
         .await
         .unwrap_or_else(|e| panic!("{statements}: {}", common::pg_error(&e)));
-}
-
-fn assert_ok(out: &std::process::Output) {
-    assert!(out.status.success(), "{}", text(out));
 }
 
 #[tokio::test]

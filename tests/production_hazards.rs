@@ -197,6 +197,43 @@ async fn an_awspending_that_no_rotation_of_ours_made_is_refused_until_removed() 
     pair.assert_rotated_to(&pair.users[1]).await;
 }
 
+/// A finished rotation leaves AWSPENDING on the version it made AWSCURRENT (one Secrets Manager
+/// write less). Edits strand it on an older version, and a rotation refused in between (the
+/// first edit was bad) writes a record of its own: the next rotation still takes the label over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awspending_left_by_a_finished_rotation_and_stranded_by_edits_is_taken_over() {
+    let pair = Pair::new().await;
+    assert_ok(&pair.rotate());
+    let finished = pair.version_with(&pair.app_secret, "AWSCURRENT").await;
+    assert_eq!(
+        pair.version_with(&pair.app_secret, "AWSPENDING").await,
+        finished,
+        "AWSPENDING stays on the new AWSCURRENT"
+    );
+    let good = pair.current().await;
+    let edit = |value: String| {
+        pair.sm
+            .put_secret_value()
+            .secret_id(&pair.app_secret)
+            .secret_string(value)
+            .send()
+    };
+    edit("not json".to_owned()).await.unwrap();
+    let out = pair.rotate();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(pair.status()["state"], "failed");
+    edit(good.to_string()).await.unwrap();
+    assert_eq!(
+        pair.version_with(&pair.app_secret, "AWSPENDING").await,
+        finished,
+        "stranded on the finished rotation's version"
+    );
+    let check = pair.run(&["check", &pair.app_secret]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert_ok(&pair.rotate());
+    pair.assert_rotated_to(&pair.users[0]).await;
+}
+
 /// Another rotator takes AWSPENDING while ours tests its credentials: finish must not move
 /// AWSCURRENT to a version whose user may be getting another password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

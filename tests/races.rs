@@ -47,36 +47,10 @@ async fn two_processes_racing_for_one_secret_never_rotate_it_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_paused_past_its_lease_is_fenced_off_when_it_wakes() {
     let pair = Pair::new().await;
-    let mut a = pair
-        .command(&["rotate", &pair.app_secret])
-        .env("ROTATOR_TEST_FAILPOINTS", "before:update_proxy=sleep(1500)")
-        .env("ROTATOR_LEASE_DURATION", "2s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = a.stderr.take().unwrap();
-    let lines = std::thread::spawn(move || {
-        use std::io::{BufRead, BufReader};
-        let mut all = String::new();
-        let mut reader = BufReader::new(stderr);
-        let mut line = String::new();
-        while reader.read_line(&mut line).unwrap_or(0) > 0 {
-            all.push_str(&line);
-            line.clear();
-        }
-        all
-    });
-    // The record is written beside set_password; then A sleeps before the proxy step.
-    eventually(
-        "A to reach set_password",
-        Duration::from_secs(20),
-        || async {
-            pair.try_status()
-                .is_some_and(|s| s["step"] == "set_password")
-        },
-    )
-    .await;
+    // A changes the password, then sleeps before the proxy step.
+    let mut cmd = pair.command(&["rotate", &pair.app_secret]);
+    cmd.env("ROTATOR_LEASE_DURATION", "2s");
+    let (mut a, lines) = common::pausing_at(cmd, "before:update_proxy", 1500);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ok = std::process::Command::new("kill")
         .args(["-STOP", &a.id().to_string()])

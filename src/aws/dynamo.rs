@@ -133,6 +133,7 @@ fn record_from(item: &Item) -> Result<Option<StepRecord>, RecordStoreError> {
             .and_then(|v| v.as_l().ok())
             .map(|l| l.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
             .unwrap_or_default(),
+        pending_left: get_s(m, "pending_left"),
         request_id: get_s(m, "request_id"),
         reason: get_s(m, "reason"),
         attempts: get_n(m, "attempts").unwrap_or(0) as u32,
@@ -147,6 +148,11 @@ fn record_from(item: &Item) -> Result<Option<StepRecord>, RecordStoreError> {
         updated_at: get_n(m, "updated_at"),
         finished_at: get_n(m, "finished_at"),
         last_success_at: get_n(item, LAST_SUCCESS),
+        marked: item
+            .get(MARKED)
+            .and_then(|v| v.as_ss().ok())
+            .cloned()
+            .unwrap_or_default(),
         calls: m
             .get("calls")
             .and_then(|v| v.as_m().ok())
@@ -177,6 +183,7 @@ fn record_map(r: &StepRecord) -> AttributeValue {
             (!r.unfinished_versions.is_empty())
                 .then(|| AttributeValue::L(r.unfinished_versions.iter().map(|v| s(v)).collect())),
         ),
+        ("pending_left", opt_s(&r.pending_left)),
         ("request_id", opt_s(&r.request_id)),
         ("reason", opt_s(&r.reason)),
         ("attempts", Some(n(u64::from(r.attempts)))),
@@ -296,6 +303,11 @@ impl DynamoRecords {
             sets.push("lease_expires_at = :zero".to_owned());
             req = req.expression_attribute_values(":zero", n(0));
             update = " REMOVE lease_owner".to_owned();
+        }
+        // Added to, never replaced: a write of an older copy of the record keeps every mark.
+        if !record.marked.is_empty() {
+            update.push_str(&format!(" ADD {MARKED} :mk"));
+            req = req.expression_attribute_values(":mk", AttributeValue::Ss(record.marked.clone()));
         }
         update.insert_str(0, &format!("SET {}", sets.join(", ")));
         req.update_expression(update).send().await.map_err(|e| {
@@ -750,9 +762,24 @@ impl RecordStore for DynamoRecords {
             // Refused: the claim is another secret's.
             refused_is_done(cleared)?;
         }
+        // Its rotations mark their users again.
+        let remembered = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(secret))
+            .update_expression(format!("REMOVE {MARKED}"))
+            .condition_expression("attribute_exists(#k)")
+            .expression_attribute_names("#k", KEY)
+            .send()
+            .await;
+        refused_is_done(remembered)?;
         Ok(keys)
     }
 }
 
 /// On a database user's claim item: the secrets that have that user in AWSCURRENT.
 const IN_USE_BY: &str = "in_use_by";
+/// On a secret's item, beside its record: the user items whose `in_use_by` names it
+/// (`StepRecord::marked`).
+const MARKED: &str = "users_marked";

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::errors::RotationError;
 use super::invocation::{invoked, Invoked};
 use super::ports::SecretMeta;
-use super::record::{BeginIf, Plan, State, StepRecord};
+use super::record::{BeginIf, Plan, StepRecord};
 use super::request::{Outcome, Request};
 use super::run::Earlier;
 use super::settings::Settings;
@@ -136,8 +136,8 @@ pub(super) fn recorded_refusal(e: &RotationError) -> bool {
 /// strands on it once AWSCURRENT moves on.
 pub(crate) fn left_by_us(version: &str, record: Option<&StepRecord>) -> bool {
     record.is_some_and(|p| {
-        ((p.is_unfinished() || p.state == State::Finished)
-            && p.rotation_id.as_deref() == Some(version))
+        (p.is_unfinished() && p.rotation_id.as_deref() == Some(version))
+            || p.left_pending() == Some(version)
             || p.unfinished_versions.iter().any(|v| v == version)
     })
 }
@@ -249,6 +249,7 @@ mod tests {
             proxy_secret_id: None,
             proxy_version: None,
             pending_version: pending.map(str::to_owned),
+            pending_left: None,
         }
     }
 

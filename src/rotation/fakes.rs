@@ -416,6 +416,8 @@ impl RecordStore for World {
             if entry.2 != fence {
                 return Err(RecordStoreError::Fenced(fence));
             }
+            let mut record = record;
+            record.keep_marks(entry.3.as_ref());
             entry.3 = Some(record);
             Ok(())
         })
@@ -500,6 +502,9 @@ impl RecordStore for World {
             }
             !ours
         });
+        if let Some(record) = s.leases.get_mut(secret).and_then(|l| l.3.as_mut()) {
+            record.marked.clear();
+        }
         Ok(keys.into_iter().collect())
     }
 

@@ -122,6 +122,7 @@ mod tests {
             proxy_secret_id: None,
             proxy_version: None,
             pending_version: None,
+            pending_left: None,
         };
         let mut r = StepRecord::begin("arn:s", id.into(), plan, None, 1);
         r.state = state;

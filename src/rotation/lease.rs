@@ -228,7 +228,9 @@ pub(crate) async fn identify(
 
 /// Marks the user in use as this secret's, and claims the target (`claim_user`), at once, under
 /// keys of the server's identity. The mark goes first in effect, even when the claim is refused:
-/// another secret then sees it.
+/// another secret then sees it. A user the record says this secret marked already
+/// (`StepRecord::marked`) is not marked again; one marked now is pushed to `marked`, for the
+/// record.
 /// `inherited` gets the pending versions of another secret's rotations that held the claim and
 /// ended unfinished (`record::elsewhere`): they may have set the password, and then only they
 /// know it. Filled even when a later call fails: the claim that pointed to them may be replaced
@@ -238,6 +240,7 @@ pub(super) async fn claim_users(
     lease: &Lease,
     c: UserClaims,
     inherited: &mut Vec<String>,
+    marked: &mut Vec<String>,
 ) -> Result<(), RotationError> {
     if mutants::on(Mutant::NoUserClaim) {
         return Ok(());
@@ -263,7 +266,18 @@ pub(super) async fn claim_users(
         user_key(c.engine, &server, &c.target),
         user_key(c.engine, &server, &c.in_use),
     );
-    let (claimed, marked) = tokio::join!(
+    let mark = async {
+        if c.record.marked.contains(&in_use_key) {
+            return Ok(());
+        }
+        rotator
+            .records
+            .mark_in_use(&in_use_key, &c.claim.secret)
+            .await?;
+        marked.push(in_use_key.clone());
+        Ok::<(), RecordStoreError>(())
+    };
+    let (claimed, mark) = tokio::join!(
         claim_user(
             rotator,
             &target_key,
@@ -271,9 +285,9 @@ pub(super) async fn claim_users(
             &c.claim,
             Some((lease, &c.record, inherited))
         ),
-        rotator.records.mark_in_use(&in_use_key, &c.claim.secret)
+        mark
     );
-    marked?;
+    mark?;
     claimed
 }
 

@@ -596,11 +596,12 @@ impl Run<'_> {
                 })
             }
         }
-        // AWSPENDING goes from the version that is now AWSCURRENT, beside the release (`drive`):
-        // left there, an edit (a PutSecretValue) strands it on an older version, which Secrets
-        // Manager's RotateSecret refuses to rotate past. On another version it is not ours (a
-        // later rotation's, or another tool's): it stays.
-        if pending_at.as_deref() == Some(id.as_str()) {
+        // AWSPENDING stays on the version that is now AWSCURRENT, as AWS's rotation contract
+        // allows: one Secrets Manager write less. An edit (a PutSecretValue) would strand it on
+        // an older version, which planning takes for ours (`StepRecord::pending_left`) but
+        // Secrets Manager's RotateSecret refuses to rotate past: with its rotation on, it goes,
+        // beside the release (`drive`). On another version it is not ours: it stays.
+        if meta.rotation_enabled && pending_at.as_deref() == Some(id.as_str()) {
             self.drop_pending = Some((arn.clone(), id.clone()));
         }
         info!(secret = %arn, rotation_id = %id, user = %self.target_user(), "AWSCURRENT moved to the new credentials");

@@ -159,6 +159,18 @@ pub struct StepRecord {
     /// Such a rotation may have set the password before it stopped, and then only its pending
     /// version knows it, so `set_password` tries them (see `KnownSource`).
     pub unfinished_versions: Vec<String>,
+    /// A version that held AWSPENDING while it was AWSCURRENT: the mark a finished rotation
+    /// leaves (finish leaves AWSPENDING there unless Secrets Manager's rotation is on). No
+    /// rotation is in progress on it, so when an edit moves AWSCURRENT on and strands the label
+    /// there, planning takes it over (`begin::left_by_us`). Carried by every record that follows.
+    #[serde(default)]
+    pub pending_left: Option<String>,
+    /// The database users (keys of `lease::user_key`) this secret has marked as in use: a
+    /// rotation whose user in use is here does not mark it again (one write less). Kept beside
+    /// the record, not in it: the store only adds to it (`keep_marks`), whatever record a write
+    /// carries, and `forget` clears it with the marks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub marked: Vec<String>,
     /// The request that started this rotation (SQS message, event or enqueue id): a redelivered
     /// request with the same id does not rotate again.
     pub request_id: Option<String>,
@@ -202,6 +214,8 @@ pub struct Plan {
     /// AWSPENDING's version, when that is not AWSCURRENT's: a rotation that stopped, ours or
     /// another tool's (`begin::new_rotation` tells which from the record).
     pub pending_version: Option<String>,
+    /// AWSCURRENT's version when AWSPENDING is on it too (`StepRecord::pending_left`).
+    pub pending_left: Option<String>,
 }
 
 impl StepRecord {
@@ -226,6 +240,10 @@ impl StepRecord {
             unfinished_versions: previous
                 .map(|p| p.unfinished_for(&target))
                 .unwrap_or_default(),
+            pending_left: plan
+                .pending_left
+                .or_else(|| previous.and_then(|p| p.left_pending().map(str::to_owned))),
+            marked: previous.map(|p| p.marked.clone()).unwrap_or_default(),
             request_id: None,
             reason: None,
             attempts: 1,
@@ -261,6 +279,8 @@ impl StepRecord {
             unfinished_versions: previous
                 .map(|p| p.unfinished_for(p.target_user.as_deref().unwrap_or_default()))
                 .unwrap_or_default(),
+            pending_left: previous.and_then(|p| p.left_pending().map(str::to_owned)),
+            marked: previous.map(|p| p.marked.clone()).unwrap_or_default(),
             request_id: None,
             reason: None,
             attempts: previous
@@ -279,6 +299,25 @@ impl StepRecord {
 
     pub fn is_in_progress(&self) -> bool {
         self.state == State::InProgress
+    }
+
+    /// What a store keeps of `marked` when it writes this record over `stored`: both (a mark,
+    /// once made, stays until `forget`).
+    pub fn keep_marks(&mut self, stored: Option<&StepRecord>) {
+        for key in stored.map(|s| s.marked.as_slice()).unwrap_or_default() {
+            if !self.marked.contains(key) {
+                self.marked.push(key.clone());
+            }
+        }
+    }
+
+    /// Where AWSPENDING may stay without a rotation in progress: the version this rotation made
+    /// AWSCURRENT, once finished, or the one an earlier record knew (`pending_left`).
+    pub fn left_pending(&self) -> Option<&str> {
+        (self.state == State::Finished)
+            .then_some(self.rotation_id.as_deref())
+            .flatten()
+            .or(self.pending_left.as_deref())
     }
 
     /// Ended without moving AWSCURRENT: failed or aborted.
@@ -399,6 +438,7 @@ mod tests {
             proxy_secret_id: None,
             proxy_version: None,
             pending_version: None,
+            pending_left: None,
         }
     }
 

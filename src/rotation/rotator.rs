@@ -420,9 +420,12 @@ impl Rotator {
         self.settings.refuse_managed_rotation(meta)?;
         let target = current.next_username().to_owned();
         let proxy = self.find_proxy_secret(&current, &target).await?;
-        let pending_version = meta
-            .version_with(Stage::Pending)
+        let pending = meta.version_with(Stage::Pending);
+        let pending_version = pending
             .filter(|v| *v != current_version)
+            .map(str::to_owned);
+        let pending_left = pending
+            .filter(|v| *v == current_version)
             .map(str::to_owned);
         let plan = Plan {
             current_version: current_version.to_owned(),
@@ -431,6 +434,7 @@ impl Rotator {
             proxy_secret_id: proxy.as_ref().map(|p| p.id.clone()),
             proxy_version: proxy.as_ref().map(|p| p.version_id.clone()),
             pending_version,
+            pending_left,
         };
         Ok((plan, current, proxy.map(|p| p.secret)))
     }

@@ -209,14 +209,17 @@ impl Run<'_> {
     /// need not be written after each one; it is written where that buys something:
     /// - a new rotation's record before its first step (with the lease, or in `Rotator::run`), so that
     ///   the rotation id is stored before AWSPENDING is written;
-    /// - beside set_password: the write's fence check stops a worker that lost its lease before
-    ///   the proxy secret changes. Setting the password again is harmless: it is the same
-    ///   password, read from the pending version. (Before every step, a run also stops if its
-    ///   lease may be lost: a renewal said so, or by its own clock the lease has run out.);
     /// - in the test, once its first login is refused: it may wait minutes for the proxy, so
     ///   status shows that, and a crash while waiting does not redo the proxy step;
     /// - with the release, after finish;
     /// - at shutdown, wherever the run stopped.
+    ///
+    /// Not beside set_password: a run resumed from create_pending finds the version and the
+    /// password in place and moves on, and the record names the rotation's version either way
+    /// (`StepRecord::unfinished_for`). A worker that lost its lease stops before the next step by
+    /// its own clock, or when a renewal is refused; what it may still send is idempotent (the same
+    /// password, read from the pending version) or a compare-and-swap that fails once another
+    /// run has moved on (the proxy secret's, AWSCURRENT's).
     ///
     /// "Beside" is at the same time: the step and the write run together, and the step's result
     /// counts only if the write succeeds.
@@ -268,10 +271,17 @@ impl Run<'_> {
         };
         if self.record.step != Step::CreatePending {
             if let Some(claims) = claims.take() {
-                let mut inherited = Vec::new();
-                let claimed =
-                    lease::claim_users(self.rotator, self.lease, claims, &mut inherited).await;
+                let (mut inherited, mut marked) = (Vec::new(), Vec::new());
+                let claimed = lease::claim_users(
+                    self.rotator,
+                    self.lease,
+                    claims,
+                    &mut inherited,
+                    &mut marked,
+                )
+                .await;
                 self.inherit(inherited);
+                self.record.marked.extend(marked);
                 claimed?;
             }
         }
@@ -368,13 +378,15 @@ impl Run<'_> {
     ) -> Result<Step, RotationError> {
         Ok(if let Some(claims) = claims {
             let (rotator, lease) = (self.rotator, self.lease);
-            let mut inherited = Vec::new();
+            let (mut inherited, mut marked) = (Vec::new(), Vec::new());
             let (next, claimed) = tokio::join!(
                 self.run_step(step),
-                lease::claim_users(rotator, lease, claims, &mut inherited)
+                lease::claim_users(rotator, lease, claims, &mut inherited, &mut marked)
             );
             // Kept whatever else failed: the claim that pointed to it may be replaced already.
             self.inherit(inherited);
+            // Saved with the next record write, whenever that is: until then a run marks again.
+            self.record.marked.extend(marked);
             match claimed {
                 Ok(()) => {}
                 Err(e) => {
@@ -394,22 +406,6 @@ impl Run<'_> {
                 }
             }
             next?
-        } else if step == Step::SetPassword {
-            let (rotator, lease, record) = (self.rotator, self.lease, self.record.clone());
-            let write = async move {
-                rotator
-                    .records
-                    .save(lease, &record)
-                    .await
-                    .map_err(RotationError::from)
-            };
-            // Both run to the end: a write cancelled half-way could land after a later one. (Only
-            // a run that stops for good cancels them: see `drive`.)
-            let (next, written) = tokio::join!(self.run_step(step), write);
-            let next = next?;
-            written?;
-            self.saved = Saved::Yes;
-            next
         } else {
             self.run_step(step).await?
         })

@@ -407,6 +407,7 @@ impl World {
         }
         grant(item, owner, ttl, hint_ms);
         let mut begun = record.clone();
+        begun.keep_marks(item.record.as_ref());
         begun.last_success_at = item.record.as_ref().and_then(|r| r.last_success_at);
         item.record = Some(begun.clone());
         let fence = item.fence;
@@ -466,7 +467,9 @@ impl World {
             ));
         }
         let item = self.items.get_mut(key).expect("looked up above");
-        item.record = Some(record.clone());
+        let mut stored = record.clone();
+        stored.keep_marks(item.record.as_ref());
+        item.record = Some(stored);
         if release && item.fence == fence {
             item.owner.clear();
         }

@@ -55,6 +55,11 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStat
     }
 }
 
+/// The command succeeded; its output says why not.
+pub fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "{}", text(out));
+}
+
 /// A finished command's exit status and output, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!(

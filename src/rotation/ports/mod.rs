@@ -274,6 +274,7 @@ pub trait RecordStore: Send + Sync {
                 record: existing,
             } if cond.allows(existing.as_deref()) => {
                 let mut begun = record.clone();
+                begun.keep_marks(existing.as_deref());
                 begun.last_success_at = existing.and_then(|r| r.last_success_at);
                 if let Err(e) = self.save(&lease, &begun).await {
                     let _ = self.release(&lease).await;

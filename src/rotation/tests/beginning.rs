@@ -113,6 +113,7 @@ fn a_rotation_begins_with_the_lease_exactly_when_run_would_begin_it() {
         proxy_secret_id: None,
         proxy_version: None,
         pending_version: None,
+        pending_left: None,
     };
     let finished = |id: &str, request: Option<&str>, at: u64| {
         let mut r = StepRecord::begin(APP, id.into(), plan.clone(), None, at);

@@ -137,3 +137,40 @@ async fn the_other_secrets_earlier_unfinished_rotations_are_known_too() {
     let current = w.labelled("copy", Stage::Current).unwrap();
     assert_eq!(w.state().db["bob"], current["password"].as_str().unwrap());
 }
+
+/// A secret marks the user it has in AWSCURRENT once: the record remembers the mark, so its
+/// later rotations skip that write. (After its first rotation every user it uses is also one
+/// its rotations claimed, which keeps other secrets off it as the mark does.) `forget` clears
+/// the marks and the memory together, and the next rotation marks again.
+#[tokio::test]
+async fn a_user_in_use_is_marked_once_and_the_record_remembers_it_until_forgotten() {
+    use crate::rotation::ports::RecordStore;
+    let w = world();
+    let key = format!("arn:fake:{APP}");
+    let marks_of = |user: &str| {
+        let s = w.state();
+        let found: Vec<_> = s
+            .in_use
+            .iter()
+            .filter(|(k, set)| k.ends_with(&format!("/{user}")) && set.contains(&key))
+            .map(|(k, _)| k.clone())
+            .collect();
+        found
+    };
+    rotate(&w).await.unwrap(); // alice -> bob: alice marked
+    rotate(&w).await.unwrap(); // bob -> alice: bob marked
+    let alice = marks_of("alice");
+    assert_eq!(alice.len(), 1, "{alice:?}");
+    let remembered = w.record(&key).unwrap().marked;
+    assert_eq!(remembered.len(), 2, "{remembered:?}");
+    assert!(remembered.contains(&alice[0]), "{remembered:?}");
+    // Taken off behind the record's back: a rotation that wrote the mark again would show it.
+    w.state().in_use.remove(&alice[0]);
+    rotate(&w).await.unwrap(); // alice -> bob: alice not marked again
+    assert_eq!(marks_of("alice"), Vec::<String>::new(), "marked again");
+
+    w.forget(&key).await.unwrap();
+    assert_eq!(w.record(&key).unwrap().marked, Vec::<String>::new());
+    rotate(&w).await.unwrap(); // bob -> alice: bob marked again
+    assert_eq!(marks_of("bob").len(), 1);
+}

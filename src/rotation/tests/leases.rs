@@ -145,26 +145,28 @@ impl crate::rotation::ports::RecordStore for Tapped {
     }
 }
 
-/// The record of set_password is written beside the password change, not before it. Here the
-/// change lands and every write of that record is refused (DynamoDB throttling, say), so the
-/// stored record still says create_pending; an operator then aborts. The next rotation, with no
-/// master secret, must still know the idle user's password: it is in the aborted rotation's
-/// pending version, which the next rotation tries whatever step the record names.
+/// No record is written at set_password: the password changes while the stored record says
+/// create_pending. Here every write after the first is refused (DynamoDB throttling, say), so it
+/// still says so when the proxy secret's write fails; an operator then aborts. The next rotation,
+/// with no master secret, must still know the idle user's password: it is in the aborted
+/// rotation's pending version, which the next rotation tries whatever step the record names.
 #[tokio::test]
-async fn a_password_change_whose_record_write_was_refused_is_still_known_after_an_abort() {
+async fn a_password_change_whose_record_says_create_pending_is_still_known_after_an_abort() {
     let w = world();
     let mut r = rotator(&w);
     r.records = Tapped::new(&w, |call| match call {
-        Call::Save(r) if r.step >= Step::SetPassword => Err(RecordStoreError::Unavailable(
-            "ProvisionedThroughputExceededException".into(),
-        )),
+        Call::Save(r) if r.step >= Step::SetPassword || r.last_error.is_some() => Err(
+            RecordStoreError::Unavailable("ProvisionedThroughputExceededException".into()),
+        ),
         _ => Ok(()),
     });
+    w.state().deny_puts.insert("proxy-bob".into());
     let err = r
         .rotate(APP, &Request::default(), LeaseWait::No)
         .await
         .unwrap_err();
-    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("proxy-bob"), "{err}");
+    w.state().deny_puts.clear();
     let key = format!("arn:fake:{APP}");
     let stored = w.load(&key).await.unwrap().unwrap();
     assert_eq!(
@@ -191,15 +193,9 @@ async fn shutdown_after_a_step_stops_at_its_record_and_the_next_run_resumes_it()
     use crate::rotation::ports::RecordStore;
     let w = world();
     let mut r = rotator(&w);
-    // Shutdown is asked for with the record saved beside set_password: the run finishes that
-    // step, then stops.
-    let shutdown = r.shutdown.clone();
-    r.records = Tapped::new(&w, move |call| {
-        if matches!(call, Call::Save(r) if r.step == Step::SetPassword) {
-            shutdown.trigger();
-        }
-        Ok(())
-    });
+    // Shutdown is asked for while the test step logs in: the run finishes that step, saves the
+    // record, then stops.
+    r.db = Arc::new(ShutdownAtLogin(w.clone(), r.shutdown.clone()));
     let err = r
         .rotate(APP, &Request::default(), LeaseWait::No)
         .await
@@ -209,17 +205,51 @@ async fn shutdown_after_a_step_stops_at_its_record_and_the_next_run_resumes_it()
     let record = w.load(&key).await.unwrap().unwrap();
     assert_eq!(
         (record.state, record.step, record.last_error),
-        (State::InProgress, Step::UpdateProxy, None)
+        (State::InProgress, Step::Finish, None)
     );
-    // The password is set, the proxy secret not yet.
-    assert_eq!(
+    // The password and the proxy secret are set, AWSCURRENT not yet.
+    assert_ne!(
         w.labelled("proxy-bob", Stage::Current).unwrap()["password"],
         "bob-0"
     );
+    assert_eq!(w.labelled(APP, Stage::Current).unwrap()["username"], "alice");
     let done = rotate(&w).await.unwrap();
     assert_eq!(Some(done.rotation_id), record.rotation_id);
     assert!(done.resumed);
     assert_rotated(&w, "alice", "bob", "alice-0");
+}
+
+/// The world's database, asking for shutdown at each login the test step makes.
+struct ShutdownAtLogin(World, crate::rotation::shutdown::Shutdown);
+
+#[async_trait::async_trait]
+impl Database for ShutdownAtLogin {
+    async fn check_login(
+        &self,
+        engine: crate::secret::Engine,
+        at: &crate::secret::Endpoint,
+        creds: &Credentials,
+    ) -> Result<(), DbError> {
+        self.1.trigger();
+        self.0.check_login(engine, at, creds).await
+    }
+    async fn login(
+        &self,
+        engine: crate::secret::Engine,
+        at: &crate::secret::Endpoint,
+        login: &Credentials,
+    ) -> Result<Box<dyn DbSession>, DbError> {
+        self.0.login(engine, at, login).await
+    }
+    async fn privileges(
+        &self,
+        engine: crate::secret::Engine,
+        at: &crate::secret::Endpoint,
+        login: &Credentials,
+        user: &str,
+    ) -> Result<Vec<String>, DbError> {
+        self.0.privileges(engine, at, login, user).await
+    }
 }
 
 /// The world's database, where a login through the proxy takes `delay`.
@@ -286,9 +316,11 @@ async fn a_run_whose_lease_ran_out_by_its_own_clock_stops_before_its_next_step()
     // The test passed, but finish never ran: another worker may hold the lease by now.
     assert_eq!(w.version_id_with(APP, Stage::Current), before);
     let record = w.load(&format!("arn:fake:{APP}")).await.unwrap().unwrap();
+    // Nothing after the lease's own record: the next run resumes from create_pending, and finds
+    // each step done.
     assert_eq!(
         (record.state, record.step),
-        (State::InProgress, Step::SetPassword)
+        (State::InProgress, Step::CreatePending)
     );
 }
 
