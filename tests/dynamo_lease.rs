@@ -413,3 +413,55 @@ async fn a_lease_renewed_since_the_taker_looked_is_not_taken_over() {
     let (next, _) = granted(&records, key, "w2", Duration::from_secs(30)).await;
     assert!(next.fence > holder.fence);
 }
+
+/// The users a secret marked live beside its record: every write adds to them, whatever record it
+/// carries (an older copy, or a new rotation's stored by the lease's write); `unmark` takes one
+/// off and `forget` all. The version AWSPENDING was left on travels in the record.
+#[tokio::test]
+async fn the_users_a_secret_marked_survive_every_record_write_until_unmarked_or_forgotten() {
+    let records = table().await;
+    let key = "arn:marks";
+    let (a, b) = ("dbuser:postgres:pg:1/a", "dbuser:postgres:pg:1/b");
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let (lease, _) = granted(&records, key, "w1", Duration::from_secs(30)).await;
+    let mut r = record(key, "r-1");
+    r.marked = vec![a.into()];
+    records.save(&lease, &r).await.unwrap();
+    // An older copy of the record, without the mark, finishing the rotation.
+    let mut done = record(key, "r-1");
+    done.pending_left = Some("v0".into());
+    done.advance(Step::Done, now_ms());
+    records.save_and_release(&lease, &done).await.unwrap();
+    let stored = records.load(key).await.unwrap().unwrap();
+    assert_eq!(stored.marked, vec![a.to_owned()]);
+    assert_eq!(stored.pending_left.as_deref(), Some("v0"));
+
+    let mut new = record(key, "r-2");
+    new.current_version = Some("r-1".into());
+    let Acquired::Begun { lease, record } = records
+        .begin(key, "w2", Duration::from_secs(30), &new, &cond("r-1"))
+        .await
+        .unwrap()
+    else {
+        panic!("expected the rotation to begin");
+    };
+    assert_eq!(record.marked, vec![a.to_owned()], "the lease's write keeps them");
+    let mut next = *record;
+    next.marked.push(b.into());
+    records.save(&lease, &next).await.unwrap();
+    assert_eq!(
+        sorted(records.load(key).await.unwrap().unwrap().marked),
+        [a, b]
+    );
+
+    records.unmark(a, key).await.unwrap();
+    assert_eq!(records.load(key).await.unwrap().unwrap().marked, [b]);
+    records.forget(key).await.unwrap();
+    assert_eq!(
+        records.load(key).await.unwrap().unwrap().marked,
+        Vec::<String>::new()
+    );
+}

@@ -695,7 +695,21 @@ impl RecordStore for DynamoRecords {
             .send()
             .await;
         // Refused: no such item, nothing to clear (DELETE would create an empty one).
-        refused_is_done(result)
+        refused_is_done(result)?;
+        // And from the secret's memory of its marks, so that it marks the user again should it
+        // come back (a secret restored from deletion).
+        let remembered = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(secret))
+            .update_expression(format!("DELETE {MARKED} :k"))
+            .condition_expression("attribute_exists(#k)")
+            .expression_attribute_names("#k", KEY)
+            .expression_attribute_values(":k", AttributeValue::Ss(vec![user_key.to_owned()]))
+            .send()
+            .await;
+        refused_is_done(remembered)
     }
 
     async fn user_marks(

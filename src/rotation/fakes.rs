@@ -471,6 +471,9 @@ impl RecordStore for World {
         if let Some(set) = s.in_use.get_mut(user_key) {
             set.remove(secret);
         }
+        if let Some(record) = s.leases.get_mut(secret).and_then(|l| l.3.as_mut()) {
+            record.marked.retain(|m| m != user_key);
+        }
         Ok(())
     }
 

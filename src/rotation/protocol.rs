@@ -25,7 +25,7 @@
 //! | set_password   | the idle user's password in the database, unless it is still in use (`guard`) | the pending credentials log in |
 //! | update_proxy   | the idle user's RDS Proxy secret = new password (staged, beside set_password in a fresh rotation; then CAS on the planned version) | version `proxy_token(rotation id)` is AWSCURRENT |
 //! | test           | pending credentials log in along the app's path      | (read-only: always re-run)                |
-//! | finish         | AWSPENDING still ours? AWSCURRENT -> pending (CAS on the old version); AWSPENDING dropped beside the release | AWSCURRENT is the rotation id |
+//! | finish         | AWSPENDING still ours? AWSCURRENT -> pending (CAS on the old version); AWSPENDING stays there, unless Secrets Manager's rotation is on (then dropped beside the release) | AWSCURRENT is the rotation id |
 //!
 //! What each call needs, for an undisturbed rotation (`||` runs at once; each line is one serial
 //! round trip to AWS, eight in all; the database's own round trips are not AWS's):
@@ -35,19 +35,27 @@
 //! | 1 | GetSecretValue(AWSCURRENT) \|\| DescribeSecret | the secret's id |
 //! | 2 | the idle user's proxy secret: GetSecretValue(AWSCURRENT) \|\| DescribeSecret | AWSCURRENT's value (its proxy secret ids, the idle user) |
 //! | 3 | DynamoDB: the lease, with the new record | the plan (1, 2) |
-//! | 4 | PutSecretValue(AWSPENDING) \|\| DynamoDB: the claims on both users | the lease (the fence), the generated password |
-//! | 5 | beside the database's password change: PutSecretValue(proxy secret, staged) \|\| DynamoDB: the record | the pending version (its password), the lease |
+//! | 4 | PutSecretValue(AWSPENDING) \|\| DynamoDB: the claim on the idle user | the lease (the fence), the generated password, the server's identity (a login opened beside 3) |
+//! | 5 | beside the database's password change: PutSecretValue(proxy secret, staged) | the pending version (its password), the guard |
 //! | 6 | UpdateSecretVersionStage(proxy secret: AWSCURRENT, CAS on the version planning read) \|\| DescribeSecret(app secret) | 5 (the staged version), the database took the password |
 //! | 7 | UpdateSecretVersionStage(AWSCURRENT, CAS on the old version) | the test's logins passed; DescribeSecret (AWSPENDING still ours) went beside 6 |
-//! | 8 | DynamoDB: the record, finished, with the release \|\| UpdateSecretVersionStage(drop AWSPENDING from the rotation's version) | 7 |
+//! | 8 | DynamoDB: the record, finished, with the release | 7 |
 //!
-//! 15 calls: Secrets Manager's 10 (3 DescribeSecret, 2 GetSecretValue, 2 PutSecretValue, 3
-//! UpdateSecretVersionStage) and DynamoDB's 5 writes; 5 of them writes to Secrets Manager. The
-//! fifth, dropping AWSPENDING, could go (AWS's contract lets it stay on the version that becomes
-//! AWSCURRENT), but an edit then strands it on an older version, which Secrets Manager's
-//! RotateSecret refuses to rotate past and which only the last record names as ours. RDS's
-//! DescribeDBInstances/Clusters (the guard's readers, Blue/Green) are counted apart and go beside
-//! other calls (`guard::Discovery`).
+//! 12 calls: Secrets Manager's 9 (3 DescribeSecret, 2 GetSecretValue, 2 PutSecretValue, 2
+//! UpdateSecretVersionStage), 4 of them writes, and DynamoDB's 3 writes. What went, and why
+//! nothing is lost:
+//! - dropping AWSPENDING (a Secrets Manager write): AWS's contract lets it stay on the version
+//!   that becomes AWSCURRENT. An edit strands it on an older version; planning takes that for
+//!   ours (`StepRecord::pending_left`, carried by every later record). Secrets Manager's
+//!   RotateSecret would refuse to rotate past it, so with its rotation on, finish still drops it;
+//! - the record write beside set_password: every step checks what was done first, and a worker
+//!   that lost its lease stops before its next step by its own clock (`drive`);
+//! - the mark on the user in use, after a secret's first two rotations: the record remembers
+//!   the users it marked (`StepRecord::marked`), and by then each user it uses is also one its
+//!   own rotation claimed, which keeps other secrets off it too (`lease::claim_user`).
+//!
+//! RDS's DescribeDBInstances/Clusters (the guard's readers, Blue/Green) are counted apart and go
+//! beside other calls (`guard::Discovery`).
 //!
 //! The rotation id is persisted before AWSPENDING is written, so a crash at any instant resumes
 //! with the same id, and the resumed run reads the password back from that version instead of
@@ -347,8 +355,8 @@ impl Run<'_> {
             return Ok(Step::Test);
         }
         // A version under our token that holds other credentials was written by someone else:
-        // never moved to AWSCURRENT. (Ours hold the pending ones: written beside set_password or
-        // below, from the pending version.)
+        // never moved to AWSCURRENT. (Ours hold the pending ones: written beside the password
+        // change or below, from the pending version.)
         if let Some(v) = &written {
             let ours = crate::secret::UserSecret::parse(&v.value).is_ok_and(|s| {
                 use secrecy::ExposeSecret;

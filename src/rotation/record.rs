@@ -339,8 +339,8 @@ impl StepRecord {
                     && self.step == Step::CreatePending)
             });
         // Past set_password the own version surely holds the password; at it, or before it, it
-        // may (a record write beside set_password that was refused) or not: it comes last, and
-        // never pushes out a carried one.
+        // may (no record is written at set_password) or not: it comes last, and never pushes out
+        // a carried one.
         let (first, last) = if self.step > Step::SetPassword {
             (own, None)
         } else {

@@ -499,6 +499,9 @@ impl RecordStore for Proc {
                 if let Some(set) = w.marks.get_mut(&k) {
                     set.remove(&s);
                 }
+                if let Some(r) = w.items.get_mut(&s).and_then(|i| i.record.as_mut()) {
+                    r.marked.retain(|m| *m != k);
+                }
             },
         )
         .await

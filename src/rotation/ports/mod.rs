@@ -315,7 +315,8 @@ pub trait RecordStore: Send + Sync {
     /// Notes that `secret` has database user `user_key` in AWSCURRENT (an unconditional add to
     /// a set: a claim of that user by another secret then sees it).
     async fn mark_in_use(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError>;
-    /// Takes `secret` off the marks of database user `user_key` (it is deleted: it uses nobody).
+    /// Takes `secret` off the marks of database user `user_key` (it is deleted: it uses nobody),
+    /// and `user_key` off the secret's memory of them (`StepRecord::marked`).
     async fn unmark(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
         let _ = (user_key, secret);
         Err(RecordStoreError::Misconfigured(
