@@ -15,6 +15,7 @@ use crate::message::{RotateMessage, SelectMessage, TagSelector};
 use crate::metrics::Emf;
 use crate::password::PasswordPolicy;
 use crate::ratelimit::RateLimit;
+use crate::rotation::forget::Forgot;
 use crate::rotation::guard::InUseGuard;
 use crate::rotation::ports::{NoRds, RecordStore, Reporter, Reporters, SecretStore};
 use crate::rotation::{
@@ -526,22 +527,14 @@ async fn forget(
             )
         }
     };
-    match rotator.records.load(&arn).await {
-        Ok(Some(r)) if r.is_in_progress() => {
-            return fail(
-                exit::FAILED,
-                format!(
-                    "rotation {} of {arn} is in progress, and its claims keep other secrets off its users; end it first (`rds-rotator abort {arn} --reason ...`); nothing was changed",
-                    r.rotation_id.as_deref().unwrap_or("-")
-                ),
-            )
-        }
-        Ok(_) => {}
-        Err(e) if e.is_retryable() => return fail(exit::TEMPORARY, e),
-        Err(e) => return fail(exit::FAILED, e),
-    }
-    match rotator.records.forget(&arn).await {
-        Ok(users) => {
+    match rotator.forget(&arn, LeaseWait::No).await {
+        Ok(Forgot::InProgress(id)) => fail(
+            exit::FAILED,
+            format!(
+                "rotation {id} of {arn} is in progress, and its claims keep other secrets off its users; end it first (`rds-rotator abort {arn} --reason ...`); nothing was changed"
+            ),
+        ),
+        Ok(Forgot::Cleared(users)) => {
             if json {
                 print_json(&json!({"secret_id": arn, "users": users}));
             } else {

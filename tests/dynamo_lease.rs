@@ -448,7 +448,11 @@ async fn the_users_a_secret_marked_survive_every_record_write_until_unmarked_or_
     else {
         panic!("expected the rotation to begin");
     };
-    assert_eq!(record.marked, vec![a.to_owned()], "the lease's write keeps them");
+    assert_eq!(
+        record.marked,
+        vec![a.to_owned()],
+        "the lease's write keeps them"
+    );
     let mut next = *record;
     next.marked.push(b.into());
     records.save(&lease, &next).await.unwrap();

@@ -353,8 +353,8 @@ async fn an_uninterrupted_rotation_stays_within_its_call_budget() {
     let sm = count("SecretsManager.");
     // The last record write, which also releases the lease, comes after the counts were saved.
     let writes = dynamo_writes(&calls) + 1;
-    let sm_writes = count("SecretsManager.PutSecretValue")
-        + count("SecretsManager.UpdateSecretVersionStage");
+    let sm_writes =
+        count("SecretsManager.PutSecretValue") + count("SecretsManager.UpdateSecretVersionStage");
     let pg = count("postgres.connect");
     report(
         "call-budget",
@@ -371,8 +371,15 @@ async fn an_uninterrupted_rotation_stays_within_its_call_budget() {
     assert_eq!(count("SecretsManager.GetSecretValue"), 2, "{calls}");
     assert_eq!(count("SecretsManager.DescribeSecret"), 3, "{calls}");
     assert_eq!(count("SecretsManager.PutSecretValue"), 2, "{calls}");
-    assert_eq!(count("SecretsManager.UpdateSecretVersionStage"), 2, "{calls}");
-    assert!(sm_writes <= 4, "{sm_writes} Secrets Manager writes: {calls}");
+    assert_eq!(
+        count("SecretsManager.UpdateSecretVersionStage"),
+        2,
+        "{calls}"
+    );
+    assert!(
+        sm_writes <= 4,
+        "{sm_writes} Secrets Manager writes: {calls}"
+    );
     // The lease with the new record; the claim on the idle user (beside the pending version);
     // the last, with the release. The mark on the user in use was made by the first rotation
     // that found it in use: the first two wrote one more each. No reads.

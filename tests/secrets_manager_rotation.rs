@@ -537,3 +537,72 @@ async fn a_worker_taking_over_the_functions_rotation_uses_the_value_its_first_ca
     let violations = pair.violations(true).await;
     assert!(violations.is_empty(), "{violations:?}");
 }
+
+/// A rotation of the queue or the CLI leaves AWSPENDING on the new AWSCURRENT, and an edit
+/// strands it. RotateSecret then refuses to start and Secrets Manager calls the function with
+/// that version: the call takes the label off and fails, once, and the next RotateSecret rotates.
+#[tokio::test]
+async fn awspending_stranded_by_an_edit_is_cleared_by_secrets_managers_call_and_the_next_rotation_runs(
+) {
+    let pair = Pair::new().await;
+    assert_ok(&pair.rotate());
+    let left = pair
+        .version_with(&pair.app_secret, "AWSCURRENT")
+        .await
+        .unwrap();
+    let value = pair.current().await;
+    pair.sm
+        .put_secret_value()
+        .secret_id(&pair.app_secret)
+        .secret_string(value.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        pair.version_with(&pair.app_secret, "AWSPENDING").await,
+        Some(left.clone())
+    );
+    let check = pair.run(&["check", &pair.app_secret]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("RotateSecret does not start past it"),
+        "{}",
+        text(&check)
+    );
+
+    let driver = secrets_manager(&pair).await;
+    let mut live = Some(Function::start(lambda_command(&pair), &driver.function_arn).await);
+    let token = driver.start_rotation(true).await;
+    assert_eq!(token, left, "RotateSecret reattempts the stranded version");
+    let refused = driver
+        .run_steps(&token, 1, &|| lambda_command(&pair), &mut live)
+        .await
+        .expect_err("the stranded version's call fails");
+    assert!(
+        format!("{:?}", refused.failures).contains("an edit moved AWSCURRENT on"),
+        "{:?}",
+        refused.failures
+    );
+    assert_eq!(
+        pair.version_with(&pair.app_secret, "AWSPENDING").await,
+        None
+    );
+
+    let token = driver.start_rotation(true).await;
+    assert_ne!(token, left);
+    let done = driver
+        .run_steps(&token, 1, &|| lambda_command(&pair), &mut live)
+        .await;
+    if let Err(d) = done {
+        panic!(
+            "rotation failed: {:?}\n{}",
+            d.failures,
+            live.map(|f| f.log()).unwrap_or_default()
+        );
+    }
+    pair.assert_rotated_to(&pair.users[0]).await;
+    assert_eq!(
+        pair.version_with(&pair.app_secret, "AWSPENDING").await,
+        None
+    );
+}

@@ -93,6 +93,13 @@ pub(super) async fn check_record(
                 version: v.to_owned(),
             };
             report.push("pending version", Status::Fail, e.to_string());
+        } else if !in_progress && record.as_ref().and_then(StepRecord::left_pending) == Some(v) {
+            // Left by a finished rotation (on what was AWSCURRENT), then an edit moved AWSCURRENT.
+            report.push(
+                "pending version",
+                Status::Warn,
+                format!("AWSPENDING is on version {v}, where a rotation of this tool left it before AWSCURRENT moved on: `rds-rotator rotate` takes it over, but Secrets Manager's RotateSecret does not start past it (a call of this tool's function removes it, and fails once)"),
+            );
         }
     }
     match &record {

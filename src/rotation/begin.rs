@@ -27,6 +27,9 @@ pub(super) enum Decision {
     Retry(StepRecord),
     /// Plan a new rotation (then `new_rotation`); the last rotation's record, if any.
     Begin(Option<StepRecord>),
+    /// Take AWSPENDING off this version, where a finished rotation left it, and refuse the call
+    /// (`invocation::Invoked::Stranded`).
+    Unstrand(String),
 }
 
 /// Begin, resume, retry Secrets Manager's call, skip, or refuse (`Err`).
@@ -38,6 +41,7 @@ pub(super) fn decide(
 ) -> Result<Decision, RotationError> {
     let found = match invoked(meta, found, request)? {
         Invoked::Answer(outcome) => return Ok(Decision::Answer(outcome)),
+        Invoked::Stranded(version) => return Ok(Decision::Unstrand(version)),
         Invoked::Retry(mut r) => {
             r.retried(now);
             return Ok(Decision::Retry(r));
@@ -296,6 +300,7 @@ mod tests {
             Ok(Decision::Retry(r)) => format!("retry {} ({})", r.step, r.state.as_str()),
             Ok(Decision::Begin(None)) => "begin".into(),
             Ok(Decision::Begin(Some(p))) => format!("begin after {}", p.state.as_str()),
+            Ok(Decision::Unstrand(v)) => format!("unstrand {v}"),
             Err(e) if e.is_retryable() => "refuse, retryable".into(),
             Err(_) => "refuse, fatal".into(),
         }

@@ -34,6 +34,8 @@ pub enum RotationError {
     },
     #[error("AWSPENDING of {secret} is on version {version}, which no rotation of this tool made: another rotation (Secrets Manager's own, or another tool's) is under way or was left behind. Stop it (`aws secretsmanager cancel-rotate-secret --secret-id {secret}`), remove the label (`aws secretsmanager update-secret-version-stage --secret-id {secret} --version-stage AWSPENDING --remove-from-version-id {version}`), then rotate again")]
     ForeignPending { secret: String, version: String },
+    #[error("AWSPENDING of {secret} was on version {version}, where a finished rotation of this tool left it, and an edit moved AWSCURRENT on since: Secrets Manager's RotateSecret would not start past it, and called this function with that version. Nothing is in progress on it, so the label was removed, and this call fails: Secrets Manager's next rotation (its schedule, or `aws secretsmanager rotate-secret --secret-id {secret}`) begins a new one")]
+    StrandedPending { secret: String, version: String },
     #[error("AWSPENDING of {secret} moved from this rotation's version {expected} to {found}: another rotation is at work on this secret; refusing to move AWSCURRENT")]
     PendingMoved {
         secret: String,
@@ -160,6 +162,7 @@ impl RotationError {
             | Self::CurrentMoved { .. }
             | Self::ManagedRotation { .. }
             | Self::ForeignPending { .. }
+            | Self::StrandedPending { .. }
             | Self::PendingMoved { .. }
             | Self::NotAbortable { .. }
             | Self::WasAborted { .. }

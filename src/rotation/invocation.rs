@@ -29,6 +29,10 @@ pub(super) enum Invoked {
     /// The call's rotation failed: Secrets Manager asks again, so it resumes where it stopped.
     Retry(StepRecord),
     Answer(Outcome),
+    /// The call names the version where a finished rotation of ours left AWSPENDING, and an
+    /// edit moved AWSCURRENT on since (`StepRecord::left_pending`): the label goes, and the call
+    /// fails (`RotationError::StrandedPending`).
+    Stranded(String),
 }
 
 /// A call names its rotation (`Invocation`): it may only run that one. Its rotation finished:
@@ -54,6 +58,16 @@ pub(super) fn invoked(
         && !(ours && existing.as_ref().is_some_and(StepRecord::is_in_progress))
     {
         return Ok(Invoked::Answer(complete(meta, token)));
+    }
+    // RotateSecret does not start while AWSPENDING is on any version but AWSCURRENT's: it calls
+    // the function with that one. Answered "complete", every later rotation would be this one
+    // again, and nothing would rotate.
+    if meta.version_with(Stage::Pending) == Some(token.as_str())
+        && existing
+            .as_ref()
+            .is_some_and(|r| !r.is_in_progress() && r.left_pending() == Some(token.as_str()))
+    {
+        return Ok(Invoked::Stranded(token.clone()));
     }
     let Some(r) = existing else {
         return Ok(if call.begins() {
@@ -147,6 +161,7 @@ mod tests {
             Ok(Invoked::Answer(Outcome::Skipped { .. })) => "complete".into(),
             Ok(Invoked::Answer(Outcome::NotBegun { .. })) => "not begun".into(),
             Ok(Invoked::Answer(other)) => format!("{other:?}"),
+            Ok(Invoked::Stranded(v)) => format!("unstrand {v}"),
             Err(e) => format!(
                 "error {}",
                 if e.is_retryable() {
@@ -199,6 +214,33 @@ mod tests {
         assert_eq!(
             decide(&m, Some(crashed), &finish),
             "record Some(InProgress)"
+        );
+    }
+
+    /// A finished rotation of ours left AWSPENDING on its version, and an edit moved AWSCURRENT on:
+    /// RotateSecret calls with that version. Every step's call takes the label off and fails,
+    /// so that the next rotation begins anew; once it is off, a call with it finds nothing.
+    #[test]
+    fn a_call_naming_the_version_a_finished_rotation_left_awspending_on_unstrands_it() {
+        let edited = meta("e1", Some("t"));
+        let finished = record("t", State::Finished, Step::Done);
+        for through in [Step::CreatePending, Step::UpdateProxy, Step::Finish] {
+            assert_eq!(
+                decide(&edited, Some(finished.clone()), &call("t", through)),
+                "unstrand t"
+            );
+        }
+        // A rotation refused since (a bad edit) carries the version on.
+        let refused = StepRecord::failed_to_begin("arn:s", "bad".into(), Some(&finished), 2);
+        assert_eq!(
+            decide(&edited, Some(refused), &call("t", Step::CreatePending)),
+            "unstrand t"
+        );
+        // Gone from it: the call is not Secrets Manager's rotation.
+        let cleared = meta("e1", None);
+        assert_eq!(
+            decide(&cleared, Some(finished), &call("t", Step::Finish)),
+            "complete"
         );
     }
 

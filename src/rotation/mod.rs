@@ -12,6 +12,7 @@
 //! | `lease`, `record`, `invocation` | the lease and user claims; the step record; Secrets Manager's calls |
 //! | `versions`, `early_login` | idempotent secret writes and reads; the login opened ahead |
 //! | `ports`, `clock` | the narrow traits the engine talks through, time among them |
+//! | `abort`, `forget` | an operator's commands, under the lease |
 //! | `errors`, `settings`, `request`, `report`, `shutdown` | what their names say |
 
 pub mod abort;
@@ -21,6 +22,7 @@ pub mod bluegreen;
 pub mod clock;
 mod early_login;
 mod errors;
+pub mod forget;
 pub mod guard;
 pub mod invocation;
 pub mod lease;

@@ -607,9 +607,12 @@ impl Run<'_> {
         // AWSPENDING stays on the version that is now AWSCURRENT, as AWS's rotation contract
         // allows: one Secrets Manager write less. An edit (a PutSecretValue) would strand it on
         // an older version, which planning takes for ours (`StepRecord::pending_left`) but
-        // Secrets Manager's RotateSecret refuses to rotate past: with its rotation on, it goes,
-        // beside the release (`drive`). On another version it is not ours: it stays.
-        if meta.rotation_enabled && pending_at.as_deref() == Some(id.as_str()) {
+        // Secrets Manager's RotateSecret refuses to rotate past: with a rotation function
+        // attached (on, or switched off and kept), it goes, beside the release (`drive`). On
+        // another version it is not ours: it stays.
+        if (meta.rotation_enabled || meta.rotation_lambda.is_some())
+            && pending_at.as_deref() == Some(id.as_str())
+        {
             self.drop_pending = Some((arn.clone(), id.clone()));
         }
         info!(secret = %arn, rotation_id = %id, user = %self.target_user(), "AWSCURRENT moved to the new credentials");

@@ -327,9 +327,9 @@ impl StepRecord {
 
     /// The pending versions that may hold `target`'s password after this record: its own, if
     /// it ended unfinished with `target` as its target, and those it carried. At any step, even
-    /// create_pending: set_password's record is written beside the password change, so a change
-    /// can land while its record does not (the write refused, the process killed), and the
-    /// record still says create_pending. A version that was never written costs one read.
+    /// create_pending: no record is written at set_password, so a change can land while the
+    /// stored record still says create_pending (the process killed, a later write refused). A
+    /// version that was never written costs one read.
     pub fn unfinished_for(&self, target: &str) -> Vec<String> {
         let own = (self.is_unfinished() && self.target_user.as_deref() == Some(target))
             .then(|| self.rotation_id.clone())

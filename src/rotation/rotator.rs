@@ -13,7 +13,7 @@ use super::errors::RotationError;
 use super::lease;
 use super::ports::{
     At, Database, Lease, RdsDirectory, RecordStore, Reporter, SecretMeta, SecretStore,
-    SecretVersion, Stage,
+    SecretStoreError, SecretVersion, Stage,
 };
 use super::record::{BeginIf, Plan, Step, StepRecord};
 use super::report::Trace;
@@ -352,6 +352,21 @@ impl Rotator {
                       step = %r.step, attempts = r.attempts, "resuming rotation");
                 return Ok(resume(r));
             }
+            Decision::Unstrand(version) => {
+                // A CAS: a later rotation's label (on another version) is left alone.
+                match self
+                    .secrets
+                    .remove_stage(&meta.arn, Stage::Pending, &version)
+                    .await
+                {
+                    Ok(()) | Err(SecretStoreError::Refused(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                return Err(RotationError::StrandedPending {
+                    secret: meta.arn.clone(),
+                    version,
+                });
+            }
             Decision::Begin(previous) => previous,
         };
         let planned = match plan {
@@ -421,12 +436,8 @@ impl Rotator {
         let target = current.next_username().to_owned();
         let proxy = self.find_proxy_secret(&current, &target).await?;
         let pending = meta.version_with(Stage::Pending);
-        let pending_version = pending
-            .filter(|v| *v != current_version)
-            .map(str::to_owned);
-        let pending_left = pending
-            .filter(|v| *v == current_version)
-            .map(str::to_owned);
+        let pending_version = pending.filter(|v| *v != current_version).map(str::to_owned);
+        let pending_left = pending.filter(|v| *v == current_version).map(str::to_owned);
         let plan = Plan {
             current_version: current_version.to_owned(),
             current_user: current.credentials.username.clone(),

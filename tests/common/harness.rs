@@ -177,8 +177,9 @@ pub trait Harness {
     }
 
     /// What a rotation to `user` promises in Secrets Manager: AWSCURRENT holds `user`, AWSPREVIOUS
-    /// the other user, its proxy secret the same password, the extra key is kept, and no
-    /// AWSPENDING is left. Returns AWSCURRENT, for the engine's own login checks.
+    /// the other user, its proxy secret the same password, the extra key is kept, and AWSPENDING
+    /// is on AWSCURRENT's version or nowhere. Returns AWSCURRENT, for the engine's own login
+    /// checks.
     async fn assert_secrets_rotated_to(&self, user: &str, proxy_secret: &str) -> Value {
         let current = self.current().await;
         assert_eq!(current["username"], user, "AWSCURRENT holds the wrong user");

@@ -212,7 +212,10 @@ async fn shutdown_after_a_step_stops_at_its_record_and_the_next_run_resumes_it()
         w.labelled("proxy-bob", Stage::Current).unwrap()["password"],
         "bob-0"
     );
-    assert_eq!(w.labelled(APP, Stage::Current).unwrap()["username"], "alice");
+    assert_eq!(
+        w.labelled(APP, Stage::Current).unwrap()["username"],
+        "alice"
+    );
     let done = rotate(&w).await.unwrap();
     assert_eq!(Some(done.rotation_id), record.rotation_id);
     assert!(done.resumed);
