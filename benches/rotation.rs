@@ -1052,6 +1052,44 @@ async fn main() -> Result<()> {
                 ),
             );
         }
+        // The binding ceiling, measured: the write limit's, or what this stack reached with the
+        // limit lifted (its trivial-call estimate above does not price writes and SQS), whichever
+        // is lower; and how close the limited rounds came to it.
+        let lifted = rounds
+            .iter()
+            .filter(|(tps, r)| {
+                (r.workers as f64 * f64::from(*tps)) / r.writes_per_rotation
+                    > trivial / r.calls_per_rotation
+            })
+            .map(|(_, r)| r.rate)
+            .fold(0.0_f64, f64::max);
+        let limited: Vec<&(u32, Round)> = rounds
+            .iter()
+            .filter(|(tps, r)| {
+                (r.workers as f64 * f64::from(*tps)) / r.writes_per_rotation
+                    <= trivial / r.calls_per_rotation
+            })
+            .collect();
+        if lifted > 0.0 && !limited.is_empty() {
+            let (tps, first) = limited[0];
+            let limit = (first.workers as f64 * f64::from(*tps)) / first.writes_per_rotation;
+            let (binding, by) = if limit <= lifted {
+                (limit, "the write limit")
+            } else {
+                (lifted, "this stack")
+            };
+            let shares: Vec<String> = limited
+                .iter()
+                .map(|(_, r)| format!("{:.0}%", 100.0 * r.rate / binding))
+                .collect();
+            row(
+                "P3 binding ceiling",
+                format!(
+                    "{binding:.1} rotations/s ({by}): the write limit allows {limit:.1}/s, this stack reached {lifted:.1}/s with the limit lifted; the limited rounds reach {} of it",
+                    shares.join(" and ")
+                ),
+            );
+        }
         for pair in rounds.chunks(2) {
             if let [(ta, a), (tb, b)] = pair {
                 row(
