@@ -20,7 +20,7 @@ DENY_ARGS ?=
 SEEDS ?= 20000
 MUTANT_SEEDS ?= 3000
 
-.PHONY: help stack-up stack-down stack-status test load-run demo bench simulate lint fmt deny ci
+.PHONY: help stack-up stack-down stack-status test load-run demo bench simulate lint fmt deny docs docs-check ci
 
 help:
 	@echo 'make test        start the local stack, cargo nextest run --all-targets $$TEST_ARGS, the PostgreSQL tests on 16 and 17, the 15 slowest tests, stop the stack'
@@ -29,6 +29,8 @@ help:
 	@echo 'make simulate    the deterministic simulator (src/sim): $$SEEDS schedules, then every known defect found within $$MUTANT_SEEDS'
 	@echo 'make lint        cargo fmt --check and cargo clippy -D warnings'
 	@echo 'make deny        cargo-deny (advisories offline from ../shared/advisory-db, licenses, bans, sources)'
+	@echo 'make docs        regenerate the book'"'"'s command pages from --help and build the book into docs/book'
+	@echo 'make docs-check  what CI runs: command pages up to date, links and commands checked, the book built'
 	@echo 'make stack-up    start PostgreSQL, MariaDB and moto and print their env (eval "$$(scripts/local-stack start)")'
 	@echo 'make stack-down  stop them and delete their data'
 	@echo 'make ci          what CI runs (.ci/run)'
@@ -92,6 +94,12 @@ fmt:
 
 deny:
 	@scripts/deny $(DENY_ARGS)
+
+docs:
+	@scripts/docs build
+
+docs-check:
+	@scripts/docs check
 
 ci:
 	bash .ci/run

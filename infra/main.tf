@@ -16,7 +16,7 @@ locals {
   schedule_group  = var.create_schedule_group ? aws_scheduler_schedule_group.this[0].name : var.schedule_group_name
   secret_tag_used = var.secret_tag_key != null && var.secret_tag_value != null
 
-  # The worker's own message formats (README "Messages", src/message.rs). jsonencode sorts keys;
+  # The worker's own message formats (docs/src/operating/worker.md "Messages", src/message.rs). jsonencode sorts keys;
   # request_id is left out on purpose: the worker then uses the SQS message id, which is new for
   # every delivery of a schedule, whereas a fixed request_id would make every later run a duplicate.
   schedule_inputs = {

@@ -24,7 +24,7 @@ use crate::rotation::{
 };
 use crate::worker::{check_health, Queue, Worker, WorkerSettings};
 
-/// Exit statuses, documented in the README.
+/// Exit statuses, documented in the book (docs/src/operating/commands.md).
 pub mod exit {
     pub const OK: u8 = 0;
     /// The rotation failed and needs a person (bad secret, unknown user, AWSCURRENT moved, ...).

@@ -74,7 +74,7 @@ pub struct GlobalArgs {
     #[arg(long, env = "ROTATOR_TEST_DEADLINE", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub test_deadline: Duration,
     /// First delay after a retryable failure of a rotation step, and between the test step's
-    /// first login probes; delays double from it (README "Retry policy, in one place").
+    /// first login probes; delays double from it (the book's "Retry policy").
     #[arg(long, env = "ROTATOR_RETRY_MIN_DELAY", default_value = "200ms", value_parser = parse_retry_delay, global = true)]
     pub retry_min_delay: Duration,
     /// The AWS SDK's initial backoff before it retries a throttled, failed or timed-out call

@@ -1,4 +1,5 @@
-//! Zero-downtime password rotation for RDS behind RDS Proxy. See the README for the protocol.
+//! Zero-downtime password rotation for RDS behind RDS Proxy. The protocol reads top to
+//! bottom in `rotation::protocol`; the book under docs/ explains it.
 
 pub mod adopt;
 pub mod app;

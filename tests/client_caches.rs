@@ -346,7 +346,8 @@ async fn applications_reading_through_aws_clients_never_fail_a_login_and_a_user_
 ) {
     let pair = Pair::new().await;
     // Refresh after 1-2 s (the library picks a random time in [interval/2, interval]); the
-    // interval between rotations is more than twice that, as the README's rule says.
+    // interval between rotations is more than twice that, as the book's rule says ("How often
+    // to rotate").
     let (refresh_s, interval) = (2, "5s");
     let env = [("ROTATOR_MIN_INTERVAL", interval)];
     let clients: Vec<App> = (0..3)

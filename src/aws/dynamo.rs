@@ -27,7 +27,7 @@ use crate::rotation::ports::{
 };
 use crate::rotation::record::{BeginIf, State, Step, StepRecord};
 
-/// The table's partition key. Changing it is a breaking change (see the README).
+/// The table's partition key. Changing it is a breaking change (see RELEASING.md).
 pub const KEY: &str = "secret_arn";
 
 type Item = HashMap<String, AttributeValue>;

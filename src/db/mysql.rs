@@ -10,7 +10,8 @@
 //! - **MySQL**: the plaintext in `IDENTIFIED BY '…'`, because MySQL 8's default plugin
 //!   (`caching_sha2_password`) takes no precomputed hash that we could make without the server's
 //!   salt. MySQL rewrites the statement in its general, slow and binary logs (the password becomes
-//!   `<secret>`) unless the server runs with `--log-raw`: keep that off (see the README).
+//!   `<secret>`) unless the server runs with `--log-raw`: keep that off (see
+//!   docs/src/reference/mysql-mariadb.md).
 //! - **MariaDB with a password validation plugin and `strict_password_validation`**: the server
 //!   refuses every hash, so the plaintext goes, but only over verified TLS (warned once);
 //!   otherwise the change is refused before a password is made (`preflight`).
@@ -381,7 +382,8 @@ struct MySqlSession {
     facts: Option<ServerFacts>,
 }
 
-/// Warned once per process: a plaintext password travels to the server (see the README).
+/// Warned once per process: a plaintext password travels to the server (see
+/// docs/src/reference/mysql-mariadb.md).
 static PLAINTEXT_WARNED: std::sync::Once = std::sync::Once::new();
 
 impl MySqlSession {
@@ -436,7 +438,7 @@ impl MySqlSession {
             )));
         }
         PLAINTEXT_WARNED.call_once(|| {
-            warn!(at = %self.at, %plugins, "MariaDB's strict_password_validation refuses password hashes: sending the plaintext password over verified TLS (it may reach the server's logs; see the README)");
+            warn!(at = %self.at, %plugins, "MariaDB's strict_password_validation refuses password hashes: sending the plaintext password over verified TLS (it may reach the server's logs; see the book's page on MySQL and MariaDB)");
         });
         Ok(true)
     }

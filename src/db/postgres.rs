@@ -324,7 +324,8 @@ impl DbSession for PgSession {
                 "role {user} has NOLOGIN: it could not log in with any password; grant it LOGIN first"
             )));
         }
-        // Follow the server: clients that only speak MD5 need an MD5 verifier (see the README).
+        // Follow the server: clients that only speak MD5 need an MD5 verifier (see
+        // docs/src/reference/production-databases.md).
         if role.encryption == "md5" {
             MD5_WARNED.call_once(|| {
                 warn!(at = %self.at, "password_encryption is md5: setting MD5 verifiers, which log in by themselves under the md5 method; keep statement logging (log_statement = ddl or all, pgaudit) away from them");
