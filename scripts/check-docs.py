@@ -3,6 +3,9 @@
 
   links     every relative link names a file that exists, and every #anchor a heading in it
             (GitHub's and mdBook's ids: lowercase, spaces to '-', other punctuation dropped);
+            so does every link to this repository's files on GitHub (REPOSITORY), which the
+            book uses for files outside docs/src, since mdBook copies only those; and no
+            page of the book links outside docs/src by a relative path;
   commands  every `rds-rotator <command> --flag` in a code block names a command and flags that
             the binary's `--help` lists (HELP_DIR holds `<command>.txt`, from scripts/docs).
 
@@ -16,6 +19,8 @@ import sys
 ROOT, HELP_DIR = sys.argv[1], sys.argv[2]
 SKIP_DIRS = {".git", "target", "node_modules", ".venv", "book", ".local-stack", "tf-plugins"}
 GENERATED = os.path.join("docs", "src", "reference", "cli")
+# Where the book links the repository's files outside docs/src (Cargo.toml's `repository`).
+REPOSITORY = "https://github.com/rds-proxy-password-rotation/rds-proxy-password-rotation"
 
 
 def markdown_files():
@@ -86,13 +91,32 @@ def check_links(path, text):
             url = m.group(1)
             line = start + chunk[: m.start()].count("\n")
             counted["links"] += 1
-            if re.match(r"^[a-zA-Z][a-zA-Z+.-]*:", url):
-                continue  # http(s), mailto: not checked offline
-            target, _, frag = url.partition("#")
-            if target:
+            own = re.match(rf"^{re.escape(REPOSITORY)}/(?:blob|tree)/main/([^#]*)(#.*)?$", url)
+            if own:
+                # The book links the repository's other files on GitHub (mdBook copies only
+                # docs/src): checked here as the files they name.
+                target, frag = own.group(1), (own.group(2) or "#")[1:]
+                resolved = os.path.normpath(target)
+                if not os.path.exists(os.path.join(ROOT, resolved)):
+                    problems.append(f"{path}:{line}: no such file in the repository: {url}")
+                    continue
+            elif re.match(r"^[a-zA-Z][a-zA-Z+.-]*:", url):
+                continue  # other http(s), mailto: not checked offline
+            else:
+                target, _, frag = url.partition("#")
+            if own:
+                pass
+            elif target:
                 resolved = os.path.normpath(os.path.join(os.path.dirname(path), target))
                 if resolved.startswith(".."):
                     problems.append(f"{path}:{line}: link leaves the repository: {url}")
+                    continue
+                book = os.path.join("docs", "src")
+                if path.startswith(book + os.sep) and not resolved.startswith(book + os.sep):
+                    problems.append(
+                        f"{path}:{line}: the built book has no {resolved}: link it as "
+                        f"{REPOSITORY}/blob/main/{resolved}"
+                    )
                     continue
                 if not os.path.exists(os.path.join(ROOT, resolved)):
                     problems.append(f"{path}:{line}: no such file: {url}")

@@ -1,5 +1,5 @@
-# (1) Every schedule sends exactly the worker's message format (README "Messages",
-# src/message.rs): keys a subset of {secret_id, force, reason, request_id}, secret_id a non-empty
+# (1) Every schedule sends exactly the worker's message format (docs/src/operating/worker.md,
+# "Messages"; src/message.rs): keys a subset of {secret_id, force, reason, request_id}, secret_id a non-empty
 # string, force a bool, reason a string; the fan-out sends exactly {"select": {tag_key, tag_value}}.
 # The mock provider never calls AWS, so `apply` is safe and makes every attribute known.
 

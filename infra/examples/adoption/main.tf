@@ -28,7 +28,7 @@ data "aws_secretsmanager_secret" "master" {
 ################################################################################
 # What `rds-rotator adopt` made: one RDS Proxy secret per user, named
 # <application secret>/proxy/<user>, with the application secret's KMS key and
-# tags. Run adopt first (README.md, "Adopting an existing database"); these
+# tags. Run adopt first (docs/src/getting-started/adopting.md); these
 # lookups fail until it has run.
 ################################################################################
 

@@ -10,8 +10,8 @@ locals {
 }
 
 ################################################################################
-# The secrets, adopted before (`rds-rotator adopt`, README.md "Adopting an
-# existing database"): the application's secret and one RDS Proxy secret per user.
+# The secrets, adopted before (`rds-rotator adopt`, docs/src/getting-started/adopting.md): the
+# application's secret and one RDS Proxy secret per user.
 ################################################################################
 
 data "aws_secretsmanager_secret" "app" {
