@@ -23,12 +23,14 @@ cache_key() { # FILE...
 
 cargo_tool() { # CRATE VERSION [BINARY]
     local crate=$1 version=$2 bin=${3:-$1} found root
-    if found=$(command -v "$bin") && "$found" --version 2>/dev/null | head -n 1 | grep -qw "$version"; then
+    # The version as a whole number, with or without a leading v ("mdbook v0.4.52").
+    local is_version="(^|[^0-9.])${version//./\\.}([^0-9.]|\$)"
+    if found=$(command -v "$bin") && "$found" --version 2>/dev/null | head -n 1 | grep -qE "$is_version"; then
         printf '%s\n' "$found"
         return 0
     fi
     root="$ROTATOR_CACHE/$crate-$version-$(cache_key /dev/null)"
-    if ! "$root/bin/$bin" --version 2>/dev/null | head -n 1 | grep -qw "$version"; then
+    if ! "$root/bin/$bin" --version 2>/dev/null | head -n 1 | grep -qE "$is_version"; then
         cache_log "installing $crate $version into $root (cargo install --locked; cached for the next run)"
         cargo install --locked --quiet "$crate" --version "$version" --root "$root" >&2 || return 1
     fi
