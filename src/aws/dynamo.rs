@@ -249,6 +249,28 @@ fn held(item: &Item, ttl: Duration) -> Acquired {
 
 impl DynamoRecords {
     /// The lease just granted, and the record in the item as it now stands.
+    /// Takes `value` out of the string set `attr` of item `key`. No such item: nothing to do
+    /// (a DELETE would create an empty one).
+    async fn delete_from_set(
+        &self,
+        key: &str,
+        attr: &str,
+        value: &str,
+    ) -> Result<(), RecordStoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(key))
+            .update_expression(format!("DELETE {attr} :v"))
+            .condition_expression("attribute_exists(#k)")
+            .expression_attribute_names("#k", KEY)
+            .expression_attribute_values(":v", AttributeValue::Ss(vec![value.to_owned()]))
+            .send()
+            .await;
+        refused_is_done(result)
+    }
+
     fn granted(
         key: &str,
         owner: &str,
@@ -683,33 +705,10 @@ impl RecordStore for DynamoRecords {
     }
 
     async fn unmark(&self, user_key: &str, secret: &str) -> Result<(), RecordStoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY, s(user_key))
-            .update_expression(format!("DELETE {IN_USE_BY} :s"))
-            .condition_expression("attribute_exists(#k)")
-            .expression_attribute_names("#k", KEY)
-            .expression_attribute_values(":s", AttributeValue::Ss(vec![secret.to_owned()]))
-            .send()
-            .await;
-        // Refused: no such item, nothing to clear (DELETE would create an empty one).
-        refused_is_done(result)?;
+        self.delete_from_set(user_key, IN_USE_BY, secret).await?;
         // And from the secret's memory of its marks, so that it marks the user again should it
         // come back (a secret restored from deletion).
-        let remembered = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY, s(secret))
-            .update_expression(format!("DELETE {MARKED} :k"))
-            .condition_expression("attribute_exists(#k)")
-            .expression_attribute_names("#k", KEY)
-            .expression_attribute_values(":k", AttributeValue::Ss(vec![user_key.to_owned()]))
-            .send()
-            .await;
-        refused_is_done(remembered)
+        self.delete_from_set(secret, MARKED, user_key).await
     }
 
     async fn user_marks(

@@ -195,7 +195,11 @@ async fn shutdown_after_a_step_stops_at_its_record_and_the_next_run_resumes_it()
     let mut r = rotator(&w);
     // Shutdown is asked for while the test step logs in: the run finishes that step, saves the
     // record, then stops.
-    r.db = Arc::new(ShutdownAtLogin(w.clone(), r.shutdown.clone()));
+    r.db = Arc::new(AtTestLogin {
+        world: w.clone(),
+        proxy_delay: Duration::ZERO,
+        shutdown: Some(r.shutdown.clone()),
+    });
     let err = r
         .rotate(APP, &Request::default(), LeaseWait::No)
         .await
@@ -222,54 +226,39 @@ async fn shutdown_after_a_step_stops_at_its_record_and_the_next_run_resumes_it()
     assert_rotated(&w, "alice", "bob", "alice-0");
 }
 
-/// The world's database, asking for shutdown at each login the test step makes.
-struct ShutdownAtLogin(World, crate::rotation::shutdown::Shutdown);
+/// The world's database, where each login the test step makes first asks for `shutdown` (when
+/// set), and one through the proxy takes `proxy_delay`.
+struct AtTestLogin {
+    world: World,
+    proxy_delay: Duration,
+    shutdown: Option<crate::rotation::shutdown::Shutdown>,
+}
 
-#[async_trait::async_trait]
-impl Database for ShutdownAtLogin {
-    async fn check_login(
-        &self,
-        engine: crate::secret::Engine,
-        at: &crate::secret::Endpoint,
-        creds: &Credentials,
-    ) -> Result<(), DbError> {
-        self.1.trigger();
-        self.0.check_login(engine, at, creds).await
-    }
-    async fn login(
-        &self,
-        engine: crate::secret::Engine,
-        at: &crate::secret::Endpoint,
-        login: &Credentials,
-    ) -> Result<Box<dyn DbSession>, DbError> {
-        self.0.login(engine, at, login).await
-    }
-    async fn privileges(
-        &self,
-        engine: crate::secret::Engine,
-        at: &crate::secret::Endpoint,
-        login: &Credentials,
-        user: &str,
-    ) -> Result<Vec<String>, DbError> {
-        self.0.privileges(engine, at, login, user).await
+impl AtTestLogin {
+    fn slow_proxy(w: &World, proxy_delay: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            world: w.clone(),
+            proxy_delay,
+            shutdown: None,
+        })
     }
 }
 
-/// The world's database, where a login through the proxy takes `delay`.
-struct SlowProxy(World, Duration);
-
 #[async_trait::async_trait]
-impl Database for SlowProxy {
+impl Database for AtTestLogin {
     async fn check_login(
         &self,
         engine: crate::secret::Engine,
         at: &crate::secret::Endpoint,
         creds: &Credentials,
     ) -> Result<(), DbError> {
-        if at.host == "proxy" {
-            tokio::time::sleep(self.1).await;
+        if let Some(shutdown) = &self.shutdown {
+            shutdown.trigger();
         }
-        self.0.check_login(engine, at, creds).await
+        if at.host == "proxy" {
+            tokio::time::sleep(self.proxy_delay).await;
+        }
+        self.world.check_login(engine, at, creds).await
     }
     async fn login(
         &self,
@@ -277,7 +266,7 @@ impl Database for SlowProxy {
         at: &crate::secret::Endpoint,
         login: &Credentials,
     ) -> Result<Box<dyn DbSession>, DbError> {
-        self.0.login(engine, at, login).await
+        self.world.login(engine, at, login).await
     }
     async fn privileges(
         &self,
@@ -286,7 +275,7 @@ impl Database for SlowProxy {
         login: &Credentials,
         user: &str,
     ) -> Result<Vec<String>, DbError> {
-        self.0.privileges(engine, at, login, user).await
+        self.world.privileges(engine, at, login, user).await
     }
 }
 
@@ -300,7 +289,7 @@ fn renewals_refused(w: &World) -> Rotator {
         )),
         _ => Ok(()),
     });
-    r.db = Arc::new(SlowProxy(w.clone(), Duration::from_millis(400)));
+    r.db = AtTestLogin::slow_proxy(w, Duration::from_millis(400));
     r.settings.lease_duration = Duration::from_millis(200);
     r.settings.test_deadline = Duration::from_secs(5);
     r
@@ -359,7 +348,7 @@ async fn cut_off_holder(holder_offset: i64, taker_offset: i64) {
         Ok(())
     });
     // The holder waits in the test step: its logins through the proxy take 10 s each.
-    holder.db = Arc::new(SlowProxy(w.clone(), Duration::from_secs(10)));
+    holder.db = AtTestLogin::slow_proxy(&w, Duration::from_secs(10));
     holder.settings.lease_duration = Duration::from_secs(3);
     holder.settings.test_deadline = Duration::from_secs(60);
     let holding = tokio::spawn(async move {
