@@ -761,7 +761,8 @@ impl RecordStore for DynamoRecords {
             }
         }
         for key in &keys {
-            self.unmark(key, secret).await?;
+            // Not `unmark`: the secret's memory of its marks goes once, below.
+            self.delete_from_set(key, IN_USE_BY, secret).await?;
             let cleared = self
                 .client
                 .update_item()
