@@ -616,7 +616,7 @@ async fn adopt(
         rotator: rotator_over(args, aws, false, &db),
         catalog: Arc::new(SecretsManager::new(aws)),
         proxies: Arc::new(RdsProxies::new(aws)),
-        cloner: Arc::new(DbCloner::new(db.postgres.clone(), db.mysql.clone())),
+        cloner: Arc::new(DbCloner::new(&db)),
         lease_wait,
     };
     let give_up = std::time::Instant::now() + lease_wait;

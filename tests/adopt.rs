@@ -830,7 +830,7 @@ async fn refused(single: &Single, extra: &[&str], says: &str) {
 }
 
 #[tokio::test]
-async fn bad_input_is_refused_with_a_clear_error_and_nothing_changed() {
+async fn postgres_bad_input_is_refused_with_a_clear_error_and_nothing_changed() {
     // A master secret whose user may not create roles.
     let single = Single::postgres(None).await;
     single
@@ -862,9 +862,12 @@ async fn bad_input_is_refused_with_a_clear_error_and_nothing_changed() {
         .edit_app_secret(|app| app["rotation_usernames"] = json!([user, other]))
         .await;
     refused(&single, &[], "already rotates users").await;
+}
 
-    // MariaDB: a master without CREATE USER, and one that may create users but not give the
-    // original's grants (the rehearsal account finds it, and is gone again).
+/// A master without CREATE USER, and one that may create users but not give the original's
+/// grants (the rehearsal account finds it, and is gone again).
+#[tokio::test]
+async fn mariadb_bad_input_is_refused_with_a_clear_error_and_nothing_changed() {
     let mut clones = Vec::new();
     for (who, grants) in [("weak", &[][..]), ("half", &["CREATE USER ON *.*"][..])] {
         let single = Single::mariadb().await;
@@ -1136,4 +1139,95 @@ async fn check_counts_the_application_secret_as_a_single_users_proxy_entry() {
         let line = finding(&report, "rds proxy").expect("an rds proxy line");
         assert_eq!(line["status"], status, "{name}: {report}");
     }
+}
+
+/// The database goes silent under adopt's open session (a drop rule, a half-open connection)
+/// just before the clone is created: adopt ends within its bounds as a retryable failure,
+/// instead of holding the secret's lease for ever, and a rerun once the network is back
+/// completes the adoption.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_silent_under_adopt_ends_it_within_its_bounds_and_a_rerun_completes_it(
+) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    use std::time::Instant;
+
+    let single = Single::postgres(None).await;
+    let s = stack();
+    let relay = StallingRelay::start((s.pg_host.clone(), s.pg_port)).await;
+    let port = relay.port;
+    single
+        .edit_app_secret(|app| app["direct_port"] = json!(port))
+        .await;
+    let started = Instant::now();
+    let mut child = single
+        .command(&[
+            "adopt",
+            &single.app_secret,
+            "--master-secret",
+            &single.master_secret,
+        ])
+        .env("ROTATOR_LEASE_DURATION", "3s")
+        .env(
+            "ROTATOR_TEST_FAILPOINTS",
+            "after:adopt.clone_secret=sleep(500)",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The network goes silent once the clone's secret is made: the clone session is open.
+    let stderr = child.stderr.take().unwrap();
+    let stalls = relay.clone();
+    let lines = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("failpoint after:adopt.clone_secret reached") {
+                stalls.stall();
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let bound = Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "adopt still running after {bound:?}; it never ends:\n{}",
+                lines.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = started.elapsed();
+    let err = lines.join().unwrap();
+    assert!(
+        err.contains("failpoint after:adopt.clone_secret reached"),
+        "the network never went silent under adopt: {err}"
+    );
+    assert_eq!(status.code(), Some(75), "retryable: {err}");
+    assert!(err.contains("no answer within"), "{err}");
+    eprintln!("adopt under a silent database ended in {took:?} (exit 75)");
+
+    relay.resume();
+    let out = single.adopt(&[]);
+    assert!(
+        out.status.success(),
+        "the rerun completes it: {}",
+        text(&out)
+    );
+    let app = single.current().await;
+    assert_eq!(
+        app["rotation_usernames"],
+        json!([single.user, single.clone_name()])
+    );
 }

@@ -485,7 +485,7 @@ async fn applications_reading_through_aws_clients_never_fail_a_login_and_a_user_
     report(
         "cached_clients",
         &format!(
-            "cached clients: rotations={} connections={connections} failed={failed} deferred={} (caching, wrapper; the wrapper read the secret again {rereads} times after a refused login)",
+            "cached clients: rotations={} connections={connections} failed={failed} deferred={} (caching, wrapper)\ncached clients: the wrapper read the secret again {rereads} times after a refused login",
             tally.rotations, tally.deferred
         ),
     );

@@ -161,6 +161,7 @@ impl Adopter {
         }
         failpoint::hit("before:adopt.lease").await;
         let lease = self.take_lease(&meta.arn).await?;
+        let meta_arn = meta.arn.clone();
         // Renewed while adoption runs; each step first looks whether it may be lost.
         let flags = Flags::new(
             self.rotator.clock.clone(),
@@ -176,6 +177,12 @@ impl Adopter {
             }
         };
         let result = heartbeat(&self.rotator, &lease, &flags, work).await;
+        if matches!(result, Err(AdoptError::LeaseLost)) {
+            // Stopped inside a step, or another process holds the lease now: released, a
+            // statement already sent could land after a new holder takes over (as a rotation).
+            warn!(secret = %meta_arn, "stopped inside a step: the lease is left to expire");
+            return result;
+        }
         if let Err(e) = self.rotator.records.release(&lease).await {
             warn!(error = %e, "could not release the lease; it runs out by itself");
         }

@@ -69,7 +69,7 @@ const ER_NOT_VALID_PASSWORD: u16 = 1819;
 pub struct MySql {
     tls: DbTls,
     /// The server gives up a statement of a login session that waits for a lock longer than
-    /// this (`lock_wait_timeout`, MySQL and MariaDB). A client that gives up does not stop it:
+    /// this (`lock_wait_timeout` and `innodb_lock_wait_timeout`, MySQL and MariaDB). A client that gives up does not stop it:
     /// it would run whenever the lock came.
     pub(crate) statement_timeout: Option<Duration>,
 }
@@ -273,9 +273,12 @@ const IDENTITY_SQL: &str = "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
     ('server_uuid', 'server_uid', 'server_id', 'hostname', 'port')";
 
 /// What identifies a MySQL-family server, best first:
-/// - `server_uuid` (MySQL, Aurora MySQL): kept in the data directory, so a Multi-AZ standby that
-///   takes over keeps it; a binlog replica has its own (passwords change on the writer anyway);
-/// - `server_uid` (MariaDB 10.5.26 and later): a hash of the host's MAC address and the port;
+/// - `server_uuid` (MySQL): kept in the data directory, so a Multi-AZ DB instance's standby (a
+///   block-level copy) keeps it when it takes over; a binlog replica, and so a Multi-AZ DB
+///   cluster's new writer, has its own (passwords change on the writer anyway). Aurora MySQL's
+///   instances may share one: that counts them as one server, which refuses more, never less;
+/// - `server_uid` (MariaDB 10.5.26, 10.6.19, 10.11.9, 11.4.3 and later in each series): a hash
+///   of a MAC address of the host and the port;
 /// - otherwise (older MariaDB) the host name, port and `server_id`.
 ///
 /// MariaDB's two are bound to the host: after a failover to another host the server counts as a
@@ -444,6 +447,31 @@ impl MySqlSession {
     }
 }
 
+/// The statement that sets one account's password (`None`: the login's own). MariaDB takes the
+/// `mysql_native_password` hash itself, so the plaintext never leaves this process. MySQL gets
+/// the plaintext: `ALTER USER ... IDENTIFIED BY` without `WITH` keeps the account's plugin
+/// (`caching_sha2_password`, `sha256_password` or `mysql_native_password`), which hashes it with
+/// a salt of its own.
+fn password_statement(
+    plaintext: bool,
+    account: Option<&str>,
+    pw: &str,
+    hash: &str,
+) -> Result<String, DbError> {
+    Ok(match (plaintext, account) {
+        (false, None) => format!("SET PASSWORD = '{hash}'"),
+        (false, Some(a)) => format!("SET PASSWORD FOR {a} = '{hash}'"),
+        (true, None) => format!(
+            "ALTER USER CURRENT_USER() IDENTIFIED BY {}",
+            literal(pw, "new password")?
+        ),
+        (true, Some(a)) => format!(
+            "ALTER USER {a} IDENTIFIED BY {}",
+            literal(pw, "new password")?
+        ),
+    })
+}
+
 #[async_trait]
 impl DbSession for MySqlSession {
     async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<(), DbError> {
@@ -483,19 +511,7 @@ impl DbSession for MySqlSession {
                 .collect::<Result<_, DbError>>()?
         };
         for account in accounts {
-            let sql = match (plaintext, account) {
-                // MariaDB takes the hash itself: the plaintext never leaves this process.
-                (false, None) => format!("SET PASSWORD = '{hash}'"),
-                (false, Some(a)) => format!("SET PASSWORD FOR {a} = '{hash}'"),
-                (true, None) => format!(
-                    "ALTER USER CURRENT_USER() IDENTIFIED BY {}",
-                    literal(pw, "new password")?
-                ),
-                (true, Some(a)) => format!(
-                    "ALTER USER {a} IDENTIFIED BY {}",
-                    literal(pw, "new password")?
-                ),
-            };
+            let sql = password_statement(plaintext, account.as_deref(), pw, &hash)?;
             let done = self.conn()?.query_drop(sql).await;
             done.map_err(|e| self.err(e, &secrets))?;
         }
@@ -674,12 +690,15 @@ impl Database for MySql {
     ) -> Result<Box<dyn DbSession>, DbError> {
         let mut conn = self.connect(at, login).await?;
         if let Some(limit) = self.statement_timeout {
-            // Whole seconds, at least one: what lock_wait_timeout takes.
+            // Whole seconds, at least one: what both take. MySQL 8's account tables are InnoDB,
+            // so a row lock on mysql.user waits by the second one.
             let secs = limit.as_secs().max(1);
             let pw = login.password.expose_secret();
-            conn.query_drop(format!("SET SESSION lock_wait_timeout = {secs}"))
-                .await
-                .map_err(|e| classify(at, &login.username, e, &[pw]))?;
+            conn.query_drop(format!(
+                "SET SESSION lock_wait_timeout = {secs}, innodb_lock_wait_timeout = {secs}"
+            ))
+            .await
+            .map_err(|e| classify(at, &login.username, e, &[pw]))?;
         }
         Ok(Box::new(MySqlSession {
             conn: Some(conn),
@@ -838,6 +857,35 @@ mod tests {
             ),
             (14, 2)
         );
+    }
+
+    /// MySQL 8 is not installed here: these pin the statements its documentation gives for
+    /// `ALTER USER` (the plugin stays the account's own) and `SET PASSWORD` with a hash (MariaDB).
+    #[test]
+    fn password_statements_send_mariadb_the_hash_and_mysql_the_plaintext_for_its_plugin() {
+        let hash = native_password_hash("pw-1");
+        let account = "'app'@'%'";
+        assert_eq!(
+            password_statement(false, None, "pw-1", &hash).unwrap(),
+            format!("SET PASSWORD = '{hash}'")
+        );
+        assert_eq!(
+            password_statement(false, Some(account), "pw-1", &hash).unwrap(),
+            format!("SET PASSWORD FOR 'app'@'%' = '{hash}'")
+        );
+        assert!(!password_statement(false, Some(account), "pw-1", &hash)
+            .unwrap()
+            .contains("pw-1"));
+        assert_eq!(
+            password_statement(true, None, "pw-1", &hash).unwrap(),
+            "ALTER USER CURRENT_USER() IDENTIFIED BY 'pw-1'"
+        );
+        assert_eq!(
+            password_statement(true, Some(account), "pw-1", &hash).unwrap(),
+            "ALTER USER 'app'@'%' IDENTIFIED BY 'pw-1'"
+        );
+        let refused = password_statement(true, None, "pw'1", &hash).unwrap_err();
+        assert!(!refused.to_string().contains("pw'1"), "{refused}");
     }
 
     #[test]

@@ -132,6 +132,15 @@ impl MyCloneSession {
 
     pub async fn open(my: &MySql, at: &Endpoint, login: &Credentials) -> Result<Self, DbError> {
         let mut conn = my.connect(at, login).await?;
+        if let Some(limit) = my.statement_timeout {
+            // As the rotation's sessions: a statement whose client gave up never lands later.
+            let secs = limit.as_secs().max(1);
+            conn.query_drop(format!(
+                "SET SESSION lock_wait_timeout = {secs}, innodb_lock_wait_timeout = {secs}"
+            ))
+            .await
+            .map_err(|e| classify(at, &login.username, e, &[login.password.expose_secret()]))?;
+        }
         let version: Option<String> = conn
             .query_first("SELECT VERSION()")
             .await
@@ -215,21 +224,20 @@ impl MyCloneSession {
             hash,
         ))
     }
+}
 
-    /// The auth clause for the clone's account.
-    fn auth_clause(&self, plugin: &str, user: &str, host: &str) -> Result<String, DbError> {
-        match (self.mariadb, plugin) {
-            (true, "mysql_native_password") => {
-                Ok(format!("IDENTIFIED BY PASSWORD '{PASSWORD_SLOT}'"))
-            }
-            (false, "mysql_native_password" | "caching_sha2_password" | "sha256_password") => {
-                Ok(format!("IDENTIFIED WITH {plugin} BY '{PASSWORD_SLOT}'"))
-            }
-            _ => Err(DbError::Refused(format!(
-                "{user}@{host} authenticates with {plugin}, which adopt cannot give a password (it handles mysql_native_password{})",
-                if self.mariadb { "" } else { ", caching_sha2_password and sha256_password" }
-            ))),
+/// The auth clause for the clone's account (MariaDB: the `mysql_native_password` hash; MySQL:
+/// the plaintext with the plugin's name, which MySQL 8 documents for `CREATE USER`).
+fn auth_clause(mariadb: bool, plugin: &str, user: &str, host: &str) -> Result<String, DbError> {
+    match (mariadb, plugin) {
+        (true, "mysql_native_password") => Ok(format!("IDENTIFIED BY PASSWORD '{PASSWORD_SLOT}'")),
+        (false, "mysql_native_password" | "caching_sha2_password" | "sha256_password") => {
+            Ok(format!("IDENTIFIED WITH {plugin} BY '{PASSWORD_SLOT}'"))
         }
+        _ => Err(DbError::Refused(format!(
+            "{user}@{host} authenticates with {plugin}, which adopt cannot give a password (it handles mysql_native_password{})",
+            if mariadb { "" } else { ", caching_sha2_password and sha256_password" }
+        ))),
     }
 }
 
@@ -258,7 +266,7 @@ impl CloneSession for MyCloneSession {
             };
             statements.push(format!(
                 "CREATE USER IF NOT EXISTS {account} {}{options}",
-                self.auth_clause(&a.plugin, user, &a.host)?
+                auth_clause(self.mariadb, &a.plugin, user, &a.host)?
             ));
             let grants: Vec<String> = a
                 .grants
@@ -430,6 +438,72 @@ mod tests {
             ""
         );
         assert!(account_options("CREATE USER `v`@`%`", "u", "%").is_none());
+    }
+
+    /// MySQL 8 prints hashes as hex when `print_identified_with_as_hex` is on (8.0.17+, set by
+    /// `open`), and as escaped strings otherwise; `sha256_password` hashes are strings too.
+    #[test]
+    fn account_options_of_mysql_8_accounts_follow_each_plugins_hash() {
+        assert_eq!(
+            account_options(
+                "CREATE USER `u`@`%` IDENTIFIED WITH 'caching_sha2_password' AS 0x24412430303524 REQUIRE SSL PASSWORD EXPIRE DEFAULT ACCOUNT UNLOCK PASSWORD HISTORY DEFAULT PASSWORD REUSE INTERVAL DEFAULT PASSWORD REQUIRE CURRENT DEFAULT",
+                "u",
+                "%"
+            )
+            .unwrap(),
+            "REQUIRE SSL PASSWORD EXPIRE DEFAULT ACCOUNT UNLOCK PASSWORD HISTORY DEFAULT PASSWORD REUSE INTERVAL DEFAULT PASSWORD REQUIRE CURRENT DEFAULT"
+        );
+        assert_eq!(
+            account_options(
+                "CREATE USER 'u'@'10.0.%' IDENTIFIED WITH 'sha256_password' AS '$5$ab\\'c REQUIRE X$' WITH MAX_QUERIES_PER_HOUR 9 ACCOUNT LOCK",
+                "u",
+                "10.0.%"
+            )
+            .unwrap(),
+            "WITH MAX_QUERIES_PER_HOUR 9 ACCOUNT LOCK"
+        );
+        assert_eq!(
+            account_options(
+                "CREATE USER `u`@`%` IDENTIFIED WITH 'mysql_native_password' AS '*0D3C' REQUIRE NONE",
+                "u",
+                "%"
+            )
+            .unwrap(),
+            "REQUIRE NONE"
+        );
+    }
+
+    #[test]
+    fn the_clone_keeps_the_originals_plugin_and_an_unknown_plugin_is_refused() {
+        for plugin in [
+            "mysql_native_password",
+            "caching_sha2_password",
+            "sha256_password",
+        ] {
+            assert_eq!(
+                auth_clause(false, plugin, "u", "%").unwrap(),
+                format!("IDENTIFIED WITH {plugin} BY '{PASSWORD_SLOT}'"),
+                "MySQL, {plugin}"
+            );
+        }
+        assert_eq!(
+            auth_clause(true, "mysql_native_password", "u", "%").unwrap(),
+            format!("IDENTIFIED BY PASSWORD '{PASSWORD_SLOT}'")
+        );
+        for (mariadb, plugin) in [
+            (false, "authentication_ldap_sasl"),
+            (false, "auth_socket"),
+            (true, "caching_sha2_password"),
+            (true, "ed25519"),
+        ] {
+            let e = auth_clause(mariadb, plugin, "u", "h")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("u@h authenticates with {plugin}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

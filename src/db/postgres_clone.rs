@@ -125,9 +125,17 @@ pub struct PgCloneSession {
 impl PgCloneSession {
     pub async fn open(pg: &Postgres, at: &Endpoint, login: &Credentials) -> Result<Self, DbError> {
         let client = pg.connect(at, login).await?;
-        // As the rotation's sessions: the login's own rights, not a role setting's.
+        // As the rotation's sessions: the login's own rights, not a role setting's, and the
+        // server's own bounds, so that a statement whose client gave up never lands later.
+        let mut setup = "SET ROLE NONE; SET default_transaction_read_only = off".to_owned();
+        if let Some(limit) = pg.statement_timeout {
+            let ms = limit.as_millis();
+            setup.push_str(&format!(
+                "; SET statement_timeout = {ms}; SET lock_timeout = {ms}"
+            ));
+        }
         client
-            .batch_execute("SET ROLE NONE; SET default_transaction_read_only = off")
+            .batch_execute(&setup)
             .await
             .map_err(|e| classify(at, &login.username, e))?;
         let version: i32 = client

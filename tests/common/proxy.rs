@@ -61,3 +61,67 @@ pub async fn refusing_proxy() -> aws_fault_proxy::FaultProxy {
     })
     .await
 }
+
+/// A TCP relay that forwards to `target` until `stall` is called, then holds every connection,
+/// old and new, without answering: a network that goes silent under a session already open.
+#[derive(Clone)]
+pub struct StallingRelay {
+    pub port: u16,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallingRelay {
+    pub async fn start(target: (String, u16)) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = silent.clone();
+        // One direction: what is read is written on, unless the relay went silent meanwhile.
+        async fn pump(
+            mut from: tokio::net::tcp::OwnedReadHalf,
+            mut to: tokio::net::tcp::OwnedWriteHalf,
+            silent: std::sync::Arc<AtomicBool>,
+        ) {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match from.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                while silent.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (target, silent) = (target.clone(), flag.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pump(cr, sw, silent.clone()), pump(sr, cw, silent));
+                });
+            }
+        });
+        Self { port, silent }
+    }
+
+    /// From now on nothing passes, on connections open or new.
+    pub fn stall(&self) {
+        self.silent.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Traffic passes again.
+    pub fn resume(&self) {
+        self.silent
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
