@@ -353,18 +353,28 @@ async fn claim_user(
             }
             Claimed::HeldBy(holder) => holder,
         };
-        let record = rotator.records.load(&holder.secret).await?;
+        let mut record = rotator.records.load(&holder.secret).await?;
         let its_own =
             |r: &StepRecord| r.rotation_id.as_deref() == Some(holder.rotation_id.as_str());
         if record
             .as_ref()
             .is_some_and(|r| r.is_in_progress() && its_own(r))
         {
-            return Err(RotationError::UserBusy {
+            let busy = || RotationError::UserBusy {
                 user: user.to_owned(),
-                secret: holder.secret,
-                rotation_id: holder.rotation_id,
-            });
+                secret: holder.secret.clone(),
+                rotation_id: holder.rotation_id.clone(),
+            };
+            // A secret scheduled for deletion, or gone, can never finish its rotation: once its
+            // lease is ours, no process of it is inside a step, and the claim is taken over as
+            // an ended one. Otherwise its rotation goes on: wait for it.
+            if uses(rotator, &holder.secret, user).await? != Uses::Gone {
+                return Err(busy());
+            }
+            record = match ended_by_deletion(rotator, &holder.secret).await? {
+                Some(record) => record.map(|r| *r),
+                None => return Err(busy()),
+            };
         }
         // Ended. If the user is what that secret's applications use now, changing its password
         // breaks them.
@@ -411,6 +421,27 @@ async fn claim_user(
         secret: last.secret,
         rotation_id: last.rotation_id,
     })
+}
+
+/// The record of a deleted secret whose rotation is in progress, read under its lease, once
+/// nothing of that rotation can still land: the lease was free or released, or its holder
+/// stopped renewing it for a whole period (as any taker sees it, `acquire`). `None` while a
+/// holder still renews it: that process stops at its next call to Secrets Manager, and a later
+/// attempt finds the lease free.
+async fn ended_by_deletion(
+    rotator: &Rotator,
+    secret: &str,
+) -> Result<Option<Option<Box<StepRecord>>>, RotationError> {
+    let (lease, record) = match acquire(rotator, secret, LeaseWait::No, |_| None, None).await {
+        Ok(Taken::Lease(lease, record, _)) => (lease, record),
+        Ok(Taken::Begun(..) | Taken::Answered(_)) => unreachable!("neither begin nor skip asked"),
+        Err(RotationError::Busy { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if let Err(e) = rotator.records.release(&lease).await {
+        warn!(%secret, error = %e, "could not release a deleted secret's lease; it runs out by itself");
+    }
+    Ok(Some(record))
 }
 
 /// Whether a secret that marked or claimed a user has it in AWSCURRENT.

@@ -54,6 +54,63 @@ async fn a_user_claimed_by_a_rotation_in_progress_waits_for_it() {
     rotate(&w).await.unwrap();
 }
 
+/// A secret replaced by a copy, then deleted while its rotation was still in progress (stopped
+/// after the password changed, or its process killed after any effect from then on): the copy
+/// takes the claim over instead of waiting for a rotation that can never finish, and logs in
+/// with the password that rotation set (its proxy secret knows it).
+#[tokio::test]
+async fn a_user_claimed_by_a_deleted_secrets_unfinished_rotation_is_taken_over() {
+    let mut cases = 0;
+    for crash in std::iter::once(None).chain((1..=12).map(Some)) {
+        let w = world();
+        add_copy(&w, "copy");
+        w.state().proxy_frozen = true;
+        if let Some(n) = crash {
+            w.crash_at(n, When::After);
+            let _ = rotate(&w).await;
+            // A new process frees the dead one's lease (`restart`).
+            w.restart();
+        } else {
+            let e = rotate(&w).await.unwrap_err();
+            assert!(matches!(e, RotationError::TestTimedOut { .. }), "{e}");
+        }
+        let in_progress = w.state().leases["arn:fake:app"]
+            .3
+            .as_ref()
+            .is_some_and(|r| r.is_in_progress());
+        if w.state().password_changes != ["bob"] || !in_progress {
+            continue; // killed before the password changed, or after the rotation ended
+        }
+        cases += 1;
+        w.state().proxy_frozen = false;
+        w.state().secrets.remove(APP);
+        let mut result = rotate_secret(&w, "copy").await;
+        if let Err(RotationError::NoKnownCredentials { user, .. }) = &result {
+            // Killed between the password change and the proxy secret's: only the deleted
+            // secret's AWSPENDING knew the password (a documented limit). A master secret
+            // sets it; nothing else was changed meanwhile.
+            assert_eq!(user, "bob", "crash {crash:?}");
+            let mut copy = w.labelled("copy", Stage::Current).unwrap();
+            copy["master_secret_id"] = json!("master");
+            w.add_secret("copy", copy);
+            w.add_secret("master", json!({"username": "master", "password": "m"}));
+            w.state().db.insert("master".into(), "m".into());
+            result = rotate_secret(&w, "copy").await;
+        }
+        let Ok(Outcome::Rotated(done)) = result else {
+            panic!("crash {crash:?}: the copy did not rotate: {result:?}");
+        };
+        assert_eq!(done.current_user, "bob", "crash {crash:?}");
+        let current = w.labelled("copy", Stage::Current).unwrap();
+        assert_eq!(
+            w.state().db["bob"],
+            current["password"].as_str().unwrap(),
+            "crash {crash:?}: the copy's AWSCURRENT logs in"
+        );
+    }
+    assert!(cases >= 3, "only {cases} cases left a rotation in progress");
+}
+
 /// Found by the simulator (seed 651): two secrets name the same users; one's rotation sets the
 /// idle user's password and stops before its proxy secret changes (a refused write, an abort).
 /// Then the other secret rotates that user: only the first one's pending version knows its
