@@ -28,7 +28,7 @@ use crate::adopt::ports::ProxyDirectory;
 use crate::db::tls::TlsMode;
 use crate::rotation::clock::{Clock, SystemClock};
 use crate::rotation::record::Step;
-use crate::rotation::{Invocation, LeaseWait, Outcome, Request, Rotator, Shutdown};
+use crate::rotation::{Invocation, LeaseWait, Outcome, Request, RotationError, Rotator, Shutdown};
 
 /// Time kept before Lambda's deadline to write down where the rotation stopped.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
@@ -165,9 +165,17 @@ impl Function {
             }),
             ..Request::default()
         };
-        let result = rotator
-            .rotate(secret, &request, LeaseWait::UpTo(self.lease_wait))
-            .await;
+        // What runs outside a step's own stop (waiting for the lease, a resumed run's claims)
+        // waits no longer than the steps may; and, whatever still runs half a margin before
+        // Lambda's deadline is dropped there, so the function always answers (retryable). Its
+        // lease is left to expire then, as for any stop inside a step.
+        let wait = LeaseWait::UpTo(self.lease_wait.min(left.saturating_sub(DEADLINE_MARGIN)));
+        let rotation = rotator.rotate(secret, &request, wait);
+        let result =
+            match tokio::time::timeout(left.saturating_sub(DEADLINE_MARGIN / 2), rotation).await {
+                Ok(result) => result,
+                Err(_) => Err(RotationError::Interrupted(secret.to_owned())),
+            };
         deadline.abort();
         let answer = |done: &str| json!({"step": event.step, "secret_id": secret, "rotation_id": token, "done": done});
         match result {

@@ -10,20 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-/// A TCP port that accepts connections and never answers on them: a drop rule after the
-/// handshake, an overloaded proxy, a half-open connection.
-fn silent_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in listener.incoming().map_while(Result::ok) {
-            held.push(conn);
-        }
-    });
-    port
-}
-
 /// Runs `cmd` to its end, or fails the test if it is still running after `bound`.
 fn run_within(mut cmd: Command, bound: Duration) -> (Output, Duration) {
     let started = Instant::now();

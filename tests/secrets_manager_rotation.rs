@@ -606,3 +606,44 @@ async fn awspending_stranded_by_an_edit_is_cleared_by_secrets_managers_call_and_
         None
     );
 }
+
+/// The application's path (the proxy endpoint) accepts and never answers while Secrets Manager
+/// calls testSecret with 25 s left before Lambda's deadline, and the test step's own deadline
+/// is a minute away: the function stops inside the step, before Lambda's deadline, answers with
+/// a retryable error that says the rotation resumes, and AWSCURRENT stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_function_stops_inside_a_step_before_lambdas_deadline() {
+    let pair = Pair::new().await;
+    let silent = silent_port();
+    pair.edit_app_secret(|app| app["database_port"] = serde_json::json!(silent.to_string()))
+        .await;
+    let driver = secrets_manager(&pair).await;
+    let (version, value) = pair.current_state().await;
+    let token = driver.start_rotation(true).await;
+    let mut cmd = lambda_command(&pair);
+    cmd.env("ROTATOR_TEST_DEADLINE", "60s");
+    let mut function = Function::start(cmd, &driver.function_arn).await;
+    for step in ["createSecret", "setSecret"] {
+        function.invoke(driver.event(step, &token)).await.unwrap();
+    }
+    let lambda_timeout = Duration::from_secs(25);
+    let started = std::time::Instant::now();
+    let answer = function
+        .invoke_within(driver.event("testSecret", &token), lambda_timeout)
+        .await;
+    let took = started.elapsed();
+    let failure = answer.expect_err("the test step cannot pass through a silent proxy");
+    assert!(
+        took < lambda_timeout,
+        "answered after {took:?}, past Lambda's deadline ({lambda_timeout:?}); log:\n{}",
+        function.log()
+    );
+    assert!(
+        failure.message.contains("will resume"),
+        "{failure:?}; log:\n{}",
+        function.log()
+    );
+    assert!(function.alive(), "the process was not killed: it answered");
+    pair.assert_current_unchanged(&version, &value).await;
+    eprintln!("testSecret with 25 s to Lambda's deadline answered in {took:?}: {failure:?}");
+}

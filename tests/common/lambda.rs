@@ -39,6 +39,8 @@ pub struct Failure {
 
 struct Queued {
     event: Value,
+    /// Lambda's deadline for the invocation, from when the function takes it.
+    timeout: Duration,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -115,7 +117,7 @@ async fn serve(
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis()
-            + 300_000;
+            + next.timeout.as_millis();
         let mut r = respond(StatusCode::OK, next.event.to_string());
         let h = r.headers_mut();
         h.insert("Lambda-Runtime-Aws-Request-Id", id.parse().unwrap());
@@ -209,12 +211,22 @@ impl Function {
         Self { api, child, log }
     }
 
-    /// A synchronous invocation (RequestResponse). The process exiting fails it.
+    /// A synchronous invocation (RequestResponse) with a 300 s timeout. The process exiting
+    /// fails it.
     pub async fn invoke(&mut self, event: Value) -> Answer {
+        self.invoke_within(event, Duration::from_secs(300)).await
+    }
+
+    /// An invocation whose deadline (`Lambda-Runtime-Deadline-Ms`) is `timeout` away.
+    pub async fn invoke_within(&mut self, event: Value, timeout: Duration) -> Answer {
         let (reply, mut answer) = oneshot::channel();
         self.api
             .queue
-            .send(Queued { event, reply })
+            .send(Queued {
+                event,
+                timeout,
+                reply,
+            })
             .expect("the Runtime API runs");
         let give_up = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {

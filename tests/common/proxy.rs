@@ -125,3 +125,17 @@ impl StallingRelay {
             .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A TCP port that accepts connections and never answers on them: a drop rule after the
+/// handshake, an overloaded proxy, a half-open connection.
+pub fn silent_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().map_while(Result::ok) {
+            held.push(conn);
+        }
+    });
+    port
+}
