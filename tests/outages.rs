@@ -286,6 +286,14 @@ async fn an_aws_endpoint_that_accepts_and_never_answers_ends_the_rotation() {
     let (out, took) = run_within(cmd, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(75), "{}", text(&out));
     assert!(took < Duration::from_secs(20), "took {took:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("timed out")
+            && err.contains("after 2s")
+            && err.contains("run again to resume"),
+        "{}",
+        text(&out)
+    );
     pair.assert_current_unchanged(&version, &value).await;
 }
 
@@ -308,7 +316,50 @@ fn skewed(cmd: Command, offset: &str) -> Command {
         };
     }
     out.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    // libfaketime works by LD_PRELOAD: make sure it shifts a program's clock on this machine,
+    // or every skewed test below would pass on agreeing clocks.
+    let shifted = Command::new(faketime)
+        .args(["-f", offset, "date", "+%s"])
+        .output()
+        .unwrap();
+    let shifted: i64 = String::from_utf8_lossy(&shifted.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let want: i64 = offset.trim_end_matches('s').parse().unwrap();
+    assert!(
+        (shifted - now - want).abs() <= 2,
+        "faketime {offset} gave {} s",
+        shifted - now
+    );
     out
+}
+
+/// The lease's expiry as its holder wrote it (ms, by the holder's clock), minus now by ours.
+async fn lease_expiry_ahead_ms(pair: &Pair) -> i64 {
+    let item = aws_sdk_dynamodb::Client::new(&aws().await)
+        .get_item()
+        .table_name(&pair.table)
+        .key(
+            rds_rotator::aws::dynamo::KEY,
+            aws_sdk_dynamodb::types::AttributeValue::S(pair.arn_of(&pair.app_secret).await),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the holder's item");
+    let expires: i64 = item["lease_expires_at"].as_n().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    expires - now
 }
 
 /// A rotation that holds its lease (renewing it every 2 s) for about 8 s, in the test step.
@@ -335,6 +386,16 @@ async fn a_live_lease_is_never_taken_whatever_the_clocks(
 ) {
     let pair = Pair::new().await;
     let (child, lines) = holder(&pair, holder_offset);
+    if let Some(offset) = holder_offset {
+        // The binary itself runs skewed: its lease's expiry (6 s ahead by its clock) is off by
+        // the offset on ours.
+        let want = offset.trim_end_matches('s').parse::<i64>().unwrap() * 1000 + 6000;
+        let ahead = lease_expiry_ahead_ms(&pair).await;
+        assert!(
+            (ahead - want).abs() < 5000,
+            "the holder's lease expires {ahead} ms ahead of our clock, not about {want}"
+        );
+    }
     let mut taker = pair.command(&["rotate", &pair.app_secret, "--lease-wait", "40s"]);
     taker.env("ROTATOR_LEASE_DURATION", "6s");
     let taker = match taker_offset {

@@ -889,6 +889,45 @@ mod tests {
     }
 
     #[test]
+    fn a_server_is_identified_by_its_uuid_else_mariadbs_uid_else_its_host_port_and_id() {
+        let vars = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let common = [
+            ("hostname", "Ip-10-0-0-5"),
+            ("port", "3306"),
+            ("server_id", "7"),
+        ];
+        let mysql = identity_from(&vars(
+            &[
+                &common[..],
+                &[("server_uuid", "3e11fa47-71ca-11e1-9e33-c80aa9429562")],
+            ]
+            .concat(),
+        ));
+        assert_eq!(mysql.key, "mysql:3e11fa47-71ca-11e1-9e33-c80aa9429562");
+        let mariadb = identity_from(&vars(
+            &[
+                &common[..],
+                &[("server_uid", "H4TRsvs4NUdwnv6KiRMwoSv8E0U=")],
+            ]
+            .concat(),
+        ));
+        assert_eq!(mariadb.key, "mariadb:H4TRsvs4NUdwnv6KiRMwoSv8E0U=");
+        // An older MariaDB: bound to the host, whatever case the name comes in.
+        let older = identity_from(&vars(&common));
+        assert_eq!(older.key, "mariadb-host:ip-10-0-0-5:3306:7");
+        // Names the server does not know come as empty values: not an identity.
+        let empty = identity_from(&vars(&[&common[..], &[("server_uuid", " ")]].concat()));
+        assert_eq!(empty.key, older.key);
+        // Two names of one server ask the same server, so they get the same answer; the
+        // identity never holds the name used to reach it.
+        assert!(!mysql.key.contains("3306") && !mariadb.key.contains("3306"));
+    }
+
+    #[test]
     fn server_messages_lose_the_secrets_they_quote() {
         assert_eq!(
             scrub("near 'IDENTIFIED BY 's3cret'' at line 1", &["s3cret"]),

@@ -7,6 +7,8 @@
 
 use tracing::info;
 
+use std::sync::atomic::Ordering;
+
 use super::lease::{self, Taken};
 use super::ports::{ReportOutcome, RotationReport, SecretStoreError, Stage};
 use super::record::State;
@@ -78,9 +80,12 @@ impl Rotator {
                 unreachable!("no rotation is begun or skipped without a plan")
             }
         };
+        // Renewed while abort runs, which checks it before its Secrets Manager write: record
+        // writes carry the fence, a label move does not.
+        let flags = lease::Flags::new(self.clock.clone(), &lease, self.settings.lease_duration);
         // The record as it stands under the lease (the one `acquire` returned may predate a
         // holder's last write when we waited).
-        let result = async {
+        let work = async {
             let refuse = |why: String| RotationError::NotAbortable {
                 secret: arn.clone(),
                 why,
@@ -95,7 +100,9 @@ impl Rotator {
             let step = record.step.to_string();
             match record.state {
                 State::Finished => {
-                    return Err(refuse(format!("rotation {id} finished; there is nothing to abort")))
+                    return Err(refuse(format!(
+                        "rotation {id} finished; there is nothing to abort"
+                    )))
                 }
                 // A second abort only makes sure the label is gone.
                 State::Aborted | State::Failed | State::InProgress => {}
@@ -109,6 +116,9 @@ impl Rotator {
                 )));
             }
             if meta.version_with(Stage::Pending) == Some(id.as_str()) {
+                if flags.may_be_lost() {
+                    return Err(RotationError::LeaseLost(arn.clone()));
+                }
                 match self.secrets.remove_stage(&arn, Stage::Pending, &id).await {
                     // Gone meanwhile: what we wanted.
                     Ok(()) | Err(SecretStoreError::Refused(_)) => {}
@@ -117,6 +127,7 @@ impl Rotator {
             }
             if record.state == State::Aborted {
                 self.records.release(&lease).await?;
+                flags.released.store(true, Ordering::SeqCst);
                 return Ok(Aborted {
                     secret_arn: arn.clone(),
                     rotation_id: id,
@@ -130,6 +141,7 @@ impl Rotator {
             record.updated_at = Some(now);
             record.finished_at = Some(now);
             self.records.save_and_release(&lease, &record).await?;
+            flags.released.store(true, Ordering::SeqCst);
             info!(secret = %arn, rotation_id = %id, %step, %reason, "rotation aborted");
             Ok(Aborted {
                 secret_arn: arn.clone(),
@@ -137,9 +149,9 @@ impl Rotator {
                 step,
                 now: true,
             })
-        }
-        .await;
-        if result.is_err() {
+        };
+        let result = lease::heartbeat(self, &lease, &flags, work).await;
+        if result.is_err() && !flags.may_be_lost() {
             let _ = self.records.release(&lease).await;
         }
         result

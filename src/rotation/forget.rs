@@ -26,15 +26,25 @@ impl Rotator {
                 unreachable!("no rotation is begun or skipped without a plan")
             }
         };
-        let result = match existing.filter(|r| r.is_in_progress()) {
-            Some(r) => Ok(Forgot::InProgress(r.rotation_id.unwrap_or_default())),
-            None => self
-                .records
-                .forget(arn)
-                .await
-                .map(Forgot::Cleared)
-                .map_err(RotationError::from),
+        // Renewed while the table is scanned: a rotation that took the lease meanwhile (ours
+        // ran out) would write the marks back, so the clearing stops there.
+        let flags = lease::Flags::new(self.clock.clone(), &lease, self.settings.lease_duration);
+        let work = async {
+            match existing.filter(|r| r.is_in_progress()) {
+                Some(r) => Ok(Forgot::InProgress(r.rotation_id.unwrap_or_default())),
+                None => tokio::select! {
+                    biased;
+                    _ = flags.until_lost() => Err(RotationError::LeaseLost(arn.to_owned())),
+                    cleared = self.records.forget(arn) => {
+                        cleared.map(Forgot::Cleared).map_err(RotationError::from)
+                    }
+                },
+            }
         };
+        let result = lease::heartbeat(self, &lease, &flags, work).await;
+        if flags.may_be_lost() {
+            return result;
+        }
         if let Err(e) = self.records.release(&lease).await {
             warn!(secret = %arn, error = %e, "could not release the lease; it will expire");
         }
