@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client as Sm;
-use common::mariadb::{my_admin, my_literal, my_stack, opts};
+use common::mariadb::{my_admin, my_literal, my_stack, opts, APP_GRANTS};
 use common::*;
 use mysql_async::prelude::Queryable;
 use serde_json::{json, Value};
@@ -180,8 +180,8 @@ impl Single {
                 "CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY {}",
                 my_literal(&password)
             ),
-            format!("GRANT ALL ON `{dbname}`.* TO '{user}'@'%'"),
-            format!("GRANT ALL ON `{dbname}`.* TO '{user}'@'127.0.0.1'"),
+            format!("GRANT {APP_GRANTS} ON `{dbname}`.* TO '{user}'@'%'"),
+            format!("GRANT {APP_GRANTS} ON `{dbname}`.* TO '{user}'@'127.0.0.1'"),
         ] {
             admin.query_drop(sql).await.unwrap();
         }

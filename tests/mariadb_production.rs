@@ -11,7 +11,7 @@ mod common;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::mariadb::{my_admin, my_literal, my_stack, MariaPair};
+use common::mariadb::{my_literal, my_stack, my_super, MariaPair, APP_GRANTS};
 use common::{text, Harness};
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
@@ -23,7 +23,7 @@ fn server() -> &'static Mutex<()> {
 }
 
 async fn admin_sql(statements: &[String]) {
-    let mut admin = my_admin().await;
+    let mut admin = my_super().await;
     for s in statements {
         admin
             .query_drop(s)
@@ -144,7 +144,7 @@ async fn add_local_accounts(pair: &MariaPair) {
             my_literal(pw)
         ));
         more.push(format!(
-            "GRANT ALL ON `{}`.* TO '{user}'@'127.0.0.1'",
+            "GRANT {APP_GRANTS} ON `{}`.* TO '{user}'@'127.0.0.1'",
             pair.dbname
         ));
     }

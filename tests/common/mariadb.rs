@@ -19,8 +19,12 @@ const HOW_TO_START: &str =
 pub struct MyStack {
     pub host: String,
     pub port: u16,
+    /// The master, shaped like RDS for MariaDB's (no SUPER).
     pub admin_user: String,
     pub admin_password: String,
+    /// AWS's own administrator on RDS: server settings only.
+    pub super_user: String,
+    pub super_password: String,
     /// The general log: every statement the server received.
     pub log: String,
 }
@@ -35,6 +39,8 @@ pub fn my_stack() -> &'static MyStack {
             port: env("ROTATOR_TEST_MYSQL_PORT").parse().unwrap(),
             admin_user: env("ROTATOR_TEST_MYSQL_ADMIN_USER"),
             admin_password: env("ROTATOR_TEST_MYSQL_ADMIN_PASSWORD"),
+            super_user: env("ROTATOR_TEST_MYSQL_SUPER_USER"),
+            super_password: env("ROTATOR_TEST_MYSQL_SUPER_PASSWORD"),
             log: env("ROTATOR_TEST_MYSQL_LOG"),
         }
     })
@@ -59,6 +65,26 @@ pub async fn my_admin() -> mysql_async::Conn {
         .unwrap_or_else(|e| {
             panic!(
                 "cannot log in to MariaDB at {}:{} as admin ({e}); {HOW_TO_START}",
+                s.host, s.port
+            )
+        })
+}
+
+/// What an application user gets on its database: every database-level privilege RDS for
+/// MariaDB's master may grant (`ALL` includes DELETE HISTORY, which that master lacks).
+pub const APP_GRANTS: &str = "SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, REFERENCES, INDEX, \
+    ALTER, CREATE TEMPORARY TABLES, LOCK TABLES, EXECUTE, CREATE VIEW, SHOW VIEW, CREATE ROUTINE, \
+    ALTER ROUTINE, EVENT, TRIGGER";
+
+/// AWS's own administrator (`rdsadmin`): for server settings (SET GLOBAL, plugins), which RDS's
+/// master may not change (a parameter group does).
+pub async fn my_super() -> mysql_async::Conn {
+    let s = my_stack();
+    mysql_async::Conn::new(opts(&s.super_user, &s.super_password, None))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot log in to MariaDB at {}:{} as rdsadmin ({e}); {HOW_TO_START}",
                 s.host, s.port
             )
         })
@@ -118,7 +144,9 @@ impl MariaPair {
                 .await
                 .unwrap();
             admin
-                .query_drop(format!("GRANT ALL ON `{dbname}`.* TO '{user}'@'%'"))
+                .query_drop(format!(
+                    "GRANT {APP_GRANTS} ON `{dbname}`.* TO '{user}'@'%'"
+                ))
                 .await
                 .unwrap();
         }
