@@ -265,6 +265,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 request_id: None,
                 reason: ask.reason,
                 invocation: None,
+                hard_stop: None,
             };
             rotate(args, &aws, &secret_id, &request, lease_wait, json).await
         }

@@ -28,7 +28,7 @@ use crate::adopt::ports::ProxyDirectory;
 use crate::db::tls::TlsMode;
 use crate::rotation::clock::{Clock, SystemClock};
 use crate::rotation::record::Step;
-use crate::rotation::{Invocation, LeaseWait, Outcome, Request, RotationError, Rotator, Shutdown};
+use crate::rotation::{Invocation, LeaseWait, Outcome, Request, Rotator, Shutdown};
 
 /// Time kept before Lambda's deadline to write down where the rotation stopped.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
@@ -163,19 +163,14 @@ impl Function {
                 token: token.clone(),
                 through: step.through(),
             }),
+            hard_stop: Some(left.saturating_sub(DEADLINE_MARGIN / 2)),
             ..Request::default()
         };
-        // What runs outside a step's own stop (waiting for the lease, a resumed run's claims)
-        // waits no longer than the steps may; and, whatever still runs half a margin before
-        // Lambda's deadline is dropped there, so the function always answers (retryable). Its
-        // lease is left to expire then, as for any stop inside a step.
+        // The wait for the lease ends when the steps must; and whatever still runs half a margin
+        // before Lambda's deadline (outside a step) is dropped there, so the function always
+        // answers (retryable). Its lease is left to expire then, as for any stop inside a step.
         let wait = LeaseWait::UpTo(self.lease_wait.min(left.saturating_sub(DEADLINE_MARGIN)));
-        let rotation = rotator.rotate(secret, &request, wait);
-        let result =
-            match tokio::time::timeout(left.saturating_sub(DEADLINE_MARGIN / 2), rotation).await {
-                Ok(result) => result,
-                Err(_) => Err(RotationError::Interrupted(secret.to_owned())),
-            };
+        let result = rotator.rotate(secret, &request, wait).await;
         deadline.abort();
         let answer = |done: &str| json!({"step": event.step, "secret_id": secret, "rotation_id": token, "done": done});
         match result {
@@ -192,7 +187,23 @@ impl Function {
                 Ok(answer("already"))
             }
             Ok(Outcome::NotBegun { .. }) if step == SmStep::TestSecret => {
-                self.test_configuration(&rotator, secret, token).await?;
+                // Logins and AWS calls one after another: bounded by the deadline too.
+                let remaining =
+                    Duration::from_millis(deadline_ms.saturating_sub(SystemClock.now_ms()))
+                        .saturating_sub(DEADLINE_MARGIN / 2);
+                let tested = self.test_configuration(&rotator, secret, token);
+                match tokio::time::timeout(remaining, tested).await {
+                    Ok(tested) => tested?,
+                    Err(_) => {
+                        return Err(StepFailed {
+                            message: format!(
+                                "{}: the configuration test did not end before Lambda's deadline",
+                                event.step
+                            ),
+                            retryable: true,
+                        })
+                    }
+                }
                 Ok(answer("configuration tested"))
             }
             Ok(Outcome::NotBegun { .. }) => Err(StepFailed::fatal(format!(

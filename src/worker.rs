@@ -272,6 +272,7 @@ impl Worker {
             request_id: Some(msg.request_id.clone().unwrap_or_else(|| m.id.clone())),
             reason: msg.reason.clone(),
             invocation: None,
+            hard_stop: None,
         };
         match self
             .rotator

@@ -647,3 +647,57 @@ async fn the_function_stops_inside_a_step_before_lambdas_deadline() {
     pair.assert_current_unchanged(&version, &value).await;
     eprintln!("testSecret with 25 s to Lambda's deadline answered in {took:?}: {failure:?}");
 }
+
+/// Secrets Manager calls the function again while an earlier call still holds the secret's
+/// lease (its environment busy in the test step), with 25 s left before Lambda's deadline and a
+/// lease wait of two minutes: the wait ends with the steps' own deadline, and the call answers,
+/// retryable, before Lambda would stop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_for_the_lease_answers_before_lambdas_deadline() {
+    let pair = Pair::new().await;
+    let driver = secrets_manager(&pair).await;
+    let token = driver.start_rotation(true).await;
+    let mut busy = lambda_command(&pair);
+    busy.env("ROTATOR_TEST_FAILPOINTS", "before:test=sleep(60000)");
+    let mut first = Function::start(busy, &driver.function_arn).await;
+    for step in ["createSecret", "setSecret"] {
+        first.invoke(driver.event(step, &token)).await.unwrap();
+    }
+    let log = first.log.clone();
+    let event = driver.event("testSecret", &token);
+    let holding = tokio::spawn(async move { first.invoke(event).await });
+    let waited = std::time::Instant::now();
+    while !log
+        .lock()
+        .unwrap()
+        .contains("failpoint before:test reached")
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "the first call never reached the test step"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut retry = lambda_command(&pair);
+    retry.env("ROTATOR_LEASE_WAIT", "120s");
+    let mut second = Function::start(retry, &driver.function_arn).await;
+    let lambda_timeout = Duration::from_secs(25);
+    let started = std::time::Instant::now();
+    let answer = second
+        .invoke_within(driver.event("testSecret", &token), lambda_timeout)
+        .await;
+    let took = started.elapsed();
+    holding.abort();
+    let failure = answer.expect_err("the lease is held for another 45 s");
+    assert!(
+        took < lambda_timeout,
+        "answered after {took:?}, past Lambda's deadline ({lambda_timeout:?}): {failure:?}"
+    );
+    assert_eq!(
+        failure.error_type, "RotationIncomplete",
+        "retryable: {failure:?}"
+    );
+    assert!(second.alive(), "the process was not killed: it answered");
+    eprintln!("a call waiting for a held lease with 25 s to Lambda's deadline answered in {took:?}: {failure:?}");
+}

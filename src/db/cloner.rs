@@ -79,19 +79,22 @@ impl BoundedClone {
 #[async_trait]
 impl CloneSession for BoundedClone {
     async fn plan(&mut self, user: &str, clone: &str) -> Result<ClonePlan, DbError> {
-        // Reading two users: a few statements per account (MySQL) or per role (PostgreSQL).
-        let limit = self.limit(8);
+        // Reading two users: on MySQL three statements for each account of each (one per host),
+        // so room for a few hosts; on PostgreSQL a handful of catalogue reads.
+        let limit = self.limit(32);
         bounded(&self.at, limit, self.inner.plan(user, clone)).await
     }
 
     async fn rehearse(&mut self, plan: &ClonePlan, password: &SecretString) -> Result<(), DbError> {
-        // The statements, and around them a transaction or a throwaway account and its drop.
-        let limit = self.limit(plan.statements.len() + 3);
+        // The statements, and around them a transaction, or a throwaway account on each host
+        // and their drops (leftovers of an earlier run's included).
+        let limit = self.limit(2 * plan.statements.len() + 8);
         bounded(&self.at, limit, self.inner.rehearse(plan, password)).await
     }
 
     async fn apply(&mut self, plan: &ClonePlan, password: &SecretString) -> Result<(), DbError> {
-        let limit = self.limit(plan.statements.len() + 1);
+        // The statements, and around them a setting read, BEGIN and COMMIT (PostgreSQL).
+        let limit = self.limit(plan.statements.len() + 4);
         bounded(&self.at, limit, self.inner.apply(plan, password)).await
     }
 }

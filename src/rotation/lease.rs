@@ -322,6 +322,26 @@ async fn claim_user(
     claim: &UserClaim,
     persist: Option<(&Lease, &StepRecord, &mut Vec<String>)>,
 ) -> Result<(), RotationError> {
+    // A deleted secret's lease, held until the claim that replaces its rotation's is written:
+    // restored meanwhile, that secret's resumed rotation could not write a claim of its own.
+    let mut deleted: Option<Lease> = None;
+    let result = claim_user_holding(rotator, user_key, user, claim, persist, &mut deleted).await;
+    if let Some(lease) = deleted {
+        if let Err(e) = rotator.records.release(&lease).await {
+            warn!(secret = %lease.key, error = %e, "could not release a deleted secret's lease; it runs out by itself");
+        }
+    }
+    result
+}
+
+async fn claim_user_holding(
+    rotator: &Rotator,
+    user_key: &str,
+    user: &str,
+    claim: &UserClaim,
+    persist: Option<(&Lease, &StepRecord, &mut Vec<String>)>,
+    deleted: &mut Option<Lease>,
+) -> Result<(), RotationError> {
     let mut replacing: Option<UserClaim> = None;
     let mut persist = persist;
     // Each pass finds a newer holder; a few passes in a row mean a live contest.
@@ -371,10 +391,21 @@ async fn claim_user(
             if uses(rotator, &holder.secret, user).await? != Uses::Gone {
                 return Err(busy());
             }
-            record = match ended_by_deletion(rotator, &holder.secret).await? {
-                Some(record) => record.map(|r| *r),
-                None => return Err(busy()),
+            let Some((lease, ended)) = ended_by_deletion(rotator, &holder.secret).await? else {
+                return Err(busy());
             };
+            if let Some(earlier) = deleted.replace(lease) {
+                let _ = rotator.records.release(&earlier).await;
+            }
+            // Ended unfinished: its own version may hold the password it set, as a failed
+            // rotation's does (read through the claim's hand-over below).
+            record = ended.map(|r| {
+                let mut r = *r;
+                if r.is_in_progress() {
+                    r.state = super::record::State::Failed;
+                }
+                r
+            });
         }
         // Ended. If the user is what that secret's applications use now, changing its password
         // breaks them.
@@ -423,25 +454,21 @@ async fn claim_user(
     })
 }
 
-/// The record of a deleted secret whose rotation is in progress, read under its lease, once
-/// nothing of that rotation can still land: the lease was free or released, or its holder
-/// stopped renewing it for a whole period (as any taker sees it, `acquire`). `None` while a
-/// holder still renews it: that process stops at its next call to Secrets Manager, and a later
-/// attempt finds the lease free.
+/// The lease and record of a deleted secret whose rotation is in progress, once nothing of
+/// that rotation can still land: the lease was free or released, or its holder stopped
+/// renewing it for a whole period (as any taker sees it, `acquire`). `None` while a holder
+/// still renews it: that process stops at its next call to Secrets Manager, and a later attempt
+/// finds the lease free. The caller releases the lease.
 async fn ended_by_deletion(
     rotator: &Rotator,
     secret: &str,
-) -> Result<Option<Option<Box<StepRecord>>>, RotationError> {
-    let (lease, record) = match acquire(rotator, secret, LeaseWait::No, |_| None, None).await {
-        Ok(Taken::Lease(lease, record, _)) => (lease, record),
+) -> Result<Option<(Lease, Option<Box<StepRecord>>)>, RotationError> {
+    match acquire(rotator, secret, LeaseWait::No, |_| None, None).await {
+        Ok(Taken::Lease(lease, record, _)) => Ok(Some((lease, record))),
         Ok(Taken::Begun(..) | Taken::Answered(_)) => unreachable!("neither begin nor skip asked"),
-        Err(RotationError::Busy { .. }) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if let Err(e) = rotator.records.release(&lease).await {
-        warn!(%secret, error = %e, "could not release a deleted secret's lease; it runs out by itself");
+        Err(RotationError::Busy { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(Some(record))
 }
 
 /// Whether a secret that marked or claimed a user has it in AWSCURRENT.

@@ -22,6 +22,10 @@ pub struct Request {
     pub ignore_in_use: bool,
     /// A call of the Secrets Manager rotation function (`rds-rotator lambda`), for one step.
     pub invocation: Option<Invocation>,
+    /// Whatever still runs this long after `rotate` was called is dropped there, and the call
+    /// ends as `Interrupted` (reported as any other end). For work outside a step's own stop
+    /// (`Shutdown`): a wait for the lease, a resumed run's claims. Its lease is left to expire.
+    pub hard_stop: Option<Duration>,
 }
 
 /// What `rotate` did.

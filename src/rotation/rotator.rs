@@ -96,12 +96,18 @@ impl Rotator {
     ) -> Result<Outcome, RotationError> {
         let started = self.clock.now();
         let (tally, trace) = (Tally::default(), Trace::default());
-        let result = tally
-            // Boxed: the whole rotation is one large future, kept off the caller's stack.
-            .scope(Box::pin(
-                self.rotate_traced(secret_id, request, wait, &trace),
-            ))
-            .await;
+        // Boxed: the whole rotation is one large future, kept off the caller's stack.
+        let work = Box::pin(self.rotate_traced(secret_id, request, wait, &trace));
+        let result = match request.hard_stop {
+            None => tally.scope(work).await,
+            Some(limit) => match self.clock.timeout(limit, tally.scope(work)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    warn!(secret = %secret_id, "stopped at the caller's hard deadline: the lease is left to expire");
+                    Err(RotationError::Interrupted(secret_id.to_owned()))
+                }
+            },
+        };
         let took = self.clock.now() - started;
         let report = trace.report(secret_id, &result, took, &tally);
         self.reporter.report(&report).await;
