@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -86,6 +87,10 @@ enum Opened {
     },
 }
 
+/// How long a report may take when the caller set a hard stop: inside the margin the hard stop
+/// keeps before Lambda's deadline.
+const REPORT_AFTER_HARD_STOP: Duration = Duration::from_secs(3);
+
 impl Rotator {
     /// Rotates `secret_id` (a name or an ARN) once, or finishes the rotation already in progress.
     pub async fn rotate(
@@ -103,14 +108,28 @@ impl Rotator {
             Some(limit) => match self.clock.timeout(limit, tally.scope(work)).await {
                 Ok(result) => result,
                 Err(_) => {
-                    warn!(secret = %secret_id, "stopped at the caller's hard deadline: the lease is left to expire");
+                    warn!(secret = %secret_id, "stopped at the caller's hard deadline: a lease it held is left to expire");
                     Err(RotationError::Interrupted(secret_id.to_owned()))
                 }
             },
         };
         let took = self.clock.now() - started;
         let report = trace.report(secret_id, &result, took, &tally);
-        self.reporter.report(&report).await;
+        match request.hard_stop {
+            None => self.reporter.report(&report).await,
+            // Under a hard deadline (Lambda's), the report may not outlast it either.
+            Some(_) => {
+                let sent = self.reporter.report(&report);
+                if self
+                    .clock
+                    .timeout(REPORT_AFTER_HARD_STOP, sent)
+                    .await
+                    .is_err()
+                {
+                    warn!(secret = %secret_id, "the rotation's report got no answer before the deadline");
+                }
+            }
+        }
         result
     }
 

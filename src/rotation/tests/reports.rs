@@ -42,3 +42,42 @@ async fn every_rotation_is_reported_with_its_steps_and_without_secret_material()
     );
     assert_eq!(failed[0].last_step, None, "it failed before the first step");
 }
+
+/// A caller's hard stop (the rotation function's, before Lambda's deadline) ends the run where
+/// it is, here in a test step whose own deadline is far off, as a retryable interruption that
+/// is reported, naming that step.
+#[tokio::test]
+async fn a_hard_stop_ends_the_run_where_it_is_and_is_reported_as_retryable() {
+    let w = world();
+    w.state().proxy_frozen = true;
+    let mut r = rotator(&w);
+    r.settings.test_deadline = Duration::from_secs(60);
+    let request = Request {
+        hard_stop: Some(Duration::from_millis(300)),
+        ..Request::default()
+    };
+    let started = std::time::Instant::now();
+    let e = r.rotate(APP, &request, LeaseWait::No).await.unwrap_err();
+    assert!(matches!(e, RotationError::Interrupted(_)), "{e}");
+    assert!(e.is_retryable());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let reports = w.state().reports.clone();
+    assert_eq!(reports.len(), 1);
+    assert!(
+        matches!(
+            &reports[0].outcome,
+            ports::ReportOutcome::Failed {
+                retryable: true,
+                ..
+            }
+        ),
+        "{:?}",
+        reports[0].outcome
+    );
+    assert_eq!(reports[0].last_step, Some(Step::Test), "the step it was stopped in");
+    assert_eq!(w.state().password_changes, vec!["bob".to_owned()]);
+}
