@@ -78,6 +78,10 @@ async fn a_hard_stop_ends_the_run_where_it_is_and_is_reported_as_retryable() {
         "{:?}",
         reports[0].outcome
     );
-    assert_eq!(reports[0].last_step, Some(Step::Test), "the step it was stopped in");
+    assert_eq!(
+        reports[0].last_step,
+        Some(Step::Test),
+        "the step it was stopped in"
+    );
     assert_eq!(w.state().password_changes, vec!["bob".to_owned()]);
 }
