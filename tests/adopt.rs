@@ -268,6 +268,11 @@ impl Single {
     }
 
     fn adopt(&self, extra: &[&str]) -> Output {
+        self.adopt_command(extra).output().unwrap()
+    }
+
+    /// `adopt` of this secret with its master secret, under a short lease.
+    fn adopt_command(&self, extra: &[&str]) -> std::process::Command {
         let mut args = vec![
             "adopt",
             self.app_secret.as_str(),
@@ -275,10 +280,9 @@ impl Single {
             self.master_secret.as_str(),
         ];
         args.extend_from_slice(extra);
-        self.command(&args)
-            .env("ROTATOR_LEASE_DURATION", "3s")
-            .output()
-            .unwrap()
+        let mut cmd = self.command(&args);
+        cmd.env("ROTATOR_LEASE_DURATION", "3s");
+        cmd
     }
 
     /// Logs in as `creds` and runs `sql`, on the application's path (the proxy for PostgreSQL).
@@ -1063,13 +1067,7 @@ async fn two_adopts_at_once_make_one_adoption_and_both_succeed() {
         let single = Single::postgres(None).await;
         let spawn = |failpoints: &str| {
             single
-                .command(&[
-                    "adopt",
-                    &single.app_secret,
-                    "--master-secret",
-                    &single.master_secret,
-                ])
-                .env("ROTATOR_LEASE_DURATION", "3s")
+                .adopt_command(&[])
                 .env("ROTATOR_TEST_FAILPOINTS", failpoints)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -1161,13 +1159,7 @@ async fn a_database_that_goes_silent_under_adopt_ends_it_within_its_bounds_and_a
         .await;
     let started = Instant::now();
     let mut child = single
-        .command(&[
-            "adopt",
-            &single.app_secret,
-            "--master-secret",
-            &single.master_secret,
-        ])
-        .env("ROTATOR_LEASE_DURATION", "3s")
+        .adopt_command(&[])
         .env(
             "ROTATOR_TEST_FAILPOINTS",
             "after:adopt.clone_secret=sleep(500)",
