@@ -5,9 +5,9 @@
 //! record keeps the rotation id, so the next rotation of that user tries the aborted pending
 //! version as a known credential (`KnownSource::Unfinished`), and needs no master secret.
 
-use tracing::info;
-
 use std::sync::atomic::Ordering;
+
+use tracing::info;
 
 use super::lease::{self, Taken};
 use super::ports::{ReportOutcome, RotationReport, SecretStoreError, Stage};

@@ -374,6 +374,8 @@ async fn claim_user_holding(
             Claimed::HeldBy(holder) => holder,
         };
         let mut record = rotator.records.load(&holder.secret).await?;
+        // Read once per holder: a deleted one is known not to use the user below.
+        let mut gone = false;
         let its_own =
             |r: &StepRecord| r.rotation_id.as_deref() == Some(holder.rotation_id.as_str());
         if record
@@ -391,6 +393,7 @@ async fn claim_user_holding(
             if uses(rotator, &holder.secret, user).await? != Uses::Gone {
                 return Err(busy());
             }
+            gone = true;
             let Some((lease, ended)) = ended_by_deletion(rotator, &holder.secret).await? else {
                 return Err(busy());
             };
@@ -409,7 +412,7 @@ async fn claim_user_holding(
         }
         // Ended. If the user is what that secret's applications use now, changing its password
         // breaks them.
-        if uses(rotator, &holder.secret, user).await? == Uses::Yes {
+        if !gone && uses(rotator, &holder.secret, user).await? == Uses::Yes {
             return Err(RotationError::UserShared {
                 user: user.to_owned(),
                 secret: holder.secret,
